@@ -1,0 +1,166 @@
+"""The `autofunnel` command: each subcommand parses its options, calls one
+service, and prints the answer. No business rule lives here."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from autofunnel import __version__
+from autofunnel.config import Settings, load_settings
+from autofunnel.errors import AutofunnelError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class State:
+    """What every subcommand may need, built only when first asked for."""
+
+    def __init__(self, project_dir: Path | None) -> None:
+        self.project_dir = project_dir
+        self._settings: Settings | None = None
+
+    @property
+    def settings(self) -> Settings:
+        if self._settings is None:
+            self._settings = load_settings(self.project_dir)
+        return self._settings
+
+
+def friendly_errors(func: F) -> F:
+    """Turn autofunnel's own errors into one line and exit 2, never a traceback."""
+
+    @wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except AutofunnelError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+
+    return wrapper  # type: ignore[return-value]
+
+
+pass_state = click.make_pass_decorator(State)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "AUTOFUNNEL"})
+@click.option(
+    "--project-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar="AUTOFUNNEL_PROJECT_DIR",
+    show_envvar=True,
+    help="Where funnels/, templates/ and autofunnel.toml are (default: the current folder).",
+)
+@click.version_option(__version__, prog_name="autofunnel")
+@click.pass_context
+def main(ctx: click.Context, project_dir: Path | None) -> None:
+    """autofunnel: email sales funnels from YAML files, with honest reports."""
+    ctx.obj = State(project_dir)
+
+
+@main.command()
+@click.argument("directory", required=False, type=click.Path(file_okay=False, path_type=Path))
+@pass_state
+@friendly_errors
+def init(state: State, directory: Path | None) -> None:
+    """Write a working example project: the yoga funnel, an abandoned-cart sequence, their emails."""
+    from autofunnel.services.starter import init_project
+
+    target = directory or state.project_dir or Path(".")
+    written = init_project(target)
+    click.echo(f"wrote {len(written)} files to {target}/")
+    click.echo(f"next: autofunnel validate {target}")
+
+
+@main.command()
+@click.argument("directory", required=False, type=click.Path(file_okay=False, path_type=Path))
+@pass_state
+@friendly_errors
+def validate(state: State, directory: Path | None) -> None:
+    """Check funnels and templates; print every problem as file:line: message (exit 1 on errors)."""
+    from autofunnel.services.project import summarize, validate_project
+
+    result = validate_project(directory or state.project_dir or Path("."))
+    for problem in result.problems:
+        click.echo(str(problem))
+    if not result.ok:
+        click.echo(f"{len(result.errors)} error(s), {len(result.warnings)} warning(s)", err=True)
+        sys.exit(1)
+    for flow in result.flows.values():
+        for line in summarize(flow):
+            click.echo(line)
+    click.echo(f"ok: {len(result.flows)} flow(s), {len(result.warnings)} warning(s)")
+
+
+@main.group()
+def db() -> None:
+    """The database schema."""
+
+
+@db.command("upgrade")
+@pass_state
+@friendly_errors
+def db_upgrade(state: State) -> None:
+    """Apply the migrations this version needs (Alembic); safe to run again."""
+    from autofunnel.services.database import upgrade_database
+
+    status = upgrade_database(state.settings.resolved_database_url)
+    click.echo(f"database at {status.revision} ({status.backend})")
+
+
+@main.group()
+def apikey() -> None:
+    """Keys for the HTTP API."""
+
+
+@apikey.command("create")
+@click.option("--name", default="default", show_default=True, help="A label to tell keys apart in listings.")
+@pass_state
+@friendly_errors
+def apikey_create(state: State, name: str) -> None:
+    """Create an API key and print it once, alone on the last line (only its hash is stored)."""
+    from autofunnel.clock import SystemClock
+    from autofunnel.services.credentials import create_api_key
+    from autofunnel.services.database import open_database
+
+    database = open_database(state.settings.resolved_database_url)
+    try:
+        info, key = create_api_key(database, SystemClock(), name)
+    finally:
+        database.dispose()
+    click.echo(f"created API key {info.name!r} ({info.prefix}...); store it now, it is not shown again:")
+    click.echo(key)
+
+
+@main.group()
+def user() -> None:
+    """Admin users."""
+
+
+@user.command("create")
+@click.argument("email")
+@click.option("--password-stdin", is_flag=True, help="Read the password from the first line of standard input.")
+@pass_state
+@friendly_errors
+def user_create(state: State, email: str, password_stdin: bool) -> None:
+    """Create an admin user; without --password-stdin a password is generated and printed once."""
+    from autofunnel.clock import SystemClock
+    from autofunnel.services.credentials import create_user
+    from autofunnel.services.database import open_database
+
+    password = sys.stdin.readline().strip() if password_stdin else None
+    database = open_database(state.settings.resolved_database_url)
+    try:
+        info, generated = create_user(database, SystemClock(), email, password)
+    finally:
+        database.dispose()
+    click.echo(f"created admin user {info.email}")
+    if generated is not None:
+        click.echo("generated password; store it now, it is not shown again:")
+        click.echo(generated)

@@ -1,0 +1,184 @@
+"""Settings from `autofunnel.toml` and `AUTOFUNNEL_*` environment variables.
+
+The file and the environment use the same names (lower-case in the file); the
+environment wins, so one image can run anywhere with only variables changed.
+A bad value stops the program with one line naming the key, because a seller
+who mistypes a rate should read what to fix, not a traceback.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from autofunnel.errors import ConfigError
+
+CONFIG_FILE = "autofunnel.toml"
+ENV_PREFIX = "AUTOFUNNEL_"
+
+
+def _text(key: str, raw: Any) -> str:
+    if not isinstance(raw, (str, int, float)) or isinstance(raw, bool):
+        raise ConfigError(f"{key}: expected text, got {raw!r}")
+    return str(raw).strip()
+
+
+def _optional_text(key: str, raw: Any) -> str | None:
+    value = _text(key, raw)
+    return value or None
+
+
+def _bool(key: str, raw: Any) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    value = str(raw).strip().lower()
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off"}:
+        return False
+    raise ConfigError(f"{key}: expected true or false, got {raw!r}")
+
+
+def _rate(key: str, raw: Any) -> float | None:
+    if raw in ("", None):
+        return None
+    if isinstance(raw, bool):
+        raise ConfigError(f"{key}: expected a number of emails per second, got {raw!r}")
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key}: expected a number of emails per second, got {raw!r}") from None
+    if value <= 0:
+        raise ConfigError(f"{key}: must be greater than 0, got {raw!r}")
+    return value
+
+
+def _keys(key: str, raw: Any) -> tuple[str, ...]:
+    if isinstance(raw, list):
+        items = [_text(key, item) for item in raw]
+    else:
+        items = _text(key, raw).split(",")
+    keys = tuple(item.strip() for item in items if item.strip())
+    for secret in keys:
+        if len(secret) < 16:
+            raise ConfigError(f"{key}: each secret key needs at least 16 characters")
+    return keys
+
+
+def _database_url(key: str, raw: Any) -> str:
+    value = _text(key, raw)
+    if "://" not in value:
+        raise ConfigError(f"{key}: expected a URL such as sqlite:///autofunnel.db or postgresql://user:pass@host/db, got {raw!r}")
+    return value
+
+
+def _smtp_url(key: str, raw: Any) -> str:
+    value = _text(key, raw)
+    scheme = value.split("://", 1)[0] if "://" in value else ""
+    if scheme not in {"smtp", "smtp+starttls", "smtps", "file"}:
+        raise ConfigError(f"{key}: expected smtp://, smtp+starttls://, smtps:// or file:// URL, got {raw!r}")
+    return value
+
+
+def _base_url(key: str, raw: Any) -> str:
+    value = _text(key, raw).rstrip("/")
+    if not value.startswith(("http://", "https://")):
+        raise ConfigError(f"{key}: expected an http:// or https:// URL, got {raw!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the running system reads from its environment."""
+
+    project_dir: Path = Path(".")
+    database_url: str | None = None
+    broker_url: str | None = None
+    smtp_url: str = "file://./outbox"
+    mail_from: str | None = None
+    base_url: str = "http://localhost:8000"
+    secret_key: tuple[str, ...] = ()
+    send_rate: float | None = None
+    double_opt_in: bool = False
+    postal_address: str | None = None
+    dkim_domain: str | None = None
+    dkim_selector: str | None = None
+    dkim_key_file: str | None = None
+    stripe_webhook_secret: str | None = None
+    shopify_webhook_secret: str | None = None
+    sources: Mapping[str, str] = field(default_factory=dict, compare=False)
+
+    @property
+    def resolved_database_url(self) -> str:
+        """The database URL; SQLite by default, and relative SQLite paths inside the project folder."""
+        url = self.database_url or "sqlite:///autofunnel.db"
+        prefix = "sqlite:///"
+        if url.startswith(prefix) and url != "sqlite:///:memory:":
+            path = Path(url[len(prefix):])
+            if not path.is_absolute():
+                return f"{prefix}{(self.project_dir / path).resolve()}"
+        return url
+
+
+_PARSERS: dict[str, Callable[[str, Any], Any]] = {
+    "database_url": _database_url,
+    "broker_url": _optional_text,
+    "smtp_url": _smtp_url,
+    "mail_from": _optional_text,
+    "base_url": _base_url,
+    "secret_key": _keys,
+    "send_rate": _rate,
+    "double_opt_in": _bool,
+    "postal_address": _optional_text,
+    "dkim_domain": _optional_text,
+    "dkim_selector": _optional_text,
+    "dkim_key_file": _optional_text,
+    "stripe_webhook_secret": _optional_text,
+    "shopify_webhook_secret": _optional_text,
+}
+
+SETTING_NAMES: tuple[str, ...] = ("project_dir", *_PARSERS)
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            data = tomllib.load(handle)
+    except FileNotFoundError:
+        return {}
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    unknown = [key for key in data if key not in _PARSERS]
+    if unknown:
+        key = unknown[0]
+        close = difflib.get_close_matches(key, list(_PARSERS), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(f"{path}: unknown key {key!r}{hint}")
+    return data
+
+
+def load_settings(
+    project_dir: str | os.PathLike[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Read the project's `autofunnel.toml`, then let `AUTOFUNNEL_*` variables override it."""
+    env = os.environ if environ is None else environ
+    directory = Path(project_dir if project_dir is not None else env.get(f"{ENV_PREFIX}PROJECT_DIR", "."))
+    file_values = _read_file(directory / CONFIG_FILE)
+    values: dict[str, Any] = {"project_dir": directory}
+    sources: dict[str, str] = {"project_dir": "default"}
+    for name, parse in _PARSERS.items():
+        env_name = f"{ENV_PREFIX}{name.upper()}"
+        if env_name in env:
+            values[name] = parse(env_name, env[env_name])
+            sources[name] = "env"
+        elif name in file_values:
+            values[name] = parse(f"{CONFIG_FILE}: {name}", file_values[name])
+            sources[name] = "file"
+    known = {f.name for f in fields(Settings)}
+    return Settings(**{k: v for k, v in values.items() if k in known}, sources=sources)

@@ -1,0 +1,99 @@
+"""Opening and migrating the database, with the failures a user can act on.
+
+Every long-running shell (web, worker, scheduler) and every command that reads
+or writes opens the database through `open_database`, which refuses a schema
+that is not exactly what this code expects: serving an old schema corrupts data
+quietly, where refusing costs one `autofunnel db upgrade`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from sqlalchemy import make_url
+from sqlalchemy.exc import OperationalError
+
+from autofunnel.errors import DatabaseUnavailableError, NotMigratedError, UnknownRevisionError
+from autofunnel.store.db import Database, backend_name, normalize_url, sqlite_path
+from autofunnel.store.migrate import current_revision, head_revision, known_revision, upgrade
+
+
+@dataclass(frozen=True)
+class DatabaseStatus:
+    backend: str
+    revision: str | None
+    head: str
+
+    @property
+    def up_to_date(self) -> bool:
+        return self.revision == self.head
+
+
+def _safe(url: str) -> str:
+    return make_url(normalize_url(url)).render_as_string(hide_password=True)
+
+
+@contextmanager
+def _reachable(url: str) -> Iterator[None]:
+    try:
+        yield
+    except OperationalError as exc:
+        reason = str(exc.orig or exc).strip().splitlines()[0]
+        raise DatabaseUnavailableError(f"cannot connect to the database at {_safe(url)}: {reason}") from None
+
+
+def _require_current(revision: str | None) -> None:
+    head = head_revision()
+    if revision == head:
+        return
+    if revision is None:
+        raise NotMigratedError()
+    if not known_revision(revision):
+        raise UnknownRevisionError(
+            f"the database is at revision {revision}, which this autofunnel does not know; "
+            "it was migrated by a newer version"
+        )
+    raise NotMigratedError(
+        f"database is at revision {revision}, this autofunnel needs {head}; run `autofunnel db upgrade`"
+    )
+
+
+def database_status(url: str) -> DatabaseStatus:
+    """Where the database's schema stands against this code's migrations."""
+    with _reachable(url):
+        revision = current_revision(url)
+    return DatabaseStatus(backend=backend_name(url), revision=revision, head=head_revision())
+
+
+def upgrade_database(url: str) -> DatabaseStatus:
+    """Migrate to head, creating a SQLite file's folder first; running it again is harmless."""
+    path = sqlite_path(url)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    before = database_status(url)
+    if before.revision is not None and not known_revision(before.revision):
+        _require_current(before.revision)
+    upgrade(url)
+    return database_status(url)
+
+
+def open_database(url: str) -> Database:
+    """A Database ready for services, or a one-line reason why not.
+
+    A SQLite file that does not exist is reported as unmigrated rather than
+    silently created empty.
+    """
+    path = sqlite_path(url)
+    if path is not None and not path.exists():
+        raise NotMigratedError()
+    db = Database.from_url(url)
+    try:
+        with _reachable(url):
+            revision = current_revision(db.engine)
+        _require_current(revision)
+    except BaseException:
+        db.dispose()
+        raise
+    return db

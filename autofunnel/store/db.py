@@ -1,0 +1,127 @@
+"""Engines and units of work.
+
+Nothing here runs at import time: an engine exists only once a shell asks for
+one with the URL from the settings, so importing autofunnel never touches a
+database and tests can point each case at its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, make_url
+from sqlalchemy.engine import Connection
+from sqlalchemy.orm import Session, sessionmaker
+
+_PLAIN_POSTGRES = ("postgres://", "postgresql://")
+_SQLITE_BEGIN = "autofunnel_sqlite_begin"
+
+
+def normalize_url(url: str) -> str:
+    """Let users write the URL their hosting shows them.
+
+    `postgres://` and driver-less `postgresql://` mean psycopg 3, the driver we
+    ship; a URL naming its driver is left as the user wrote it.
+    """
+    for prefix in _PLAIN_POSTGRES:
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+def backend_name(url: str) -> str:
+    """`sqlite` or `postgresql`: what the user's URL points at, without its driver."""
+    return make_url(normalize_url(url)).get_backend_name()
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file behind a SQLite URL, or None for other backends and in-memory databases."""
+    parsed = make_url(normalize_url(url))
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    if parsed.query.get("mode") == "memory" or str(parsed.database).startswith("file:"):
+        return None
+    return Path(str(parsed.database))
+
+
+def make_engine(url: str, *, sqlite_foreign_keys: bool = True) -> Engine:
+    """An engine tuned for how autofunnel uses each backend.
+
+    SQLite runs in WAL mode so readers never wait for the writer, and waits up
+    to 30 s for a busy lock instead of failing. SQLAlchemy, not the sqlite3
+    driver, emits BEGIN, so DDL and SELECTs are inside real transactions (the
+    driver's legacy mode leaves them out). `sqlite_foreign_keys=False` is for
+    migrations only: SQLite rebuilds a table to alter it, which foreign-key
+    enforcement would block.
+    """
+    url = normalize_url(url)
+    if make_url(url).get_backend_name() == "sqlite":
+        engine = create_engine(url)
+        _tune_sqlite(engine, foreign_keys=sqlite_foreign_keys)
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+def _tune_sqlite(engine: Engine, *, foreign_keys: bool) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute(f"PRAGMA foreign_keys={'ON' if foreign_keys else 'OFF'}")
+            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Connection) -> None:
+        mode = connection.get_execution_options().get(_SQLITE_BEGIN, "")
+        connection.exec_driver_sql(f"BEGIN {mode}".strip())
+
+
+def writer(engine: Engine) -> Engine:
+    """The same engine and pool, but its transactions take SQLite's write lock at BEGIN.
+
+    A deferred transaction that reads and then writes can fail at once with
+    "database is locked" when another process wrote in between, whatever the
+    busy timeout; BEGIN IMMEDIATE waits for the lock first, so every unit of
+    work that may write is safe across processes. On PostgreSQL it changes nothing.
+    """
+    return engine.execution_options(**{_SQLITE_BEGIN: "IMMEDIATE"})
+
+
+class Database:
+    """One engine and the sessions made from it; what services are given."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.backend = engine.dialect.name
+        self._writes = sessionmaker(bind=writer(engine), expire_on_commit=False)
+        self._reads = sessionmaker(bind=engine, expire_on_commit=False)
+
+    @classmethod
+    def from_url(cls, url: str) -> Database:
+        return cls(make_engine(url))
+
+    @contextmanager
+    def transaction(self) -> Iterator[Session]:
+        """A unit of work: commits when the block ends, rolls back if it raises."""
+        with self._writes() as session, session.begin():
+            yield session
+
+    @contextmanager
+    def read(self) -> Iterator[Session]:
+        """A consistent view for reports and lookups that never takes SQLite's write lock.
+
+        Nothing written through it is kept: the session is rolled back when the block ends.
+        """
+        with self._reads() as session:
+            yield session
+
+    def dispose(self) -> None:
+        self.engine.dispose()

@@ -1,0 +1,284 @@
+"""The tables, as typed SQLAlchemy models named in the seller's words.
+
+Models hold storage only: no business rule lives on them, because the rules are
+pure functions in `autofunnel.domain` and the services decide what gets written.
+Every timestamp is timezone-aware UTC (`UTCDateTime`), and no timestamp has a
+default: services write `clock.now()`, so a fixed or virtual clock is obeyed.
+
+Columns that Core inserts (benchmarks, bulk imports) may leave out have a
+server default; JSON columns are replaced, not mutated in place, since the ORM
+does not see changes inside a dict.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from sqlalchemy import (
+    Boolean,
+    CheckConstraint,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    UniqueConstraint,
+    false,
+    text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from autofunnel.store.types import IdType, JsonType, UTCDateTime
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+"""Named constraints can be altered and dropped by later migrations on every backend."""
+
+LEAD_STATUSES = ("pending", "active", "unsubscribed", "bounced", "complained", "erased")
+ENROLLMENT_KINDS = ("funnel", "sequence")
+ENROLLMENT_STATUSES = ("active", "done", "ended", "stopped", "exited")
+DELIVERY_KINDS = ("email", "notify")
+DELIVERY_STATUSES = ("queued", "sending", "sent", "failed", "skipped")
+
+
+def one_of(column: str, values: tuple[str, ...]) -> str:
+    """The SQL of a CHECK that keeps a status column inside its known words."""
+    return f"{column} IN ({', '.join(repr(value) for value in values)})"
+
+
+EMPTY_OBJECT = text("'{}'")
+EMPTY_LIST = text("'[]'")
+EMPTY_TEXT = text("''")
+
+Id = Annotated[int, mapped_column(IdType, primary_key=True)]
+Email = Annotated[str, mapped_column(String(320))]
+FlowName = Annotated[str, mapped_column(String(100))]
+StepId = Annotated[str, mapped_column(String(200))]
+Moment = Annotated[datetime, mapped_column(UTCDateTime())]
+LeadRef = Annotated[int, mapped_column(IdType, ForeignKey("leads.id"))]
+
+
+class Base(DeclarativeBase):
+    """One MetaData for every table, and the Python types that pick our column types."""
+
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {
+        datetime: UTCDateTime(),
+        dict[str, Any]: JsonType,
+        list[str]: JsonType,
+    }
+
+
+class Lead(Base):
+    """A person, keyed by a normalized (trimmed, lower-case) email."""
+
+    __tablename__ = "leads"
+    __table_args__ = (CheckConstraint(one_of("status", LEAD_STATUSES), name="status"),)
+
+    id: Mapped[Id]
+    email: Mapped[Email] = mapped_column(unique=True)
+    first_name: Mapped[str | None] = mapped_column(String(200))
+    fields: Mapped[dict[str, Any]] = mapped_column(default=dict, server_default=EMPTY_OBJECT)
+    tags: Mapped[list[str]] = mapped_column(default=list, server_default=EMPTY_LIST)
+    timezone: Mapped[str | None] = mapped_column(String(64))
+    source: Mapped[dict[str, Any] | None]
+    owner: Mapped[str | None] = mapped_column(String(320))
+    status: Mapped[str] = mapped_column(String(16))
+    consent: Mapped[dict[str, Any] | None]
+    created_at: Mapped[Moment]
+    updated_at: Mapped[Moment]
+    status_changed_at: Mapped[Moment | None]
+
+
+class Event(Base):
+    """Something that happened to a lead; `key` makes recording it idempotent."""
+
+    __tablename__ = "events"
+    __table_args__ = (
+        Index(None, "lead_id", "at"),
+        Index(None, "type", "at"),
+    )
+
+    id: Mapped[Id]
+    lead_id: Mapped[LeadRef]
+    key: Mapped[str] = mapped_column(String(200), unique=True)
+    type: Mapped[str] = mapped_column(String(64))
+    properties: Mapped[dict[str, Any]] = mapped_column(default=dict, server_default=EMPTY_OBJECT)
+    at: Mapped[Moment]
+    received_at: Mapped[Moment]
+
+
+class Enrollment(Base):
+    """A lead's place in one funnel stage or one sequence run: the schedule itself.
+
+    The scheduler claims rows whose `due_at` has come, through the partial index
+    on active rows only, so a pass costs what is due rather than every lead.
+    """
+
+    __tablename__ = "enrollments"
+    __table_args__ = (
+        UniqueConstraint("lead_id", "flow", "stage", "run"),
+        CheckConstraint(one_of("kind", ENROLLMENT_KINDS), name="kind"),
+        CheckConstraint(one_of("status", ENROLLMENT_STATUSES), name="status"),
+        Index(
+            "ix_enrollments_due",
+            "due_at",
+            postgresql_where=text("status = 'active'"),
+            sqlite_where=text("status = 'active'"),
+        ),
+        Index(None, "lead_id", "flow"),
+    )
+
+    id: Mapped[Id]
+    lead_id: Mapped[LeadRef]
+    flow: Mapped[FlowName]
+    kind: Mapped[str] = mapped_column(String(8))
+    stage: Mapped[FlowName] = mapped_column(default="", server_default=EMPTY_TEXT)
+    run: Mapped[int] = mapped_column(Integer, default=1, server_default=text("1"))
+    step_id: Mapped[StepId | None]
+    status: Mapped[str] = mapped_column(String(10))
+    due_at: Mapped[Moment | None]
+    waiting_for: Mapped[dict[str, Any] | None]
+    visits: Mapped[dict[str, Any]] = mapped_column(default=dict, server_default=EMPTY_OBJECT)
+    entered_at: Mapped[Moment]
+    ended_at: Mapped[Moment | None]
+    end_reason: Mapped[str | None] = mapped_column(String(200))
+    lease_until: Mapped[Moment | None]
+
+
+class Delivery(Base):
+    """One email to one lead from one step occurrence; its unique key is what
+    makes a second dispatch of the same step harmless."""
+
+    __tablename__ = "deliveries"
+    __table_args__ = (
+        UniqueConstraint("enrollment_id", "step_id", "occurrence"),
+        CheckConstraint(one_of("kind", DELIVERY_KINDS), name="kind"),
+        CheckConstraint(one_of("status", DELIVERY_STATUSES), name="status"),
+        Index(
+            "ix_deliveries_queued",
+            "created_at",
+            postgresql_where=text("status = 'queued'"),
+            sqlite_where=text("status = 'queued'"),
+        ),
+        Index(None, "status", "lease_until"),
+        Index(None, "lead_id"),
+    )
+
+    id: Mapped[Id]
+    lead_id: Mapped[LeadRef]
+    enrollment_id: Mapped[int | None] = mapped_column(IdType, ForeignKey("enrollments.id"))
+    flow: Mapped[FlowName]
+    stage: Mapped[FlowName] = mapped_column(default="", server_default=EMPTY_TEXT)
+    step_id: Mapped[StepId]
+    occurrence: Mapped[int] = mapped_column(Integer, default=1, server_default=text("1"))
+    kind: Mapped[str] = mapped_column(String(8))
+    template: Mapped[str] = mapped_column(String(200))
+    variant: Mapped[str | None] = mapped_column(String(100))
+    to_address: Mapped[Email]
+    status: Mapped[str] = mapped_column(String(10))
+    reason: Mapped[str | None] = mapped_column(String(500))
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    lease_until: Mapped[Moment | None]
+    created_at: Mapped[Moment]
+    sent_at: Mapped[Moment | None]
+    opened_at: Mapped[Moment | None]
+    clicked_at: Mapped[Moment | None]
+    message_id: Mapped[str | None] = mapped_column(String(255))
+
+
+class Deadline(Base):
+    """A named, personal moment for one lead (an offer's expiry)."""
+
+    __tablename__ = "deadlines"
+    __table_args__ = (UniqueConstraint("lead_id", "flow", "name"),)
+
+    id: Mapped[Id]
+    lead_id: Mapped[LeadRef]
+    flow: Mapped[FlowName]
+    name: Mapped[str] = mapped_column(String(100))
+    due_at: Mapped[Moment]
+    created_at: Mapped[Moment]
+
+
+class StageEntry(Base):
+    """One lead reaching (or skipping) one funnel stage; reports aggregate these rows."""
+
+    __tablename__ = "stage_entries"
+    __table_args__ = (
+        UniqueConstraint("lead_id", "funnel", "stage"),
+        Index(None, "funnel", "cohort_at"),
+        Index(None, "funnel", "stage", "entered_at"),
+    )
+
+    id: Mapped[Id]
+    lead_id: Mapped[LeadRef]
+    funnel: Mapped[FlowName]
+    stage: Mapped[FlowName]
+    position: Mapped[int] = mapped_column(Integer)
+    entered_at: Mapped[Moment]
+    skipped: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    cohort_at: Mapped[Moment]
+
+
+class Assignment(Base):
+    """A random pick (A/B variant, holdout) made once per lead and kept."""
+
+    __tablename__ = "assignments"
+    __table_args__ = (UniqueConstraint("lead_id", "flow", "name"),)
+
+    id: Mapped[Id]
+    lead_id: Mapped[LeadRef]
+    flow: Mapped[FlowName]
+    name: Mapped[str] = mapped_column(String(200))
+    value: Mapped[str] = mapped_column(String(100))
+    assigned_at: Mapped[Moment]
+
+
+class TimelineEntry(Base):
+    """A step decision that affected a lead, with its reason, as the API and admin show it."""
+
+    __tablename__ = "timeline"
+    __table_args__ = (Index(None, "lead_id", "at"),)
+
+    id: Mapped[Id]
+    lead_id: Mapped[LeadRef]
+    at: Mapped[Moment]
+    flow: Mapped[FlowName | None]
+    stage: Mapped[FlowName | None]
+    step_id: Mapped[StepId | None]
+    decision: Mapped[str] = mapped_column(String(32))
+    reason: Mapped[str | None] = mapped_column(String(500))
+    detail: Mapped[dict[str, Any] | None]
+
+
+class ApiKey(Base):
+    """An API credential; only the sha256 of the key is kept."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[Id]
+    name: Mapped[str] = mapped_column(String(100))
+    prefix: Mapped[str] = mapped_column(String(16))
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[Moment]
+    last_used_at: Mapped[Moment | None]
+    revoked_at: Mapped[Moment | None]
+
+
+class User(Base):
+    """An admin user; the password is kept only as a salted hash."""
+
+    __tablename__ = "users"
+
+    id: Mapped[Id]
+    email: Mapped[Email] = mapped_column(unique=True)
+    password_hash: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[Moment]
+    last_login_at: Mapped[Moment | None]

@@ -1,0 +1,269 @@
+"""The schema comes only from the migrations, and the models agree with them, on this run's backend."""
+
+from __future__ import annotations
+
+import io
+import threading
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import bindparam, inspect, select, text
+from sqlalchemy.exc import IntegrityError, StatementError
+
+from autofunnel.errors import NotMigratedError, UnknownRevisionError
+from autofunnel.services.database import database_status, open_database, upgrade_database
+from autofunnel.store.db import Database, normalize_url
+from autofunnel.store.migrate import (
+    alembic_config,
+    current_revision,
+    downgrade,
+    head_revision,
+    pending,
+    upgrade,
+)
+from autofunnel.store.models import ApiKey, Base, Event, Lead, TimelineEntry
+from autofunnel.store.types import UTCDateTime
+
+pytestmark = pytest.mark.db
+
+TABLES = {
+    "leads",
+    "events",
+    "enrollments",
+    "deliveries",
+    "deadlines",
+    "stage_entries",
+    "assignments",
+    "timeline",
+    "api_keys",
+    "users",
+}
+MOMENT = datetime(2025, 3, 30, 1, 30, tzinfo=UTC)
+
+
+def _tables(db: Database) -> set[str]:
+    with db.engine.connect() as connection:
+        return set(inspect(connection).get_table_names())
+
+
+def _lead(email: str = "ana@shop.example") -> Lead:
+    return Lead(email=email, status="active", created_at=MOMENT, updated_at=MOMENT)
+
+
+def test_upgrade_from_empty_reaches_head(database_url: str) -> None:
+    assert current_revision(database_url) is None
+    assert pending(database_url)
+
+    upgrade(database_url)
+
+    assert current_revision(database_url) == head_revision() == "0001"
+    assert not pending(database_url)
+    db = Database.from_url(database_url)
+    try:
+        assert _tables(db) >= TABLES
+    finally:
+        db.dispose()
+
+
+def test_upgrade_twice_is_harmless(database_url: str) -> None:
+    upgrade(database_url)
+    upgrade(database_url)
+    assert upgrade_database(database_url).up_to_date
+    assert current_revision(database_url) == head_revision()
+
+
+def test_models_match_migrations(migrated_db: Database) -> None:
+    with migrated_db.engine.connect() as connection:
+        context = MigrationContext.configure(connection, opts={"compare_type": True, "compare_server_default": True})
+        assert compare_metadata(context, Base.metadata) == []
+
+
+def test_autogenerate_through_env_finds_nothing_to_do(database_url: str) -> None:
+    """The same check a developer's `alembic check` runs, through env.py's own connection."""
+    upgrade(database_url)
+    config = alembic_config()
+    config.set_main_option("sqlalchemy.url", normalize_url(database_url).replace("%", "%%"))
+    command.check(config)
+
+
+def test_offline_sql_contains_the_partial_index() -> None:
+    out = io.StringIO()
+    config = alembic_config()
+    config.stdout = out
+    config.output_buffer = out
+    config.set_main_option("sqlalchemy.url", "postgresql://")
+    command.upgrade(config, "head", sql=True)
+    sql = out.getvalue()
+    assert "CREATE TABLE leads" in sql
+    assert "CREATE INDEX ix_enrollments_due ON enrollments (due_at) WHERE status = 'active'" in sql
+
+
+@pytest.mark.parametrize(
+    ("table", "index", "status"),
+    [("enrollments", "ix_enrollments_due", "active"), ("deliveries", "ix_deliveries_queued", "queued")],
+)
+def test_partial_indexes_exist(migrated_db: Database, table: str, index: str, status: str) -> None:
+    with migrated_db.engine.connect() as connection:
+        indexes = {item["name"]: item for item in inspect(connection).get_indexes(table)}
+    assert index in indexes
+    options = indexes[index]["dialect_options"]
+    where = options.get(f"{migrated_db.backend}_where")
+    assert where is not None, options
+    assert f"'{status}'" in str(where)
+
+
+def test_downgrade_to_base_then_upgrade_again(database_url: str) -> None:
+    upgrade(database_url)
+    downgrade(database_url, "base")
+    db = Database.from_url(database_url)
+    try:
+        assert current_revision(database_url) is None
+        assert not (TABLES & _tables(db))
+        upgrade(database_url)
+        assert _tables(db) >= TABLES
+        assert current_revision(database_url) == head_revision()
+    finally:
+        db.dispose()
+
+
+def test_utc_datetime_round_trips_an_aware_moment(migrated_db: Database) -> None:
+    paris_summer = timezone(timedelta(hours=2))
+    written = datetime(2025, 7, 1, 9, 15, 30, 123456, tzinfo=paris_summer)
+    with migrated_db.transaction() as session:
+        session.add(ApiKey(name="k", prefix="af_x", key_hash="h" * 64, created_at=written))
+
+    with migrated_db.read() as session:
+        read = session.scalars(select(ApiKey.created_at)).one()
+        stored = session.execute(text("SELECT created_at FROM api_keys")).scalar_one()
+    assert read == written
+    assert read.tzinfo is UTC
+    assert read.hour == 7
+    if migrated_db.backend == "sqlite":
+        assert str(stored).startswith("2025-07-01 07:15:30.123456")
+    else:
+        assert stored == written
+
+
+def test_utc_datetime_refuses_a_naive_moment(migrated_db: Database) -> None:
+    with pytest.raises(StatementError) as failure, migrated_db.transaction() as session:
+        session.add(ApiKey(name="k", prefix="af_x", key_hash="h" * 64, created_at=datetime(2025, 7, 1, 9, 15)))
+        session.flush()
+    assert isinstance(failure.value.orig, ValueError)
+    with migrated_db.read() as session:
+        assert session.scalars(select(ApiKey)).all() == []
+
+
+def test_comparisons_bind_through_utc(migrated_db: Database) -> None:
+    """A query bound with a non-UTC moment finds rows stored in UTC (SQLite compares text)."""
+    with migrated_db.transaction() as session:
+        session.add(ApiKey(name="k", prefix="af_x", key_hash="h" * 64, created_at=MOMENT))
+    later_elsewhere = (MOMENT + timedelta(seconds=1)).astimezone(timezone(timedelta(hours=-5)))
+    with migrated_db.read() as session:
+        assert session.scalars(select(ApiKey.id).where(ApiKey.created_at < later_elsewhere)).all() != []
+
+
+def test_server_defaults_fill_core_inserts(migrated_db: Database) -> None:
+    """Benchmarks and bulk imports insert with plain SQL; the defaults that matter are in the database."""
+    with migrated_db.transaction() as session:
+        session.execute(
+            text(
+                "INSERT INTO leads (email, status, created_at, updated_at) "
+                "VALUES ('raw@shop.example', 'active', :at, :at)"
+            ).bindparams(bindparam("at", type_=UTCDateTime())),
+            {"at": MOMENT},
+        )
+    with migrated_db.read() as session:
+        lead = session.scalars(select(Lead)).one()
+    assert (lead.fields, lead.tags, lead.source) == ({}, [], None)
+
+
+def test_json_none_is_sql_null(migrated_db: Database) -> None:
+    with migrated_db.transaction() as session:
+        lead = _lead()
+        session.add(lead)
+        session.flush()
+        session.add(TimelineEntry(lead_id=lead.id, at=MOMENT, decision="sent", detail=None))
+    with migrated_db.read() as session:
+        assert session.scalars(select(TimelineEntry.id).where(TimelineEntry.detail.is_(None))).all() != []
+
+
+def test_foreign_keys_and_checks_are_enforced(migrated_db: Database) -> None:
+    with pytest.raises(IntegrityError), migrated_db.transaction() as session:
+        session.add(Event(lead_id=999, key="e1", type="purchase", at=MOMENT, received_at=MOMENT))
+    with pytest.raises(IntegrityError), migrated_db.transaction() as session:
+        session.add(Lead(email="x@shop.example", status="happy", created_at=MOMENT, updated_at=MOMENT))
+
+
+def test_transaction_rolls_back_when_the_block_raises(migrated_db: Database) -> None:
+    with pytest.raises(RuntimeError), migrated_db.transaction() as session:
+        session.add(_lead())
+        session.flush()
+        raise RuntimeError("boom")
+    with migrated_db.read() as session:
+        assert session.scalars(select(Lead)).all() == []
+
+
+def test_open_database_refuses_an_unmigrated_database(database_url: str) -> None:
+    with pytest.raises(NotMigratedError):
+        open_database(database_url)
+    assert not database_status(database_url).up_to_date
+
+
+def test_open_database_refuses_a_newer_schema(migrated_db: Database, database_url: str) -> None:
+    with migrated_db.transaction() as session:
+        session.execute(text("UPDATE alembic_version SET version_num = 'ffff'"))
+    with pytest.raises(UnknownRevisionError):
+        open_database(database_url)
+    with pytest.raises(UnknownRevisionError):
+        upgrade_database(database_url)
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ("postgres://u:p@h/db", "postgresql+psycopg://u:p@h/db"),
+        ("postgresql://u:p@h:5432/db", "postgresql+psycopg://u:p@h:5432/db"),
+        ("postgresql+psycopg://u@h/db", "postgresql+psycopg://u@h/db"),
+        ("sqlite:///relative.db", "sqlite:///relative.db"),
+        ("sqlite:////abs/path.db", "sqlite:////abs/path.db"),
+    ],
+)
+def test_normalize_url(given: str, expected: str) -> None:
+    assert normalize_url(given) == expected
+
+
+def test_read_then_write_units_in_parallel_never_fail_with_locked(migrated_db: Database, database_url: str) -> None:
+    """Separate engines stand for separate processes: each unit reads, then writes.
+
+    With SQLite's default deferred BEGIN, the second writer's snapshot goes stale
+    and it fails at once with "database is locked"; units of work begin
+    IMMEDIATE, so they wait their turn instead.
+    """
+    databases = [Database.from_url(database_url) for _ in range(4)]
+    errors: list[BaseException] = []
+
+    def work(db: Database, worker: int) -> None:
+        try:
+            for round_ in range(10):
+                with db.transaction() as session:
+                    seen = len(session.scalars(select(ApiKey.id)).all())
+                    name = f"{worker}-{round_}-{seen}"
+                    session.add(ApiKey(name=name, prefix="af_x", key_hash=f"{worker}-{round_}", created_at=MOMENT))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(db, n)) for n, db in enumerate(databases)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        for db in databases:
+            db.dispose()
+    assert errors == []
+    with migrated_db.read() as session:
+        assert len(session.scalars(select(ApiKey.id)).all()) == 40
