@@ -164,3 +164,26 @@ def user_create(state: State, email: str, password_stdin: bool) -> None:
     if generated is not None:
         click.echo("generated password; store it now, it is not shown again:")
         click.echo(generated)
+
+
+@main.command()
+@click.option("--now", "at", metavar="ISO", help="Run the pass as if it were this moment (e.g. 2026-03-01T09:00:00Z).")
+@click.option("--dry-run", is_flag=True, help="Show what would happen; write and send nothing.")
+@pass_state
+@friendly_errors
+def tick(state: State, at: str | None, dry_run: bool) -> None:
+    """One scheduler pass: run every step that is due and send the emails it queues."""
+    from autofunnel.clock import FixedClock, SystemClock
+    from autofunnel.services.inputs import parse_moment
+    from autofunnel.services.runtime import Runtime
+    from autofunnel.services.scheduler import run_tick
+
+    clock = FixedClock(parse_moment(at, "--now", SystemClock().now())) if at else SystemClock()
+    runtime = Runtime.open(state.settings, clock)
+    try:
+        result = run_tick(runtime, dry_run=dry_run)
+    finally:
+        runtime.close()
+    for line in result.lines:
+        click.echo(line)
+    click.echo(result.summary)

@@ -40,3 +40,17 @@ class DuplicateError(AutofunnelError):
 
 class InvalidInputError(AutofunnelError):
     """the input is not valid"""
+
+    code = "invalid"
+
+    def __init__(self, message: str | None = None, *, field: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+        if code is not None:
+            self.code = code
+
+
+class NotFoundError(InvalidInputError):
+    """no such thing"""
+
+    code = "not_found"

@@ -12,12 +12,14 @@ import os
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 if TYPE_CHECKING:
     from autofunnel.store.db import Database
+
+pytest_plugins = ["smtp_sink"]
 
 TEST_DATABASE_URL = os.environ.get("AUTOFUNNEL_TEST_DATABASE_URL", "")
 TEST_BROKER_URL = os.environ.get("AUTOFUNNEL_TEST_BROKER_URL", "")
@@ -99,3 +101,44 @@ def migrated_db(database_url: str) -> Iterator[Database]:
         yield db
     finally:
         db.dispose()
+
+
+@pytest.fixture
+def project_dir(tmp_path: Path) -> Path:
+    """The starter project (yoga funnel, abandoned-cart sequence) in a fresh folder."""
+    from autofunnel.services.starter import init_project
+
+    directory = tmp_path / "shop"
+    init_project(directory)
+    return directory
+
+
+@pytest.fixture
+def runtime_factory(database_url: str) -> Iterator[Any]:
+    """Build Runtimes on one migrated database: `make(project_dir, smtp_url, clock, **settings)`.
+
+    Several runtimes on the same database stand for several processes (each has
+    its own engine and connections).
+    """
+    from autofunnel.config import load_settings
+    from autofunnel.services.runtime import Runtime
+    from autofunnel.store.migrate import upgrade
+
+    upgrade(database_url)
+    made: list[Any] = []
+
+    def make(project: Path, smtp_url: str, clock: Any, **extra: str) -> Any:
+        environ = {
+            "AUTOFUNNEL_DATABASE_URL": database_url,
+            "AUTOFUNNEL_SMTP_URL": smtp_url,
+            "AUTOFUNNEL_BASE_URL": "http://testserver",
+            "AUTOFUNNEL_SECRET_KEY": "test-secret-key-0123456789",
+            **{f"AUTOFUNNEL_{key.upper()}": value for key, value in extra.items()},
+        }
+        runtime = Runtime.open(load_settings(project, environ=environ), clock)
+        made.append(runtime)
+        return runtime
+
+    yield make
+    for runtime in made:
+        runtime.close()

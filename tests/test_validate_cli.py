@@ -239,7 +239,7 @@ def test_step_nobody_can_reach(project: Path) -> None:
     edit(project / "funnels/yoga.yml", "      - wait: 7d\n", "      - exit\n      - wait: 7d\n")
     code, lines = validate(project)
     assert code == 0, lines
-    assert f"{YOGA}:41: warning: step 'wait-7d' can never be reached: the step before it always jumps or exits" in lines
+    assert f"{YOGA}:41: warning: step 'wait-after-exit' can never be reached: the step before it always jumps or exits" in lines
 
 
 def test_loop_without_a_wait(project: Path) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from autofunnel.domain.conditions import ConditionFacts, EventFact, holds
@@ -189,21 +189,27 @@ def advance(
     now: datetime,
     rng: random.Random,
     previous_ids: Sequence[str] = (),
+    scheduled: datetime | None = None,
 ) -> Advance:
     """Run a lead's steps from its cursor until something makes it wait or leave.
 
     `steps` are the stage's (or sequence's) current steps; `previous_ids` the step
     order the enrollment was last scheduled with, to resume after a removed step.
+    `scheduled` is when this run was due: waits count from then, so a late pass
+    keeps the schedule — but only until the first email of the pass, after which
+    waits count from now, so a long pause never sends a burst of emails at once.
     """
-    return _Run(cursor, flow, steps, lead, now, rng, previous_ids).go()
+    return _Run(cursor, flow, steps, lead, now, rng, previous_ids, scheduled).go()
 
 
 class _Run:
     def __init__(
         self, cursor: Cursor, flow: Flow, steps: Sequence[Step], lead: LeadFacts, now: datetime,
-        rng: random.Random, previous_ids: Sequence[str],
+        rng: random.Random, previous_ids: Sequence[str], scheduled: datetime | None,
     ) -> None:
         self.flow, self.steps, self.lead, self.now, self.rng = flow, steps, lead, now, rng
+        self.base = min(scheduled, now) if scheduled is not None else now
+        self.sent = False
         self.ids = [step.id for step in steps]
         self.cursor = cursor
         self.previous_ids = previous_ids
@@ -263,7 +269,10 @@ class _Run:
         index = self.ids.index(step.id)
         action = step.action
         if isinstance(action, Wait):
-            until = self.now + action.duration
+            until = self.wait_end(action.duration)
+            if until is None:
+                self.decisions.append(WaitDecision(step.id, self.base, f"waited {format_duration(action.duration)}; over by the time this pass ran"))
+                return index + 1
             return self.park(step.id, Parked("time"), until, f"waiting {format_duration(action.duration)}")
         if isinstance(action, WaitUntilDeadline):
             moment = self.deadlines.get(action.deadline)
@@ -275,8 +284,12 @@ class _Run:
                 return index + 1
             return self.park(step.id, Parked("time"), moment, f"waiting until deadline {action.deadline!r}")
         if isinstance(action, WaitForEvent):
-            until = self.now + action.timeout
-            return self.park(step.id, Parked("event", action.matcher, self.now), until, f"waiting for {action.matcher.event} or the timeout")
+            until = self.wait_end(action.timeout)
+            if until is None:
+                self.decisions.append(WaitDecision(step.id, self.base, f"the wait for {action.matcher.event} timed out by the time this pass ran"))
+                return index + 1
+            start = self.now if self.sent else self.base
+            return self.park(step.id, Parked("event", action.matcher, start), until, f"waiting for {action.matcher.event} or the timeout")
         if not holds(step.condition, self.facts()):
             self.decisions.append(Skip(step.id, "condition false"))
             return index + 1
@@ -302,6 +315,16 @@ class _Run:
             return Advance(tuple(self.decisions), Cursor(None, None, self.visits), None, "exited")
         return index + 1
 
+    def wait_end(self, duration: timedelta) -> datetime | None:
+        """When a wait reached now ends, or None if, counted from when it was due, it is already over."""
+        if self.sent:
+            return self.now + duration
+        until = self.base + duration
+        if until <= self.now:
+            self.base = until
+            return None
+        return until
+
     def visit(self, step: Step) -> int:
         self.visits[step.id] = self.visits.get(step.id, 0) + 1
         return self.visits[step.id]
@@ -326,7 +349,8 @@ class _Run:
         verdict = check_cap(self.now, self.flow.rules.frequency_cap, self.lead.recent_sends)
         if not verdict.ok:
             if verdict.defer_until is not None:
-                return self.park(step.id, None, verdict.defer_until, "frequency cap reached; deferred")
+                resume = next_allowed(verdict.defer_until, self.flow.rules, self.lead.timezone)
+                return self.park(step.id, None, resume, "frequency cap reached; deferred")
             self.start_deadline(step, action)
             self.visit(step)
             self.decisions.append(Skip(step.id, "capped: frequency cap reached"))
@@ -335,6 +359,7 @@ class _Run:
         occurrence = self.visit(step)
         template, variant = self.pick_template(step, action)
         self.decisions.append(SendEmail(step.id, occurrence, template, variant))
+        self.sent = True
         return index + 1
 
     def notify(self, step: Step, action: Notify, index: int) -> int:

@@ -410,6 +410,12 @@ class _FlowParser:
         return stages
 
     def steps(self, raw: LocatedList, explicit_ids: set[str]) -> tuple[Step, ...]:
+        """Parse steps and give each a stable id: explicit, else from what it does.
+
+        A plain wait is named after the step it follows (`wait-after-welcome`), not
+        its duration, so changing a duration keeps waiting leads where they are,
+        and no other wait can inherit its id when an earlier one is edited.
+        """
         parsed: list[tuple[Action, Condition | None, int, str | None, str]] = []
         for index, item in enumerate(raw):
             line = raw.line_of(index)
@@ -423,6 +429,8 @@ class _FlowParser:
             if explicit:
                 steps.append(Step(explicit, action, condition, line, explicit_id=True))
                 continue
+            if isinstance(action, Wait):
+                base = f"wait-after-{steps[-1].id}" if steps else "wait-first"
             derived_counts[base] += 1
             step_id = base if derived_counts[base] == 1 else f"{base}#{derived_counts[base]}"
             while step_id in taken:
@@ -519,7 +527,7 @@ class _FlowParser:
         raw = item["wait"]
         if not isinstance(raw, LocatedDict):
             duration = self.duration(raw, line, "wait")
-            return (Wait(duration), f"wait-{str(raw).strip()}") if duration is not None else None
+            return (Wait(duration), "wait") if duration is not None else None
         if "until_deadline" in raw:
             self.keys(raw, ("until_deadline",), "wait")
             name = self.text(raw, "until_deadline", NAME, "a deadline name")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from autofunnel.errors import AutofunnelError
 
-PROJECT_GITIGNORE = "autofunnel.db\nautofunnel.db-*\noutbox/\n"
+PROJECT_GITIGNORE = "autofunnel.db\nautofunnel.db-*\noutbox/\n.autofunnel-secret\n"
 
 
 class ProjectExistsError(AutofunnelError):

@@ -109,10 +109,23 @@ class Database:
         return cls(make_engine(url))
 
     @contextmanager
-    def transaction(self) -> Iterator[Session]:
-        """A unit of work: commits when the block ends, rolls back if it raises."""
-        with self._writes() as session, session.begin():
-            yield session
+    def transaction(self, *, rollback: bool = False) -> Iterator[Session]:
+        """A unit of work: commits when the block ends, rolls back if it raises.
+
+        `rollback=True` always rolls back: a dry run sees exactly what would be
+        written, inside the real transaction, and keeps none of it.
+        """
+        with self._writes() as session:
+            session.begin()
+            try:
+                yield session
+            except BaseException:
+                session.rollback()
+                raise
+            if rollback:
+                session.rollback()
+            else:
+                session.commit()
 
     @contextmanager
     def read(self) -> Iterator[Session]:

@@ -114,6 +114,23 @@ class Event(Base):
     received_at: Mapped[Moment]
 
 
+class FlowVersion(Base):
+    """The step ids of a flow as they were when leads were scheduled with them.
+
+    When a seller removes or renames a step, a lead parked on it resumes at the
+    next step of the version it was scheduled with that still exists.
+    """
+
+    __tablename__ = "flow_versions"
+    __table_args__ = (UniqueConstraint("flow", "digest"),)
+
+    id: Mapped[Id]
+    flow: Mapped[FlowName]
+    digest: Mapped[str] = mapped_column(String(64))
+    steps: Mapped[dict[str, Any]]
+    created_at: Mapped[Moment]
+
+
 class Enrollment(Base):
     """A lead's place in one funnel stage or one sequence run: the schedule itself.
 
@@ -150,6 +167,8 @@ class Enrollment(Base):
     ended_at: Mapped[Moment | None]
     end_reason: Mapped[str | None] = mapped_column(String(200))
     lease_until: Mapped[Moment | None]
+    version_id: Mapped[int | None] = mapped_column(IdType, ForeignKey("flow_versions.id"))
+    event_id: Mapped[int | None] = mapped_column(IdType, ForeignKey("events.id"))
 
 
 class Delivery(Base):

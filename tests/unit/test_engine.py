@@ -81,7 +81,7 @@ def test_a_lead_walks_the_first_stage() -> None:
     first = run(yoga, Cursor("welcome"), active(), T0)
     assert [type(d) for d in first.decisions] == [SendEmail, WaitDecision]
     assert first.decisions[0] == SendEmail("welcome", 1, "welcome")
-    assert first.cursor.step_id == "wait-1d" and first.cursor.parked == Parked("time")
+    assert first.cursor.step_id == "wait-after-welcome" and first.cursor.parked == Parked("time")
     assert first.due_at == T0 + timedelta(days=1)
 
     second = run(yoga, first.cursor, active(), first.due_at)

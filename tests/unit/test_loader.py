@@ -83,7 +83,7 @@ def test_a_full_funnel_parses_into_the_model() -> None:
     assert buyer.enter_on == EventMatcher("purchase", {"product": "deal"})
     steps = {step.id: step for step in lead.steps}
     assert list(steps) == [
-        "hello", "wait-1d", "pitch", "wait-1d#2", "tag-nudged", "set-level", "wait-until-d1",
+        "hello", "wait-after-hello", "pitch", "wait-after-pitch", "tag-nudged", "set-level", "wait-until-d1",
         "wait-event-purchase", "notify-alert", "goto-hello",
     ]
     assert steps["hello"].action == Send("hello", deadline=steps["hello"].action.deadline)
@@ -99,7 +99,7 @@ def test_a_full_funnel_parses_into_the_model() -> None:
     assert [type(c) for c in inner.conditions] == [HasTag, Opened, Clicked]
     assert steps["tag-nudged"].condition == FieldIs("plan", "in", ["free", "trial"], 19)
     assert isinstance(steps["set-level"].action, SetFields) and steps["set-level"].action.values == {"level": 2}
-    assert steps["wait-1d"].action == Wait(timedelta(days=1))
+    assert steps["wait-after-hello"].action == Wait(timedelta(days=1))
     assert steps["wait-until-d1"].action == WaitUntilDeadline("d1")
     assert steps["wait-event-purchase"].action == WaitForEvent(EventMatcher("purchase", {"product": "deal"}), timedelta(days=3))
     assert steps["notify-alert"].action == Notify("sales@shop.example", "alert")
@@ -113,6 +113,12 @@ def test_derived_ids_survive_an_inserted_step() -> None:
     after, _ = load("sequence: s\nstart_on: {event: x}\nsteps:\n  - send: intro\n  - wait: 2h\n  - send: a\n  - wait: 1d\n  - send: b\n")
     assert isinstance(before, Sequence) and isinstance(after, Sequence)
     assert {s.id for s in before.steps} <= {s.id for s in after.steps}
+
+
+def test_a_changed_wait_keeps_its_id_and_no_other_wait_takes_it() -> None:
+    before, _ = load("sequence: s\nstart_on: {event: x}\nsteps:\n  - send: a\n  - wait: 1d\n  - send: b\n  - wait: 1d\n  - send: c\n")
+    after, _ = load("sequence: s\nstart_on: {event: x}\nsteps:\n  - send: a\n  - wait: 2d\n  - send: b\n  - wait: 1d\n  - send: c\n")
+    assert [s.id for s in before.steps] == [s.id for s in after.steps] == ["a", "wait-after-a", "b", "wait-after-b", "c"]
 
 
 def test_explicit_ids_win_and_derived_ids_avoid_them() -> None:
@@ -166,4 +172,4 @@ def test_sequence_keys() -> None:
     assert isinstance(flow, Sequence)
     assert flow.restart is True
     assert flow.stop_on == (EventMatcher("purchase"),)
-    assert [s.id for s in flow.steps] == ["wait-1h", "exit"]
+    assert [s.id for s in flow.steps] == ["wait-first", "exit"]

@@ -77,6 +77,17 @@ def upgrade() -> None:
     op.create_index(op.f("ix_events_type_at"), "events", ["type", "at"])
 
     op.create_table(
+        "flow_versions",
+        _id(),
+        sa.Column("flow", sa.String(length=100), nullable=False),
+        sa.Column("digest", sa.String(length=64), nullable=False),
+        sa.Column("steps", JSON, nullable=False),
+        sa.Column("created_at", MOMENT, nullable=False),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_flow_versions")),
+        sa.UniqueConstraint("flow", "digest", name=op.f("uq_flow_versions_flow_digest")),
+    )
+
+    op.create_table(
         "enrollments",
         _id(),
         _lead_id(),
@@ -93,12 +104,16 @@ def upgrade() -> None:
         sa.Column("ended_at", MOMENT, nullable=True),
         sa.Column("end_reason", sa.String(length=200), nullable=True),
         sa.Column("lease_until", MOMENT, nullable=True),
+        sa.Column("version_id", ID, nullable=True),
+        sa.Column("event_id", ID, nullable=True),
         sa.CheckConstraint("kind IN ('funnel', 'sequence')", name=op.f("ck_enrollments_kind")),
         sa.CheckConstraint(
             "status IN ('active', 'done', 'ended', 'stopped', 'exited')",
             name=op.f("ck_enrollments_status"),
         ),
         sa.ForeignKeyConstraint(["lead_id"], ["leads.id"], name=op.f("fk_enrollments_lead_id_leads")),
+        sa.ForeignKeyConstraint(["version_id"], ["flow_versions.id"], name=op.f("fk_enrollments_version_id_flow_versions")),
+        sa.ForeignKeyConstraint(["event_id"], ["events.id"], name=op.f("fk_enrollments_event_id_events")),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_enrollments")),
         sa.UniqueConstraint("lead_id", "flow", "stage", "run", name=op.f("uq_enrollments_lead_id_flow_stage_run")),
     )
@@ -253,6 +268,7 @@ def downgrade() -> None:
         "deadlines",
         "deliveries",
         "enrollments",
+        "flow_versions",
         "events",
         "leads",
     ):

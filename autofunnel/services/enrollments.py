@@ -1,0 +1,128 @@
+"""Rows of the schedule: starting, ending and stopping enrollments, and the
+timeline entries that say why. Shared by subscribe, record_events and tick,
+always inside the caller's transaction."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.orm import Session
+
+from autofunnel.domain.engine import Cursor, Parked
+from autofunnel.domain.model import EventMatcher, Flow, Funnel
+from autofunnel.store.models import Delivery, Enrollment, TimelineEntry
+from autofunnel.store.queries import chunks
+
+
+def timeline_row(
+    lead_id: int, at: datetime, decision: str, reason: str | None, *, flow: str | None = None,
+    stage: str | None = None, step_id: str | None = None, detail: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    return {
+        "lead_id": lead_id, "at": at, "flow": flow, "stage": stage or None, "step_id": step_id,
+        "decision": decision, "reason": (reason or "")[:500] or None, "detail": detail,
+    }
+
+
+def write_timeline(session: Session, rows: Sequence[dict[str, Any]]) -> None:
+    if rows:
+        session.execute(insert(TimelineEntry), list(rows))
+
+
+def new_enrollment(
+    lead_id: int, flow: Flow, stage: str, *, run: int, at: datetime, now: datetime, version_id: int | None,
+    event_id: int | None,
+) -> dict[str, Any]:
+    """The row of a fresh stage or sequence run, due at once (or done if it has no steps)."""
+    steps = flow.stage(stage).steps if isinstance(flow, Funnel) else flow.steps
+    first = steps[0].id if steps else None
+    return {
+        "lead_id": lead_id, "flow": flow.slug, "kind": flow.kind, "stage": stage, "run": run,
+        "step_id": first, "status": "active" if first else "done", "due_at": now if first else None,
+        "waiting_for": None, "visits": {}, "entered_at": at, "ended_at": None if first else now,
+        "end_reason": None if first else "no steps", "version_id": version_id, "event_id": event_id,
+    }
+
+
+def end_enrollments(session: Session, ids: Iterable[int], status: str, reason: str, now: datetime) -> list[int]:
+    """End active enrollments and cancel their queued emails, in the caller's transaction.
+
+    Cancelling here, where the stop is recorded, is what makes the delivery
+    claim (`queued` → `sending`) the single place where send and stop race.
+    """
+    ids = list(ids)
+    ended: list[int] = []
+    for part in chunks(ids, 500):
+        result = session.execute(
+            update(Enrollment)
+            .where(Enrollment.id.in_(part), Enrollment.status == "active")
+            .values(status=status, due_at=None, ended_at=now, end_reason=reason[:200])
+            .returning(Enrollment.id)
+        )
+        ended.extend(result.scalars())
+    cancel_queued(session, ids, f"cancelled: {reason}", now)
+    return ended
+
+
+def cancel_queued(session: Session, enrollment_ids: Sequence[int], reason: str, now: datetime) -> list[tuple[int, int, str]]:
+    """Queued deliveries of these enrollments become `skipped` with the reason; returns (id, lead, step)."""
+    cancelled: list[tuple[int, int, str]] = []
+    for part in chunks(list(enrollment_ids), 500):
+        result = session.execute(
+            update(Delivery)
+            .where(Delivery.enrollment_id.in_(part), Delivery.status == "queued")
+            .values(status="skipped", reason=reason[:500], lease_until=None)
+            .returning(Delivery.id, Delivery.lead_id, Delivery.step_id)
+        )
+        cancelled.extend((row.id, row.lead_id, row.step_id) for row in result)
+    return cancelled
+
+
+def cancel_queued_for_leads(session: Session, lead_ids: Sequence[int], reason: str) -> int:
+    """A suppressed lead gets nothing more: every queued email to it is skipped."""
+    count = 0
+    for part in chunks(list(lead_ids), 500):
+        result = session.execute(
+            update(Delivery)
+            .where(Delivery.lead_id.in_(part), Delivery.status == "queued", Delivery.kind == "email")
+            .values(status="skipped", reason=reason[:500], lease_until=None)
+        )
+        count += result.rowcount or 0
+    return count
+
+
+def active_enrollment_ids(session: Session, lead_ids: Sequence[int]) -> list[int]:
+    ids: list[int] = []
+    for part in chunks(list(lead_ids), 500):
+        ids.extend(session.scalars(select(Enrollment.id).where(Enrollment.lead_id.in_(part), Enrollment.status == "active")))
+    return ids
+
+
+# The cursor <-> row mapping -----------------------------------------------------
+
+
+def parked_to_json(parked: Parked | None) -> dict[str, Any] | None:
+    if parked is None:
+        return None
+    data: dict[str, Any] = {"kind": parked.kind}
+    if parked.matcher is not None:
+        data["event"] = parked.matcher.event
+        data["properties"] = dict(parked.matcher.properties)
+    if parked.since is not None:
+        data["since"] = parked.since.isoformat()
+    return data
+
+
+def parked_from_json(data: dict[str, Any] | None) -> Parked | None:
+    if not data:
+        return None
+    matcher = EventMatcher(data["event"], data.get("properties") or {}) if data.get("event") else None
+    since = datetime.fromisoformat(data["since"]) if data.get("since") else None
+    return Parked(data["kind"], matcher, since)
+
+
+def cursor_of(step_id: str | None, waiting_for: dict[str, Any] | None, visits: dict[str, Any] | None) -> Cursor:
+    return Cursor(step_id, parked_from_json(waiting_for), dict(visits or {}))

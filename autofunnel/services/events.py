@@ -1,0 +1,240 @@
+"""Recording events: stored idempotently, then applied in time order, in one transaction.
+
+A batch is checked whole first (inputs.parse_events), then every event is
+inserted (`ON CONFLICT (key) DO NOTHING`: a resent event is a duplicate, not a
+second purchase), and each new one is applied by its `at`: stage entries, which
+end the earlier stage and cancel its queued emails; sequence starts, restarts
+and stops; woken `wait: {event…}` steps; and status changes, which suppress
+the lead for every funnel at once. The transaction that records a purchase is
+the one that cancels what it stops, so no claim can slip between them.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.orm import Session
+
+from autofunnel.domain.conditions import EventFact
+from autofunnel.domain.engine import SUPPRESSED, wake_matches
+from autofunnel.domain.routing import (
+    ChangeStatus,
+    Effect,
+    EnterStage,
+    Membership,
+    SequenceRun,
+    StartSequence,
+    StopSequence,
+    route_event,
+)
+from autofunnel.errors import NotFoundError
+from autofunnel.services.enrollments import (
+    active_enrollment_ids,
+    cancel_queued_for_leads,
+    end_enrollments,
+    new_enrollment,
+    parked_from_json,
+    timeline_row,
+    write_timeline,
+)
+from autofunnel.services.inputs import EventInput
+from autofunnel.services.runtime import Runtime
+from autofunnel.services.versions import current_version_ids
+from autofunnel.store.models import Enrollment, Event, Lead, StageEntry
+from autofunnel.store.queries import chunks, insert_ignoring
+
+
+@dataclass(frozen=True)
+class RecordResult:
+    accepted: int
+    duplicates: int
+    lead_ids: tuple[int, ...] = ()
+
+
+@dataclass
+class _Lead:
+    id: int
+    status: str
+    memberships: dict[str, Membership] = field(default_factory=dict)
+    stage_enrollments: dict[str, list[int]] = field(default_factory=lambda: defaultdict(list))
+    runs: dict[str, tuple[SequenceRun, int]] = field(default_factory=dict)
+    max_run: dict[str, int] = field(default_factory=dict)
+    parked: list[tuple[int, Any]] = field(default_factory=list)
+    history: list[EventFact] = field(default_factory=list)
+
+
+def record_events(rt: Runtime, items: list[EventInput]) -> RecordResult:
+    """Store a batch of events and apply the new ones; all or nothing."""
+    now = rt.clock.now()
+    with rt.db.transaction() as session:
+        lead_of = _resolve_leads(session, items, now)
+        rows = [
+            {
+                "lead_id": lead_of[index], "key": item.key or f"gen:{uuid.uuid4().hex}", "type": item.type,
+                "properties": item.properties, "at": item.at, "received_at": now,
+            }
+            for index, item in enumerate(items)
+        ]
+        inserted = list(session.execute(insert_ignoring(session, Event.__table__, ("key",)).returning(Event.id, Event.key), rows))
+        by_key = {row["key"]: row for row in rows}
+        fresh = sorted(((by_key[key], event_id) for event_id, key in inserted), key=lambda pair: (pair[0]["at"], pair[1]))
+        if fresh:
+            _apply(session, rt, fresh, now)
+        return RecordResult(len(inserted), len(rows) - len(inserted), tuple(sorted(set(lead_of))))
+
+
+def _resolve_leads(session: Session, items: list[EventInput], now: datetime) -> list[int]:
+    """The lead of each event; an unknown email becomes a new active lead, an unknown id is an error."""
+    emails = sorted({item.email for item in items if item.email})
+    ids = sorted({item.lead_id for item in items if item.lead_id})
+    by_email: dict[str, int] = {}
+    for part in chunks(emails, 500):
+        by_email.update(session.execute(select(Lead.email, Lead.id).where(Lead.email.in_(part))).all())
+    known_ids: set[int] = set()
+    for part in chunks(ids, 500):
+        known_ids.update(session.scalars(select(Lead.id).where(Lead.id.in_(part))))
+    for index, item in enumerate(items):
+        if item.lead_id and item.lead_id not in known_ids:
+            prefix = f"[{index}]." if len(items) > 1 else ""
+            raise NotFoundError(f"no lead with id {item.lead_id}", field=f"{prefix}lead_id", code="unknown_lead")
+    missing = [email for email in emails if email not in by_email]
+    if missing:
+        session.execute(
+            insert_ignoring(session, Lead.__table__, ("email",)),
+            [{"email": email, "fields": {}, "tags": [], "status": "active", "created_at": now, "updated_at": now, "status_changed_at": now} for email in missing],
+        )
+        for part in chunks(missing, 500):
+            by_email.update(session.execute(select(Lead.email, Lead.id).where(Lead.email.in_(part))).all())
+    return [item.lead_id if item.lead_id else by_email[item.email or ""] for item in items]
+
+
+def _load(session: Session, rt: Runtime, lead_ids: list[int]) -> dict[int, _Lead]:
+    leads: dict[int, _Lead] = {}
+    for part in chunks(lead_ids, 500):
+        for lead_id, status in session.execute(select(Lead.id, Lead.status).where(Lead.id.in_(part))):
+            leads[lead_id] = _Lead(lead_id, status)
+        entries: dict[tuple[int, str], list[Any]] = defaultdict(list)
+        for row in session.execute(
+            select(StageEntry.lead_id, StageEntry.funnel, StageEntry.stage, StageEntry.position, StageEntry.entered_at, StageEntry.skipped)
+            .where(StageEntry.lead_id.in_(part))
+        ):
+            entries[(row.lead_id, row.funnel)].append(row)
+        for (lead_id, funnel), rows in entries.items():
+            entered = [r for r in rows if not r.skipped]
+            if not entered:
+                continue
+            current = max(entered, key=lambda r: r.position)
+            first = min(rows, key=lambda r: r.position)
+            leads[lead_id].memberships[funnel] = Membership(funnel, first.entered_at, current.stage, frozenset(r.stage for r in rows))
+        for row in session.execute(
+            select(Enrollment.id, Enrollment.lead_id, Enrollment.flow, Enrollment.kind, Enrollment.stage, Enrollment.run,
+                   Enrollment.status, Enrollment.entered_at, Enrollment.waiting_for)
+            .where(Enrollment.lead_id.in_(part))
+        ):
+            lead = leads[row.lead_id]
+            if row.kind == "sequence":
+                lead.max_run[row.flow] = max(lead.max_run.get(row.flow, 0), row.run)
+            if row.status != "active":
+                continue
+            if row.kind == "funnel":
+                lead.stage_enrollments[row.flow].append(row.id)
+            else:
+                lead.runs[row.flow] = (SequenceRun(row.flow, row.run, row.entered_at), row.id)
+            parked = parked_from_json(row.waiting_for)
+            if parked is not None and parked.kind in ("event", "confirm"):
+                lead.parked.append((row.id, parked))
+    stop_types = sorted({m.event for seq in rt.project.sequences for m in seq.stop_on})
+    if stop_types:
+        for part in chunks(lead_ids, 500):
+            for lead_id, kind, properties, at in session.execute(
+                select(Event.lead_id, Event.type, Event.properties, Event.at).where(Event.lead_id.in_(part), Event.type.in_(stop_types))
+            ):
+                leads[lead_id].history.append(EventFact(kind, properties or {}, at))
+    return leads
+
+
+def _apply(session: Session, rt: Runtime, fresh: list[tuple[dict[str, Any], int]], now: datetime) -> None:
+    leads = _load(session, rt, sorted({row["lead_id"] for row, _ in fresh}))
+    versions = current_version_ids(session, list(rt.project.flows.values()), now)
+    timeline: list[dict[str, Any]] = []
+    wake: set[int] = set()
+    for row, event_id in fresh:
+        lead = leads[row["lead_id"]]
+        fact = EventFact(row["type"], row["properties"], row["at"])
+        active_runs = {slug: run for slug, (run, _) in lead.runs.items()}
+        effects = route_event(rt.project, lead.status, lead.memberships, active_runs, lead.history, fact)
+        for effect in effects:
+            _apply_effect(session, rt, lead, effect, event_id, now, versions, timeline)
+        for enrollment_id, parked in list(lead.parked):
+            woken = wake_matches(parked, fact.type, fact.properties, fact.at) or (parked.kind == "confirm" and lead.status == "active")
+            if woken:
+                wake.add(enrollment_id)
+                lead.parked.remove((enrollment_id, parked))
+                timeline.append(timeline_row(lead.id, now, "woken", f"{fact.type} arrived", detail={"enrollment": enrollment_id}))
+        lead.history.append(fact)
+    if wake:
+        for part in chunks(sorted(wake), 500):
+            session.execute(update(Enrollment).where(Enrollment.id.in_(part), Enrollment.status == "active").values(due_at=now))
+    write_timeline(session, timeline)
+
+
+def _apply_effect(
+    session: Session, rt: Runtime, lead: _Lead, effect: Effect, event_id: int, now: datetime,
+    versions: dict[str, int], timeline: list[dict[str, Any]],
+) -> None:
+    match effect:
+        case ChangeStatus(status=status, reason=reason):
+            lead.status = status
+            session.execute(update(Lead).where(Lead.id == lead.id).values(status=status, status_changed_at=now, updated_at=now))
+            timeline.append(timeline_row(lead.id, now, "status", f"{status}: {reason}"))
+            if status in SUPPRESSED:
+                end_enrollments(session, active_enrollment_ids(session, [lead.id]), "exited", f"lead {status}", now)
+                cancel_queued_for_leads(session, [lead.id], f"suppressed: lead {status}")
+                lead.stage_enrollments.clear()
+                lead.runs.clear()
+                lead.parked.clear()
+        case EnterStage(funnel=funnel, stage=stage, position=position, skipped=skipped, leaving=leaving, at=at):
+            membership = lead.memberships[funnel]
+            entries = [
+                {"lead_id": lead.id, "funnel": funnel, "stage": name, "position": pos, "entered_at": at, "skipped": True, "cohort_at": membership.entered_at}
+                for name, pos in skipped
+            ]
+            entries.append({"lead_id": lead.id, "funnel": funnel, "stage": stage, "position": position, "entered_at": at, "skipped": False, "cohort_at": membership.entered_at})
+            session.execute(insert_ignoring(session, StageEntry.__table__, ("lead_id", "funnel", "stage")), entries)
+            ended = lead.stage_enrollments.pop(funnel, [])
+            end_enrollments(session, ended, "ended", f"entered stage {stage!r}", now)
+            lead.parked = [(eid, p) for eid, p in lead.parked if eid not in ended]
+            flow = rt.project.flows[funnel]
+            created = session.execute(
+                insert(Enrollment).returning(Enrollment.id),
+                [new_enrollment(lead.id, flow, stage, run=1, at=at, now=now, version_id=versions.get(funnel), event_id=event_id)],
+            ).scalar_one()
+            lead.stage_enrollments[funnel].append(created)
+            lead.memberships[funnel] = Membership(funnel, membership.entered_at, stage, membership.reached | {stage, *(n for n, _ in skipped)})
+            skipped_text = f"; skipped {', '.join(repr(n) for n, _ in skipped)}" if skipped else ""
+            timeline.append(timeline_row(lead.id, now, "stage", f"left {leaving!r}, entered {stage!r}{skipped_text}", flow=funnel, stage=stage))
+        case StartSequence(sequence=slug, at=at, restarting=restarting):
+            if restarting is not None:
+                _, old_id = lead.runs.pop(slug)
+                end_enrollments(session, [old_id], "stopped", "restarted by a new start event", now)
+                lead.parked = [(eid, p) for eid, p in lead.parked if eid != old_id]
+            run = lead.max_run.get(slug, 0) + 1
+            lead.max_run[slug] = run
+            flow = rt.project.flows[slug]
+            created = session.execute(
+                insert(Enrollment).returning(Enrollment.id),
+                [new_enrollment(lead.id, flow, "", run=run, at=at, now=now, version_id=versions.get(slug), event_id=event_id)],
+            ).scalar_one()
+            lead.runs[slug] = (SequenceRun(slug, run, at), created)
+            timeline.append(timeline_row(lead.id, now, "started", f"sequence {'restarted' if restarting else 'started'} (run {run})", flow=slug))
+        case StopSequence(run=run, reason=reason):
+            _, run_id = lead.runs.pop(run.sequence)
+            end_enrollments(session, [run_id], "stopped", reason, now)
+            lead.parked = [(eid, p) for eid, p in lead.parked if eid != run_id]
+            timeline.append(timeline_row(lead.id, now, "stopped", reason, flow=run.sequence))
+

@@ -1,0 +1,215 @@
+"""Leads: subscribing to a funnel, the lead's full story, and erasure."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.orm import Session
+
+from autofunnel.domain.model import Funnel
+from autofunnel.errors import InvalidInputError, NotFoundError
+from autofunnel.services.enrollments import (
+    active_enrollment_ids,
+    end_enrollments,
+    new_enrollment,
+    timeline_row,
+    write_timeline,
+)
+from autofunnel.services.inputs import SubscribeInput
+from autofunnel.services.runtime import Runtime
+from autofunnel.services.versions import current_version_ids
+from autofunnel.store.models import Assignment, Deadline, Delivery, Enrollment, Event, Lead, StageEntry, TimelineEntry
+from autofunnel.store.queries import insert_ignoring
+
+PURCHASE_KEPT = ("product", "amount", "currency", "order_id")
+"""What erasure keeps of a purchase or refund: the anonymous figures reports count."""
+
+
+@dataclass(frozen=True)
+class SubscribeResult:
+    lead_id: int
+    status: str
+    created: bool
+
+
+def subscribe(rt: Runtime, data: SubscribeInput, *, consent: dict[str, Any]) -> SubscribeResult:
+    """Put a lead into a funnel's first stage; a second call for the same funnel changes nothing.
+
+    The welcome email is not sent here: the enrollment is due at once, and the
+    next scheduler pass (a second or so under `autofunnel run`) sends it.
+    """
+    flow = rt.flow(data.funnel)
+    if not isinstance(flow, Funnel):
+        raise InvalidInputError(f"{data.funnel!r} is a sequence; sequences start on events, not subscriptions", field="funnel", code="not_a_funnel")
+    now = rt.clock.now()
+    double_opt_in = flow.double_opt_in if flow.double_opt_in is not None else rt.settings.double_opt_in
+    with rt.db.transaction() as session:
+        lead = _find_or_create(session, data, double_opt_in, consent, now)
+        first = flow.stages[0]
+        entered = session.execute(
+            insert_ignoring(session, StageEntry.__table__, ("lead_id", "funnel", "stage")).returning(StageEntry.id),
+            [{"lead_id": lead.id, "funnel": flow.slug, "stage": first.name, "position": 0, "entered_at": data.at, "skipped": False, "cohort_at": data.at}],
+        ).first()
+        if entered is None:
+            return SubscribeResult(lead.id, lead.status, False)
+        event = Event(
+            lead_id=lead.id, key=f"subscribed:{flow.slug}:{lead.id}:{uuid.uuid4().hex}", type="subscribed",
+            properties={"funnel": flow.slug, **({"source": data.source} if data.source else {})}, at=data.at, received_at=now,
+        )
+        session.add(event)
+        session.flush()
+        timeline = [timeline_row(lead.id, now, "entered", f"subscribed; entered stage {first.name!r}", flow=flow.slug, stage=first.name)]
+        if flow.holdout > 0:
+            held = rt.rng.random() < flow.holdout
+            session.add(Assignment(lead_id=lead.id, flow=flow.slug, name="holdout", value="held_out" if held else "treated", assigned_at=now))
+            if held:
+                timeline.append(timeline_row(lead.id, now, "holdout", f"in the {flow.holdout:.0%} holdout: gets none of this funnel's emails", flow=flow.slug))
+        version = current_version_ids(session, [flow], now)[flow.slug]
+        session.execute(
+            insert_ignoring(session, Enrollment.__table__, ("lead_id", "flow", "stage", "run")),
+            [new_enrollment(lead.id, flow, first.name, run=1, at=data.at, now=now, version_id=version, event_id=event.id)],
+        )
+        write_timeline(session, timeline)
+        return SubscribeResult(lead.id, lead.status, True)
+
+
+def _find_or_create(session: Session, data: SubscribeInput, double_opt_in: bool, consent: dict[str, Any], now: datetime) -> Lead:
+    values = {
+        "email": data.email, "first_name": data.first_name, "fields": data.fields, "tags": list(data.tags),
+        "timezone": data.timezone, "source": data.source or None, "owner": data.owner,
+        "status": "pending" if double_opt_in else "active", "consent": consent,
+        "created_at": now, "updated_at": now, "status_changed_at": now,
+    }
+    created = session.execute(insert_ignoring(session, Lead.__table__, ("email",)).returning(Lead.id), [values]).first()
+    lead = session.scalars(select(Lead).where(Lead.email == data.email).with_for_update()).one()
+    if created is None:
+        _merge(lead, data, now)
+    return lead
+
+
+def _merge(lead: Lead, data: SubscribeInput, now: datetime) -> None:
+    """A known lead subscribing again: new details win, tags and fields are added, the first source stays."""
+    if lead.status == "erased":
+        raise InvalidInputError("this lead was erased and cannot be subscribed again with the same record", field="email", code="erased")
+    if data.first_name:
+        lead.first_name = data.first_name
+    if data.fields:
+        lead.fields = {**(lead.fields or {}), **data.fields}
+    if data.tags:
+        lead.tags = list(dict.fromkeys([*(lead.tags or []), *data.tags]))
+    if data.timezone:
+        lead.timezone = data.timezone
+    if data.owner:
+        lead.owner = data.owner
+    if data.source and not lead.source:
+        lead.source = data.source
+    lead.updated_at = now
+
+
+def find_lead(session: Session, key: str) -> Lead:
+    """A lead by id (digits) or by email, case-insensitively."""
+    key = key.strip()
+    lead = session.get(Lead, int(key)) if key.isdigit() else session.scalars(select(Lead).where(Lead.email == key.lower())).first()
+    if lead is None:
+        raise NotFoundError(f"no lead {key!r}", field="lead", code="unknown_lead")
+    return lead
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.isoformat().replace("+00:00", "Z") if moment else None
+
+
+def lead_view(rt: Runtime, key: str, *, limit: int = 500) -> dict[str, Any]:
+    """The lead, its stage per funnel, its events and every step decision with its reason."""
+    with rt.db.read() as session:
+        lead = find_lead(session, key)
+        entries = session.execute(
+            select(StageEntry.funnel, StageEntry.stage, StageEntry.position, StageEntry.entered_at, StageEntry.skipped)
+            .where(StageEntry.lead_id == lead.id).order_by(StageEntry.funnel, StageEntry.position)
+        ).all()
+        enrollments = session.execute(
+            select(Enrollment).where(Enrollment.lead_id == lead.id).order_by(Enrollment.entered_at, Enrollment.id)
+        ).scalars().all()
+        assignments = session.execute(select(Assignment.flow, Assignment.name, Assignment.value).where(Assignment.lead_id == lead.id)).all()
+        deadlines = session.execute(select(Deadline.flow, Deadline.name, Deadline.due_at).where(Deadline.lead_id == lead.id)).all()
+        events = session.execute(
+            select(Event).where(Event.lead_id == lead.id).order_by(Event.at.desc(), Event.id.desc()).limit(limit)
+        ).scalars().all()
+        timeline = session.execute(
+            select(TimelineEntry).where(TimelineEntry.lead_id == lead.id).order_by(TimelineEntry.at, TimelineEntry.id).limit(limit)
+        ).scalars().all()
+        deliveries = session.execute(
+            select(Delivery).where(Delivery.lead_id == lead.id).order_by(Delivery.created_at, Delivery.id).limit(limit)
+        ).scalars().all()
+        funnels: dict[str, dict[str, Any]] = {}
+        for funnel, stage, position, entered_at, skipped in entries:
+            view = funnels.setdefault(funnel, {"funnel": funnel, "stage": None, "stages": []})
+            view["stages"].append({"stage": stage, "position": position, "entered_at": _iso(entered_at), "skipped": skipped})
+            if not skipped:
+                view["stage"] = stage
+        for flow, name, value in assignments:
+            if name == "holdout" and flow in funnels:
+                funnels[flow]["holdout"] = value == "held_out"
+        return {
+            "id": lead.id, "email": lead.email, "first_name": lead.first_name, "fields": lead.fields, "tags": lead.tags,
+            "timezone": lead.timezone, "source": lead.source, "owner": lead.owner, "status": lead.status,
+            "consent": lead.consent, "created_at": _iso(lead.created_at),
+            "funnels": list(funnels.values()),
+            "enrollments": [
+                {"flow": e.flow, "kind": e.kind, "stage": e.stage or None, "run": e.run, "status": e.status, "step": e.step_id,
+                 "due_at": _iso(e.due_at), "waiting_for": e.waiting_for, "entered_at": _iso(e.entered_at),
+                 "ended_at": _iso(e.ended_at), "end_reason": e.end_reason}
+                for e in enrollments
+            ],
+            "deadlines": [{"flow": flow, "name": name, "at": _iso(due)} for flow, name, due in deadlines],
+            "assignments": [{"flow": flow, "name": name, "value": value} for flow, name, value in assignments],
+            "events": [{"id": e.key, "type": e.type, "at": _iso(e.at), "properties": e.properties} for e in events],
+            "deliveries": [
+                {"id": d.id, "flow": d.flow, "stage": d.stage or None, "step": d.step_id, "occurrence": d.occurrence, "kind": d.kind,
+                 "template": d.template, "variant": d.variant, "status": d.status, "reason": d.reason,
+                 "created_at": _iso(d.created_at), "sent_at": _iso(d.sent_at), "opened_at": _iso(d.opened_at), "clicked_at": _iso(d.clicked_at)}
+                for d in deliveries
+            ],
+            "timeline": [
+                {"at": _iso(t.at), "flow": t.flow, "stage": t.stage, "step": t.step_id, "decision": t.decision, "reason": t.reason}
+                for t in timeline
+            ],
+        }
+
+
+def erase_lead(rt: Runtime, key: str) -> int:
+    """GDPR erasure: personal data goes, anonymous counts (stages reached, sends, purchase figures) stay.
+
+    Everything the lead was in ends and its queued emails are cancelled in the
+    same transaction, so nothing is sent to the erased address.
+    """
+    now = rt.clock.now()
+    with rt.db.transaction() as session:
+        lead = find_lead(session, key)
+        lead_id = lead.id
+        end_enrollments(session, active_enrollment_ids(session, [lead_id]), "exited", "lead erased", now)
+        session.execute(
+            update(Delivery).where(Delivery.lead_id == lead_id, Delivery.status == "queued")
+            .values(status="skipped", reason="suppressed: lead erased", lease_until=None)
+        )
+        session.execute(update(Delivery).where(Delivery.lead_id == lead_id).values(to_address="erased"))
+        for event in session.scalars(select(Event).where(Event.lead_id == lead_id)):
+            kept = {k: v for k, v in (event.properties or {}).items() if k in PURCHASE_KEPT} if event.type in ("purchase", "refund") else {}
+            event.properties = kept
+        session.execute(update(TimelineEntry).where(TimelineEntry.lead_id == lead_id).values(detail=None))
+        session.execute(delete(Deadline).where(Deadline.lead_id == lead_id))
+        lead.email = f"erased-{lead_id}@erased.invalid"
+        lead.first_name = None
+        lead.fields = {}
+        lead.tags = []
+        lead.timezone = None
+        lead.consent = None
+        lead.status = "erased"
+        lead.status_changed_at = now
+        lead.updated_at = now
+        write_timeline(session, [timeline_row(lead_id, now, "erased", "personal data erased on request")])
+    return lead_id

@@ -1,0 +1,86 @@
+"""What every service call needs, built once by a shell (CLI, web app, worker).
+
+A `Runtime` bundles the settings, the database, the loaded project and the
+clock. Services take it as their first argument, so a test, `tick --now` or a
+simulation swaps the clock or the database without touching the services.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import secrets
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+from autofunnel.clock import Clock, SystemClock
+from autofunnel.config import Settings
+from autofunnel.domain.model import Flow, Project
+from autofunnel.errors import NotFoundError
+from autofunnel.services.database import open_database
+from autofunnel.services.project import load_project
+from autofunnel.mail.render import Renderer
+from autofunnel.mail.transport import Transport, transport_from_url
+from autofunnel.store.db import Database
+from autofunnel.tokens import Tokens
+
+SECRET_FILE = ".autofunnel-secret"
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    db: Database
+    project: Project
+    clock: Clock = field(default_factory=SystemClock)
+    rng: random.Random = field(default_factory=random.SystemRandom)
+
+    @classmethod
+    def open(cls, settings: Settings, clock: Clock | None = None) -> Runtime:
+        """Load the project (refusing one with errors) and open the migrated database."""
+        project = load_project(Path(settings.project_dir))
+        db = open_database(settings.resolved_database_url)
+        return cls(settings=settings, db=db, project=project, clock=clock or SystemClock())
+
+    @cached_property
+    def tokens(self) -> Tokens:
+        return Tokens(self.settings.secret_key or (project_secret(Path(self.settings.project_dir)),))
+
+    @cached_property
+    def renderer(self) -> Renderer:
+        return Renderer(Path(self.settings.project_dir) / "templates")
+
+    @cached_property
+    def transport(self) -> Transport:
+        return transport_from_url(self.settings.smtp_url, Path(self.settings.project_dir))
+
+    def flow(self, slug: str) -> Flow:
+        try:
+            return self.project.flows[slug]
+        except KeyError:
+            raise NotFoundError(f"no funnel or sequence {slug!r} in this project", field="funnel", code="unknown_funnel") from None
+
+    def close(self) -> None:
+        self.db.dispose()
+
+
+def project_secret(project_dir: Path) -> str:
+    """The key that signs links when AUTOFUNNEL_SECRET_KEY is not set: made once, kept in the project.
+
+    One machine with nothing configured still gets stable, unguessable links;
+    production sets AUTOFUNNEL_SECRET_KEY so every machine signs alike.
+    """
+    path = project_dir / SECRET_FILE
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        pass
+    key = secrets.token_urlsafe(32)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_text().strip()
+    with os.fdopen(fd, "w") as handle:
+        handle.write(key + "\n")
+    return key

@@ -1,0 +1,418 @@
+"""One scheduler pass: claim the enrollments whose time has come, run the engine
+on each, and write its decisions — all in one transaction per batch.
+
+Claims use `FOR UPDATE SKIP LOCKED` on PostgreSQL, so any number of schedulers
+can run at once without taking the same lead; on SQLite the batch is one
+`BEGIN IMMEDIATE` transaction, which serializes writers. The cost of a pass is
+what is due (the partial index on active rows' `due_at`), not every lead.
+Emails are only queued here; delivery ids are handed out after commit.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy.orm import Session
+
+from autofunnel.domain.conditions import EventFact
+from autofunnel.domain.engine import (
+    Advance,
+    AssignVariant,
+    ChangeFields,
+    ChangeTag,
+    Decision,
+    Jump,
+    LeadFacts,
+    Leave,
+    NotifyPerson,
+    SendEmail,
+    Skip,
+    StartDeadline,
+    WaitDecision,
+    advance,
+)
+from autofunnel.domain.model import Clicked, Flow, Funnel, HasEvent, Opened, Step, walk_condition
+from autofunnel.services.enrollments import cursor_of, parked_to_json, timeline_row, write_timeline
+from autofunnel.services.runtime import Runtime
+from autofunnel.services.versions import current_version_ids, layouts_by_id
+from autofunnel.store.models import Assignment, Deadline, Delivery, Enrollment, Event, Lead
+from autofunnel.store.queries import insert_ignoring, is_postgres
+
+BATCH = 500
+
+
+@dataclass(frozen=True)
+class DecisionLine:
+    """One decision, as `tick` prints it."""
+
+    email: str
+    flow: str
+    stage: str
+    step_id: str | None
+    decision: str
+    reason: str
+
+    def __str__(self) -> str:
+        where = f"{self.flow}/{self.stage}" if self.stage else self.flow
+        step = f" {self.step_id}" if self.step_id else ""
+        return f"{self.email} {where}{step}: {self.decision} — {self.reason}"
+
+
+@dataclass
+class TickReport:
+    now: datetime
+    enrollments: int = 0
+    queued: list[int] = field(default_factory=list)
+    lines: list[DecisionLine] = field(default_factory=list)
+    more_due: bool = False
+
+
+def tick(rt: Runtime, *, now: datetime | None = None, dry_run: bool = False, batch: int = BATCH) -> TickReport:
+    """Process everything due at `now`: batches until none is left (one batch on a dry run)."""
+    now = now or rt.clock.now()
+    report = TickReport(now)
+    versions: dict[str, int] | None = None
+    while True:
+        with rt.db.transaction(rollback=dry_run) as session:
+            if versions is None:
+                versions = current_version_ids(session, list(rt.project.flows.values()), now)
+            rows = _claim(session, now, batch)
+            if not rows:
+                break
+            report.enrollments += len(rows)
+            queued = _process(session, rt, rows, now, versions, report.lines)
+            if not dry_run:
+                report.queued.extend(queued)
+        if dry_run:
+            report.more_due = len(rows) == batch
+            break
+    return report
+
+
+def _claim(session: Session, now: datetime, batch: int) -> list[Any]:
+    stmt = (
+        select(
+            Enrollment.id, Enrollment.lead_id, Enrollment.flow, Enrollment.kind, Enrollment.stage, Enrollment.step_id,
+            Enrollment.waiting_for, Enrollment.visits, Enrollment.version_id, Enrollment.due_at,
+        )
+        .where(Enrollment.status == "active", Enrollment.due_at <= now)
+        .order_by(Enrollment.due_at)
+        .limit(batch)
+    )
+    if is_postgres(session):
+        stmt = stmt.with_for_update(skip_locked=True, of=Enrollment)
+    return list(session.execute(stmt))
+
+
+@dataclass
+class _LeadState:
+    email: str
+    status: str
+    timezone: str | None
+    owner: str | None
+    tags: list[str]
+    fields: dict[str, Any]
+    recent_sends: list[datetime] = field(default_factory=list)
+    changed: bool = False
+
+
+def _process(session: Session, rt: Runtime, rows: Sequence[Any], now: datetime, versions: dict[str, int], lines: list[DecisionLine]) -> list[int]:
+    lead_ids = sorted({row.lead_id for row in rows})
+    flows = {row.flow: rt.project.flows.get(row.flow) for row in rows}
+    leads = _lead_states(session, lead_ids)
+    deadlines: dict[tuple[int, str], dict[str, datetime]] = defaultdict(dict)
+    for lead_id, flow, name, due in session.execute(
+        select(Deadline.lead_id, Deadline.flow, Deadline.name, Deadline.due_at).where(Deadline.lead_id.in_(lead_ids))
+    ):
+        deadlines[(lead_id, flow)][name] = due
+    assignments: dict[tuple[int, str], dict[str, str]] = defaultdict(dict)
+    for lead_id, flow, name, value in session.execute(
+        select(Assignment.lead_id, Assignment.flow, Assignment.name, Assignment.value).where(Assignment.lead_id.in_(lead_ids))
+    ):
+        assignments[(lead_id, flow)][name] = value
+    _load_recent_sends(session, leads, [f for f in flows.values() if f], now)
+    engagement = _load_engagement(session, lead_ids, [f for f in flows.values() if f])
+    events = _load_events(session, lead_ids, [f for f in flows.values() if f])
+    layouts = layouts_by_id(session, {row.version_id for row in rows if row.version_id})
+
+    deliveries: list[dict[str, Any]] = []
+    timeline: list[dict[str, Any]] = []
+    new_deadlines: list[dict[str, Any]] = []
+    new_assignments: list[dict[str, Any]] = []
+    enrollment_updates: list[dict[str, Any]] = []
+
+    for row in rows:
+        lead = leads[row.lead_id]
+        flow = flows[row.flow]
+        stage_steps = _steps(flow, row.stage)
+        if flow is None or stage_steps is None:
+            reason = f"{'funnel or sequence' if flow is None else 'stage'} removed from the project"
+            enrollment_updates.append(_ended(row.id, "ended", reason, now))
+            timeline.append(timeline_row(row.lead_id, now, "ended", reason, flow=row.flow, stage=row.stage, step_id=row.step_id))
+            lines.append(DecisionLine(lead.email, row.flow, row.stage, row.step_id, "ended", reason))
+            continue
+        key = (row.lead_id, row.flow)
+        facts = LeadFacts(
+            status=lead.status, email=lead.email, timezone=lead.timezone, owner=lead.owner,
+            tags=frozenset(lead.tags), fields=lead.fields, deadlines=deadlines[key],
+            assignments=assignments[key], held_out=assignments[key].get("holdout") == "held_out",
+            opened=engagement.get((row.lead_id, row.flow, "opened"), frozenset()),
+            clicked=engagement.get((row.lead_id, row.flow, "clicked"), frozenset()),
+            events=events.get(row.lead_id, ()), recent_sends=lead.recent_sends,
+        )
+        previous = (layouts.get(row.version_id) or {}).get(row.stage, []) if row.version_id else []
+        result = advance(cursor_of(row.step_id, row.waiting_for, row.visits), flow, stage_steps, facts, now, rt.rng, previous, row.due_at)
+        for decision in result.decisions:
+            step_id = getattr(decision, "step_id", None)
+            verdict, reason = _describe(decision)
+            lines.append(DecisionLine(lead.email, row.flow, row.stage, step_id, verdict, reason))
+            timeline.append(timeline_row(row.lead_id, now, verdict, reason, flow=row.flow, stage=row.stage, step_id=step_id))
+            _collect(decision, row, lead, now, deliveries, new_deadlines, new_assignments, deadlines[key], assignments[key])
+        enrollment_updates.append(_update_of(row.id, result, versions.get(row.flow), now))
+
+    _write_leads(session, leads, now)
+    if new_deadlines:
+        session.execute(insert_ignoring(session, Deadline.__table__, ("lead_id", "flow", "name")), new_deadlines)
+    if new_assignments:
+        session.execute(insert_ignoring(session, Assignment.__table__, ("lead_id", "flow", "name")), new_assignments)
+    queued: list[int] = []
+    if deliveries:
+        stmt = insert_ignoring(session, Delivery.__table__, ("enrollment_id", "step_id", "occurrence")).returning(Delivery.id)
+        queued = list(session.scalars(stmt, deliveries))
+    write_timeline(session, timeline)
+    _write_enrollments(session, enrollment_updates)
+    return queued
+
+
+def _steps(flow: Flow | None, stage: str) -> tuple[Step, ...] | None:
+    if flow is None:
+        return None
+    if isinstance(flow, Funnel):
+        try:
+            return flow.stage(stage).steps
+        except KeyError:
+            return None
+    return flow.steps
+
+
+def _lead_states(session: Session, lead_ids: list[int]) -> dict[int, _LeadState]:
+    return {
+        row.id: _LeadState(row.email, row.status, row.timezone, row.owner, list(row.tags or []), dict(row.fields or {}))
+        for row in session.execute(
+            select(Lead.id, Lead.email, Lead.status, Lead.timezone, Lead.owner, Lead.tags, Lead.fields).where(Lead.id.in_(lead_ids))
+        )
+    }
+
+
+def _load_recent_sends(session: Session, leads: dict[int, _LeadState], flows: list[Flow], now: datetime) -> None:
+    """Sends to these leads from every funnel within the longest cap period in play."""
+    periods = [flow.rules.frequency_cap.per for flow in flows if flow.rules.frequency_cap]
+    if not periods:
+        return
+    since = now - max(periods)
+    for lead_id, created in session.execute(
+        select(Delivery.lead_id, Delivery.created_at).where(
+            Delivery.lead_id.in_(list(leads)), Delivery.kind == "email",
+            Delivery.status.in_(("queued", "sending", "sent")), Delivery.created_at > since,
+        )
+    ):
+        leads[lead_id].recent_sends.append(created)
+
+
+def _uses(flows: list[Flow], kinds: tuple[type, ...]) -> list[Any]:
+    found = []
+    for flow in flows:
+        for _, steps in flow.step_lists:
+            for step in steps:
+                found.extend(node for node in walk_condition(step.condition) if isinstance(node, kinds))
+    return found
+
+
+def _load_engagement(session: Session, lead_ids: list[int], flows: list[Flow]) -> dict[tuple[int, str, str], frozenset[str]]:
+    """Which send steps each lead opened or clicked (bot opens and clicks never set these)."""
+    if not _uses(flows, (Opened, Clicked)):
+        return {}
+    found: dict[tuple[int, str, str], set[str]] = defaultdict(set)
+    for lead_id, flow, step_id, opened, clicked in session.execute(
+        select(Delivery.lead_id, Delivery.flow, Delivery.step_id, Delivery.opened_at, Delivery.clicked_at).where(
+            Delivery.lead_id.in_(lead_ids), (Delivery.opened_at.is_not(None)) | (Delivery.clicked_at.is_not(None))
+        )
+    ):
+        if opened is not None or clicked is not None:
+            found[(lead_id, flow, "opened")].add(step_id)
+        if clicked is not None:
+            found[(lead_id, flow, "clicked")].add(step_id)
+    return {key: frozenset(value) for key, value in found.items()}
+
+
+def _load_events(session: Session, lead_ids: list[int], flows: list[Flow]) -> dict[int, list[EventFact]]:
+    types = sorted({node.matcher.event for node in _uses(flows, (HasEvent,))})
+    if not types:
+        return {}
+    found: dict[int, list[EventFact]] = defaultdict(list)
+    for lead_id, kind, properties, at in session.execute(
+        select(Event.lead_id, Event.type, Event.properties, Event.at).where(Event.lead_id.in_(lead_ids), Event.type.in_(types))
+    ):
+        found[lead_id].append(EventFact(kind, properties or {}, at))
+    return found
+
+
+def _describe(decision: Decision) -> tuple[str, str]:
+    match decision:
+        case SendEmail(template=template, variant=variant):
+            return "queued", f"email {template!r} queued" + (f" (variant {variant})" if variant else "")
+        case NotifyPerson(template=template, to=to):
+            return "queued", f"notification {template!r} to {to} queued"
+        case StartDeadline(name=name, at=at):
+            return "deadline", f"deadline {name!r} set for {at.isoformat()}"
+        case AssignVariant(template=template):
+            return "variant", f"variant {template!r} assigned"
+        case ChangeTag(tag=tag, add=add):
+            return ("tag" if add else "untag"), tag
+        case ChangeFields(values=values):
+            return "set", ", ".join(f"{k}={v!r}" for k, v in values.items())
+        case Skip(reason=reason):
+            return "skipped", reason
+        case Jump(target=target):
+            return "goto", f"jumped to {target!r}"
+        case WaitDecision(until=until, reason=reason):
+            return "waiting", reason + (f" until {until.isoformat()}" if until else "")
+        case Leave(status=status, reason=reason):
+            return status, reason
+    raise TypeError(decision)
+
+
+def _collect(
+    decision: Decision, row: Any, lead: _LeadState, now: datetime, deliveries: list[dict[str, Any]],
+    new_deadlines: list[dict[str, Any]], new_assignments: list[dict[str, Any]],
+    deadlines: dict[str, datetime], assignments: dict[str, str],
+) -> None:
+    base = {"lead_id": row.lead_id, "enrollment_id": row.id, "flow": row.flow, "stage": row.stage, "created_at": now, "status": "queued", "attempts": 0}
+    match decision:
+        case SendEmail(step_id=step_id, occurrence=occurrence, template=template, variant=variant):
+            deliveries.append({**base, "step_id": step_id, "occurrence": occurrence, "kind": "email", "template": template, "variant": variant, "to_address": lead.email})
+            lead.recent_sends.append(now)
+        case NotifyPerson(step_id=step_id, occurrence=occurrence, template=template, to=to):
+            deliveries.append({**base, "step_id": step_id, "occurrence": occurrence, "kind": "notify", "template": template, "variant": None, "to_address": to})
+        case StartDeadline(name=name, at=at):
+            deadlines[name] = at
+            new_deadlines.append({"lead_id": row.lead_id, "flow": row.flow, "name": name, "due_at": at, "created_at": now})
+        case AssignVariant(step_id=step_id, template=template):
+            assignments[step_id] = template
+            new_assignments.append({"lead_id": row.lead_id, "flow": row.flow, "name": step_id, "value": template, "assigned_at": now})
+        case ChangeTag(tag=tag, add=add):
+            if add and tag not in lead.tags:
+                lead.tags = [*lead.tags, tag]
+                lead.changed = True
+            elif not add and tag in lead.tags:
+                lead.tags = [t for t in lead.tags if t != tag]
+                lead.changed = True
+        case ChangeFields(values=values):
+            lead.fields = {**lead.fields, **values}
+            lead.changed = True
+
+
+def _ended(enrollment_id: int, status: str, reason: str, now: datetime) -> dict[str, Any]:
+    return {
+        "b_id": enrollment_id, "status": status, "step_id": None, "due_at": None, "waiting_for": None,
+        "ended_at": now, "end_reason": reason[:200],
+    }
+
+
+def _update_of(enrollment_id: int, result: Advance, version_id: int | None, now: datetime) -> dict[str, Any]:
+    ended = result.ended
+    reason = next((d.reason for d in result.decisions if isinstance(d, Leave)), None)
+    return {
+        "b_id": enrollment_id, "status": result.status, "step_id": result.cursor.step_id, "due_at": result.due_at,
+        "waiting_for": parked_to_json(result.cursor.parked), "ended_at": now if ended else None,
+        "end_reason": reason[:200] if ended and reason else None, "visits": dict(result.cursor.visits), "version_id": version_id,
+    }
+
+
+def _write_enrollments(session: Session, updates: list[dict[str, Any]]) -> None:
+    full = [u for u in updates if "visits" in u]
+    bare = [u for u in updates if "visits" not in u]
+    table = Enrollment.__table__
+    if full:
+        session.execute(
+            update(table).where(table.c.id == bindparam("b_id")).values(
+                status=bindparam("status"), step_id=bindparam("step_id"), due_at=bindparam("due_at"),
+                waiting_for=bindparam("waiting_for"), ended_at=bindparam("ended_at"), end_reason=bindparam("end_reason"),
+                visits=bindparam("visits"), version_id=bindparam("version_id"),
+            ),
+            full,
+        )
+    if bare:
+        session.execute(
+            update(table).where(table.c.id == bindparam("b_id")).values(
+                status=bindparam("status"), step_id=bindparam("step_id"), due_at=bindparam("due_at"),
+                waiting_for=bindparam("waiting_for"), ended_at=bindparam("ended_at"), end_reason=bindparam("end_reason"),
+            ),
+            bare,
+        )
+
+
+def _write_leads(session: Session, leads: dict[int, _LeadState], now: datetime) -> None:
+    changed = [{"b_id": lead_id, "tags": s.tags, "fields": s.fields, "updated_at": now} for lead_id, s in leads.items() if s.changed]
+    if changed:
+        table = Lead.__table__
+        session.execute(
+            update(table).where(table.c.id == bindparam("b_id")).values(
+                tags=bindparam("tags"), fields=bindparam("fields"), updated_at=bindparam("updated_at")
+            ),
+            changed,
+        )
+
+
+def sweep(rt: Runtime, *, now: datetime | None = None, lease: timedelta = timedelta(minutes=5)) -> tuple[list[int], int]:
+    """Find delivery work the broker lost: queued rows to dispatch again, and
+    `sending` rows whose worker died, which end `failed: interrupted` (never re-sent)."""
+    now = now or rt.clock.now()
+    with rt.db.transaction() as session:
+        interrupted = session.execute(
+            update(Delivery)
+            .where(Delivery.status == "sending", Delivery.lease_until < now)
+            .values(status="failed", reason="interrupted: the worker stopped between handing the email to SMTP and recording it", lease_until=None)
+            .returning(Delivery.id, Delivery.lead_id, Delivery.flow, Delivery.stage, Delivery.step_id)
+        ).all()
+        write_timeline(session, [
+            timeline_row(row.lead_id, now, "failed", "interrupted", flow=row.flow, stage=row.stage, step_id=row.step_id)
+            for row in interrupted
+        ])
+        pending = list(session.scalars(
+            select(Delivery.id).where(
+                Delivery.status == "queued", (Delivery.lease_until.is_(None)) | (Delivery.lease_until <= now)
+            ).order_by(Delivery.id)
+        ))
+    return pending, len(interrupted)
+
+
+@dataclass
+class PassResult:
+    lines: list[str]
+    summary: str
+
+
+def run_tick(rt: Runtime, *, dry_run: bool = False) -> PassResult:
+    """`autofunnel tick`: one pass in this process — steps that are due, lost work swept up, emails sent."""
+    from autofunnel.services.delivery import deliver
+
+    report = tick(rt, dry_run=dry_run)
+    lines = [f"{report.now.isoformat()} {line}" for line in report.lines]
+    if dry_run:
+        more = "; more are due than one dry-run batch shows" if report.more_due else ""
+        return PassResult(lines, f"dry run at {report.now.isoformat()}: {report.enrollments} enrollment(s) due, nothing written or sent{more}")
+    pending, interrupted = sweep(rt, now=report.now)
+    sent = deliver(rt, sorted(set(report.queued) | set(pending)))
+    lines.extend(f"{report.now.isoformat()} {line}" for line in sent.lines)
+    summary = (
+        f"tick at {report.now.isoformat()}: {report.enrollments} enrollment(s) due; "
+        f"{sent.sent} sent, {sent.failed} failed, {sent.skipped} skipped, {sent.retried} to retry"
+        + (f"; {interrupted} interrupted delivery(ies) marked failed" if interrupted else "")
+    )
+    return PassResult(lines, summary)

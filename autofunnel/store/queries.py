@@ -1,0 +1,29 @@
+"""Small dialect-aware building blocks the services share."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import Insert, Table
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+
+def insert_ignoring(session: Session, table: Table, conflict: Sequence[str]) -> Insert:
+    """`INSERT … ON CONFLICT (cols) DO NOTHING` for the session's backend: idempotent writes."""
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        return postgresql.insert(table).on_conflict_do_nothing(index_elements=list(conflict))
+    if dialect == "sqlite":
+        return sqlite.insert(table).on_conflict_do_nothing(index_elements=list(conflict))
+    raise NotImplementedError(f"autofunnel supports SQLite and PostgreSQL, not {dialect}")
+
+
+def is_postgres(session: Session) -> bool:
+    return session.get_bind().dialect.name == "postgresql"
+
+
+def chunks(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
+    """Keep IN-lists and multi-row VALUES under SQLite's variable limit."""
+    return [items[i : i + size] for i in range(0, len(items), size)]

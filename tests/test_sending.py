@@ -1,0 +1,380 @@
+"""A lead's path through funnels and sequences, end to end: real database, real
+SMTP on loopback, a fixed clock. These are the product's promises."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime, timedelta
+from email import policy
+from email.message import EmailMessage
+from email.parser import BytesParser
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+from smtp_sink import SmtpSink
+from sqlalchemy import func, select, update
+
+from autofunnel.cli import main
+from autofunnel.clock import FixedClock
+from autofunnel.services.delivery import deliver
+from autofunnel.services.events import record_events
+from autofunnel.services.inputs import parse_events, parse_subscribe
+from autofunnel.services.leads import lead_view, subscribe
+from autofunnel.services.scheduler import run_tick, sweep, tick
+from autofunnel.store.models import Delivery, Enrollment, Lead
+
+T0 = datetime(2026, 3, 2, 9, 30, tzinfo=UTC)  # a Monday, 10:30 in Berlin
+
+
+def sub(rt: Any, email: str, funnel: str = "yoga", **extra: Any) -> int:
+    result = subscribe(rt, parse_subscribe({"email": email, "funnel": funnel, **extra}, rt.clock.now()), consent={"via": "test"})
+    return result.lead_id
+
+
+def events(rt: Any, *items: dict[str, Any]) -> Any:
+    return record_events(rt, parse_events(list(items), rt.clock.now()))
+
+
+def subjects(sink: SmtpSink, to: str | None = None) -> list[str]:
+    return [m.message["Subject"] for m in sink.messages if to is None or to in m.recipients]
+
+
+def strict(raw: bytes) -> EmailMessage:
+    """Parse a message with the strict policy: any defect is a test failure."""
+    message = BytesParser(policy=policy.strict).parsebytes(raw)
+    assert not message.defects
+    for part in message.walk():
+        assert not part.defects, part.defects
+    return message  # type: ignore[return-value]
+
+
+def at(clock: FixedClock, delta: timedelta) -> datetime:
+    clock.current = T0 + delta
+    return clock.current
+
+
+@pytest.fixture
+def clock() -> FixedClock:
+    return FixedClock(T0)
+
+
+@pytest.fixture
+def project_dir(project_dir: Path) -> Path:
+    """The starter project without its random 10 % holdout, so counts of emails are exact."""
+    yoga = project_dir / "funnels/yoga.yml"
+    yoga.write_text(yoga.read_text().replace("holdout: 10%", "holdout: 0%"))
+    return project_dir
+
+
+@pytest.fixture
+def rt(runtime_factory: Any, project_dir: Path, smtp_sink: SmtpSink, clock: FixedClock) -> Any:
+    return runtime_factory(project_dir, smtp_sink.url(), clock)
+
+
+def test_a_lead_walks_the_yoga_funnel(rt: Any, smtp_sink: SmtpSink, clock: FixedClock) -> None:
+    sub(rt, "Ann@Example.com", first_name="Ann", timezone="Europe/Berlin")
+    assert run_tick(rt).summary.endswith("0 sent, 0 failed, 0 skipped, 0 to retry")  # double opt-in: nothing yet
+    assert smtp_sink.messages == []
+    events(rt, {"type": "confirmed", "email": "ann@example.com"})
+    run_tick(rt)
+    assert len(smtp_sink.messages) == 1
+    assert subjects(smtp_sink)[0].startswith("Ann")
+    welcome = strict(smtp_sink.messages[0].raw)
+    assert welcome["To"] == "ann@example.com"
+    assert welcome["Message-ID"].endswith(".autofunnel@yoga.example>")
+    assert welcome["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    assert "http://testserver/u/" in welcome["List-Unsubscribe"]
+    html = welcome.get_body(("html",)).get_content()
+    assert "http://testserver/t/o/" in html and "http://testserver/t/c/" in html
+    assert welcome.get_body(("plain",)).get_content().strip()
+
+    at(clock, timedelta(days=1, minutes=1))
+    run_tick(rt)
+    assert len(smtp_sink.messages) == 2  # the tripwire offer, deadline started
+    at(clock, timedelta(days=2, minutes=2))
+    run_tick(rt)
+    assert len(smtp_sink.messages) == 3  # the reminder: deadline not passed yet
+    events(rt, {"type": "purchase", "email": "ann@example.com", "properties": {"product": "mini-course", "amount": 19}})
+    run_tick(rt)
+    view = lead_view(rt, "ann@example.com")
+    assert view["funnels"][0]["stage"] == "tripwire"
+    assert len(smtp_sink.messages) == 3  # thanks-mini waits: frequency_cap is 1 per 16h
+    assert view["enrollments"][-1]["due_at"] == "2026-03-05T08:00:00Z"  # 16h later is night in Berlin: 09:00
+    at(clock, timedelta(days=2, hours=22, minutes=30))
+    run_tick(rt)
+    assert len(smtp_sink.messages) == 4
+    at(clock, timedelta(days=10))
+    run_tick(rt)
+    sent_steps = [d["step"] for d in lead_view(rt, "ann@example.com")["deliveries"] if d["status"] == "sent"]
+    assert "tripwire-expired" not in sent_steps  # the lead stage ended with the purchase
+    assert sent_steps[:4] == ["welcome", "tripwire-offer", "tripwire-reminder", "thanks-mini"]
+
+
+def test_every_generated_message_parses_strictly(rt: Any, smtp_sink: SmtpSink, clock: FixedClock) -> None:
+    sub(rt, "zoe@bücher.example", first_name="Zoë Ünïcode", timezone="Asia/Tokyo")
+    events(rt, {"type": "confirmed", "email": "zoe@bücher.example"}, {
+        "type": "cart_updated", "email": "zoe@bücher.example",
+        "properties": {"items": [{"name": "Mat «Lotus»", "quantity": 2, "price": "12.50"}], "value": 25, "checkout_url": "https://shop.example/c?a=1&b=2"},
+    })
+    for hours in (0, 1, 25, 49, 73, 100):
+        at(clock, timedelta(hours=hours, minutes=1))
+        run_tick(rt)
+    assert len(smtp_sink.messages) >= 5
+    assert {m.recipients[0] for m in smtp_sink.messages} == {"zoe@xn--bcher-kva.example"}
+    for received in smtp_sink.messages:
+        message = strict(received.raw)
+        assert message["Subject"]
+        assert all(len(line) <= 998 for line in received.raw.split(b"\r\n"))
+
+
+def test_tick_never_sends_twice(rt: Any, smtp_sink: SmtpSink) -> None:
+    for n in range(5):
+        sub(rt, f"lead{n}@example.com", funnel="yoga")
+    events(rt, *({"type": "confirmed", "email": f"lead{n}@example.com"} for n in range(5)))
+    for _ in range(4):
+        run_tick(rt)
+    assert len(smtp_sink.messages) == 5
+    with rt.db.read() as session:
+        assert session.scalar(select(func.count()).select_from(Delivery)) == 5
+
+
+@pytest.mark.postgres
+def test_two_ticks_at_once_never_send_twice(runtime_factory: Any, project_dir: Path, smtp_sink: SmtpSink, clock: FixedClock) -> None:
+    first = runtime_factory(project_dir, smtp_sink.url(), clock)
+    second = runtime_factory(project_dir, smtp_sink.url(), clock)
+    leads = 300
+    for n in range(leads):
+        sub(first, f"p{n}@example.com", funnel="yoga")
+    events(first, *({"type": "confirmed", "email": f"p{n}@example.com"} for n in range(leads)))
+    barrier = threading.Barrier(2)
+    errors: list[BaseException] = []
+
+    def work(runtime: Any) -> None:
+        try:
+            barrier.wait()
+            run_tick(runtime)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(r,)) for r in (first, second)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert not errors
+    recipients = sorted(m.recipients[0] for m in smtp_sink.messages)
+    assert len(recipients) == leads
+    assert len(set(recipients)) == leads
+    with first.db.read() as session:
+        assert session.scalar(select(func.count()).select_from(Delivery).where(Delivery.status == "sent")) == leads
+
+
+def test_a_purchase_before_the_claim_stops_the_email(rt: Any, smtp_sink: SmtpSink, clock: FixedClock) -> None:
+    sub(rt, "bea@example.com", timezone="Europe/Berlin")
+    events(rt, {"type": "confirmed", "email": "bea@example.com"})
+    run_tick(rt)
+    at(clock, timedelta(days=1, minutes=1))
+    queued = tick(rt).queued  # the tripwire offer is queued, not yet handed to SMTP
+    assert len(queued) == 1
+    events(rt, {"type": "purchase", "email": "bea@example.com", "properties": {"product": "mini-course"}})
+    report = deliver(rt, queued)
+    assert report.sent == 0
+    assert subjects(smtp_sink) == subjects(smtp_sink)[:1]  # only the welcome went out
+    with rt.db.read() as session:
+        status, reason = session.execute(select(Delivery.status, Delivery.reason).where(Delivery.id == queued[0])).one()
+    assert status == "skipped"
+    assert reason.startswith("cancelled: entered stage 'tripwire'")
+
+
+def test_the_claim_rechecks_even_if_cancelling_missed(rt: Any, smtp_sink: SmtpSink, clock: FixedClock) -> None:
+    sub(rt, "cy@example.com")
+    events(rt, {"type": "confirmed", "email": "cy@example.com"})
+    queued = tick(rt).queued
+    with rt.db.transaction() as session:
+        session.execute(update(Enrollment).values(status="ended", end_reason="entered stage 'tripwire'"))
+    report = deliver(rt, queued)
+    assert report.skipped == 1 and smtp_sink.messages == []
+
+
+def test_abandoned_cart_reminders_stop_on_purchase(rt: Any, smtp_sink: SmtpSink, clock: FixedClock) -> None:
+    cart = {"items": [{"name": "Mat", "quantity": 1, "price": 20}], "value": 20, "checkout_url": "https://shop.example/c"}
+    events(rt, {"type": "cart_updated", "email": "dan@example.com", "properties": cart})
+    at(clock, timedelta(minutes=30))
+    events(rt, {"type": "cart_updated", "email": "dan@example.com", "properties": cart})  # restart: timers start over
+    at(clock, timedelta(hours=1, minutes=1))
+    run_tick(rt)
+    assert smtp_sink.messages == []
+    at(clock, timedelta(hours=1, minutes=31))
+    run_tick(rt)
+    assert len(smtp_sink.messages) == 1
+    assert "https://shop.example/c" in smtp_sink.messages[0].message.get_body(("plain",)).get_content() or "testserver/t/c/" in smtp_sink.messages[0].message.get_body(("plain",)).get_content()
+    events(rt, {"type": "purchase", "email": "dan@example.com", "properties": {"product": "mat"}})
+    at(clock, timedelta(days=5))
+    run_tick(rt)
+    assert len(smtp_sink.messages) == 1
+    view = lead_view(rt, "dan@example.com")
+    runs = [(e["run"], e["status"], e["end_reason"]) for e in view["enrollments"] if e["flow"] == "abandoned-cart"]
+    assert runs == [(1, "stopped", "restarted by a new start event"), (2, "stopped", "stopped by purchase")]
+
+
+def test_a_late_cart_event_after_the_purchase_starts_nothing(rt: Any, smtp_sink: SmtpSink, clock: FixedClock) -> None:
+    at(clock, timedelta(hours=2))
+    events(rt, {"type": "purchase", "email": "eve@example.com", "at": (T0 + timedelta(minutes=10)).isoformat()})
+    events(rt, {"type": "cart_updated", "email": "eve@example.com", "at": T0.isoformat(), "properties": {"items": [], "value": 0, "checkout_url": "https://shop.example/c"}})
+    at(clock, timedelta(days=5))
+    run_tick(rt)
+    assert smtp_sink.messages == []
+    assert [e for e in lead_view(rt, "eve@example.com")["enrollments"]] == []
+
+
+def test_an_unsubscribe_stops_every_funnel_at_once(rt: Any, smtp_sink: SmtpSink, clock: FixedClock) -> None:
+    sub(rt, "fay@example.com")
+    events(rt, {"type": "confirmed", "email": "fay@example.com"}, {"type": "cart_updated", "email": "fay@example.com", "properties": {"items": [], "value": 1, "checkout_url": "https://shop.example/c"}})
+    queued = tick(rt).queued
+    events(rt, {"type": "unsubscribed", "email": "fay@example.com"})
+    deliver(rt, queued)
+    at(clock, timedelta(days=9))
+    run_tick(rt)
+    assert smtp_sink.messages == []
+    view = lead_view(rt, "fay@example.com")
+    assert view["status"] == "unsubscribed"
+    assert {e["status"] for e in view["enrollments"]} == {"exited"}
+    assert {d["status"] for d in view["deliveries"]} == {"skipped"}
+
+
+def test_a_hard_bounce_at_smtp_time_suppresses_the_lead(rt: Any, smtp_sink: SmtpSink) -> None:
+    smtp_sink.answer("gone@example.com", 550, "5.1.1 no such user")
+    sub(rt, "gone@example.com", funnel="yoga")
+    events(rt, {"type": "confirmed", "email": "gone@example.com"})
+    run_tick(rt)
+    view = lead_view(rt, "gone@example.com")
+    assert view["status"] == "bounced"
+    assert view["deliveries"][0]["status"] == "failed"
+    assert view["deliveries"][0]["reason"].startswith("550")
+
+
+def test_a_temporary_failure_is_retried(rt: Any, smtp_sink: SmtpSink, clock: FixedClock) -> None:
+    smtp_sink.answer("later@example.com", 451, "4.7.1 try again later")
+    sub(rt, "later@example.com", funnel="yoga")
+    events(rt, {"type": "confirmed", "email": "later@example.com"})
+    run_tick(rt)
+    assert lead_view(rt, "later@example.com")["deliveries"][0]["status"] == "queued"
+    smtp_sink.accept("later@example.com")
+    at(clock, timedelta(seconds=30))
+    run_tick(rt)
+    assert smtp_sink.messages == []  # not before its back-off
+    at(clock, timedelta(minutes=2))
+    run_tick(rt)
+    assert len(smtp_sink.messages) == 1
+    assert lead_view(rt, "later@example.com")["deliveries"][0]["status"] == "sent"
+
+
+def test_an_interrupted_send_is_failed_never_resent(rt: Any, smtp_sink: SmtpSink, clock: FixedClock) -> None:
+    sub(rt, "gus@example.com")
+    events(rt, {"type": "confirmed", "email": "gus@example.com"})
+    queued = tick(rt).queued
+    with rt.db.transaction() as session:  # a worker claimed it and died before recording anything
+        session.execute(update(Delivery).where(Delivery.id == queued[0]).values(status="sending", lease_until=clock.now() + timedelta(minutes=5)))
+    at(clock, timedelta(minutes=6))
+    pending, interrupted = sweep(rt)
+    assert (pending, interrupted) == ([], 1)
+    run_tick(rt)
+    assert smtp_sink.messages == []
+    delivery = lead_view(rt, "gus@example.com")["deliveries"][0]
+    assert delivery["status"] == "failed" and delivery["reason"].startswith("interrupted")
+
+
+def test_editing_a_funnel_moves_waiting_leads_to_the_next_surviving_step(runtime_factory: Any, project_dir: Path, smtp_sink: SmtpSink, clock: FixedClock) -> None:
+    rt = runtime_factory(project_dir, smtp_sink.url(), clock)
+    sub(rt, "hal@example.com")
+    events(rt, {"type": "confirmed", "email": "hal@example.com"})
+    run_tick(rt)
+    assert lead_view(rt, "hal@example.com")["enrollments"][0]["step"] == "wait-after-welcome"
+    yoga = project_dir / "funnels/yoga.yml"
+    yoga.write_text(yoga.read_text().replace("      - send: welcome             # templates/yoga/welcome.html\n", "      - send: welcome\n        id: hello\n"))
+    edited = runtime_factory(project_dir, smtp_sink.url(), clock)
+    at(clock, timedelta(hours=23))
+    run_tick(edited)
+    assert len(smtp_sink.messages) == 1  # its wait is now `wait-after-hello`; the old one keeps its wake-up time
+    at(clock, timedelta(days=1, minutes=1))
+    run_tick(edited)
+    assert len(smtp_sink.messages) == 2
+    steps = [d["step"] for d in lead_view(edited, "hal@example.com")["deliveries"]]
+    assert steps == ["welcome", "tripwire-offer"]
+
+
+def test_a_removed_stage_ends_its_leads(runtime_factory: Any, project_dir: Path, smtp_sink: SmtpSink, clock: FixedClock) -> None:
+    rt = runtime_factory(project_dir, smtp_sink.url(), clock)
+    sub(rt, "ivy@example.com")
+    events(rt, {"type": "confirmed", "email": "ivy@example.com"}, {"type": "purchase", "email": "ivy@example.com", "properties": {"product": "mini-course"}})
+    yoga = project_dir / "funnels/yoga.yml"
+    text = yoga.read_text()
+    start, end = text.index("  - stage: tripwire"), text.index("  - stage: customer")
+    yoga.write_text(text[:start] + text[end:])
+    (project_dir / "templates/yoga/core-offer.html").unlink()  # it shows the removed stage's deadline
+    edited = runtime_factory(project_dir, smtp_sink.url(), clock)
+    run_tick(edited)
+    enrollment = [e for e in lead_view(edited, "ivy@example.com")["enrollments"] if e["stage"] == "tripwire"][0]
+    assert (enrollment["status"], enrollment["end_reason"]) == ("ended", "stage removed from the project")
+    assert smtp_sink.messages == []
+
+
+def test_tick_cli_dry_run_writes_nothing(rt: Any, project_dir: Path, smtp_sink: SmtpSink, database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    sub(rt, "jo@example.com", funnel="yoga")
+    events(rt, {"type": "confirmed", "email": "jo@example.com"})
+    for key, value in {
+        "AUTOFUNNEL_PROJECT_DIR": str(project_dir), "AUTOFUNNEL_DATABASE_URL": database_url, "AUTOFUNNEL_SMTP_URL": smtp_sink.url(),
+        "AUTOFUNNEL_SECRET_KEY": "test-secret-key-0123456789",
+    }.items():
+        monkeypatch.setenv(key, value)
+    dry = CliRunner().invoke(main, ["tick", "--now", "2026-03-02T10:00:00Z", "--dry-run"])
+    assert dry.exit_code == 0, dry.output
+    assert "jo@example.com yoga/lead welcome: queued — email 'welcome' queued" in dry.output
+    assert "nothing written or sent" in dry.output
+    assert smtp_sink.messages == []
+    with rt.db.read() as session:
+        assert session.scalar(select(func.count()).select_from(Delivery)) == 0
+    real = CliRunner().invoke(main, ["tick", "--now", "2026-03-02T10:00:00Z"])
+    assert real.exit_code == 0, real.output
+    assert "jo@example.com yoga welcome: sent — handed to the mail server" in real.output
+    assert len(smtp_sink.messages) == 1
+
+
+def test_send_window_defers_to_the_leads_morning(rt: Any, smtp_sink: SmtpSink, clock: FixedClock) -> None:
+    at(clock, timedelta(hours=13))  # 22:30 in Berlin: outside 09:00-21:00
+    sub(rt, "kim@example.com", timezone="Europe/Berlin")
+    events(rt, {"type": "confirmed", "email": "kim@example.com"})
+    run_tick(rt)
+    assert smtp_sink.messages == []
+    enrollment = lead_view(rt, "kim@example.com")["enrollments"][0]
+    assert enrollment["due_at"] == "2026-03-03T08:00:00Z"
+    at(clock, timedelta(hours=22, minutes=30))
+    run_tick(rt)
+    assert len(smtp_sink.messages) == 1
+
+
+def test_holdout_leads_get_no_email_but_are_counted(runtime_factory: Any, project_dir: Path, smtp_sink: SmtpSink, clock: FixedClock) -> None:
+    yoga = project_dir / "funnels/yoga.yml"
+    yoga.write_text(yoga.read_text().replace("holdout: 0%", "holdout: 50%"))
+    rt = runtime_factory(project_dir, smtp_sink.url(), clock)
+    for n in range(40):
+        sub(rt, f"h{n}@example.com")
+    events(rt, *({"type": "confirmed", "email": f"h{n}@example.com"} for n in range(40)))
+    run_tick(rt)
+    held = [n for n in range(40) if lead_view(rt, f"h{n}@example.com")["funnels"][0].get("holdout")]
+    assert 5 < len(held) < 35
+    assert len(smtp_sink.messages) == 40 - len(held)
+    for n in held:
+        assert not any(f"h{n}@example.com" in m.recipients for m in smtp_sink.messages)
+
+
+def test_events_are_idempotent_by_id(rt: Any) -> None:
+    sub(rt, "lu@example.com")
+    first = events(rt, {"type": "purchase", "email": "lu@example.com", "id": "order-1", "properties": {"product": "mini-course"}})
+    again = events(rt, {"type": "purchase", "email": "lu@example.com", "id": "order-1", "properties": {"product": "mini-course"}})
+    assert (first.accepted, first.duplicates) == (1, 0)
+    assert (again.accepted, again.duplicates) == (0, 1)
+    with rt.db.read() as session:
+        assert session.scalar(select(func.count()).select_from(Lead)) == 1
