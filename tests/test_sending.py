@@ -378,3 +378,18 @@ def test_events_are_idempotent_by_id(rt: Any) -> None:
     assert (again.accepted, again.duplicates) == (0, 1)
     with rt.db.read() as session:
         assert session.scalar(select(func.count()).select_from(Lead)) == 1
+
+
+def test_a_cart_and_its_purchase_in_one_batch_send_nothing(rt: Any, smtp_sink: SmtpSink, clock: FixedClock) -> None:
+    cart = {"items": [], "value": 5, "checkout_url": "https://shop.example/c"}
+    events(
+        rt,
+        {"type": "cart_updated", "email": "max@example.com", "properties": cart, "at": T0.isoformat()},
+        {"type": "cart_updated", "email": "max@example.com", "properties": cart, "at": (T0 + timedelta(minutes=1)).isoformat()},
+        {"type": "purchase", "email": "max@example.com", "at": (T0 + timedelta(minutes=2)).isoformat()},
+        {"type": "cart_updated", "email": "ned@example.com", "properties": cart},
+    )
+    at(clock, timedelta(days=5))
+    run_tick(rt)  # a pass long after the due time sends one email, not a burst of every missed step
+    assert [m.recipients for m in smtp_sink.messages] == [("ned@example.com",)]
+    assert lead_view(rt, "max@example.com")["enrollments"] == []  # its carts are older than its purchase

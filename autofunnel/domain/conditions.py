@@ -45,7 +45,8 @@ def holds(condition: Condition | None, facts: ConditionFacts) -> bool:
     """True when there is no condition, or when it holds now.
 
     A deadline that was never started has not passed; an event counts only if it
-    happened by `now`, so events recorded late but dated later change nothing yet.
+    happened by `now`, so events recorded late but dated later change nothing yet,
+    and never when a link scanner made it (`bot: true`).
     """
     if condition is None:
         return True
@@ -64,7 +65,10 @@ def holds(condition: Condition | None, facts: ConditionFacts) -> bool:
             actual = facts.fields[name]
             return actual == value if op == "equals" else actual in value
         case HasEvent(matcher=matcher):
-            return any(e.at <= facts.now and matcher.matches(e.type, e.properties) for e in facts.events)
+            return any(
+                e.at <= facts.now and e.properties.get("bot") is not True and matcher.matches(e.type, e.properties)
+                for e in facts.events
+            )
         case Opened(step_id=step_id):
             return step_id in facts.opened
         case Clicked(step_id=step_id):

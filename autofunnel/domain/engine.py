@@ -399,7 +399,7 @@ class _Run:
 
 def wake_matches(parked: Parked | None, event_type: str, properties: Mapping[str, Any], at: datetime) -> bool:
     """Does this event end the wait? Only events that happened after the wait began do."""
-    if parked is None or parked.kind != "event" or parked.matcher is None:
+    if parked is None or parked.kind != "event" or parked.matcher is None or properties.get("bot") is True:
         return False
     if parked.since is not None and at < parked.since:
         return False

@@ -70,6 +70,10 @@ class ChangeStatus:
 Effect = EnterStage | StartSequence | StopSequence | ChangeStatus
 
 
+def is_automated(properties: Mapping[str, Any]) -> bool:
+    return properties.get("bot") is True
+
+
 def status_effect(status: str, event_type: str, properties: Mapping[str, Any]) -> ChangeStatus | None:
     """Unsubscribes, hard bounces and complaints suppress the lead; a confirmation activates it."""
     if status == "erased":
@@ -91,7 +95,13 @@ def route_event(
     history: Sequence[EventFact],
     event: EventFact,
 ) -> list[Effect]:
-    """Effects of one event on one lead; `history` holds the lead's other events (for late arrivals)."""
+    """Effects of one event on one lead; `history` holds the lead's other events (for late arrivals).
+
+    An open or click a link scanner made (`bot: true`) is kept for the record but
+    moves nothing: machines must not advance a funnel.
+    """
+    if is_automated(event.properties):
+        return []
     effects: list[Effect] = []
     changed = status_effect(status, event.type, event.properties)
     if changed is not None:

@@ -29,7 +29,7 @@ def timeline_row(
 
 def write_timeline(session: Session, rows: Sequence[dict[str, Any]]) -> None:
     if rows:
-        session.execute(insert(TimelineEntry), list(rows))
+        session.execute(insert(TimelineEntry.__table__), list(rows))
 
 
 def new_enrollment(

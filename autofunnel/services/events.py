@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from autofunnel.domain.conditions import EventFact
@@ -34,7 +34,6 @@ from autofunnel.domain.routing import (
 )
 from autofunnel.errors import NotFoundError
 from autofunnel.services.enrollments import (
-    active_enrollment_ids,
     cancel_queued_for_leads,
     end_enrollments,
     new_enrollment,
@@ -61,8 +60,10 @@ class _Lead:
     id: int
     status: str
     memberships: dict[str, Membership] = field(default_factory=dict)
-    stage_enrollments: dict[str, list[int]] = field(default_factory=lambda: defaultdict(list))
-    runs: dict[str, tuple[SequenceRun, int]] = field(default_factory=dict)
+    stage_enrollments: dict[str, list[int | dict[str, Any]]] = field(default_factory=lambda: defaultdict(list))
+    runs: dict[str, tuple[SequenceRun, int | dict[str, Any]]] = field(default_factory=dict)
+    active: set[int] = field(default_factory=set)
+    pending: list[dict[str, Any]] = field(default_factory=list)
     max_run: dict[str, int] = field(default_factory=dict)
     parked: list[tuple[int, Any]] = field(default_factory=list)
     history: list[EventFact] = field(default_factory=list)
@@ -141,6 +142,7 @@ def _load(session: Session, rt: Runtime, lead_ids: list[int]) -> dict[int, _Lead
                 lead.max_run[row.flow] = max(lead.max_run.get(row.flow, 0), row.run)
             if row.status != "active":
                 continue
+            lead.active.add(row.id)
             if row.kind == "funnel":
                 lead.stage_enrollments[row.flow].append(row.id)
             else:
@@ -158,83 +160,118 @@ def _load(session: Session, rt: Runtime, lead_ids: list[int]) -> dict[int, _Lead
     return leads
 
 
+class _Changes:
+    """What applying a batch of events will write, gathered first and written in bulk.
+
+    An enrollment is referred to by its id when it is already stored, or by its
+    pending row (a dict) when an earlier event of the same batch created it, so
+    a cart started and bought within one batch ends stopped before it is written.
+    """
+
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+        self.new_rows: list[dict[str, Any]] = []
+        self.ends: dict[tuple[str, str], list[int]] = defaultdict(list)
+        self.statuses: dict[int, str] = {}
+        self.suppressed: dict[str, list[int]] = defaultdict(list)
+        self.stage_entries: list[dict[str, Any]] = []
+        self.wake: set[int] = set()
+        self.timeline: list[dict[str, Any]] = []
+
+    def end(self, lead: _Lead, ref: int | dict[str, Any], status: str, reason: str) -> None:
+        if isinstance(ref, dict):
+            if ref["status"] == "active":
+                ref.update(status=status, due_at=None, ended_at=self.now, end_reason=reason[:200])
+            return
+        if ref in lead.active:
+            lead.active.discard(ref)
+            self.ends[(status, reason)].append(ref)
+        lead.parked = [(eid, p) for eid, p in lead.parked if eid != ref]
+
+    def write(self, session: Session) -> None:
+        if self.new_rows:
+            session.execute(insert(Enrollment.__table__), self.new_rows)
+        for reason, lead_ids in self.suppressed.items():
+            cancel_queued_for_leads(session, lead_ids, reason)
+        for (status, reason), ids in self.ends.items():
+            end_enrollments(session, ids, status, reason, self.now)
+        if self.statuses:
+            table = Lead.__table__
+            session.execute(
+                update(table).where(table.c.id == bindparam("b_id")).values(status=bindparam("status"), status_changed_at=self.now, updated_at=self.now),
+                [{"b_id": lead_id, "status": status} for lead_id, status in self.statuses.items()],
+            )
+        if self.stage_entries:
+            session.execute(insert_ignoring(session, StageEntry.__table__, ("lead_id", "funnel", "stage")), self.stage_entries)
+        for part in chunks(sorted(self.wake), 500):
+            session.execute(update(Enrollment).where(Enrollment.id.in_(part), Enrollment.status == "active").values(due_at=self.now))
+        write_timeline(session, self.timeline)
+
+
 def _apply(session: Session, rt: Runtime, fresh: list[tuple[dict[str, Any], int]], now: datetime) -> None:
     leads = _load(session, rt, sorted({row["lead_id"] for row, _ in fresh}))
     versions = current_version_ids(session, list(rt.project.flows.values()), now)
-    timeline: list[dict[str, Any]] = []
-    wake: set[int] = set()
+    changes = _Changes(now)
     for row, event_id in fresh:
         lead = leads[row["lead_id"]]
         fact = EventFact(row["type"], row["properties"], row["at"])
         active_runs = {slug: run for slug, (run, _) in lead.runs.items()}
-        effects = route_event(rt.project, lead.status, lead.memberships, active_runs, lead.history, fact)
-        for effect in effects:
-            _apply_effect(session, rt, lead, effect, event_id, now, versions, timeline)
+        for effect in route_event(rt.project, lead.status, lead.memberships, active_runs, lead.history, fact):
+            _apply_effect(rt, lead, effect, event_id, versions, changes)
         for enrollment_id, parked in list(lead.parked):
-            woken = wake_matches(parked, fact.type, fact.properties, fact.at) or (parked.kind == "confirm" and lead.status == "active")
-            if woken:
-                wake.add(enrollment_id)
+            if wake_matches(parked, fact.type, fact.properties, fact.at) or (parked.kind == "confirm" and lead.status == "active"):
+                changes.wake.add(enrollment_id)
                 lead.parked.remove((enrollment_id, parked))
-                timeline.append(timeline_row(lead.id, now, "woken", f"{fact.type} arrived", detail={"enrollment": enrollment_id}))
+                changes.timeline.append(timeline_row(lead.id, now, "woken", f"{fact.type} arrived", detail={"enrollment": enrollment_id}))
         lead.history.append(fact)
-    if wake:
-        for part in chunks(sorted(wake), 500):
-            session.execute(update(Enrollment).where(Enrollment.id.in_(part), Enrollment.status == "active").values(due_at=now))
-    write_timeline(session, timeline)
+    changes.write(session)
 
 
-def _apply_effect(
-    session: Session, rt: Runtime, lead: _Lead, effect: Effect, event_id: int, now: datetime,
-    versions: dict[str, int], timeline: list[dict[str, Any]],
-) -> None:
+def _apply_effect(rt: Runtime, lead: _Lead, effect: Effect, event_id: int, versions: dict[str, int], changes: _Changes) -> None:
+    now = changes.now
     match effect:
         case ChangeStatus(status=status, reason=reason):
             lead.status = status
-            session.execute(update(Lead).where(Lead.id == lead.id).values(status=status, status_changed_at=now, updated_at=now))
-            timeline.append(timeline_row(lead.id, now, "status", f"{status}: {reason}"))
+            changes.statuses[lead.id] = status
+            changes.timeline.append(timeline_row(lead.id, now, "status", f"{status}: {reason}"))
             if status in SUPPRESSED:
-                end_enrollments(session, active_enrollment_ids(session, [lead.id]), "exited", f"lead {status}", now)
-                cancel_queued_for_leads(session, [lead.id], f"suppressed: lead {status}")
+                for ref in [*lead.active, *lead.pending]:
+                    changes.end(lead, ref, "exited", f"lead {status}")
+                changes.suppressed[f"suppressed: lead {status}"].append(lead.id)
                 lead.stage_enrollments.clear()
                 lead.runs.clear()
                 lead.parked.clear()
         case EnterStage(funnel=funnel, stage=stage, position=position, skipped=skipped, leaving=leaving, at=at):
             membership = lead.memberships[funnel]
-            entries = [
-                {"lead_id": lead.id, "funnel": funnel, "stage": name, "position": pos, "entered_at": at, "skipped": True, "cohort_at": membership.entered_at}
-                for name, pos in skipped
-            ]
-            entries.append({"lead_id": lead.id, "funnel": funnel, "stage": stage, "position": position, "entered_at": at, "skipped": False, "cohort_at": membership.entered_at})
-            session.execute(insert_ignoring(session, StageEntry.__table__, ("lead_id", "funnel", "stage")), entries)
-            ended = lead.stage_enrollments.pop(funnel, [])
-            end_enrollments(session, ended, "ended", f"entered stage {stage!r}", now)
-            lead.parked = [(eid, p) for eid, p in lead.parked if eid not in ended]
-            flow = rt.project.flows[funnel]
-            created = session.execute(
-                insert(Enrollment).returning(Enrollment.id),
-                [new_enrollment(lead.id, flow, stage, run=1, at=at, now=now, version_id=versions.get(funnel), event_id=event_id)],
-            ).scalar_one()
-            lead.stage_enrollments[funnel].append(created)
+            for name, pos, was_skipped in [*((n, p, True) for n, p in skipped), (stage, position, False)]:
+                changes.stage_entries.append(
+                    {"lead_id": lead.id, "funnel": funnel, "stage": name, "position": pos, "entered_at": at, "skipped": was_skipped, "cohort_at": membership.entered_at}
+                )
+            for ref in lead.stage_enrollments.pop(funnel, []):
+                changes.end(lead, ref, "ended", f"entered stage {stage!r}")
+            row = new_enrollment(lead.id, rt.project.flows[funnel], stage, run=1, at=at, now=now, version_id=versions.get(funnel), event_id=event_id)
+            _add(lead, row, changes)
+            lead.stage_enrollments[funnel].append(row)
             lead.memberships[funnel] = Membership(funnel, membership.entered_at, stage, membership.reached | {stage, *(n for n, _ in skipped)})
             skipped_text = f"; skipped {', '.join(repr(n) for n, _ in skipped)}" if skipped else ""
-            timeline.append(timeline_row(lead.id, now, "stage", f"left {leaving!r}, entered {stage!r}{skipped_text}", flow=funnel, stage=stage))
+            changes.timeline.append(timeline_row(lead.id, now, "stage", f"left {leaving!r}, entered {stage!r}{skipped_text}", flow=funnel, stage=stage))
         case StartSequence(sequence=slug, at=at, restarting=restarting):
             if restarting is not None:
-                _, old_id = lead.runs.pop(slug)
-                end_enrollments(session, [old_id], "stopped", "restarted by a new start event", now)
-                lead.parked = [(eid, p) for eid, p in lead.parked if eid != old_id]
+                _, old = lead.runs.pop(slug)
+                changes.end(lead, old, "stopped", "restarted by a new start event")
             run = lead.max_run.get(slug, 0) + 1
             lead.max_run[slug] = run
-            flow = rt.project.flows[slug]
-            created = session.execute(
-                insert(Enrollment).returning(Enrollment.id),
-                [new_enrollment(lead.id, flow, "", run=run, at=at, now=now, version_id=versions.get(slug), event_id=event_id)],
-            ).scalar_one()
-            lead.runs[slug] = (SequenceRun(slug, run, at), created)
-            timeline.append(timeline_row(lead.id, now, "started", f"sequence {'restarted' if restarting else 'started'} (run {run})", flow=slug))
+            row = new_enrollment(lead.id, rt.project.flows[slug], "", run=run, at=at, now=now, version_id=versions.get(slug), event_id=event_id)
+            _add(lead, row, changes)
+            lead.runs[slug] = (SequenceRun(slug, run, at), row)
+            changes.timeline.append(timeline_row(lead.id, now, "started", f"sequence {'restarted' if restarting else 'started'} (run {run})", flow=slug))
         case StopSequence(run=run, reason=reason):
-            _, run_id = lead.runs.pop(run.sequence)
-            end_enrollments(session, [run_id], "stopped", reason, now)
-            lead.parked = [(eid, p) for eid, p in lead.parked if eid != run_id]
-            timeline.append(timeline_row(lead.id, now, "stopped", reason, flow=run.sequence))
+            _, ref = lead.runs.pop(run.sequence)
+            changes.end(lead, ref, "stopped", reason)
+            changes.timeline.append(timeline_row(lead.id, now, "stopped", reason, flow=run.sequence))
 
+
+def _add(lead: _Lead, row: dict[str, Any], changes: _Changes) -> None:
+    changes.new_rows.append(row)
+    if row["status"] == "active":
+        lead.pending.append(row)

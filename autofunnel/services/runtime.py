@@ -17,7 +17,7 @@ from pathlib import Path
 from autofunnel.clock import Clock, SystemClock
 from autofunnel.config import Settings
 from autofunnel.domain.model import Flow, Project
-from autofunnel.errors import NotFoundError
+from autofunnel.errors import ConfigError, NotFoundError
 from autofunnel.services.database import open_database
 from autofunnel.services.project import load_project
 from autofunnel.mail.render import Renderer
@@ -81,6 +81,8 @@ def project_secret(project_dir: Path) -> str:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
         return path.read_text().strip()
+    except OSError as exc:
+        raise ConfigError(f"AUTOFUNNEL_SECRET_KEY is not set and no key can be kept in {path} ({exc.strerror}); set AUTOFUNNEL_SECRET_KEY") from None
     with os.fdopen(fd, "w") as handle:
         handle.write(key + "\n")
     return key

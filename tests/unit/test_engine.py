@@ -312,3 +312,20 @@ def test_sequences_have_no_holdout() -> None:
     seq = flow("sequence: s\nstart_on: {event: x}\nsteps:\n  - send: a\n")
     assert isinstance(seq, Sequence)
     assert run(seq, Cursor("a"), active(held_out=True), T0).decisions[0] == SendEmail("a", 1, "a")
+
+
+def test_machine_clicks_move_nothing() -> None:
+    from autofunnel.domain.model import Project
+    from autofunnel.domain.routing import route_event
+
+    seq = flow("sequence: s\nstart_on: {event: clicked}\nsteps:\n  - send: a\n")
+    project = Project(Path("."), {"s": seq})
+    human = EventFact("clicked", {"bot": False}, T0)
+    machine = EventFact("clicked", {"bot": True}, T0)
+    assert route_event(project, "active", {}, {}, [], human)
+    assert route_event(project, "active", {}, {}, [], machine) == []
+    parked = Parked("event", EventMatcher("clicked"), T0 - timedelta(hours=1))
+    assert wake_matches(parked, "clicked", {"bot": False}, T0)
+    assert not wake_matches(parked, "clicked", {"bot": True}, T0)
+    cond = flow("sequence: s\nstart_on: {event: x}\nsteps:\n  - send: a\n    if: {event: clicked}\n")
+    assert run(cond, Cursor("a"), active(events=[EventFact("clicked", {"bot": True}, T0)]), T0).decisions[0] == Skip("a", "condition false")

@@ -1,0 +1,103 @@
+"""Signed tokens for every public URL (SPEC.md, "HTTP API": the public routes).
+
+A token is an itsdangerous URL-safe signature over a compact JSON payload, with
+one salt per *purpose*, so a token made for an open pixel can never be replayed
+as an unsubscribe or a click redirect. Signatures are HMAC-SHA-256 (itsdangerous
+defaults to SHA-1; DESIGN.md, "Known traps").
+
+Keys come from `Settings.secret_key`, a tuple with the newest key FIRST: the
+first key signs, every key verifies, so keys can be rotated by putting a new one
+in front and dropping the oldest later. (itsdangerous wants the newest key
+LAST in its list; this module turns the order round.)
+
+Payloads should be small lists of ints and strings (`[delivery_id, url]`), which
+keeps the links in emails short. The tokens carry no timestamp: an unsubscribe
+link must keep working for as long as the email exists, and a click or an open
+is checked against the delivery row it names.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Sequence
+from typing import Any, Final
+
+from itsdangerous import BadData, URLSafeSerializer
+
+from autofunnel.errors import AutofunnelError, ConfigError
+
+PURPOSES: Final = ("click", "open", "unsubscribe", "confirm", "offer", "countdown")
+"""Every kind of public link; each signs with its own salt."""
+
+
+_TOKEN_TEXT = re.compile(r"^\.?[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$")  # a leading dot: zlib-compressed payload
+# A SHA-256 signature is 32 bytes: 43 base64 characters, the last of which carries
+# two unused bits that must be zero. Checking that makes the text of a valid token
+# unique (base64 decoding alone would accept four spellings of the last character).
+_SIGNATURE_LENGTH = 43
+_CANONICAL_LAST = frozenset("AEIMQUYcgkosw048")
+
+
+class BadToken(AutofunnelError):
+    """the link is not valid: it was changed, cut short, or made for something else"""
+
+
+class Tokens:
+    """Signs and checks the tokens of public links.
+
+    >>> tokens = Tokens(["a-new-secret-key-0123", "an-old-secret-key-0123"])
+    >>> token = tokens.sign("click", [42, "https://shop.example/"])
+    >>> tokens.load("click", token)
+    [42, 'https://shop.example/']
+    """
+
+    __slots__ = ("_serializers",)
+
+    def __init__(self, secret_keys: Sequence[str]) -> None:
+        if isinstance(secret_keys, (str, bytes)):
+            raise TypeError("secret_keys must be a sequence of keys, newest first, not one string")
+        keys = [key for key in secret_keys if key]
+        if not keys:
+            raise ConfigError("AUTOFUNNEL_SECRET_KEY is not set; links in emails cannot be signed")
+        newest_last = list(reversed(keys))
+        self._serializers = {
+            purpose: URLSafeSerializer(
+                newest_last,
+                salt=f"autofunnel.{purpose}",
+                signer_kwargs={"digest_method": hashlib.sha256},
+            )
+            for purpose in PURPOSES
+        }
+
+    def _serializer(self, purpose: str) -> URLSafeSerializer:
+        try:
+            return self._serializers[purpose]
+        except KeyError:
+            raise ValueError(f"unknown token purpose {purpose!r}; expected one of {', '.join(PURPOSES)}") from None
+
+    def sign(self, purpose: str, payload: dict[str, Any] | list[Any]) -> str:
+        """A URL-safe token for `payload` (JSON-serialisable), valid only for `purpose`."""
+        if not isinstance(payload, (dict, list)):
+            raise TypeError(f"a token payload is a dict or a list, not {type(payload).__name__}")
+        token = self._serializer(purpose).dumps(payload)
+        assert isinstance(token, str)
+        return token
+
+    def load(self, purpose: str, token: str) -> Any:
+        """The payload signed into `token` for `purpose`; `BadToken` for anything else."""
+        serializer = self._serializer(purpose)
+        if not isinstance(token, str) or len(token) > 4096 or not _TOKEN_TEXT.match(token):
+            raise BadToken()
+        signature = token.rpartition(".")[2]
+        if len(signature) != _SIGNATURE_LENGTH or signature[-1] not in _CANONICAL_LAST:
+            raise BadToken()
+        try:
+            payload = serializer.loads(token)
+        except BadData:
+            raise BadToken() from None
+        except (UnicodeError, ValueError):  # e.g. bytes that are not UTF-8 after a valid signature
+            raise BadToken() from None
+        if not isinstance(payload, (dict, list)):
+            raise BadToken()
+        return payload

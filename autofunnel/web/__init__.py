@@ -1,0 +1,39 @@
+"""The web shell: the JSON API, `/healthz` and the public links in emails.
+
+`create_app()` with no arguments reads the settings from the environment
+(`AUTOFUNNEL_*` and the project's `autofunnel.toml`), which is how gunicorn runs
+it: `gunicorn 'autofunnel.web:create_app()'`. Tests pass a ready `Runtime`
+(their own database and clock) instead.
+"""
+
+from __future__ import annotations
+
+from flask import Flask
+
+from autofunnel.config import Settings, load_settings
+from autofunnel.services.runtime import Runtime
+from autofunnel.web.api import api, health
+from autofunnel.web.errors import register_error_handlers
+from autofunnel.web.public import public
+
+MAX_BODY = 5 * 1024 * 1024
+"""Bigger request bodies are refused with 413 (1000 events fit with room to spare)."""
+
+
+def create_app(settings: Settings | None = None, *, runtime: Runtime | None = None) -> Flask:
+    """The Flask app over `runtime`, or over a runtime opened from `settings` (default: the environment).
+
+    Opening refuses a project with errors and a database that is not migrated,
+    so a misconfigured web process stops at start, not at the first request.
+    """
+    if runtime is None:
+        runtime = Runtime.open(settings if settings is not None else load_settings())
+    app = Flask("autofunnel", static_folder=None)
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.extensions["autofunnel"] = runtime
+    register_error_handlers(app)
+    app.register_blueprint(api)
+    app.register_blueprint(health)
+    app.register_blueprint(public)
+    return app

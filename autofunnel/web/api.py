@@ -1,0 +1,145 @@
+"""The JSON API (`/api/v1`, SPEC.md "HTTP API") and `/healthz`.
+
+Each view parses its input, calls one service and renders the answer; errors
+are raised and turned into `{"error": …}` by `autofunnel.web.errors`.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Blueprint, Response, current_app, g, jsonify, request
+from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
+from werkzeug.exceptions import BadRequest
+
+from autofunnel.errors import AutofunnelError
+from autofunnel.services.credentials import verify_api_key
+from autofunnel.services.events import record_events
+from autofunnel.services.inputs import parse_events, parse_subscribe
+from autofunnel.services.leads import erase_lead, lead_view, subscribe
+from autofunnel.services.runtime import Runtime
+from autofunnel.web.errors import ApiError, error_response
+
+log = logging.getLogger(__name__)
+
+api = Blueprint("api", __name__, url_prefix="/api/v1")
+health = Blueprint("health", __name__)
+
+
+def runtime() -> Runtime:
+    rt: Runtime = current_app.extensions["autofunnel"]
+    return rt
+
+
+def json_body() -> Any:
+    """The decoded JSON body; 415 for another content type, 400 `bad_json` for broken JSON."""
+    if not request.is_json:
+        raise ApiError(415, "unsupported_media_type", "send the body as JSON, with Content-Type: application/json")
+    try:
+        return request.get_json()
+    except BadRequest:
+        raise ApiError(400, "bad_json", "the body is not valid JSON") from None
+
+
+@api.before_request
+def authenticate() -> Response | None:
+    scheme, _, key = request.headers.get("Authorization", "").partition(" ")
+    key = key.strip()
+    rt = runtime()
+    info = verify_api_key(rt.db, rt.clock, key) if scheme.lower() == "bearer" and key else None
+    if info is None:
+        return error_response(
+            401, "unauthorized", "a valid API key is required: Authorization: Bearer <key> (autofunnel apikey create)",
+            headers=[("WWW-Authenticate", 'Bearer realm="autofunnel"')],
+        )
+    g.api_key = info
+    return None
+
+
+@api.post("/subscribe")
+def subscribe_lead() -> tuple[Response, int]:
+    rt = runtime()
+    now = rt.clock.now()
+    data = parse_subscribe(json_body(), now)
+    consent = {
+        "at": now.isoformat().replace("+00:00", "Z"),
+        "via": "api",
+        "api_key": {"name": g.api_key.name, "prefix": g.api_key.prefix},
+        "ip": request.remote_addr,
+    }
+    result = subscribe(rt, data, consent=consent)
+    return jsonify(lead_id=result.lead_id, status=result.status), 201 if result.created else 200
+
+
+@api.post("/events")
+def post_events() -> tuple[Response, int]:
+    rt = runtime()
+    result = record_events(rt, parse_events(json_body(), rt.clock.now()))
+    return jsonify(accepted=result.accepted, duplicates=result.duplicates), 202
+
+
+@api.get("/leads/<path:key>")
+def get_lead(key: str) -> Response:
+    return jsonify(lead_view(runtime(), key))
+
+
+@api.delete("/leads/<path:key>")
+def delete_lead(key: str) -> Response:
+    return jsonify(erased=erase_lead(runtime(), key))
+
+
+# Health ---------------------------------------------------------------------------
+# Probing infrastructure, not a use case: it stays here until a health/status
+# service exists (DESIGN.md wants `healthz` to notice an idle worker with work due).
+
+
+def database_health(rt: Runtime) -> str | None:
+    """None when the database answers `SELECT 1`, else what to report."""
+    try:
+        with rt.db.read() as session:
+            session.execute(text("SELECT 1"))
+    except (SQLAlchemyError, AutofunnelError):
+        log.exception("health check: the database did not answer")
+        return "unavailable"
+    return None
+
+
+def broker_health(url: str | None) -> tuple[bool, str]:
+    """(ok, what to report) for the Celery broker; Redis is pinged, other brokers are not checked."""
+    if not url:
+        return True, "server-less"
+    scheme = url.split("://", 1)[0].lower()
+    if scheme not in ("redis", "rediss"):
+        return True, f"not checked ({scheme})"
+    try:
+        import redis
+    except ImportError:
+        return False, "cannot check: the redis package is not installed (pip install redis)"
+    client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
+    try:
+        client.ping()
+    except redis.RedisError:
+        log.exception("health check: the broker did not answer")
+        return False, "unavailable"
+    finally:
+        client.close()
+    return True, "ok"
+
+
+@health.get("/healthz")
+def healthz() -> tuple[Response, int]:
+    rt = runtime()
+    database_problem = database_health(rt)
+    broker_ok, broker = broker_health(rt.settings.broker_url)
+    body: dict[str, Any] = {
+        "status": "ok" if database_problem is None and broker_ok else "unavailable",
+        "database": database_problem or "ok",
+        "broker": broker,
+    }
+    if body["status"] == "ok":
+        return jsonify(body), 200
+    failing = "database" if database_problem else "broker"
+    body["error"] = {"code": "unavailable", "message": f"{failing}: {body[failing]}", "field": failing}
+    return jsonify(body), 503
