@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 from autofunnel.domain.engine import Cursor, Parked
 from autofunnel.domain.model import EventMatcher, Flow, Funnel
 from autofunnel.store.models import Delivery, Enrollment, TimelineEntry
-from autofunnel.store.queries import chunks
+from autofunnel.store.queries import among, chunks
 
 
 def timeline_row(
@@ -58,7 +58,7 @@ def end_enrollments(session: Session, ids: Iterable[int], status: str, reason: s
     for part in chunks(ids, 500):
         result = session.execute(
             update(Enrollment)
-            .where(Enrollment.id.in_(part), Enrollment.status == "active")
+            .where(among(session, Enrollment.id, part), Enrollment.status == "active")
             .values(status=status, due_at=None, ended_at=now, end_reason=reason[:200])
             .returning(Enrollment.id)
         )
@@ -73,7 +73,7 @@ def cancel_queued(session: Session, enrollment_ids: Sequence[int], reason: str, 
     for part in chunks(list(enrollment_ids), 500):
         result = session.execute(
             update(Delivery)
-            .where(Delivery.enrollment_id.in_(part), Delivery.status == "queued")
+            .where(among(session, Delivery.enrollment_id, part), Delivery.status == "queued")
             .values(status="skipped", reason=reason[:500], lease_until=None)
             .returning(Delivery.id, Delivery.lead_id, Delivery.step_id)
         )
@@ -87,7 +87,7 @@ def cancel_queued_for_leads(session: Session, lead_ids: Sequence[int], reason: s
     for part in chunks(list(lead_ids), 500):
         result = session.execute(
             update(Delivery)
-            .where(Delivery.lead_id.in_(part), Delivery.status == "queued", Delivery.kind == "email")
+            .where(among(session, Delivery.lead_id, part), Delivery.status == "queued", Delivery.kind == "email")
             .values(status="skipped", reason=reason[:500], lease_until=None)
         )
         count += result.rowcount or 0
@@ -97,7 +97,7 @@ def cancel_queued_for_leads(session: Session, lead_ids: Sequence[int], reason: s
 def active_enrollment_ids(session: Session, lead_ids: Sequence[int]) -> list[int]:
     ids: list[int] = []
     for part in chunks(list(lead_ids), 500):
-        ids.extend(session.scalars(select(Enrollment.id).where(Enrollment.lead_id.in_(part), Enrollment.status == "active")))
+        ids.extend(session.scalars(select(Enrollment.id).where(among(session, Enrollment.lead_id, part), Enrollment.status == "active")))
     return ids
 
 

@@ -5,7 +5,9 @@ inserted (`ON CONFLICT (key) DO NOTHING`: a resent event is a duplicate, not a
 second purchase), and each new one is applied by its `at`: stage entries, which
 end the earlier stage and cancel its queued emails; sequence starts, restarts
 and stops; woken `wait: {event…}` steps; and status changes, which suppress
-the lead for every funnel at once. The transaction that records a purchase is
+the lead for every funnel at once. Stage entries and enrollment rows are the
+record of those decisions (the lead's timeline is drawn from them), so a busy
+shop writes one row per change, not two. The transaction that records a purchase is
 the one that cancels what it stops, so no claim can slip between them.
 """
 
@@ -45,7 +47,7 @@ from autofunnel.services.inputs import EventInput
 from autofunnel.services.runtime import Runtime
 from autofunnel.services.versions import current_version_ids
 from autofunnel.store.models import Enrollment, Event, Lead, StageEntry
-from autofunnel.store.queries import chunks, insert_ignoring
+from autofunnel.store.queries import among, chunks, insert_ignoring
 
 
 @dataclass(frozen=True)
@@ -95,10 +97,10 @@ def _resolve_leads(session: Session, items: list[EventInput], now: datetime) -> 
     ids = sorted({item.lead_id for item in items if item.lead_id})
     by_email: dict[str, int] = {}
     for part in chunks(emails, 500):
-        by_email.update(session.execute(select(Lead.email, Lead.id).where(Lead.email.in_(part))).all())
+        by_email.update(session.execute(select(Lead.email, Lead.id).where(among(session, Lead.email, part))).all())
     known_ids: set[int] = set()
     for part in chunks(ids, 500):
-        known_ids.update(session.scalars(select(Lead.id).where(Lead.id.in_(part))))
+        known_ids.update(session.scalars(select(Lead.id).where(among(session, Lead.id, part))))
     for index, item in enumerate(items):
         if item.lead_id and item.lead_id not in known_ids:
             prefix = f"[{index}]." if len(items) > 1 else ""
@@ -110,19 +112,19 @@ def _resolve_leads(session: Session, items: list[EventInput], now: datetime) -> 
             [{"email": email, "fields": {}, "tags": [], "status": "active", "created_at": now, "updated_at": now, "status_changed_at": now} for email in missing],
         )
         for part in chunks(missing, 500):
-            by_email.update(session.execute(select(Lead.email, Lead.id).where(Lead.email.in_(part))).all())
+            by_email.update(session.execute(select(Lead.email, Lead.id).where(among(session, Lead.email, part))).all())
     return [item.lead_id if item.lead_id else by_email[item.email or ""] for item in items]
 
 
 def _load(session: Session, rt: Runtime, lead_ids: list[int]) -> dict[int, _Lead]:
     leads: dict[int, _Lead] = {}
     for part in chunks(lead_ids, 500):
-        for lead_id, status in session.execute(select(Lead.id, Lead.status).where(Lead.id.in_(part))):
+        for lead_id, status in session.execute(select(Lead.id, Lead.status).where(among(session, Lead.id, part))):
             leads[lead_id] = _Lead(lead_id, status)
         entries: dict[tuple[int, str], list[Any]] = defaultdict(list)
         for row in session.execute(
             select(StageEntry.lead_id, StageEntry.funnel, StageEntry.stage, StageEntry.position, StageEntry.entered_at, StageEntry.skipped)
-            .where(StageEntry.lead_id.in_(part))
+            .where(among(session, StageEntry.lead_id, part))
         ):
             entries[(row.lead_id, row.funnel)].append(row)
         for (lead_id, funnel), rows in entries.items():
@@ -135,7 +137,7 @@ def _load(session: Session, rt: Runtime, lead_ids: list[int]) -> dict[int, _Lead
         for row in session.execute(
             select(Enrollment.id, Enrollment.lead_id, Enrollment.flow, Enrollment.kind, Enrollment.stage, Enrollment.run,
                    Enrollment.status, Enrollment.entered_at, Enrollment.waiting_for)
-            .where(Enrollment.lead_id.in_(part))
+            .where(among(session, Enrollment.lead_id, part))
         ):
             lead = leads[row.lead_id]
             if row.kind == "sequence":
@@ -154,7 +156,7 @@ def _load(session: Session, rt: Runtime, lead_ids: list[int]) -> dict[int, _Lead
     if stop_types:
         for part in chunks(lead_ids, 500):
             for lead_id, kind, properties, at in session.execute(
-                select(Event.lead_id, Event.type, Event.properties, Event.at).where(Event.lead_id.in_(part), Event.type.in_(stop_types))
+                select(Event.lead_id, Event.type, Event.properties, Event.at).where(among(session, Event.lead_id, part), Event.type.in_(stop_types))
             ):
                 leads[lead_id].history.append(EventFact(kind, properties or {}, at))
     return leads
@@ -204,7 +206,7 @@ class _Changes:
         if self.stage_entries:
             session.execute(insert_ignoring(session, StageEntry.__table__, ("lead_id", "funnel", "stage")), self.stage_entries)
         for part in chunks(sorted(self.wake), 500):
-            session.execute(update(Enrollment).where(Enrollment.id.in_(part), Enrollment.status == "active").values(due_at=self.now))
+            session.execute(update(Enrollment).where(among(session, Enrollment.id, part), Enrollment.status == "active").values(due_at=self.now))
         write_timeline(session, self.timeline)
 
 
@@ -241,7 +243,7 @@ def _apply_effect(rt: Runtime, lead: _Lead, effect: Effect, event_id: int, versi
                 lead.stage_enrollments.clear()
                 lead.runs.clear()
                 lead.parked.clear()
-        case EnterStage(funnel=funnel, stage=stage, position=position, skipped=skipped, leaving=leaving, at=at):
+        case EnterStage(funnel=funnel, stage=stage, position=position, skipped=skipped, at=at):
             membership = lead.memberships[funnel]
             for name, pos, was_skipped in [*((n, p, True) for n, p in skipped), (stage, position, False)]:
                 changes.stage_entries.append(
@@ -253,8 +255,6 @@ def _apply_effect(rt: Runtime, lead: _Lead, effect: Effect, event_id: int, versi
             _add(lead, row, changes)
             lead.stage_enrollments[funnel].append(row)
             lead.memberships[funnel] = Membership(funnel, membership.entered_at, stage, membership.reached | {stage, *(n for n, _ in skipped)})
-            skipped_text = f"; skipped {', '.join(repr(n) for n, _ in skipped)}" if skipped else ""
-            changes.timeline.append(timeline_row(lead.id, now, "stage", f"left {leaving!r}, entered {stage!r}{skipped_text}", flow=funnel, stage=stage))
         case StartSequence(sequence=slug, at=at, restarting=restarting):
             if restarting is not None:
                 _, old = lead.runs.pop(slug)
@@ -264,11 +264,9 @@ def _apply_effect(rt: Runtime, lead: _Lead, effect: Effect, event_id: int, versi
             row = new_enrollment(lead.id, rt.project.flows[slug], "", run=run, at=at, now=now, version_id=versions.get(slug), event_id=event_id)
             _add(lead, row, changes)
             lead.runs[slug] = (SequenceRun(slug, run, at), row)
-            changes.timeline.append(timeline_row(lead.id, now, "started", f"sequence {'restarted' if restarting else 'started'} (run {run})", flow=slug))
         case StopSequence(run=run, reason=reason):
             _, ref = lead.runs.pop(run.sequence)
             changes.end(lead, ref, "stopped", reason)
-            changes.timeline.append(timeline_row(lead.id, now, "stopped", reason, flow=run.sequence))
 
 
 def _add(lead: _Lead, row: dict[str, Any], changes: _Changes) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -62,7 +63,7 @@ def subscribe(rt: Runtime, data: SubscribeInput, *, consent: dict[str, Any]) -> 
         )
         session.add(event)
         session.flush()
-        timeline = [timeline_row(lead.id, now, "entered", f"subscribed; entered stage {first.name!r}", flow=flow.slug, stage=first.name)]
+        timeline = []
         if flow.holdout > 0:
             held = rt.rng.random() < flow.holdout
             session.add(Assignment(lead_id=lead.id, flow=flow.slug, name="holdout", value="held_out" if held else "treated", assigned_at=now))
@@ -174,11 +175,30 @@ def lead_view(rt: Runtime, key: str, *, limit: int = 500) -> dict[str, Any]:
                  "created_at": _iso(d.created_at), "sent_at": _iso(d.sent_at), "opened_at": _iso(d.opened_at), "clicked_at": _iso(d.clicked_at)}
                 for d in deliveries
             ],
-            "timeline": [
-                {"at": _iso(t.at), "flow": t.flow, "stage": t.stage, "step": t.step_id, "decision": t.decision, "reason": t.reason}
-                for t in timeline
-            ],
+            "timeline": _timeline(timeline, entries, enrollments),
         }
+
+
+def _timeline(rows: Sequence[TimelineEntry], entries: Sequence[Any], enrollments: Sequence[Enrollment]) -> list[dict[str, Any]]:
+    """Every decision about the lead in time order: the step decisions stored as
+    timeline rows, and the stage entries and enrollment starts and ends, which
+    are their own record."""
+    items: list[tuple[datetime, int, dict[str, Any]]] = []
+
+    def add(moment: datetime, order: int, flow: str | None, stage: str | None, step: str | None, decision: str, reason: str | None) -> None:
+        items.append((moment, order, {"at": _iso(moment), "flow": flow, "stage": stage or None, "step": step, "decision": decision, "reason": reason}))
+
+    for funnel, stage, position, entered_at, skipped in entries:
+        add(entered_at, 0, funnel, stage, None, "stage", f"skipped stage {stage!r}" if skipped else f"entered stage {stage!r}" if position else f"subscribed; entered stage {stage!r}")
+    for e in enrollments:
+        if e.kind == "sequence":
+            add(e.entered_at, 1, e.flow, None, None, "started", f"sequence started (run {e.run})")
+        ended_by_event = e.status in ("ended", "stopped") or (e.status == "exited" and (e.end_reason or "").startswith("lead "))
+        if e.ended_at is not None and ended_by_event:
+            add(e.ended_at, 3, e.flow, e.stage, None, e.status, e.end_reason)
+    for t in rows:
+        add(t.at, 2, t.flow, t.stage, t.step_id, t.decision, t.reason)
+    return [item for _, _, item in sorted(items, key=lambda item: (item[0], item[1]))]
 
 
 def erase_lead(rt: Runtime, key: str) -> int:

@@ -41,7 +41,7 @@ from autofunnel.services.enrollments import cursor_of, parked_to_json, timeline_
 from autofunnel.services.runtime import Runtime
 from autofunnel.services.versions import current_version_ids, layouts_by_id
 from autofunnel.store.models import Assignment, Deadline, Delivery, Enrollment, Event, Lead
-from autofunnel.store.queries import insert_ignoring, is_postgres
+from autofunnel.store.queries import among, insert_ignoring, is_postgres
 
 BATCH = 500
 
@@ -127,12 +127,12 @@ def _process(session: Session, rt: Runtime, rows: Sequence[Any], now: datetime, 
     leads = _lead_states(session, lead_ids)
     deadlines: dict[tuple[int, str], dict[str, datetime]] = defaultdict(dict)
     for lead_id, flow, name, due in session.execute(
-        select(Deadline.lead_id, Deadline.flow, Deadline.name, Deadline.due_at).where(Deadline.lead_id.in_(lead_ids))
+        select(Deadline.lead_id, Deadline.flow, Deadline.name, Deadline.due_at).where(among(session, Deadline.lead_id, lead_ids))
     ):
         deadlines[(lead_id, flow)][name] = due
     assignments: dict[tuple[int, str], dict[str, str]] = defaultdict(dict)
     for lead_id, flow, name, value in session.execute(
-        select(Assignment.lead_id, Assignment.flow, Assignment.name, Assignment.value).where(Assignment.lead_id.in_(lead_ids))
+        select(Assignment.lead_id, Assignment.flow, Assignment.name, Assignment.value).where(among(session, Assignment.lead_id, lead_ids))
     ):
         assignments[(lead_id, flow)][name] = value
     _load_recent_sends(session, leads, [f for f in flows.values() if f], now)
@@ -204,7 +204,7 @@ def _lead_states(session: Session, lead_ids: list[int]) -> dict[int, _LeadState]
     return {
         row.id: _LeadState(row.email, row.status, row.timezone, row.owner, list(row.tags or []), dict(row.fields or {}))
         for row in session.execute(
-            select(Lead.id, Lead.email, Lead.status, Lead.timezone, Lead.owner, Lead.tags, Lead.fields).where(Lead.id.in_(lead_ids))
+            select(Lead.id, Lead.email, Lead.status, Lead.timezone, Lead.owner, Lead.tags, Lead.fields).where(among(session, Lead.id, lead_ids))
         )
     }
 
@@ -217,7 +217,7 @@ def _load_recent_sends(session: Session, leads: dict[int, _LeadState], flows: li
     since = now - max(periods)
     for lead_id, created in session.execute(
         select(Delivery.lead_id, Delivery.created_at).where(
-            Delivery.lead_id.in_(list(leads)), Delivery.kind == "email",
+            among(session, Delivery.lead_id, list(leads)), Delivery.kind == "email",
             Delivery.status.in_(("queued", "sending", "sent")), Delivery.created_at > since,
         )
     ):
@@ -240,7 +240,7 @@ def _load_engagement(session: Session, lead_ids: list[int], flows: list[Flow]) -
     found: dict[tuple[int, str, str], set[str]] = defaultdict(set)
     for lead_id, flow, step_id, opened, clicked in session.execute(
         select(Delivery.lead_id, Delivery.flow, Delivery.step_id, Delivery.opened_at, Delivery.clicked_at).where(
-            Delivery.lead_id.in_(lead_ids), (Delivery.opened_at.is_not(None)) | (Delivery.clicked_at.is_not(None))
+            among(session, Delivery.lead_id, lead_ids), (Delivery.opened_at.is_not(None)) | (Delivery.clicked_at.is_not(None))
         )
     ):
         if opened is not None or clicked is not None:
@@ -256,7 +256,7 @@ def _load_events(session: Session, lead_ids: list[int], flows: list[Flow]) -> di
         return {}
     found: dict[int, list[EventFact]] = defaultdict(list)
     for lead_id, kind, properties, at in session.execute(
-        select(Event.lead_id, Event.type, Event.properties, Event.at).where(Event.lead_id.in_(lead_ids), Event.type.in_(types))
+        select(Event.lead_id, Event.type, Event.properties, Event.at).where(among(session, Event.lead_id, lead_ids), Event.type.in_(types))
     ):
         found[lead_id].append(EventFact(kind, properties or {}, at))
     return found

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Insert, Table
+from sqlalchemy import BigInteger, Insert, Table, Text, any_, bindparam
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -27,3 +27,14 @@ def is_postgres(session: Session) -> bool:
 def chunks(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
     """Keep IN-lists and multi-row VALUES under SQLite's variable limit."""
     return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def among(session: Session, column: Any, values: Sequence[Any]) -> Any:
+    """`column IN (values)`; on PostgreSQL `column = ANY(:array)`, one parameter,
+    so the statement is the same text for every batch and the server can cache
+    its plan (an expanded IN list is a new statement each time)."""
+    values = list(values)
+    if is_postgres(session):
+        element = Text() if values and isinstance(values[0], str) else BigInteger()
+        return column == any_(bindparam(None, values, type_=postgresql.ARRAY(element)))
+    return column.in_(values)
