@@ -107,11 +107,13 @@ def _resolve_leads(session: Session, items: list[EventInput], now: datetime) -> 
             raise NotFoundError(f"no lead with id {item.lead_id}", field=f"{prefix}lead_id", code="unknown_lead")
     missing = [email for email in emails if email not in by_email]
     if missing:
-        session.execute(
-            insert_ignoring(session, Lead.__table__, ("email",)),
+        created = session.execute(
+            insert_ignoring(session, Lead.__table__, ("email",)).returning(Lead.email, Lead.id),
             [{"email": email, "fields": {}, "tags": [], "status": "active", "created_at": now, "updated_at": now, "status_changed_at": now} for email in missing],
         )
-        for part in chunks(missing, 500):
+        by_email.update(created.all())
+        raced = [email for email in missing if email not in by_email]
+        for part in chunks(raced, 500):
             by_email.update(session.execute(select(Lead.email, Lead.id).where(among(session, Lead.email, part))).all())
     return [item.lead_id if item.lead_id else by_email[item.email or ""] for item in items]
 
@@ -192,7 +194,7 @@ class _Changes:
 
     def write(self, session: Session) -> None:
         if self.new_rows:
-            session.execute(insert(Enrollment.__table__), self.new_rows)
+            session.execute(insert(Enrollment.__table__).returning(Enrollment.__table__.c.id), self.new_rows).all()
         for reason, lead_ids in self.suppressed.items():
             cancel_queued_for_leads(session, lead_ids, reason)
         for (status, reason), ids in self.ends.items():
