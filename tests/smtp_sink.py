@@ -25,7 +25,8 @@ What the sink can do:
   of DATA (`at="data"`, e.g. 554 spam). `.drop(recipient)` closes the
   connection after that recipient's DATA without answering (a dropped
   connection mid-batch). `.close_connections()` closes every open connection
-  (a server's idle timeout).
+  (a server's idle timeout); `.answer_next_mail_with_421()` answers the next
+  MAIL with 421 and closes (Postfix's way of saying the same).
 - `tls="starttls"` (STARTTLS offered and required) or `tls="tls"` (implicit TLS
   from the first byte, as on port 465), with a self-signed certificate made at
   start; `.client_ssl_context()` trusts it.
@@ -35,6 +36,7 @@ What the sink can do:
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import email
 import email.policy
@@ -66,6 +68,16 @@ class _Handler:
     def __init__(self, sink: SmtpSink) -> None:
         self.sink = sink
 
+    async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope, address: str, mail_options: list[str]) -> str:
+        if self.sink._closing_answers:
+            self.sink._closing_answers -= 1
+            assert server.transport is not None
+            asyncio.get_running_loop().call_soon(server.transport.close)  # after the reply is written
+            return "421 4.4.2 sink.test Error: timeout exceeded"
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 2.1.0 OK"
+
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope, address: str, rcpt_options: list[str]) -> str:
         answer = self.sink._answers.get(("rcpt", address.lower()))
         if answer is not None:
@@ -77,7 +89,7 @@ class _Handler:
         recipients = tuple(envelope.rcpt_tos)
         for recipient in recipients:
             if recipient.lower() in self.sink._drops:
-                assert server.transport is not None
+                assert isinstance(server.transport, asyncio.Transport)
                 server.transport.abort()
                 return "421 4.4.2 closing"
             answer = self.sink._answers.get(("data", recipient.lower()))
@@ -127,6 +139,7 @@ class SmtpSink:
         self.cert_file: Path | None = None
         self._answers: dict[tuple[str, str], str] = {}
         self._drops: set[str] = set()
+        self._closing_answers = 0
         self._servers: list[SMTP] = []
         self._lock = threading.Lock()
         self._controller: _Controller | None = None
@@ -198,6 +211,11 @@ class SmtpSink:
         """Cut the connection, without a reply, once that recipient's message data arrived."""
         self._drops.add(recipient.lower())
 
+    def answer_next_mail_with_421(self) -> None:
+        """Answer the next MAIL FROM with 421 and close that connection, as Postfix does
+        when a connection sat idle past its timeout."""
+        self._closing_answers += 1
+
     def close_connections(self) -> None:
         """Close every open connection from the server side, like an idle timeout."""
         controller = self._controller
@@ -220,6 +238,7 @@ class SmtpSink:
             self.connections = 0
         self._answers.clear()
         self._drops.clear()
+        self._closing_answers = 0
 
     def url(self, scheme: str | None = None, *, user: str | None = None, password: str | None = None) -> str:
         """An AUTOFUNNEL_SMTP_URL for this sink (credentials as given: quote them yourself)."""
@@ -267,7 +286,7 @@ def make_self_signed_certificate(directory: Path, host: str = "127.0.0.1") -> tu
         alternative: x509.GeneralName = x509.IPAddress(ipaddress.ip_address(host))
     except ValueError:
         alternative = x509.DNSName(host)
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     certificate = (
         x509.CertificateBuilder()
         .subject_name(name)

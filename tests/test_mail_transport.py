@@ -336,6 +336,23 @@ def test_a_connection_the_server_closed_while_idle_is_reopened_without_an_error(
     assert smtp_sink.connections == 2
 
 
+def test_a_421_at_mail_on_a_reused_connection_reconnects_and_sends(smtp_sink: SmtpSink) -> None:  # noqa: F811
+    with transport_from_url(smtp_sink.url(), Path(".")).session() as session:
+        session.send(BOUNCES, "a@example.com", simple_message("a@example.com"))
+        smtp_sink.answer_next_mail_with_421()
+        session.send(BOUNCES, "b@example.com", simple_message("b@example.com"))
+    assert [m.recipients[0] for m in smtp_sink.messages] == ["a@example.com", "b@example.com"]
+    assert smtp_sink.connections == 2
+
+
+def test_a_421_at_mail_on_a_fresh_connection_is_transient(smtp_sink: SmtpSink) -> None:  # noqa: F811
+    smtp_sink.answer_next_mail_with_421()
+    error = send_one(smtp_sink, "a@example.com")
+    assert isinstance(error, TransientDeliveryError)
+    assert error.code == 421 and error.stage == "mail" and not error.maybe_sent
+    assert smtp_sink.messages == []
+
+
 def test_connection_refused_is_transient() -> None:
     import socket
 

@@ -85,10 +85,8 @@ def add_open_pixel(html: str, pixel_url: str) -> str:
     )
     at = html.rfind("</body>")
     if at < 0:
-        last = None
-        for last in _BODY_END.finditer(html):
-            pass
-        if last is None:
+        ends = [match.start() for match in _BODY_END.finditer(html)]
+        if not ends:
             return html + pixel
-        at = last.start()
+        at = ends[-1]
     return f"{html[:at]}{pixel}{html[at:]}"

@@ -17,21 +17,25 @@ base64, whichever is shorter (a text with a lone CR always goes as base64,
 which keeps it exactly). A line starting with "From " is written `=46rom ` so
 an mbox on the way cannot mangle it and break a DKIM signature.
 
-Why not the standard library's classes (measured by bench/bench_render.py on
-the starter tripwire-offer email, this machine, best of several runs):
+Why not the standard library's classes: CPU per message for the starter
+tripwire-offer email (~3.5 kB of HTML after inlining), measured by
+bench/bench_render.py on the shared 2-CPU development machine, best of 7 ×
+2,000, the range over several runs:
 
-    lean builder (this module)                 ~0.02 ms
-    email.mime (MIMEMultipart + 2 MIMEText)     ~0.35 ms
-    EmailMessage + policy.default               ~0.9 ms
+    lean builder (this module)                  0.043–0.053 ms   (chosen)
+    email.mime (MIMEMultipart + 2 MIMEText)     0.61–0.76 ms
+    EmailMessage + policy.default (SMTP)        2.2–2.7 ms
 
-`EmailMessage` re-parses every header it sets (the ~2.5 ms DESIGN.md warns of
-is the order of magnitude on a busy machine) and `email.mime` walks the tree
-through a Generator; both cost more than rendering the email. The lean builder
-assembles the headers and parts directly with `binascii` (C) encoders and
-stdlib helpers (`email.utils.format_datetime`), about one fifteenth of
-`email.mime`. Its output is checked by the tests: every message parses back
-under `email.policy.strict` with no defects, to the same subject, names and
-bodies (a hypothesis test with arbitrary text included).
+`EmailMessage` parses back every header it is given and folds through the
+header registry; `email.mime` walks the tree through a Generator and
+`email.charset`'s pure-Python encoders. Either would cost more than rendering
+the email (Renderer.render ≈ 0.26–0.34 ms; render + links + pixel + MIME
+≈ 0.45–0.53 ms against a 0.5 ms budget). The lean builder writes the headers itself (RFC 2047
+base64 encoded-words, folding at spaces) and encodes the bodies with
+`binascii` (C): 15× faster than `email.mime`, 50× faster than `EmailMessage`.
+Its output is checked by the tests: every message parses back under
+`email.policy.strict` with no defects, to the same subject, names and bodies
+(a hypothesis test over arbitrary text included).
 """
 
 from __future__ import annotations
@@ -62,6 +66,7 @@ class AddressError(AutofunnelError):
     """the email address cannot be written in an email header"""
 
 
+_ADDRESS_HEADERS: Final = {"reply-to": "Reply-To", "sender": "Sender"}
 _CORE_HEADERS: Final = frozenset({
     "from", "to", "subject", "date", "message-id", "mime-version",
     "content-type", "content-transfer-encoding",
@@ -181,14 +186,14 @@ def _address_header(field: str, value: str) -> str:
             return line
         if len(line) - len(spec) - 3 <= _MAX_LINE:
             return f"{field}: {quoted}\r\n <{spec}>"
-    words = _phrase_words(name, len(field) + 2)
+    words = _phrase_words(name)
     newline = words.rfind("\n")
     last_line = len(words) - newline - 1 if newline >= 0 else len(field) + 2 + len(words)
     separator = " " if last_line + len(spec) + 3 <= _FOLD_AT else "\r\n "
     return f"{field}: {words}{separator}<{spec}>"
 
 
-def _phrase_words(name: str, first_line_used: int) -> str:
+def _phrase_words(name: str) -> str:
     """A display name as encoded-words, split only between words where it must be split.
 
     RFC 2047 readers ignore the white space between two encoded-words, so a
@@ -283,7 +288,7 @@ def _fold(field: str, value: str) -> str | None:
     lines: list[str] = []
     current = f"{field}:"
     for word in value.split(" "):
-        if len(current) + 1 + len(word) > _FOLD_AT and current.strip() and current != f"{field}:" and word:
+        if word and len(current) + 1 + len(word) > _FOLD_AT and current != f"{field}:":
             lines.append(current)
             current = f" {word}"
         else:
@@ -382,9 +387,13 @@ def build_message(
     ]
     items = headers.items() if isinstance(headers, Mapping) else headers
     for name, value in items:
-        if not _HEADER_NAME.match(name) or name.lower() in _CORE_HEADERS:
+        lowered = name.lower()
+        if not _HEADER_NAME.match(name) or lowered in _CORE_HEADERS:
             raise ValueError(f"header {name!r} cannot be set this way")
-        lines.append(_unstructured(name, str(value), may_encode=not name.lower().startswith("list-")))
+        if lowered in _ADDRESS_HEADERS:
+            lines.append(_address_header(_ADDRESS_HEADERS[lowered], str(value)))
+        else:
+            lines.append(_unstructured(name, str(value), may_encode=not lowered.startswith("list-")))
     boundary = f"=_af{secrets.token_hex(12)}"
     lines.append(f'Content-Type: multipart/alternative; boundary="{boundary}"')
     text_encoding, text_body = _body(text)
@@ -443,6 +452,7 @@ def sign_dkim(message: bytes, domain: str, selector: str, private_key: bytes) ->
         )
     except dkim.DKIMException as exc:
         raise AutofunnelError(f"cannot DKIM-sign the email: {exc}") from None
-    if not signature.endswith(b"\r\n"):
-        signature += b"\r\n"
-    return signature + message
+    header = bytes(signature)
+    if not header.endswith(b"\r\n"):
+        header += b"\r\n"
+    return header + message

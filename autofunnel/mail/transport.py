@@ -16,7 +16,8 @@ URLs (`AUTOFUNNEL_SMTP_URL`):
     smtp://user:pass@host:port           plain SMTP, port 25 by default
     smtp+starttls://user:pass@host:port  STARTTLS required, port 587 by default
     smtps://user:pass@host:port          TLS from the first byte, port 465 by default
-    file:///abs/dir  file://./relative   one `.eml` file per message (relative to the project)
+    file:///abs/dir  file://./relative   one `.eml` file per message (relative to the project),
+                                         written to a temporary file, then linked into place
 
 User and password are URL-decoded (`p%40ss` is `p@ss`). Query parameters:
 `timeout` (seconds for every socket operation, default 30) and `helo` (the name
@@ -28,13 +29,17 @@ means sending this message again will fail again (a 5xx answer); transient ones
 `hard_bounce` marks the recipient-level refusals (550/551/553 to RCPT) after
 which the lead should be suppressed. `maybe_sent` marks a failure after the
 message's data went out: SMTP cannot tell whether the server took it, so at
-most once means it must not be re-sent blindly.
+most once means it must not be re-sent blindly. `stage` says where it failed:
+errors at `connect`, `tls` or `auth` are about the server or the settings
+(a wrong password, an untrusted certificate), not about the message or the
+lead, and will fail the rest of the batch the same way.
 
 An SMTP session connects on its first message and keeps the connection. If
 the connection drops, that message's error is raised and the next message
-opens a new connection. A connection the server closed while idle is noticed
-before anything of the message is sent (at MAIL FROM), and then the session
-reconnects and sends at once, which is safe: nothing was handed over.
+opens a new connection. A connection the server closed while idle (gone, or
+a 421 answer) is noticed at MAIL FROM, before anything of the message is
+sent; then the session reconnects and sends at once, which is safe: nothing
+was handed over. Every socket operation has the timeout (default 30 s).
 
 `InMemoryTransport` keeps what it is given, for `autofunnel/testing.py` and for
 users' own tests of their funnels:
@@ -61,6 +66,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from email.message import EmailMessage
+from functools import lru_cache
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -99,7 +105,7 @@ class DeliveryError(AutofunnelError):
         """Where it failed: connect, tls, auth, mail, rcpt, data, write."""
         self.recipient = recipient
         self.maybe_sent = maybe_sent
-        """True when the failure came after the message's data went out: the server may have it."""
+        """True when the failure came after DATA was sent: the server may have taken the message."""
 
     @property
     def hard_bounce(self) -> bool:
@@ -199,6 +205,25 @@ class SmtpTransport:
     def tls_context(self) -> ssl.SSLContext:
         return self.ssl_context if self.ssl_context is not None else ssl.create_default_context()
 
+    def ehlo_name(self) -> str:
+        return self.helo or _local_name()
+
+
+@lru_cache(maxsize=1)
+def _local_name() -> str:
+    """This machine's name for EHLO, looked up once (smtplib would ask DNS on every connect)."""
+    name = socket.getfqdn()
+    return name if name.isascii() and name else "localhost"
+
+
+class _ServerClosing(Exception):
+    """The server answered MAIL with 421: it is closing the connection (often an idle timeout)."""
+
+    def __init__(self, code: int, reply: bytes) -> None:
+        super().__init__(code, reply)
+        self.code = code
+        self.reply = reply
+
 
 class SmtpSession:
     """One batch's connection: opened on the first message, reopened after a drop."""
@@ -216,11 +241,11 @@ class SmtpSession:
         try:
             if settings.security == "tls":
                 connection = smtplib.SMTP_SSL(
-                    settings.host, settings.port, local_hostname=settings.helo,
+                    settings.host, settings.port, local_hostname=settings.ehlo_name(),
                     timeout=settings.timeout, context=settings.tls_context(),
                 )
             else:
-                connection = smtplib.SMTP(settings.host, settings.port, local_hostname=settings.helo, timeout=settings.timeout)
+                connection = smtplib.SMTP(settings.host, settings.port, local_hostname=settings.ehlo_name(), timeout=settings.timeout)
             connection.ehlo()
             if settings.security == "starttls":
                 stage = "tls"
@@ -253,17 +278,19 @@ class SmtpSession:
         self._connection = connection
         try:
             self._envelope(connection, envelope_from, recipient, len(message))
-        except (smtplib.SMTPServerDisconnected, ConnectionError) as exc:
+        except (smtplib.SMTPServerDisconnected, ConnectionError, _ServerClosing) as exc:
             self._drop()
             if not reused:
-                raise _connection_error(exc, "mail", recipient) from exc
-            # The server closed the idle connection; nothing of this message went out.
+                raise _closed_error(exc, recipient) from exc
+            # The server closed the connection while it was idle (or said it would,
+            # with 421). Nothing of this message went out, so sending it on a new
+            # connection cannot send it twice.
             connection = self._connection = self._connect()
             try:
                 self._envelope(connection, envelope_from, recipient, len(message))
-            except (OSError, smtplib.SMTPException) as retry_exc:
+            except (OSError, smtplib.SMTPException, _ServerClosing) as retry_exc:
                 self._drop()
-                raise _connection_error(retry_exc, "mail", recipient) from retry_exc
+                raise _closed_error(retry_exc, recipient) from retry_exc
         except (OSError, smtplib.SMTPException) as exc:
             self._drop()
             raise _connection_error(exc, "mail", recipient) from exc
@@ -282,6 +309,8 @@ class SmtpSession:
     def _envelope(self, connection: smtplib.SMTP, envelope_from: str, recipient: str, size: int) -> None:
         options = [f"SIZE={size}"] if connection.has_extn("size") else []
         code, reply = connection.mail(envelope_from, options)
+        if code == 421:
+            raise _ServerClosing(code, reply)
         if code != 250:
             self._reset(connection)
             raise _reply_error(code, reply, "mail", recipient)
@@ -311,6 +340,12 @@ class SmtpSession:
             pass
         finally:
             _close_quietly(connection)
+
+
+def _closed_error(exc: BaseException, recipient: str) -> DeliveryError:
+    if isinstance(exc, _ServerClosing):
+        return _reply_error(exc.code, exc.reply, "mail", recipient)
+    return _connection_error(exc, "mail", recipient)
 
 
 def _close_quietly(connection: smtplib.SMTP) -> None:
@@ -358,7 +393,7 @@ class FileSession:
         match = _MESSAGE_ID_HEADER.search(message, 0, header_end if header_end >= 0 else len(message))
         stem = _UNSAFE_FILE_CHARACTERS.sub("_", match.group(1).decode("ascii", "replace")) if match else ""
         stem = stem[:200] or f"message-{os.urandom(8).hex()}"
-        trace = f"Return-Path: <{envelope_from}>\r\nDelivered-To: {recipient}\r\n".encode("utf-8")
+        trace = f"Return-Path: <{envelope_from}>\r\nDelivered-To: {recipient}\r\n".encode("ascii")
         handle, temporary = tempfile.mkstemp(prefix=".tmp-", suffix=".eml", dir=self.directory)
         try:
             with os.fdopen(handle, "wb") as out:

@@ -22,6 +22,7 @@ from autofunnel.services.enrollments import (
 )
 from autofunnel.services.inputs import SubscribeInput
 from autofunnel.services.runtime import Runtime
+from autofunnel.services.scheduler import STEPS
 from autofunnel.services.versions import current_version_ids
 from autofunnel.store.models import Assignment, Deadline, Delivery, Enrollment, Event, Lead, StageEntry, TimelineEntry
 from autofunnel.store.queries import insert_ignoring
@@ -197,7 +198,11 @@ def _timeline(rows: Sequence[TimelineEntry], entries: Sequence[Any], enrollments
         if e.ended_at is not None and ended_by_event:
             add(e.ended_at, 3, e.flow, e.stage, None, e.status, e.end_reason)
     for t in rows:
-        add(t.at, 2, t.flow, t.stage, t.step_id, t.decision, t.reason)
+        if t.decision == STEPS and t.detail:
+            for step, decision, reason in t.detail.get("decisions", []):
+                add(t.at, 2, t.flow, t.stage, step, decision, reason)
+        else:
+            add(t.at, 2, t.flow, t.stage, t.step_id, t.decision, t.reason)
     return [item for _, _, item in sorted(items, key=lambda item: (item[0], item[1]))]
 
 
@@ -220,7 +225,7 @@ def erase_lead(rt: Runtime, key: str) -> int:
         for event in session.scalars(select(Event).where(Event.lead_id == lead_id)):
             kept = {k: v for k, v in (event.properties or {}).items() if k in PURCHASE_KEPT} if event.type in ("purchase", "refund") else {}
             event.properties = kept
-        session.execute(update(TimelineEntry).where(TimelineEntry.lead_id == lead_id).values(detail=None))
+        session.execute(update(TimelineEntry).where(TimelineEntry.lead_id == lead_id, TimelineEntry.decision != STEPS).values(detail=None))
         session.execute(delete(Deadline).where(Deadline.lead_id == lead_id))
         lead.email = f"erased-{lead_id}@erased.invalid"
         lead.first_name = None

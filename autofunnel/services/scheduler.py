@@ -44,6 +44,10 @@ from autofunnel.store.models import Assignment, Deadline, Delivery, Enrollment, 
 from autofunnel.store.queries import among, insert_ignoring, is_postgres
 
 BATCH = 500
+STEPS = "steps"
+"""The timeline row of one pass over one enrollment: its decisions, in order, are in
+`detail.decisions` as [step, decision, reason]; the lead view lists them one by one.
+One row per pass rather than per decision keeps a busy pass to a few writes per lead."""
 
 
 @dataclass(frozen=True)
@@ -167,12 +171,18 @@ def _process(session: Session, rt: Runtime, rows: Sequence[Any], now: datetime, 
         )
         previous = (layouts.get(row.version_id) or {}).get(row.stage, []) if row.version_id else []
         result = advance(cursor_of(row.step_id, row.waiting_for, row.visits), flow, stage_steps, facts, now, rt.rng, previous, row.due_at)
+        steps_taken: list[list[str | None]] = []
         for decision in result.decisions:
             step_id = getattr(decision, "step_id", None)
             verdict, reason = _describe(decision)
             lines.append(DecisionLine(lead.email, row.flow, row.stage, step_id, verdict, reason))
-            timeline.append(timeline_row(row.lead_id, now, verdict, reason, flow=row.flow, stage=row.stage, step_id=step_id))
+            steps_taken.append([step_id, verdict, reason])
             _collect(decision, row, lead, now, deliveries, new_deadlines, new_assignments, deadlines[key], assignments[key])
+        last_step, last_verdict, last_reason = steps_taken[-1]
+        timeline.append(timeline_row(
+            row.lead_id, now, STEPS, last_reason, flow=row.flow, stage=row.stage, step_id=last_step,
+            detail={"decisions": steps_taken},
+        ))
         enrollment_updates.append(_update_of(row.id, result, versions.get(row.flow), now))
 
     _write_leads(session, leads, now)
