@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
 
 from autofunnel.domain.conditions import EventFact
@@ -47,7 +47,7 @@ from autofunnel.services.inputs import EventInput
 from autofunnel.services.runtime import Runtime
 from autofunnel.services.versions import current_version_ids
 from autofunnel.store.models import Enrollment, Event, Lead, StageEntry
-from autofunnel.store.queries import among, chunks, insert_ignoring
+from autofunnel.store.queries import among, bulk_update, chunks, insert_ignoring
 
 
 @dataclass(frozen=True)
@@ -199,12 +199,9 @@ class _Changes:
             cancel_queued_for_leads(session, lead_ids, reason)
         for (status, reason), ids in self.ends.items():
             end_enrollments(session, ids, status, reason, self.now)
-        if self.statuses:
-            table = Lead.__table__
-            session.execute(
-                update(table).where(table.c.id == bindparam("b_id")).values(status=bindparam("status"), status_changed_at=self.now, updated_at=self.now),
-                [{"b_id": lead_id, "status": status} for lead_id, status in self.statuses.items()],
-            )
+        bulk_update(session, Lead.__table__, [
+            {"id": lead_id, "status": status, "status_changed_at": self.now, "updated_at": self.now} for lead_id, status in self.statuses.items()
+        ])
         if self.stage_entries:
             session.execute(insert_ignoring(session, StageEntry.__table__, ("lead_id", "funnel", "stage")), self.stage_entries)
         for part in chunks(sorted(self.wake), 500):

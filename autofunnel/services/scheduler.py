@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from autofunnel.domain.conditions import EventFact
@@ -41,7 +41,7 @@ from autofunnel.services.enrollments import cursor_of, parked_to_json, timeline_
 from autofunnel.services.runtime import Runtime
 from autofunnel.services.versions import current_version_ids, layouts_by_id
 from autofunnel.store.models import Assignment, Deadline, Delivery, Enrollment, Event, Lead
-from autofunnel.store.queries import among, insert_ignoring, is_postgres
+from autofunnel.store.queries import among, bulk_update, insert_ignoring, is_postgres
 
 BATCH = 500
 STEPS = "steps"
@@ -329,7 +329,7 @@ def _collect(
 
 def _ended(enrollment_id: int, status: str, reason: str, now: datetime) -> dict[str, Any]:
     return {
-        "b_id": enrollment_id, "status": status, "step_id": None, "due_at": None, "waiting_for": None,
+        "id": enrollment_id, "status": status, "step_id": None, "due_at": None, "waiting_for": None,
         "ended_at": now, "end_reason": reason[:200],
     }
 
@@ -338,45 +338,21 @@ def _update_of(enrollment_id: int, result: Advance, version_id: int | None, now:
     ended = result.ended
     reason = next((d.reason for d in result.decisions if isinstance(d, Leave)), None)
     return {
-        "b_id": enrollment_id, "status": result.status, "step_id": result.cursor.step_id, "due_at": result.due_at,
+        "id": enrollment_id, "status": result.status, "step_id": result.cursor.step_id, "due_at": result.due_at,
         "waiting_for": parked_to_json(result.cursor.parked), "ended_at": now if ended else None,
         "end_reason": reason[:200] if ended and reason else None, "visits": dict(result.cursor.visits), "version_id": version_id,
     }
 
 
 def _write_enrollments(session: Session, updates: list[dict[str, Any]]) -> None:
-    full = [u for u in updates if "visits" in u]
-    bare = [u for u in updates if "visits" not in u]
     table = Enrollment.__table__
-    if full:
-        session.execute(
-            update(table).where(table.c.id == bindparam("b_id")).values(
-                status=bindparam("status"), step_id=bindparam("step_id"), due_at=bindparam("due_at"),
-                waiting_for=bindparam("waiting_for"), ended_at=bindparam("ended_at"), end_reason=bindparam("end_reason"),
-                visits=bindparam("visits"), version_id=bindparam("version_id"),
-            ),
-            full,
-        )
-    if bare:
-        session.execute(
-            update(table).where(table.c.id == bindparam("b_id")).values(
-                status=bindparam("status"), step_id=bindparam("step_id"), due_at=bindparam("due_at"),
-                waiting_for=bindparam("waiting_for"), ended_at=bindparam("ended_at"), end_reason=bindparam("end_reason"),
-            ),
-            bare,
-        )
+    bulk_update(session, table, [u for u in updates if "visits" in u])
+    bulk_update(session, table, [u for u in updates if "visits" not in u])
 
 
 def _write_leads(session: Session, leads: dict[int, _LeadState], now: datetime) -> None:
-    changed = [{"b_id": lead_id, "tags": s.tags, "fields": s.fields, "updated_at": now} for lead_id, s in leads.items() if s.changed]
-    if changed:
-        table = Lead.__table__
-        session.execute(
-            update(table).where(table.c.id == bindparam("b_id")).values(
-                tags=bindparam("tags"), fields=bindparam("fields"), updated_at=bindparam("updated_at")
-            ),
-            changed,
-        )
+    changed = [{"id": lead_id, "tags": s.tags, "fields": s.fields, "updated_at": now} for lead_id, s in leads.items() if s.changed]
+    bulk_update(session, Lead.__table__, changed)
 
 
 def sweep(rt: Runtime, *, now: datetime | None = None, lease: timedelta = timedelta(minutes=5)) -> tuple[list[int], int]:

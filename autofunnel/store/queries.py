@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import BigInteger, Insert, Table, Text, any_, bindparam
+from sqlalchemy import BigInteger, Insert, Table, Text, any_, bindparam, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -38,3 +38,16 @@ def among(session: Session, column: Any, values: Sequence[Any]) -> Any:
         element = Text() if values and isinstance(values[0], str) else BigInteger()
         return column == any_(bindparam(None, values, type_=postgresql.ARRAY(element)))
     return column.in_(values)
+
+
+def bulk_update(session: Session, table: Table, rows: Sequence[dict[str, Any]]) -> None:
+    """Update many rows by primary key, each with its own values (`{"id": …, column: value}`),
+    as one prepared statement run for every row (psycopg pipelines them on PostgreSQL;
+    measured faster there than one `UPDATE … FROM (VALUES …)`). All rows name the same columns."""
+    if not rows:
+        return
+    names = [name for name in rows[0] if name != "id"]
+    session.execute(
+        update(table).where(table.c.id == bindparam("b_id")).values({name: bindparam(name) for name in names}),
+        [{"b_id": row["id"], **{name: row[name] for name in names}} for row in rows],
+    )
