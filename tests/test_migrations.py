@@ -103,7 +103,7 @@ def test_offline_sql_contains_the_partial_index() -> None:
 
 @pytest.mark.parametrize(
     ("table", "index", "status"),
-    [("enrollments", "ix_enrollments_due", "active"), ("deliveries", "ix_deliveries_queued", "queued")],
+    [("enrollments", "ix_enrollments_due", "active"), ("deliveries", "ix_deliveries_in_flight", "sending")],
 )
 def test_partial_indexes_exist(migrated_db: Database, table: str, index: str, status: str) -> None:
     with migrated_db.engine.connect() as connection:

@@ -47,7 +47,7 @@ from autofunnel.services.inputs import EventInput
 from autofunnel.services.runtime import Runtime
 from autofunnel.services.versions import current_version_ids
 from autofunnel.store.models import Enrollment, Event, Lead, StageEntry
-from autofunnel.store.queries import among, bulk_update, chunks, insert_ignoring
+from autofunnel.store.queries import among, bulk_update, chunks, insert_ignoring, insert_returning
 
 
 @dataclass(frozen=True)
@@ -83,7 +83,7 @@ def record_events(rt: Runtime, items: list[EventInput]) -> RecordResult:
             }
             for index, item in enumerate(items)
         ]
-        inserted = list(session.execute(insert_ignoring(session, Event.__table__, ("key",)).returning(Event.id, Event.key), rows))
+        inserted = insert_returning(session, Event.__table__, rows, ("id", "key"), conflict=("key",))
         by_key = {row["key"]: row for row in rows}
         fresh = sorted(((by_key[key], event_id) for event_id, key in inserted), key=lambda pair: (pair[0]["at"], pair[1]))
         if fresh:
@@ -107,11 +107,12 @@ def _resolve_leads(session: Session, items: list[EventInput], now: datetime) -> 
             raise NotFoundError(f"no lead with id {item.lead_id}", field=f"{prefix}lead_id", code="unknown_lead")
     missing = [email for email in emails if email not in by_email]
     if missing:
-        created = session.execute(
-            insert_ignoring(session, Lead.__table__, ("email",)).returning(Lead.email, Lead.id),
+        created = insert_returning(
+            session, Lead.__table__,
             [{"email": email, "fields": {}, "tags": [], "status": "active", "created_at": now, "updated_at": now, "status_changed_at": now} for email in missing],
+            ("email", "id"), conflict=("email",),
         )
-        by_email.update(created.all())
+        by_email.update((email, lead_id) for email, lead_id in created)
         raced = [email for email in missing if email not in by_email]
         for part in chunks(raced, 500):
             by_email.update(session.execute(select(Lead.email, Lead.id).where(among(session, Lead.email, part))).all())
@@ -194,7 +195,7 @@ class _Changes:
 
     def write(self, session: Session) -> None:
         if self.new_rows:
-            session.execute(insert(Enrollment.__table__).returning(Enrollment.__table__.c.id), self.new_rows).all()
+            session.execute(insert(Enrollment.__table__), self.new_rows)
         for reason, lead_ids in self.suppressed.items():
             cancel_queued_for_leads(session, lead_ids, reason)
         for (status, reason), ids in self.ends.items():

@@ -41,7 +41,7 @@ from autofunnel.services.enrollments import cursor_of, parked_to_json, timeline_
 from autofunnel.services.runtime import Runtime
 from autofunnel.services.versions import current_version_ids, layouts_by_id
 from autofunnel.store.models import Assignment, Deadline, Delivery, Enrollment, Event, Lead
-from autofunnel.store.queries import among, bulk_update, insert_ignoring, is_postgres
+from autofunnel.store.queries import among, bulk_update, insert_ignoring, insert_returning, is_postgres
 
 BATCH = 500
 STEPS = "steps"
@@ -192,8 +192,7 @@ def _process(session: Session, rt: Runtime, rows: Sequence[Any], now: datetime, 
         session.execute(insert_ignoring(session, Assignment.__table__, ("lead_id", "flow", "name")), new_assignments)
     queued: list[int] = []
     if deliveries:
-        stmt = insert_ignoring(session, Delivery.__table__, ("enrollment_id", "step_id", "occurrence")).returning(Delivery.id)
-        queued = list(session.scalars(stmt, deliveries))
+        queued = [row.id for row in insert_returning(session, Delivery.__table__, deliveries, ("id",), conflict=("enrollment_id", "step_id", "occurrence"))]
     write_timeline(session, timeline)
     _write_enrollments(session, enrollment_updates)
     return queued

@@ -57,13 +57,23 @@ def make_engine(url: str, *, sqlite_foreign_keys: bool = True) -> Engine:
     driver's legacy mode leaves them out). `sqlite_foreign_keys=False` is for
     migrations only: SQLite rebuilds a table to alter it, which foreign-key
     enforcement would block.
+
+    On PostgreSQL every statement is planned for its actual parameters: psycopg
+    prepares a statement after a few runs, and PostgreSQL's generic plan for
+    `lead_id = ANY(:ids)` over a growing table was measured at 80 ms where the
+    custom plan takes under 2 ms. Our statements work on whole batches, so
+    planning each one costs nothing that shows.
     """
     url = normalize_url(url)
     if make_url(url).get_backend_name() == "sqlite":
         engine = create_engine(url)
         _tune_sqlite(engine, foreign_keys=sqlite_foreign_keys)
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    return create_engine(
+        url,
+        pool_pre_ping=True,
+        connect_args={"options": "-c plan_cache_mode=force_custom_plan"},
+    )
 
 
 def _tune_sqlite(engine: Engine, *, foreign_keys: bool) -> None:

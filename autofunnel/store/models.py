@@ -149,7 +149,6 @@ class Enrollment(Base):
             postgresql_where=text("status = 'active'"),
             sqlite_where=text("status = 'active'"),
         ),
-        Index(None, "lead_id", "flow"),
     )
 
     id: Mapped[Id]
@@ -181,12 +180,12 @@ class Delivery(Base):
         CheckConstraint(one_of("kind", DELIVERY_KINDS), name="kind"),
         CheckConstraint(one_of("status", DELIVERY_STATUSES), name="status"),
         Index(
-            "ix_deliveries_queued",
-            "created_at",
-            postgresql_where=text("status = 'queued'"),
-            sqlite_where=text("status = 'queued'"),
+            "ix_deliveries_in_flight",
+            "status",
+            "lease_until",
+            postgresql_where=text("status IN ('queued', 'sending')"),
+            sqlite_where=text("status IN ('queued', 'sending')"),
         ),
-        Index(None, "status", "lease_until"),
         Index(None, "lead_id"),
     )
 

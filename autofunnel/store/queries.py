@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, Insert, Table, Text, any_, bindparam, update
+from sqlalchemy import BigInteger, Insert, Table, Text, any_, bindparam, insert, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -51,3 +53,51 @@ def bulk_update(session: Session, table: Table, rows: Sequence[dict[str, Any]]) 
         update(table).where(table.c.id == bindparam("b_id")).values({name: bindparam(name) for name in names}),
         [{"b_id": row["id"], **{name: row[name] for name in names}} for row in rows],
     )
+
+
+def insert_returning(
+    session: Session, table: Table, rows: Sequence[dict[str, Any]], returning: Sequence[str], *, conflict: Sequence[str] = ()
+) -> list[Any]:
+    """Insert many rows (all naming the same columns) and return `returning` of those
+    written, skipping rows that clash on `conflict` when given.
+
+    On PostgreSQL the rows travel as typed arrays through `unnest`: one short
+    statement whatever the batch size. SQLAlchemy's multi-row `VALUES … RETURNING`
+    would be a new statement of thousands of placeholders per batch, which psycopg
+    parses in Python every time (measured: 110–170 ms per 1000 rows against ~45 ms).
+    """
+    if not rows:
+        return []
+    columns = [table.c[name] for name in returning]
+    if not is_postgres(session):
+        stmt = insert_ignoring(session, table, conflict) if conflict else insert(table)
+        return list(session.execute(stmt.returning(*columns), list(rows)))
+    dialect = session.get_bind().dialect
+    names = list(rows[0])
+    written: list[Any] = []
+    for part in chunks(list(rows), 5000):
+        params: dict[str, Any] = {}
+        arrays: list[str] = []
+        selects: list[str] = []
+        for index, name in enumerate(names):
+            type_sql = table.c[name].type.compile(dialect=dialect)
+            data = [row[name] for row in part]
+            if type_sql in ("JSON", "JSONB"):
+                params[f"p{index}"] = [None if value is None else json.dumps(value) for value in data]
+                arrays.append(f"CAST(:p{index} AS TEXT[])")
+                selects.append(f"CAST(v.c{index} AS {type_sql})")
+                continue
+            if any(isinstance(value, datetime) and value.utcoffset() is None for value in data):
+                raise ValueError(f"{table.name}.{name}: naive datetimes cannot be stored; give them a timezone (UTC)")
+            params[f"p{index}"] = data
+            arrays.append(f"CAST(:p{index} AS {type_sql}[])")
+            selects.append(f"v.c{index}")
+        sql = (
+            f"INSERT INTO {table.name} ({', '.join(names)}) SELECT {', '.join(selects)} "
+            f"FROM unnest({', '.join(arrays)}) AS v({', '.join(f'c{i}' for i in range(len(names)))})"
+        )
+        if conflict:
+            sql += f" ON CONFLICT ({', '.join(conflict)}) DO NOTHING"
+        sql += f" RETURNING {', '.join(returning)}"
+        written.extend(session.execute(text(sql).columns(*columns), params))
+    return written

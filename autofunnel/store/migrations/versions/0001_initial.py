@@ -124,7 +124,6 @@ def upgrade() -> None:
         postgresql_where=sa.text("status = 'active'"),
         sqlite_where=sa.text("status = 'active'"),
     )
-    op.create_index(op.f("ix_enrollments_lead_id_flow"), "enrollments", ["lead_id", "flow"])
 
     op.create_table(
         "deliveries",
@@ -163,13 +162,12 @@ def upgrade() -> None:
         ),
     )
     op.create_index(
-        "ix_deliveries_queued",
+        "ix_deliveries_in_flight",
         "deliveries",
-        ["created_at"],
-        postgresql_where=sa.text("status = 'queued'"),
-        sqlite_where=sa.text("status = 'queued'"),
+        ["status", "lease_until"],
+        postgresql_where=sa.text("status IN ('queued', 'sending')"),
+        sqlite_where=sa.text("status IN ('queued', 'sending')"),
     )
-    op.create_index(op.f("ix_deliveries_status_lease_until"), "deliveries", ["status", "lease_until"])
     op.create_index(op.f("ix_deliveries_lead_id"), "deliveries", ["lead_id"])
 
     op.create_table(
