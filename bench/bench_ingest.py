@@ -22,18 +22,13 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
-from pathlib import Path
-
-from sqlalchemy import text
 
 from autofunnel.clock import SystemClock
 from autofunnel.services.credentials import create_api_key
-from autofunnel.services.starter import init_project
 from autofunnel.store.db import Database, backend_name
-from autofunnel.store.migrate import upgrade
+from common import fresh_project
 
 
 def free_port() -> int:
@@ -65,16 +60,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="af-ingest-"))
-    project = work / "shop"
-    init_project(project)
-    url = args.database_url or f"sqlite:///{work / 'bench.db'}"
-    if backend_name(url) == "postgresql":
-        db = Database.from_url(url)
-        with db.engine.begin() as connection:
-            connection.execute(text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
-        db.dispose()
-    upgrade(url)
+    work, project, url = fresh_project("af-ingest-", args.database_url)
     db = Database.from_url(url)
     _, key = create_api_key(db, SystemClock(), "bench")
     db.dispose()

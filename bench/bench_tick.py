@@ -17,10 +17,8 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import tempfile
 import time
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 from sqlalchemy import func, insert, select, text, update
 
@@ -28,22 +26,12 @@ from autofunnel.clock import FixedClock
 from autofunnel.config import load_settings
 from autofunnel.services.runtime import Runtime
 from autofunnel.services.scheduler import tick
-from autofunnel.services.starter import init_project
 from autofunnel.store.db import Database, backend_name
-from autofunnel.store.migrate import upgrade
-from autofunnel.store.models import Base, Enrollment, Lead
+from common import fresh_project
+from autofunnel.store.models import Enrollment, Lead
 
 NOW = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)
 FAR = NOW + timedelta(days=365)
-
-
-def reset(url: str) -> None:
-    if backend_name(url) == "postgresql":
-        db = Database.from_url(url)
-        with db.engine.begin() as connection:
-            connection.execute(text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
-        db.dispose()
-    upgrade(url)
 
 
 def fill(db: Database, size: int, start: int) -> None:
@@ -86,11 +74,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
-    work = Path(tempfile.mkdtemp(prefix="af-bench-"))
-    project = work / "shop"
-    init_project(project)
-    url = args.database_url or f"sqlite:///{work / 'bench.db'}"
-    reset(url)
+    work, project, url = fresh_project("af-bench-", args.database_url)
     settings = load_settings(project, environ={"AUTOFUNNEL_DATABASE_URL": url, "AUTOFUNNEL_SECRET_KEY": "bench-secret-0123456789", "AUTOFUNNEL_SMTP_URL": f"file://{work}/outbox"})
     rt = Runtime.open(settings, FixedClock(NOW))
     print(f"backend: {backend_name(url)}; due per pass: {args.due}; median of {args.repeat}")

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from smtp_sink import SmtpSink, smtp_sink  # noqa: F401  (the fixture; see tests/smtp_sink.py)
+from smtp_sink import SmtpSink
 
 from autofunnel.errors import AutofunnelError, ConfigError
 from autofunnel.mail.links import add_open_pixel, rewrite_links

@@ -159,7 +159,7 @@ class Simulator:
                     lead.memberships[funnel] = Membership(funnel, old.entered_at, stage, old.reached | {stage, *(n for n, _ in skipped)})
                     self.log.append((at, email, f"{funnel} enters {stage}"))
                     self._enroll(email, funnel, stage, 1, at)
-                case StartSequence(sequence=slug, restarting=restarting):
+                case StartSequence(sequence=slug):
                     runs_of = [e for e in self.enrollments.values() if e.lead == email and e.flow == slug]
                     for e in runs_of:
                         self._end(e, "stopped", at)

@@ -1,0 +1,28 @@
+"""What every benchmark starts from: the starter project in a temporary folder
+and an empty, migrated database (SQLite there, or the PostgreSQL one given)."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from sqlalchemy import text
+
+from autofunnel.services.starter import init_project
+from autofunnel.store.db import Database, backend_name
+from autofunnel.store.migrate import upgrade
+
+
+def fresh_project(prefix: str, database_url: str | None) -> tuple[Path, Path, str]:
+    """(work folder, project folder, database URL); a PostgreSQL database is emptied first."""
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    project = work / "shop"
+    init_project(project)
+    url = database_url or f"sqlite:///{work / 'bench.db'}"
+    if backend_name(url) == "postgresql":
+        db = Database.from_url(url)
+        with db.engine.begin() as connection:
+            connection.execute(text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
+        db.dispose()
+    upgrade(url)
+    return work, project, url
