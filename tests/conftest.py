@@ -58,7 +58,7 @@ def _fresh_postgres_database(admin_url: str) -> Iterator[str]:
     problem = None
     try:
         with admin.connect() as connection:
-            connection.execute(text(f'CREATE DATABASE "{name}"'))
+            connection.execute(text(f'CREATE DATABASE "{name}" TEMPLATE template0'))
     except OperationalError as exc:
         problem = str(exc.orig or exc).strip().splitlines()[0]
     if problem is not None:

@@ -22,7 +22,6 @@ from autofunnel.services.enrollments import (
 )
 from autofunnel.services.inputs import SubscribeInput
 from autofunnel.services.runtime import Runtime
-from autofunnel.services.scheduler import STEPS
 from autofunnel.services.versions import current_version_ids
 from autofunnel.store.models import Assignment, Deadline, Delivery, Enrollment, Event, Lead, StageEntry, TimelineEntry
 from autofunnel.store.queries import insert_ignoring
@@ -181,9 +180,9 @@ def lead_view(rt: Runtime, key: str, *, limit: int = 500) -> dict[str, Any]:
 
 
 def _timeline(rows: Sequence[TimelineEntry], entries: Sequence[Any], enrollments: Sequence[Enrollment]) -> list[dict[str, Any]]:
-    """Every decision about the lead in time order: the step decisions stored as
-    timeline rows, and the stage entries and enrollment starts and ends, which
-    are their own record."""
+    """Every decision about the lead in time order: step decisions (each
+    enrollment's history), stage entries, enrollment starts and ends, and the
+    timeline rows for the rest (status changes, sends and their outcomes)."""
     items: list[tuple[datetime, int, dict[str, Any]]] = []
 
     def add(moment: datetime, order: int, flow: str | None, stage: str | None, step: str | None, decision: str, reason: str | None) -> None:
@@ -197,12 +196,11 @@ def _timeline(rows: Sequence[TimelineEntry], entries: Sequence[Any], enrollments
         ended_by_event = e.status in ("ended", "stopped") or (e.status == "exited" and (e.end_reason or "").startswith("lead "))
         if e.ended_at is not None and ended_by_event:
             add(e.ended_at, 3, e.flow, e.stage, None, e.status, e.end_reason)
+    for e in enrollments:
+        for at, step, decision, reason in e.history or []:
+            add(datetime.fromisoformat(at), 2, e.flow, e.stage, step, decision, reason)
     for t in rows:
-        if t.decision == STEPS and t.detail:
-            for step, decision, reason in t.detail.get("decisions", []):
-                add(t.at, 2, t.flow, t.stage, step, decision, reason)
-        else:
-            add(t.at, 2, t.flow, t.stage, t.step_id, t.decision, t.reason)
+        add(t.at, 2, t.flow, t.stage, t.step_id, t.decision, t.reason)
     return [item for _, _, item in sorted(items, key=lambda item: (item[0], item[1]))]
 
 
@@ -225,7 +223,7 @@ def erase_lead(rt: Runtime, key: str) -> int:
         for event in session.scalars(select(Event).where(Event.lead_id == lead_id)):
             kept = {k: v for k, v in (event.properties or {}).items() if k in PURCHASE_KEPT} if event.type in ("purchase", "refund") else {}
             event.properties = kept
-        session.execute(update(TimelineEntry).where(TimelineEntry.lead_id == lead_id, TimelineEntry.decision != STEPS).values(detail=None))
+        session.execute(update(TimelineEntry).where(TimelineEntry.lead_id == lead_id).values(detail=None))
         session.execute(delete(Deadline).where(Deadline.lead_id == lead_id))
         lead.email = f"erased-{lead_id}@erased.invalid"
         lead.first_name = None

@@ -44,10 +44,6 @@ from autofunnel.store.models import Assignment, Deadline, Delivery, Enrollment, 
 from autofunnel.store.queries import among, bulk_update, insert_ignoring, insert_returning, is_postgres
 
 BATCH = 500
-STEPS = "steps"
-"""The timeline row of one pass over one enrollment: its decisions, in order, are in
-`detail.decisions` as [step, decision, reason]; the lead view lists them one by one.
-One row per pass rather than per decision keeps a busy pass to a few writes per lead."""
 
 
 @dataclass(frozen=True)
@@ -102,7 +98,7 @@ def _claim(session: Session, now: datetime, batch: int) -> list[Any]:
     stmt = (
         select(
             Enrollment.id, Enrollment.lead_id, Enrollment.flow, Enrollment.kind, Enrollment.stage, Enrollment.step_id,
-            Enrollment.waiting_for, Enrollment.visits, Enrollment.version_id, Enrollment.due_at,
+            Enrollment.waiting_for, Enrollment.visits, Enrollment.version_id, Enrollment.due_at, Enrollment.history,
         )
         .where(Enrollment.status == "active", Enrollment.due_at <= now)
         .order_by(Enrollment.due_at)
@@ -145,7 +141,6 @@ def _process(session: Session, rt: Runtime, rows: Sequence[Any], now: datetime, 
     layouts = layouts_by_id(session, {row.version_id for row in rows if row.version_id})
 
     deliveries: list[dict[str, Any]] = []
-    timeline: list[dict[str, Any]] = []
     new_deadlines: list[dict[str, Any]] = []
     new_assignments: list[dict[str, Any]] = []
     enrollment_updates: list[dict[str, Any]] = []
@@ -157,7 +152,6 @@ def _process(session: Session, rt: Runtime, rows: Sequence[Any], now: datetime, 
         if flow is None or stage_steps is None:
             reason = f"{'funnel or sequence' if flow is None else 'stage'} removed from the project"
             enrollment_updates.append(_ended(row.id, "ended", reason, now))
-            timeline.append(timeline_row(row.lead_id, now, "ended", reason, flow=row.flow, stage=row.stage, step_id=row.step_id))
             lines.append(DecisionLine(lead.email, row.flow, row.stage, row.step_id, "ended", reason))
             continue
         key = (row.lead_id, row.flow)
@@ -171,19 +165,15 @@ def _process(session: Session, rt: Runtime, rows: Sequence[Any], now: datetime, 
         )
         previous = (layouts.get(row.version_id) or {}).get(row.stage, []) if row.version_id else []
         result = advance(cursor_of(row.step_id, row.waiting_for, row.visits), flow, stage_steps, facts, now, rt.rng, previous, row.due_at)
-        steps_taken: list[list[str | None]] = []
+        history = list(row.history or [])
+        stamp = now.isoformat()
         for decision in result.decisions:
             step_id = getattr(decision, "step_id", None)
             verdict, reason = _describe(decision)
             lines.append(DecisionLine(lead.email, row.flow, row.stage, step_id, verdict, reason))
-            steps_taken.append([step_id, verdict, reason])
+            history.append([stamp, step_id, verdict, reason])
             _collect(decision, row, lead, now, deliveries, new_deadlines, new_assignments, deadlines[key], assignments[key])
-        last_step, last_verdict, last_reason = steps_taken[-1]
-        timeline.append(timeline_row(
-            row.lead_id, now, STEPS, last_reason, flow=row.flow, stage=row.stage, step_id=last_step,
-            detail={"decisions": steps_taken},
-        ))
-        enrollment_updates.append(_update_of(row.id, result, versions.get(row.flow), now))
+        enrollment_updates.append({**_update_of(row.id, result, versions.get(row.flow), now), "history": history})
 
     _write_leads(session, leads, now)
     if new_deadlines:
@@ -193,7 +183,6 @@ def _process(session: Session, rt: Runtime, rows: Sequence[Any], now: datetime, 
     queued: list[int] = []
     if deliveries:
         queued = [row.id for row in insert_returning(session, Delivery.__table__, deliveries, ("id",), conflict=("enrollment_id", "step_id", "occurrence"))]
-    write_timeline(session, timeline)
     _write_enrollments(session, enrollment_updates)
     return queued
 

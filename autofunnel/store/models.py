@@ -162,6 +162,9 @@ class Enrollment(Base):
     due_at: Mapped[Moment | None]
     waiting_for: Mapped[dict[str, Any] | None]
     visits: Mapped[dict[str, Any]] = mapped_column(default=dict, server_default=EMPTY_OBJECT)
+    history: Mapped[list[Any]] = mapped_column(JsonType, default=list, server_default=EMPTY_LIST)
+    """Every step decision of this enrollment, in order: [at, step, decision, reason].
+    Kept on the row the scheduler updates anyway, so a pass writes no extra timeline rows."""
     entered_at: Mapped[Moment]
     ended_at: Mapped[Moment | None]
     end_reason: Mapped[str | None] = mapped_column(String(200))

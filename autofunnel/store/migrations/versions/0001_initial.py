@@ -100,6 +100,7 @@ def upgrade() -> None:
         sa.Column("due_at", MOMENT, nullable=True),
         sa.Column("waiting_for", JSON, nullable=True),
         sa.Column("visits", JSON, server_default=EMPTY_OBJECT, nullable=False),
+        sa.Column("history", JSON, server_default=sa.text("'[]'"), nullable=False),
         sa.Column("entered_at", MOMENT, nullable=False),
         sa.Column("ended_at", MOMENT, nullable=True),
         sa.Column("end_reason", sa.String(length=200), nullable=True),
