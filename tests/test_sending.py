@@ -393,3 +393,28 @@ def test_a_cart_and_its_purchase_in_one_batch_send_nothing(rt: Any, smtp_sink: S
     run_tick(rt)  # a pass long after the due time sends one email, not a burst of every missed step
     assert [m.recipients for m in smtp_sink.messages] == [("ned@example.com",)]
     assert lead_view(rt, "max@example.com")["enrollments"] == []  # its carts are older than its purchase
+
+
+@pytest.mark.postgres
+def test_concurrent_batches_about_one_lead_apply_one_after_the_other(runtime_factory: Any, project_dir: Path, smtp_sink: SmtpSink, clock: FixedClock) -> None:
+    runtimes = [runtime_factory(project_dir, smtp_sink.url(), clock) for _ in range(4)]
+    cart = {"items": [], "value": 5, "checkout_url": "https://shop.example/c"}
+    events(runtimes[0], {"type": "cart_updated", "email": "ola@example.com", "properties": cart})
+    barrier = threading.Barrier(len(runtimes))
+    errors: list[BaseException] = []
+
+    def post(runtime: Any) -> None:
+        try:
+            barrier.wait()
+            events(runtime, {"type": "cart_updated", "email": "ola@example.com", "properties": cart})
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=post, args=(r,)) for r in runtimes]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not errors
+    runs = [(e["run"], e["status"]) for e in lead_view(runtimes[0], "ola@example.com")["enrollments"]]
+    assert sorted(runs) == [(1, "stopped"), (2, "stopped"), (3, "stopped"), (4, "stopped"), (5, "active")]

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import Select, insert, select, update
 from sqlalchemy.orm import Session
 
 from autofunnel.domain.conditions import EventFact
@@ -91,16 +91,27 @@ def record_events(rt: Runtime, items: list[EventInput]) -> RecordResult:
         return RecordResult(len(inserted), len(rows) - len(inserted), tuple(sorted(set(lead_of))))
 
 
+def _locked(query: Select[Any]) -> Select[Any]:
+    """Lock the batch's leads (in id order) before anything refers to them.
+
+    On PostgreSQL two batches about the same lead then apply one after the other,
+    never both from the same starting point; taking the lock first, before the
+    event rows' foreign keys take their share locks, is what keeps two such
+    batches from deadlocking. SQLite's write transaction serializes them anyway.
+    """
+    return query.order_by(Lead.id).with_for_update(key_share=True)
+
+
 def _resolve_leads(session: Session, items: list[EventInput], now: datetime) -> list[int]:
     """The lead of each event; an unknown email becomes a new active lead, an unknown id is an error."""
     emails = sorted({item.email for item in items if item.email})
     ids = sorted({item.lead_id for item in items if item.lead_id})
     by_email: dict[str, int] = {}
     for part in chunks(emails, 500):
-        by_email.update(session.execute(select(Lead.email, Lead.id).where(among(session, Lead.email, part))).all())
+        by_email.update(session.execute(_locked(select(Lead.email, Lead.id).where(among(session, Lead.email, part)))).all())
     known_ids: set[int] = set()
     for part in chunks(ids, 500):
-        known_ids.update(session.scalars(select(Lead.id).where(among(session, Lead.id, part))))
+        known_ids.update(session.scalars(_locked(select(Lead.id).where(among(session, Lead.id, part)))))
     for index, item in enumerate(items):
         if item.lead_id and item.lead_id not in known_ids:
             prefix = f"[{index}]." if len(items) > 1 else ""
@@ -122,7 +133,9 @@ def _resolve_leads(session: Session, items: list[EventInput], now: datetime) -> 
 def _load(session: Session, rt: Runtime, lead_ids: list[int]) -> dict[int, _Lead]:
     leads: dict[int, _Lead] = {}
     for part in chunks(lead_ids, 500):
-        for lead_id, status in session.execute(select(Lead.id, Lead.status).where(among(session, Lead.id, part))):
+        for lead_id, status in session.execute(
+            select(Lead.id, Lead.status).where(among(session, Lead.id, part))
+        ):
             leads[lead_id] = _Lead(lead_id, status)
         entries: dict[tuple[int, str], list[Any]] = defaultdict(list)
         for row in session.execute(
