@@ -75,9 +75,29 @@ def _fresh_postgres_database(admin_url: str) -> Iterator[str]:
             .replace("postgresql+psycopg://", "postgresql://", 1)
         )
     finally:
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        _drop_database(admin, name)
         admin.dispose()
+
+
+def _drop_database(admin: Any, name: str) -> None:
+    """Drop a test database; PostgreSQL's autovacuum may be visiting it for a moment.
+
+    `WITH (FORCE)` cannot end an autovacuum worker for a non-superuser, so a refused
+    drop is tried again shortly; a database that still cannot be dropped is left
+    behind (named af_…, harmless) rather than failing a test that passed.
+    """
+    import time
+
+    from sqlalchemy import text
+    from sqlalchemy.exc import DBAPIError
+
+    for _ in range(50):
+        try:
+            with admin.connect() as connection:
+                connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            return
+        except DBAPIError:
+            time.sleep(0.1)
 
 
 @pytest.fixture
