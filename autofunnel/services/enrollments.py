@@ -8,13 +8,13 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from autofunnel.domain.engine import Cursor, Parked
 from autofunnel.domain.model import EventMatcher, Flow, Funnel
 from autofunnel.store.models import Delivery, Enrollment, TimelineEntry
-from autofunnel.store.queries import among, chunks
+from autofunnel.store.queries import among, bulk_insert, chunks
 
 
 def timeline_row(
@@ -29,7 +29,7 @@ def timeline_row(
 
 def write_timeline(session: Session, rows: Sequence[dict[str, Any]]) -> None:
     if rows:
-        session.execute(insert(TimelineEntry.__table__), list(rows))
+        bulk_insert(session, TimelineEntry.__table__, rows)
 
 
 def new_enrollment(

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, insert, select, update
+from sqlalchemy import Select, select, update
 from sqlalchemy.orm import Session
 
 from autofunnel.domain.conditions import EventFact
@@ -47,7 +47,7 @@ from autofunnel.services.inputs import EventInput
 from autofunnel.services.runtime import Runtime
 from autofunnel.services.versions import current_version_ids
 from autofunnel.store.models import Enrollment, Event, Lead, StageEntry
-from autofunnel.store.queries import among, bulk_update, chunks, insert_ignoring, insert_returning
+from autofunnel.store.queries import among, bulk_insert, bulk_update, chunks, insert_returning
 
 
 @dataclass(frozen=True)
@@ -208,7 +208,7 @@ class _Changes:
 
     def write(self, session: Session) -> None:
         if self.new_rows:
-            session.execute(insert(Enrollment.__table__), self.new_rows)
+            bulk_insert(session, Enrollment.__table__, self.new_rows)
         for reason, lead_ids in self.suppressed.items():
             cancel_queued_for_leads(session, lead_ids, reason)
         for (status, reason), ids in self.ends.items():
@@ -217,7 +217,7 @@ class _Changes:
             {"id": lead_id, "status": status, "status_changed_at": self.now, "updated_at": self.now} for lead_id, status in self.statuses.items()
         ])
         if self.stage_entries:
-            session.execute(insert_ignoring(session, StageEntry.__table__, ("lead_id", "funnel", "stage")), self.stage_entries)
+            bulk_insert(session, StageEntry.__table__, self.stage_entries, conflict=("lead_id", "funnel", "stage"))
         for part in chunks(sorted(self.wake), 500):
             session.execute(update(Enrollment).where(among(session, Enrollment.id, part), Enrollment.status == "active").values(due_at=self.now))
         write_timeline(session, self.timeline)

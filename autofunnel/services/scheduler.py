@@ -41,7 +41,7 @@ from autofunnel.services.enrollments import cursor_of, parked_to_json, timeline_
 from autofunnel.services.runtime import Runtime
 from autofunnel.services.versions import current_version_ids, layouts_by_id
 from autofunnel.store.models import Assignment, Deadline, Delivery, Enrollment, Event, Lead
-from autofunnel.store.queries import among, bulk_update, insert_ignoring, insert_returning, is_postgres
+from autofunnel.store.queries import among, bulk_insert, bulk_update, insert_returning, is_postgres
 
 BATCH = 500
 
@@ -177,9 +177,9 @@ def _process(session: Session, rt: Runtime, rows: Sequence[Any], now: datetime, 
 
     _write_leads(session, leads, now)
     if new_deadlines:
-        session.execute(insert_ignoring(session, Deadline.__table__, ("lead_id", "flow", "name")), new_deadlines)
+        bulk_insert(session, Deadline.__table__, new_deadlines, conflict=("lead_id", "flow", "name"))
     if new_assignments:
-        session.execute(insert_ignoring(session, Assignment.__table__, ("lead_id", "flow", "name")), new_assignments)
+        bulk_insert(session, Assignment.__table__, new_assignments, conflict=("lead_id", "flow", "name"))
     queued: list[int] = []
     if deliveries:
         queued = [row.id for row in insert_returning(session, Delivery.__table__, deliveries, ("id",), conflict=("enrollment_id", "step_id", "occurrence"))]

@@ -1,0 +1,44 @@
+"""The bulk writers store exactly what SQLAlchemy's own inserts store."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, timezone
+
+from sqlalchemy import insert, select, text
+
+from autofunnel.store.db import Database
+from autofunnel.store.models import Deadline, Lead, TimelineEntry
+from autofunnel.store.queries import bulk_insert, insert_returning
+
+WHEN = datetime(2026, 3, 2, 10, 0, 0, 123456, tzinfo=timezone(timedelta(hours=2)))
+
+
+def lead(db: Database, email: str) -> int:
+    with db.transaction() as session:
+        return session.execute(
+            insert(Lead).returning(Lead.id),
+            [{"email": email, "status": "active", "created_at": WHEN, "updated_at": WHEN}],
+        ).scalar_one()
+
+
+def test_bulk_insert_matches_core(migrated_db: Database) -> None:
+    lead_id = lead(migrated_db, "a@b.example")
+    row = {"lead_id": lead_id, "at": WHEN, "flow": "f", "stage": None, "step_id": "s", "decision": "d", "reason": "ünï", "detail": {"k": [1, "x"]}}
+    with migrated_db.transaction() as session:
+        session.execute(insert(TimelineEntry.__table__), [row])
+        bulk_insert(session, TimelineEntry.__table__, [row])
+    with migrated_db.read() as session:
+        raw = session.execute(text("SELECT lead_id, at, flow, stage, step_id, decision, reason, detail FROM timeline ORDER BY id")).all()
+        typed = session.execute(select(TimelineEntry.at, TimelineEntry.detail)).all()
+    assert raw[0] == raw[1]
+    assert typed[0] == typed[1] == (WHEN.astimezone(UTC), {"k": [1, "x"]})
+
+
+def test_insert_returning_skips_conflicts(migrated_db: Database) -> None:
+    lead_id = lead(migrated_db, "c@d.example")
+    rows = [{"lead_id": lead_id, "flow": "f", "name": name, "due_at": WHEN, "created_at": WHEN} for name in ("a", "b")]
+    with migrated_db.transaction() as session:
+        first = insert_returning(session, Deadline.__table__, rows, ("name",), conflict=("lead_id", "flow", "name"))
+        again = insert_returning(session, Deadline.__table__, rows, ("name",), conflict=("lead_id", "flow", "name"))
+    assert sorted(r[0] for r in first) == ["a", "b"]
+    assert again == []
