@@ -82,7 +82,7 @@ def test_a_lead_walks_the_yoga_funnel(rt: Any, smtp_sink: SmtpSink, clock: Fixed
     assert len(smtp_sink.messages) == 1
     assert subjects(smtp_sink)[0].startswith("Ann")
     welcome = strict(smtp_sink.messages[0].raw)
-    assert welcome["To"] == "ann@example.com"
+    assert welcome["To"] == "Ann <ann@example.com>"
     assert welcome["Message-ID"].endswith(".autofunnel@yoga.example>")
     assert welcome["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
     assert "http://testserver/u/" in welcome["List-Unsubscribe"]

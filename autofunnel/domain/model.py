@@ -285,9 +285,6 @@ class Funnel:
                 return stage
         raise KeyError(name)
 
-    def stage_index(self, name: str) -> int:
-        return [stage.name for stage in self.stages].index(name)
-
     @property
     def step_lists(self) -> tuple[tuple[str, tuple[Step, ...]], ...]:
         """(stage name, steps) pairs: the units within which `goto` jumps."""

@@ -23,7 +23,7 @@ from sqlalchemy import select, update
 from autofunnel.domain.model import Flow
 from autofunnel.errors import AutofunnelError
 from autofunnel.mail.links import add_open_pixel, rewrite_links
-from autofunnel.mail.message import build_message, message_id_for, sign_dkim
+from autofunnel.mail.message import build_message, format_address, message_id_for, sign_dkim
 from autofunnel.mail.transport import DeliveryError, Session as SmtpSession, Transport
 from autofunnel.services.enrollments import active_enrollment_ids, cancel_queued_for_leads, end_enrollments, timeline_row, write_timeline
 from autofunnel.services.runtime import Runtime
@@ -199,7 +199,7 @@ def _compose(rt: Runtime, claim: _Claim, flow: Flow, now: datetime) -> tuple[byt
         headers = [("List-Unsubscribe", f"<{unsubscribe_url}>, <{mailto}>"), ("List-Unsubscribe-Post", "List-Unsubscribe=One-Click")]
     domain = _domain(sender)
     message = build_message(
-        sender=sender, to=claim.to_address, subject=rendered.subject, html=html, text=rendered.text,
+        sender=sender, to=format_address(claim.lead["first_name"] if claim.kind == "email" else None, claim.to_address), subject=rendered.subject, html=html, text=rendered.text,
         message_id=message_id_for(claim.id, domain), date=now, headers=headers, domain=domain,
     )
     settings = rt.settings
