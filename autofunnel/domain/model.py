@@ -285,6 +285,10 @@ class Funnel:
                 return stage
         raise KeyError(name)
 
+    def steps_of(self, stage: str) -> tuple[Step, ...]:
+        """The steps an enrollment in `stage` runs; KeyError when the stage is gone."""
+        return self.stage(stage).steps
+
     @property
     def step_lists(self) -> tuple[tuple[str, tuple[Step, ...]], ...]:
         """(stage name, steps) pairs: the units within which `goto` jumps."""
@@ -310,6 +314,10 @@ class Sequence:
     kind: Literal["sequence"] = "sequence"
 
     offers: Mapping[str, Offer] = field(default_factory=dict)
+
+    def steps_of(self, stage: str) -> tuple[Step, ...]:
+        """A sequence has one list of steps; its enrollments' stage is ''."""
+        return self.steps
 
     @property
     def step_lists(self) -> tuple[tuple[str, tuple[Step, ...]], ...]:

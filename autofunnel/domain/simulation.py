@@ -101,7 +101,7 @@ class Simulator:
 
     def _enroll(self, lead: str, flow_slug: str, stage: str, run: int, at: datetime) -> None:
         flow = self.project.flows[flow_slug]
-        steps = flow.stage(stage).steps if isinstance(flow, Funnel) else flow.steps
+        steps = flow.steps_of(stage)
         enrollment = SimEnrollment(self._next_id, lead, flow_slug, stage, run, Cursor(steps[0].id if steps else None), at if steps else None, "active" if steps else "done")
         self._next_id += 1
         self.enrollments[enrollment.id] = enrollment
@@ -186,7 +186,7 @@ class Simulator:
     def _advance(self, enrollment: SimEnrollment, now: datetime) -> None:
         lead = self.leads[enrollment.lead]
         flow = self.project.flows[enrollment.flow]
-        steps = flow.stage(enrollment.stage).steps if isinstance(flow, Funnel) else flow.steps
+        steps = flow.steps_of(enrollment.stage)
         deadlines = lead.deadlines.setdefault(flow.slug, {})
         assignments = lead.assignments.setdefault(flow.slug, {})
         facts = LeadFacts(

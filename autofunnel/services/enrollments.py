@@ -12,7 +12,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from autofunnel.domain.engine import Cursor, Parked
-from autofunnel.domain.model import EventMatcher, Flow, Funnel
+from autofunnel.domain.model import EventMatcher, Flow
 from autofunnel.store.models import Delivery, Enrollment, TimelineEntry
 from autofunnel.store.queries import among, bulk_insert, chunks
 
@@ -37,7 +37,7 @@ def new_enrollment(
     event_id: int | None,
 ) -> dict[str, Any]:
     """The row of a fresh stage or sequence run, due at once (or done if it has no steps)."""
-    steps = flow.stage(stage).steps if isinstance(flow, Funnel) else flow.steps
+    steps = flow.steps_of(stage)
     first = steps[0].id if steps else None
     return {
         "lead_id": lead_id, "flow": flow.slug, "kind": flow.kind, "stage": stage, "run": run,

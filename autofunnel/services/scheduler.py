@@ -36,7 +36,7 @@ from autofunnel.domain.engine import (
     WaitDecision,
     advance,
 )
-from autofunnel.domain.model import Clicked, Flow, Funnel, HasEvent, Opened, Step, walk_condition
+from autofunnel.domain.model import Clicked, Flow, HasEvent, Opened, Step, walk_condition
 from autofunnel.services.enrollments import cursor_of, parked_to_json, timeline_row, write_timeline
 from autofunnel.services.runtime import Runtime
 from autofunnel.services.versions import current_version_ids, layouts_by_id
@@ -135,9 +135,10 @@ def _process(session: Session, rt: Runtime, rows: Sequence[Any], now: datetime, 
         select(Assignment.lead_id, Assignment.flow, Assignment.name, Assignment.value).where(among(session, Assignment.lead_id, lead_ids))
     ):
         assignments[(lead_id, flow)][name] = value
-    _load_recent_sends(session, leads, [f for f in flows.values() if f], now)
-    engagement = _load_engagement(session, lead_ids, [f for f in flows.values() if f])
-    events = _load_events(session, lead_ids, [f for f in flows.values() if f])
+    present = [flow for flow in flows.values() if flow is not None]
+    _load_recent_sends(session, leads, present, now)
+    engagement = _load_engagement(session, lead_ids, present)
+    events = _load_events(session, lead_ids, present)
     layouts = layouts_by_id(session, {row.version_id for row in rows if row.version_id})
 
     deliveries: list[dict[str, Any]] = []
@@ -188,14 +189,13 @@ def _process(session: Session, rt: Runtime, rows: Sequence[Any], now: datetime, 
 
 
 def _steps(flow: Flow | None, stage: str) -> tuple[Step, ...] | None:
+    """The current steps of an enrollment's stage, or None when its flow or stage was removed."""
     if flow is None:
         return None
-    if isinstance(flow, Funnel):
-        try:
-            return flow.stage(stage).steps
-        except KeyError:
-            return None
-    return flow.steps
+    try:
+        return flow.steps_of(stage)
+    except KeyError:
+        return None
 
 
 def _lead_states(session: Session, lead_ids: list[int]) -> dict[int, _LeadState]:
