@@ -37,6 +37,18 @@ from autofunnel.domain.model import (
 from autofunnel.domain.sending import check_cap, next_allowed
 
 SUPPRESSED = frozenset({"unsubscribed", "bounced", "complained", "erased"})
+
+
+def suppression_reason(status: str) -> str:
+    """Why an enrollment ended because its lead may no longer be emailed."""
+    return f"lead {status}"
+
+
+def ended_by_suppression(status: str, reason: str | None) -> bool:
+    """Did this enrollment end because its lead was suppressed (not by its own steps)?"""
+    return status == "exited" and (reason or "").startswith(suppression_reason(""))
+
+
 MAX_STEPS_PER_ADVANCE = 100
 """A goto loop without a wait would otherwise spin; past this many steps the lead leaves."""
 
@@ -235,7 +247,7 @@ class _Run:
 
     def go(self) -> Advance:
         if self.lead.status in SUPPRESSED:
-            return self.done(self.cursor.step_id, "exited", f"lead {self.lead.status}")
+            return self.done(self.cursor.step_id, "exited", suppression_reason(self.lead.status))
         step_id = self.cursor.step_id
         parked = self.cursor.parked
         if step_id is not None and step_id not in self.ids:

@@ -25,7 +25,14 @@ from autofunnel.errors import AutofunnelError
 from autofunnel.mail.links import add_open_pixel, rewrite_links
 from autofunnel.mail.message import build_message, format_address, message_id_for, sign_dkim
 from autofunnel.mail.transport import DeliveryError, Session as SmtpSession, Transport
-from autofunnel.services.enrollments import active_enrollment_ids, cancel_queued_for_leads, end_enrollments, timeline_row, write_timeline
+from autofunnel.domain.engine import ended_by_suppression, suppression_reason
+from autofunnel.services.enrollments import (
+    active_enrollment_ids,
+    cancel_queued_for_leads,
+    end_enrollments,
+    timeline_row,
+    write_timeline,
+)
 from autofunnel.services.runtime import Runtime
 from autofunnel.store.models import Deadline, Delivery, Enrollment, Event, Lead
 
@@ -81,7 +88,7 @@ def _deliver_one(rt: Runtime, smtp: SmtpSession, delivery_id: int, report: Deliv
     try:
         if flow is None:
             raise AutofunnelError(f"{claim.flow!r} is no longer in the project")
-        message, sender = _compose(rt, claim, flow, now)
+        message, sender, message_id = _compose(rt, claim, flow, now)
     except AutofunnelError as exc:
         _finish(rt, claim, "failed", f"could not build the email: {exc}", report)
         return
@@ -90,7 +97,7 @@ def _deliver_one(rt: Runtime, smtp: SmtpSession, delivery_id: int, report: Deliv
     except DeliveryError as exc:
         _failed_send(rt, claim, exc, report)
         return
-    _finish(rt, claim, "sent", "handed to the mail server", report, message_id=message_id_for(claim.id, _domain(sender)))
+    _finish(rt, claim, "sent", "handed to the mail server", report, message_id=message_id)
 
 
 def _claim(rt: Runtime, delivery_id: int, now: datetime, report: DeliveryReport) -> _Claim | None:
@@ -142,7 +149,7 @@ def _refusal(kind: str, lead_status: str, enrollment: Any) -> str | None:
         return "suppressed: lead not confirmed yet" if lead_status == "pending" else f"suppressed: lead {lead_status}"
     if enrollment is not None and enrollment.status in ("ended", "stopped"):
         return f"stage ended: {enrollment.end_reason}" if enrollment.status == "ended" else f"sequence stopped: {enrollment.end_reason}"
-    if enrollment is not None and enrollment.status == "exited" and (enrollment.end_reason or "").startswith("lead "):
+    if enrollment is not None and ended_by_suppression(enrollment.status, enrollment.end_reason):
         return f"suppressed: {enrollment.end_reason}"
     return None
 
@@ -160,7 +167,8 @@ def _sender(rt: Runtime, flow: Flow) -> str:
     return f"autofunnel <noreply@{host if '.' in host else host + '.localdomain'}>"
 
 
-def _compose(rt: Runtime, claim: _Claim, flow: Flow, now: datetime) -> tuple[bytes, str]:
+def _compose(rt: Runtime, claim: _Claim, flow: Flow, now: datetime) -> tuple[bytes, str, str]:
+    """The message bytes, its sender and its Message-ID."""
     base = rt.settings.base_url
     tokens = rt.tokens
     unsubscribe_url = f"{base}/u/{tokens.sign('unsubscribe', [claim.lead_id, claim.id])}"
@@ -198,15 +206,15 @@ def _compose(rt: Runtime, claim: _Claim, flow: Flow, now: datetime) -> tuple[byt
         mailto = f"mailto:{parseaddr(sender)[1]}?subject=unsubscribe"
         headers = [("List-Unsubscribe", f"<{unsubscribe_url}>, <{mailto}>"), ("List-Unsubscribe-Post", "List-Unsubscribe=One-Click")]
     domain = _domain(sender)
+    message_id = message_id_for(claim.id, domain)
     message = build_message(
         sender=sender, to=format_address(claim.lead["first_name"] if claim.kind == "email" else None, claim.to_address), subject=rendered.subject, html=html, text=rendered.text,
-        message_id=message_id_for(claim.id, domain), date=now, headers=headers, domain=domain,
+        message_id=message_id, date=now, headers=headers, domain=domain,
     )
     settings = rt.settings
-    if settings.dkim_domain and settings.dkim_selector and settings.dkim_key_file:
-        with open(settings.dkim_key_file, "rb") as handle:
-            message = sign_dkim(message, settings.dkim_domain, settings.dkim_selector, handle.read())
-    return message, sender
+    if rt.dkim_key is not None and settings.dkim_domain and settings.dkim_selector:
+        message = sign_dkim(message, settings.dkim_domain, settings.dkim_selector, rt.dkim_key)
+    return message, sender, message_id
 
 
 def _finish(rt: Runtime, claim: _Claim, status: str, reason: str, report: DeliveryReport, *, message_id: str | None = None) -> None:
@@ -254,7 +262,7 @@ def _suppress_bounced(rt: Runtime, claim: _Claim) -> None:
             update(Lead).where(Lead.id == claim.lead_id, Lead.status == "active").values(status="bounced", status_changed_at=now, updated_at=now)
         ).rowcount
         if changed:
-            end_enrollments(session, active_enrollment_ids(session, [claim.lead_id]), "exited", "lead bounced", now)
+            end_enrollments(session, active_enrollment_ids(session, [claim.lead_id]), "exited", suppression_reason("bounced"), now)
             cancel_queued_for_leads(session, [claim.lead_id], "suppressed: lead bounced")
             write_timeline(session, [timeline_row(claim.lead_id, now, "status", "bounced: the mail server refused the address")])
 

@@ -23,7 +23,7 @@ from sqlalchemy import Select, select, update
 from sqlalchemy.orm import Session
 
 from autofunnel.domain.conditions import EventFact
-from autofunnel.domain.engine import SUPPRESSED, wake_matches
+from autofunnel.domain.engine import SUPPRESSED, suppression_reason, wake_matches
 from autofunnel.domain.routing import (
     ChangeStatus,
     Effect,
@@ -251,7 +251,7 @@ def _apply_effect(rt: Runtime, lead: _Lead, effect: Effect, event_id: int, versi
             changes.timeline.append(timeline_row(lead.id, now, "status", f"{status}: {reason}"))
             if status in SUPPRESSED:
                 for ref in [*lead.active, *lead.pending]:
-                    changes.end(lead, ref, "exited", f"lead {status}")
+                    changes.end(lead, ref, "exited", suppression_reason(status))
                 changes.suppressed[f"suppressed: lead {status}"].append(lead.id)
                 lead.stage_enrollments.clear()
                 lead.runs.clear()

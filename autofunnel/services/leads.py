@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 
 from autofunnel.domain.model import Funnel
 from autofunnel.errors import InvalidInputError, NotFoundError
+from autofunnel.domain.engine import ended_by_suppression, suppression_reason
 from autofunnel.services.enrollments import (
     active_enrollment_ids,
     end_enrollments,
@@ -193,7 +194,7 @@ def _timeline(rows: Sequence[TimelineEntry], entries: Sequence[Any], enrollments
     for e in enrollments:
         if e.kind == "sequence":
             add(e.entered_at, 1, e.flow, None, None, "started", f"sequence started (run {e.run})")
-        ended_by_event = e.status in ("ended", "stopped") or (e.status == "exited" and (e.end_reason or "").startswith("lead "))
+        ended_by_event = e.status in ("ended", "stopped") or ended_by_suppression(e.status, e.end_reason)
         if e.ended_at is not None and ended_by_event:
             add(e.ended_at, 3, e.flow, e.stage, None, e.status, e.end_reason)
     for e in enrollments:
@@ -214,7 +215,7 @@ def erase_lead(rt: Runtime, key: str) -> int:
     with rt.db.transaction() as session:
         lead = find_lead(session, key)
         lead_id = lead.id
-        end_enrollments(session, active_enrollment_ids(session, [lead_id]), "exited", "lead erased", now)
+        end_enrollments(session, active_enrollment_ids(session, [lead_id]), "exited", suppression_reason("erased"), now)
         session.execute(
             update(Delivery).where(Delivery.lead_id == lead_id, Delivery.status == "queued")
             .values(status="skipped", reason="suppressed: lead erased", lease_until=None)

@@ -57,6 +57,16 @@ class Runtime:
     def transport(self) -> Transport:
         return transport_from_url(self.settings.smtp_url, Path(self.settings.project_dir))
 
+    @cached_property
+    def dkim_key(self) -> bytes | None:
+        """The DKIM private key, read once per process rather than once per email."""
+        if not self.settings.dkim_key_file:
+            return None
+        try:
+            return Path(self.settings.dkim_key_file).read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"AUTOFUNNEL_DKIM_KEY_FILE: cannot read {self.settings.dkim_key_file}: {exc.strerror}") from None
+
     def flow(self, slug: str) -> Flow:
         try:
             return self.project.flows[slug]
