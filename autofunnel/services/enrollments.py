@@ -47,38 +47,23 @@ def new_enrollment(
     }
 
 
-def end_enrollments(session: Session, ids: Iterable[int], status: str, reason: str, now: datetime) -> list[int]:
+def end_enrollments(session: Session, ids: Iterable[int], status: str, reason: str, now: datetime) -> None:
     """End active enrollments and cancel their queued emails, in the caller's transaction.
 
     Cancelling here, where the stop is recorded, is what makes the delivery
     claim (`queued` → `sending`) the single place where send and stop race.
     """
-    ids = list(ids)
-    ended: list[int] = []
-    for part in chunks(ids, 500):
-        result = session.execute(
+    for part in chunks(list(ids), 500):
+        session.execute(
             update(Enrollment)
             .where(among(session, Enrollment.id, part), Enrollment.status == "active")
             .values(status=status, due_at=None, ended_at=now, end_reason=reason[:200])
-            .returning(Enrollment.id)
         )
-        ended.extend(result.scalars())
-    cancel_queued(session, ids, f"cancelled: {reason}", now)
-    return ended
-
-
-def cancel_queued(session: Session, enrollment_ids: Sequence[int], reason: str, now: datetime) -> list[tuple[int, int, str]]:
-    """Queued deliveries of these enrollments become `skipped` with the reason; returns (id, lead, step)."""
-    cancelled: list[tuple[int, int, str]] = []
-    for part in chunks(list(enrollment_ids), 500):
-        result = session.execute(
+        session.execute(
             update(Delivery)
             .where(among(session, Delivery.enrollment_id, part), Delivery.status == "queued")
-            .values(status="skipped", reason=reason[:500], lease_until=None)
-            .returning(Delivery.id, Delivery.lead_id, Delivery.step_id)
+            .values(status="skipped", reason=f"cancelled: {reason}"[:500], lease_until=None)
         )
-        cancelled.extend((row.id, row.lead_id, row.step_id) for row in result)
-    return cancelled
 
 
 def cancel_queued_for_leads(session: Session, lead_ids: Sequence[int], reason: str) -> int:

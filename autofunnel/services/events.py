@@ -54,7 +54,6 @@ from autofunnel.store.queries import among, bulk_insert, bulk_update, chunks, in
 class RecordResult:
     accepted: int
     duplicates: int
-    lead_ids: tuple[int, ...] = ()
 
 
 @dataclass
@@ -88,7 +87,7 @@ def record_events(rt: Runtime, items: list[EventInput]) -> RecordResult:
         fresh = sorted(((by_key[key], event_id) for event_id, key in inserted), key=lambda pair: (pair[0]["at"], pair[1]))
         if fresh:
             _apply(session, rt, fresh, now)
-        return RecordResult(len(inserted), len(rows) - len(inserted), tuple(sorted(set(lead_of))))
+        return RecordResult(len(inserted), len(rows) - len(inserted))
 
 
 def _locked(query: Select[Any]) -> Select[Any]:
