@@ -187,3 +187,86 @@ def tick(state: State, at: str | None, dry_run: bool) -> None:
     for line in result.lines:
         click.echo(line)
     click.echo(result.summary)
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0 for every interface).")
+@click.option("--port", default=8000, show_default=True, type=int, help="Port of the web app, the API and the links in emails.")
+@pass_state
+@friendly_errors
+def run(state: State, host: str, port: int) -> None:
+    """Everything on one machine: migrations, then web, a worker and the scheduler until Ctrl-C."""
+    from autofunnel.workers.processes import run_all
+
+    sys.exit(run_all(state.settings, host, port))
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8000, show_default=True, type=int, help="Port to listen on.")
+@pass_state
+@friendly_errors
+def web(state: State, host: str, port: int) -> None:
+    """The web app alone (API, public links, admin). In production run it under gunicorn instead."""
+    from autofunnel.workers.processes import serve_web
+
+    serve_web(state.settings, host, port)
+
+
+@main.command()
+@click.option("--concurrency", type=int, help="Sending processes (default: one per CPU core).")
+@click.option("--pool", default="prefork", show_default=True, type=click.Choice(["prefork", "solo", "threads"]), help="Celery pool.")
+@pass_state
+@friendly_errors
+def worker(state: State, concurrency: int | None, pool: str) -> None:
+    """A Celery worker sending the emails the scheduler hands out; run as many as you like."""
+    from autofunnel.workers.processes import run_worker
+
+    run_worker(state.settings, concurrency=concurrency, pool=pool)
+
+
+@main.command()
+@pass_state
+@friendly_errors
+def scheduler(state: State) -> None:
+    """Scheduler passes every AUTOFUNNEL_SCHEDULER_INTERVAL seconds: due steps decided, emails handed out, lost work swept up."""
+    from autofunnel.workers.processes import run_scheduler_process
+
+    run_scheduler_process(state.settings)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as one JSON object.")
+@pass_state
+@friendly_errors
+def status(state: State, as_json: bool) -> None:
+    """Queue depth, work due now and how late, sends and failures in the last minute and hour.
+
+    Exits 1 when work is overdue and nothing finished within a lease (nobody is working)."""
+    import json
+
+    from autofunnel.services.runtime import Runtime
+    from autofunnel.services.status import system_status
+
+    runtime = Runtime.open(state.settings)
+    try:
+        broker, work = system_status(runtime)
+    finally:
+        runtime.close()
+    if as_json:
+        click.echo(json.dumps({"broker": broker, **work.as_dict()}))
+    else:
+        _print_status(broker, work)
+    if work.stalled:
+        sys.exit(1)
+
+
+def _print_status(broker: str, work: Any) -> None:
+    depth = "unknown (broker does not answer)" if work.queue_depth is None else f"{work.queue_depth} batch(es) waiting"
+    age = "-" if work.oldest_due_age_s is None else f"{work.oldest_due_age_s:.0f} s"
+    click.echo(f"broker:        {broker}")
+    click.echo(f"queue depth:   {depth}")
+    click.echo(f"due now:       {work.due_now} (oldest due {age} ago)")
+    click.echo(f"sent:          {work.sent_last_minute} in the last minute, {work.sent_last_hour} in the last hour")
+    click.echo(f"failed:        {work.failed_last_minute} in the last minute, {work.failed_last_hour} in the last hour")
+    click.echo(f"work:          {work.stalled or 'ok'}")

@@ -20,6 +20,7 @@ from autofunnel.errors import ConfigError
 
 CONFIG_FILE = "autofunnel.toml"
 ENV_PREFIX = "AUTOFUNNEL_"
+BROKER_FOLDER = ".autofunnel-broker"
 
 
 def _text(key: str, raw: Any) -> str:
@@ -55,6 +56,28 @@ def _rate(key: str, raw: Any) -> float | None:
         raise ConfigError(f"{key}: expected a number of emails per second, got {raw!r}") from None
     if value <= 0:
         raise ConfigError(f"{key}: must be greater than 0, got {raw!r}")
+    return value
+
+
+def _seconds(key: str, raw: Any) -> float:
+    if isinstance(raw, bool):
+        raise ConfigError(f"{key}: expected a number of seconds, got {raw!r}")
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key}: expected a number of seconds, got {raw!r}") from None
+    if value <= 0:
+        raise ConfigError(f"{key}: must be greater than 0, got {raw!r}")
+    return value
+
+
+def _broker_url(key: str, raw: Any) -> str | None:
+    value = _optional_text(key, raw)
+    if value is None:
+        return None
+    scheme = value.split("://", 1)[0] if "://" in value else ""
+    if scheme not in {"redis", "rediss", "filesystem"}:
+        raise ConfigError(f"{key}: expected redis://host:6379/0 or filesystem:///path/to/folder, got {raw!r}")
     return value
 
 
@@ -104,6 +127,8 @@ class Settings:
     base_url: str = "http://localhost:8000"
     secret_key: tuple[str, ...] = ()
     send_rate: float | None = None
+    delivery_lease: float = 60.0
+    scheduler_interval: float = 1.0
     double_opt_in: bool = False
     postal_address: str | None = None
     dkim_domain: str | None = None
@@ -124,15 +149,24 @@ class Settings:
                 return f"{prefix}{(self.project_dir / path).resolve()}"
         return url
 
+    @property
+    def resolved_broker_url(self) -> str:
+        """The Celery broker; by default a folder of message files next to the project, no server."""
+        if self.broker_url:
+            return self.broker_url
+        return f"filesystem://{(self.project_dir / BROKER_FOLDER).resolve()}"
+
 
 _PARSERS: dict[str, Callable[[str, Any], Any]] = {
     "database_url": _database_url,
-    "broker_url": _optional_text,
+    "broker_url": _broker_url,
     "smtp_url": _smtp_url,
     "mail_from": _optional_text,
     "base_url": _base_url,
     "secret_key": _keys,
     "send_rate": _rate,
+    "delivery_lease": _seconds,
+    "scheduler_interval": _seconds,
     "double_opt_in": _bool,
     "postal_address": _optional_text,
     "dkim_domain": _optional_text,

@@ -271,7 +271,8 @@ def test_healthz_answers_without_a_key(web: Web) -> None:
     assert response.status_code == 200, response.json
     assert response.json["status"] == "ok"
     assert response.json["database"] == "ok"
-    assert response.json["broker"] == ("ok" if TEST_BROKER_URL else "server-less")
+    assert response.json["broker"] == "ok"
+    assert response.json["work"] == "ok"
 
 
 def _app_with(web: Web, **changes: Any) -> FlaskClient:

@@ -59,7 +59,7 @@ def test_upgrade_from_empty_reaches_head(database_url: str) -> None:
 
     upgrade(database_url)
 
-    assert current_revision(database_url) == head_revision() == "0001"
+    assert current_revision(database_url) == head_revision() is not None
     assert not pending(database_url)
     db = Database.from_url(database_url)
     try:

@@ -278,8 +278,8 @@ def test_an_interrupted_send_is_failed_never_resent(rt: Any, smtp_sink: SmtpSink
     with rt.db.transaction() as session:  # a worker claimed it and died before recording anything
         session.execute(update(Delivery).where(Delivery.id == queued[0]).values(status="sending", lease_until=clock.now() + timedelta(minutes=5)))
     at(clock, timedelta(minutes=6))
-    pending, interrupted = sweep(rt)
-    assert (pending, interrupted) == ([], 1)
+    swept = sweep(rt)
+    assert (swept.retries, swept.lost, swept.interrupted) == ([], [], 1)
     run_tick(rt)
     assert smtp_sink.messages == []
     delivery = lead_view(rt, "gus@example.com")["deliveries"][0]

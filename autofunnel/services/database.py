@@ -8,9 +8,12 @@ quietly, where refusing costs one `autofunnel db upgrade`.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import logging
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TypeVar
 
 from sqlalchemy import make_url
 from sqlalchemy.exc import OperationalError
@@ -97,3 +100,29 @@ def open_database(url: str) -> Database:
         db.dispose()
         raise
     return db
+
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+
+def through_outage(work: Callable[[], T], *, for_seconds: float, what: str) -> T:
+    """Run one unit of work, trying again while the database does not answer.
+
+    A PostgreSQL restart takes a few seconds; a worker that gave up at once would
+    leave an email it had already handed to SMTP unrecorded (and so `interrupted`).
+    Only units of work that are safe to run twice come here: each is a
+    conditional UPDATE that does nothing the second time.
+    """
+    deadline = time.monotonic() + for_seconds
+    pause = 0.2
+    while True:
+        try:
+            return work()
+        except OperationalError as exc:
+            if time.monotonic() + pause > deadline:
+                raise
+            reason = str(exc.orig or exc).strip().splitlines()[0] if str(exc.orig or exc).strip() else type(exc).__name__
+            log.warning("database did not answer while %s (%s); trying again in %.1f s", what, reason, pause)
+            time.sleep(pause)
+            pause = min(pause * 2, 2.0)

@@ -33,11 +33,10 @@ from autofunnel.services.enrollments import (
     timeline_row,
     write_timeline,
 )
+from autofunnel.services.database import through_outage
 from autofunnel.services.runtime import Runtime
 from autofunnel.store.models import Deadline, Delivery, Enrollment, Event, Lead
 
-LEASE = timedelta(minutes=5)
-"""How long a claimed delivery may stay `sending` before the sweep calls it interrupted."""
 MAX_ATTEMPTS = 5
 RETRY_AFTER = (timedelta(minutes=1), timedelta(minutes=5), timedelta(minutes=15), timedelta(hours=1))
 """Back-off after a temporary (4xx) SMTP answer; after MAX_ATTEMPTS the delivery fails."""
@@ -80,8 +79,9 @@ def deliver(rt: Runtime, delivery_ids: Sequence[int], *, transport: Transport | 
 
 
 def _deliver_one(rt: Runtime, smtp: SmtpSession, delivery_id: int, report: DeliveryReport) -> None:
+    rt.send_pace.wait_turn()
     now = rt.clock.now()
-    claim = _claim(rt, delivery_id, now, report)
+    claim = through_outage(lambda: _claim(rt, delivery_id, now, report), for_seconds=_patience(rt), what="claiming an email")
     if claim is None:
         return
     flow = rt.project.flows.get(claim.flow)
@@ -109,7 +109,7 @@ def _claim(rt: Runtime, delivery_id: int, now: datetime, report: DeliveryReport)
                 Delivery.id == delivery_id, Delivery.status == "queued",
                 (Delivery.lease_until.is_(None)) | (Delivery.lease_until <= now),
             )
-            .values(status="sending", lease_until=now + LEASE, attempts=Delivery.attempts + 1)
+            .values(status="sending", lease_until=now + timedelta(seconds=rt.settings.delivery_lease), attempts=Delivery.attempts + 1)
             .returning(
                 Delivery.id, Delivery.lead_id, Delivery.enrollment_id, Delivery.flow, Delivery.stage, Delivery.step_id,
                 Delivery.kind, Delivery.template, Delivery.to_address, Delivery.attempts,
@@ -125,7 +125,7 @@ def _claim(rt: Runtime, delivery_id: int, now: datetime, report: DeliveryReport)
         ).first()
         reason = _refusal(row.kind, lead.status, enrollment)
         if reason is not None:
-            session.execute(update(Delivery).where(Delivery.id == row.id).values(status="skipped", reason=reason, lease_until=None))
+            session.execute(update(Delivery).where(Delivery.id == row.id).values(status="skipped", reason=reason, lease_until=None, finished_at=now))
             write_timeline(session, [timeline_row(row.lead_id, now, "skipped", reason, flow=row.flow, stage=row.stage, step_id=row.step_id)])
             report.skipped += 1
             report.lines.append(f"{lead.email} {row.flow} {row.step_id}: skipped — {reason}")
@@ -217,14 +217,25 @@ def _compose(rt: Runtime, claim: _Claim, flow: Flow, now: datetime) -> tuple[byt
     return message, sender, message_id
 
 
+def _patience(rt: Runtime) -> float:
+    """How long a worker waits for the database to come back: half a lease, so the
+    sweep never calls an email interrupted while its worker is still trying to record it."""
+    return rt.settings.delivery_lease / 2
+
+
 def _finish(rt: Runtime, claim: _Claim, status: str, reason: str, report: DeliveryReport, *, message_id: str | None = None) -> None:
     now = rt.clock.now()
-    values: dict[str, Any] = {"status": status, "reason": reason[:500], "lease_until": None}
+    values: dict[str, Any] = {"status": status, "reason": reason[:500], "lease_until": None, "finished_at": now}
     if status == "sent":
         values.update(sent_at=now, message_id=message_id)
-    with rt.db.transaction() as session:
-        session.execute(update(Delivery).where(Delivery.id == claim.id, Delivery.status == "sending").values(**values))
-        write_timeline(session, [timeline_row(claim.lead_id, now, status, f"{claim.template}: {reason}", flow=claim.flow, stage=claim.stage, step_id=claim.step_id)])
+
+    def record() -> None:
+        with rt.db.transaction() as session:
+            changed = session.execute(update(Delivery).where(Delivery.id == claim.id, Delivery.status == "sending").values(**values)).rowcount
+            if changed:
+                write_timeline(session, [timeline_row(claim.lead_id, now, status, f"{claim.template}: {reason}", flow=claim.flow, stage=claim.stage, step_id=claim.step_id)])
+
+    through_outage(record, for_seconds=_patience(rt), what="recording a sent email")
     if status == "sent":
         report.sent += 1
     else:
@@ -247,7 +258,7 @@ def _failed_send(rt: Runtime, claim: _Claim, error: DeliveryError, report: Deliv
     with rt.db.transaction() as session:
         session.execute(
             update(Delivery).where(Delivery.id == claim.id, Delivery.status == "sending")
-            .values(status="queued", lease_until=retry_at, reason=f"retrying after: {answer}"[:500])
+            .values(status="queued", lease_until=retry_at, dispatched_at=None, reason=f"retrying after: {answer}"[:500])
         )
         write_timeline(session, [timeline_row(claim.lead_id, now, "retry", f"{answer}; retry at {retry_at.isoformat()}", flow=claim.flow, stage=claim.stage, step_id=claim.step_id)])
     report.retried += 1

@@ -21,6 +21,7 @@ from autofunnel.domain.model import Flow, Project
 from autofunnel.errors import ConfigError, NotFoundError
 from autofunnel.services.database import open_database
 from autofunnel.services.project import load_project
+from autofunnel.services.send_pace import Pace, pace_for
 from autofunnel.mail.render import Renderer
 from autofunnel.mail.transport import Transport, transport_from_url
 from autofunnel.store.db import Database
@@ -56,6 +57,11 @@ class Runtime:
     @cached_property
     def transport(self) -> Transport:
         return transport_from_url(self.settings.smtp_url, Path(self.settings.project_dir))
+
+    @cached_property
+    def send_pace(self) -> Pace:
+        """AUTOFUNNEL_SEND_RATE, shared with every other worker (through Redis or the database)."""
+        return pace_for(self.settings.send_rate, self.settings.broker_url, self.db)
 
     @cached_property
     def dkim_key(self) -> bytes | None:

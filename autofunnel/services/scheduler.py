@@ -11,7 +11,7 @@ Emails are only queued here; delivery ids are handed out after commit.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -72,8 +72,15 @@ class TickReport:
     more_due: bool = False
 
 
-def tick(rt: Runtime, *, now: datetime | None = None, dry_run: bool = False, batch: int = BATCH) -> TickReport:
-    """Process everything due at `now`: batches until none is left (one batch on a dry run)."""
+def tick(
+    rt: Runtime, *, now: datetime | None = None, dry_run: bool = False, batch: int = BATCH,
+    on_batch: Callable[[list[int]], None] | None = None,
+) -> TickReport:
+    """Process everything due at `now`: batches until none is left (one batch on a dry run).
+
+    `on_batch` gets each batch's queued delivery ids right after its commit, so the
+    first emails of a large wave are on their way while later batches are decided.
+    """
     now = now or rt.clock.now()
     report = TickReport(now)
     versions: dict[str, int] | None = None
@@ -88,6 +95,8 @@ def tick(rt: Runtime, *, now: datetime | None = None, dry_run: bool = False, bat
             queued = _process(session, rt, rows, now, versions, report.lines)
             if not dry_run:
                 report.queued.extend(queued)
+        if on_batch is not None and queued and not dry_run:
+            on_batch(queued)
         if dry_run:
             report.more_due = len(rows) == batch
             break
@@ -290,7 +299,7 @@ def _collect(
     new_deadlines: list[dict[str, Any]], new_assignments: list[dict[str, Any]],
     deadlines: dict[str, datetime], assignments: dict[str, str],
 ) -> None:
-    base = {"lead_id": row.lead_id, "enrollment_id": row.id, "flow": row.flow, "stage": row.stage, "created_at": now, "status": "queued", "attempts": 0}
+    base = {"lead_id": row.lead_id, "enrollment_id": row.id, "flow": row.flow, "stage": row.stage, "created_at": now, "status": "queued", "attempts": 0, "dispatched_at": now}
     match decision:
         case SendEmail(step_id=step_id, occurrence=occurrence, template=template, variant=variant):
             deliveries.append({**base, "step_id": step_id, "occurrence": occurrence, "kind": "email", "template": template, "variant": variant, "to_address": lead.email})
@@ -343,27 +352,50 @@ def _write_leads(session: Session, leads: dict[int, _LeadState], now: datetime) 
     bulk_update(session, Lead.__table__, changed)
 
 
-def sweep(rt: Runtime, *, now: datetime | None = None, lease: timedelta = timedelta(minutes=5)) -> tuple[list[int], int]:
-    """Find delivery work the broker lost: queued rows to dispatch again, and
-    `sending` rows whose worker died, which end `failed: interrupted` (never re-sent)."""
+@dataclass
+class SweepResult:
+    retries: list[int]
+    """Emails whose back-off ended: new work, handed out now."""
+    lost: list[int]
+    """Emails handed out longer than a lease ago and still queued: the broker lost them."""
+    interrupted: int
+
+
+def sweep(rt: Runtime, *, now: datetime | None = None, broker_empty: bool = True) -> SweepResult:
+    """Find delivery work the broker lost: queued rows to hand out again, and
+    `sending` rows whose worker died, which end `failed: interrupted` (never re-sent).
+
+    An email still waiting behind others in the broker looks exactly like a lost
+    one, so lost work is only handed out again when the broker's queue is empty
+    (`broker_empty`); a duplicate would be harmless (the claim decides), just wasted.
+    Every id returned is stamped `dispatched_at = now` in the same transaction, so two
+    schedulers sweeping at once never hand out the same email twice.
+    """
     now = now or rt.clock.now()
+    lease = timedelta(seconds=rt.settings.delivery_lease)
     with rt.db.transaction() as session:
         interrupted = session.execute(
             update(Delivery)
             .where(Delivery.status == "sending", Delivery.lease_until < now)
-            .values(status="failed", reason="interrupted: the worker stopped between handing the email to SMTP and recording it", lease_until=None)
+            .values(status="failed", reason=INTERRUPTED, lease_until=None, finished_at=now)
             .returning(Delivery.id, Delivery.lead_id, Delivery.flow, Delivery.stage, Delivery.step_id)
         ).all()
         write_timeline(session, [
             timeline_row(row.lead_id, now, "failed", "interrupted", flow=row.flow, stage=row.stage, step_id=row.step_id)
             for row in interrupted
         ])
-        pending = list(session.scalars(
-            select(Delivery.id).where(
-                Delivery.status == "queued", (Delivery.lease_until.is_(None)) | (Delivery.lease_until <= now)
-            ).order_by(Delivery.id)
-        ))
-    return pending, len(interrupted)
+        ready = (Delivery.status == "queued") & ((Delivery.lease_until.is_(None)) | (Delivery.lease_until <= now))
+        retries = _hand_out(session, ready & Delivery.dispatched_at.is_(None), now)
+        lost = _hand_out(session, ready & (Delivery.dispatched_at <= now - lease), now) if broker_empty else []
+    return SweepResult(retries, lost, len(interrupted))
+
+
+INTERRUPTED = "interrupted: the worker stopped between claiming the email and recording it; not sent again"
+
+
+def _hand_out(session: Session, condition: Any, now: datetime) -> list[int]:
+    ids = session.scalars(update(Delivery).where(condition).values(dispatched_at=now).returning(Delivery.id)).all()
+    return sorted(ids)
 
 
 @dataclass
@@ -381,8 +413,9 @@ def run_tick(rt: Runtime, *, dry_run: bool = False) -> PassResult:
     if dry_run:
         more = "; more are due than one dry-run batch shows" if report.more_due else ""
         return PassResult(lines, f"dry run at {report.now.isoformat()}: {report.enrollments} enrollment(s) due, nothing written or sent{more}")
-    pending, interrupted = sweep(rt, now=report.now)
-    sent = deliver(rt, sorted(set(report.queued) | set(pending)))
+    swept = sweep(rt, now=report.now)
+    interrupted = swept.interrupted
+    sent = deliver(rt, sorted(set(report.queued) | set(swept.retries) | set(swept.lost)))
     lines.extend(f"{report.now.isoformat()} {line}" for line in sent.lines)
     summary = (
         f"tick at {report.now.isoformat()}: {report.enrollments} enrollment(s) due; "

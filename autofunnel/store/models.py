@@ -190,6 +190,7 @@ class Delivery(Base):
             sqlite_where=text("status IN ('queued', 'sending')"),
         ),
         Index(None, "lead_id"),
+        Index(None, "finished_at"),
     )
 
     id: Mapped[Id]
@@ -207,11 +208,26 @@ class Delivery(Base):
     reason: Mapped[str | None] = mapped_column(String(500))
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
     lease_until: Mapped[Moment | None]
+    """While `sending`: when the claim expires (then the sweep calls it interrupted).
+    While `queued`: not before this moment (a retry's back-off)."""
+    dispatched_at: Mapped[Moment | None]
+    """When its id was last handed to the broker; None means not handed out yet."""
     created_at: Mapped[Moment]
     sent_at: Mapped[Moment | None]
+    finished_at: Mapped[Moment | None]
     opened_at: Mapped[Moment | None]
     clicked_at: Mapped[Moment | None]
     message_id: Mapped[str | None] = mapped_column(String(255))
+
+
+class SendPace(Base):
+    """The next free sending slot under AUTOFUNNEL_SEND_RATE, shared by every worker
+    through the database when no Redis broker is configured."""
+
+    __tablename__ = "send_pace"
+
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    next_free_at: Mapped[Moment]
 
 
 class Deadline(Base):

@@ -10,16 +10,14 @@ import logging
 from typing import Any
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
-from sqlalchemy import text
-from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import BadRequest
 
-from autofunnel.errors import AutofunnelError
 from autofunnel.services.credentials import verify_api_key
 from autofunnel.services.events import record_events
 from autofunnel.services.inputs import parse_events, parse_subscribe
 from autofunnel.services.leads import erase_lead, lead_view, subscribe
 from autofunnel.services.runtime import Runtime
+from autofunnel.services.status import health as system_health
 from autofunnel.web.errors import ApiError, error_response
 
 log = logging.getLogger(__name__)
@@ -91,55 +89,18 @@ def delete_lead(key: str) -> Response:
 
 
 # Health ---------------------------------------------------------------------------
-# Probing infrastructure, not a use case: it stays here until a health/status
-# service exists (DESIGN.md wants `healthz` to notice an idle worker with work due).
-
-
-def database_health(rt: Runtime) -> str | None:
-    """None when the database answers `SELECT 1`, else what to report."""
-    try:
-        with rt.db.read() as session:
-            session.execute(text("SELECT 1"))
-    except (SQLAlchemyError, AutofunnelError):
-        log.exception("health check: the database did not answer")
-        return "unavailable"
-    return None
-
-
-def broker_health(url: str | None) -> tuple[bool, str]:
-    """(ok, what to report) for the Celery broker; Redis is pinged, other brokers are not checked."""
-    if not url:
-        return True, "server-less"
-    scheme = url.split("://", 1)[0].lower()
-    if scheme not in ("redis", "rediss"):
-        return True, f"not checked ({scheme})"
-    try:
-        import redis
-    except ImportError:
-        return False, "cannot check: the redis package is not installed (pip install redis)"
-    client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
-    try:
-        client.ping()
-    except redis.RedisError:
-        log.exception("health check: the broker did not answer")
-        return False, "unavailable"
-    finally:
-        client.close()
-    return True, "ok"
 
 
 @health.get("/healthz")
 def healthz() -> tuple[Response, int]:
-    rt = runtime()
-    database_problem = database_health(rt)
-    broker_ok, broker = broker_health(rt.settings.broker_url)
+    """200 only when the database and the broker answer and due work is being done."""
+    answer = system_health(runtime())
     body: dict[str, Any] = {
-        "status": "ok" if database_problem is None and broker_ok else "unavailable",
-        "database": database_problem or "ok",
-        "broker": broker,
+        "status": "ok" if answer.status_code == 200 else "unavailable",
+        "database": answer.database,
+        "broker": answer.broker,
+        "work": answer.work,
     }
-    if body["status"] == "ok":
-        return jsonify(body), 200
-    failing = "database" if database_problem else "broker"
-    body["error"] = {"code": "unavailable", "message": f"{failing}: {body[failing]}", "field": failing}
-    return jsonify(body), 503
+    if answer.failing is not None:
+        body["error"] = {"code": "unavailable", "message": f"{answer.failing}: {body[answer.failing]}", "field": answer.failing}
+    return jsonify(body), answer.status_code

@@ -1,0 +1,124 @@
+"""Is the system doing its job? `/healthz` and `autofunnel status` read it here.
+
+Up is not enough: a Celery worker can stay connected and consume nothing after a
+broker reconnect (celery#8091), and a web process answers while no scheduler
+runs. So besides "database and broker answer", the work itself is checked:
+emails or steps overdue by more than a lease while nothing finished within a
+lease means nobody is working, however healthy every process looks.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import func, select, text
+from sqlalchemy.exc import SQLAlchemyError
+
+from autofunnel.errors import AutofunnelError
+from autofunnel.services.broker import broker_for, broker_problem, queue_depth
+from autofunnel.services.runtime import Runtime
+from autofunnel.store.models import Delivery, Enrollment
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WorkStatus:
+    queue_depth: int | None
+    """Delivery batches waiting in the broker; None when the broker cannot say."""
+    due_now: int
+    """Steps whose time has come plus emails ready to be sent."""
+    oldest_due_age_s: float | None
+    sent_last_minute: int
+    sent_last_hour: int
+    failed_last_minute: int
+    failed_last_hour: int
+    stalled: str | None
+    """Why work looks abandoned, or None."""
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def work_status(rt: Runtime, *, broker_depth: int | None) -> WorkStatus:
+    """What is due, how late it is, and what finished recently: a few index lookups."""
+    now = rt.clock.now()
+    ready = (Delivery.status == "queued") & ((Delivery.lease_until.is_(None)) | (Delivery.lease_until <= now))
+    with rt.db.read() as session:
+        steps_due, oldest_step = session.execute(
+            select(func.count(), func.min(Enrollment.due_at)).where(Enrollment.status == "active", Enrollment.due_at <= now)
+        ).one()
+        emails_due, oldest_email = session.execute(
+            select(func.count(), func.min(func.coalesce(Delivery.lease_until, Delivery.created_at))).where(ready)
+        ).one()
+        finished = {
+            (status, window): count
+            for window, since in (("minute", now - timedelta(minutes=1)), ("hour", now - timedelta(hours=1)))
+            for status, count in session.execute(
+                select(Delivery.status, func.count()).where(Delivery.finished_at > since).group_by(Delivery.status)
+            )
+        }
+        lease = timedelta(seconds=rt.settings.delivery_lease)
+        recent = session.scalar(select(func.count()).where(Delivery.finished_at > now - lease)) or 0
+    oldest = min((moment for moment in (oldest_step, oldest_email) if moment is not None), default=None)
+    age = max(0.0, (now - oldest).total_seconds()) if oldest is not None else None
+    stalled = None
+    if age is not None and age > lease.total_seconds() * 2 and not recent:
+        stalled = f"work due {age:.0f} s ago and nothing finished in the last {lease.total_seconds():.0f} s: is a scheduler and a worker running?"
+    return WorkStatus(
+        queue_depth=broker_depth, due_now=steps_due + emails_due, oldest_due_age_s=round(age, 1) if age is not None else None,
+        sent_last_minute=finished.get(("sent", "minute"), 0), sent_last_hour=finished.get(("sent", "hour"), 0),
+        failed_last_minute=finished.get(("failed", "minute"), 0), failed_last_hour=finished.get(("failed", "hour"), 0),
+        stalled=stalled,
+    )
+
+
+@dataclass(frozen=True)
+class Health:
+    database: str
+    broker: str
+    work: str
+    status_code: int
+
+    @property
+    def failing(self) -> str | None:
+        return next((part for part in ("database", "broker", "work") if getattr(self, part) != "ok"), None)
+
+
+def health(rt: Runtime) -> Health:
+    """The database and the broker answer, and due work is being done."""
+    broker = broker_for(rt.settings.resolved_broker_url)
+    broker_answer = broker_problem(broker)
+    database = "ok"
+    work = "ok"
+    try:
+        with rt.db.read() as session:
+            session.execute(text("SELECT 1"))
+    except (SQLAlchemyError, AutofunnelError):
+        log.exception("health check: the database did not answer")
+        database = "unavailable"
+    if database == "ok":
+        try:
+            work = work_status(rt, broker_depth=None).stalled or "ok"
+        except SQLAlchemyError:
+            log.exception("health check: the work status could not be read")
+            work = "unknown"
+    if broker_answer is not None:
+        log.warning("health check: the broker did not answer: %s", broker_answer)
+    broker_text = "ok" if broker_answer is None else f"unavailable: {broker_answer}"
+    healthy = database == broker_text == work == "ok"
+    return Health(database, broker_text, work, 200 if healthy else 503)
+
+
+def system_status(rt: Runtime) -> tuple[str, WorkStatus]:
+    """(broker description, work status) for `autofunnel status`."""
+    broker = broker_for(rt.settings.resolved_broker_url)
+    try:
+        depth: int | None = queue_depth(broker)
+    except Exception as exc:  # a broker that does not answer has no depth to show
+        log.warning("cannot read the queue depth: %s", exc)
+        depth = None
+    return broker.describe(), work_status(rt, broker_depth=depth)

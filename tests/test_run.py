@@ -1,0 +1,53 @@
+"""`autofunnel run` on nothing but the package: SQLite, the folder broker, real processes.
+
+Whatever backend this suite runs on, `run` is proved with nothing configured but
+where mail goes (the SMTP sink): that is the one-machine promise.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+from services_at_hand import Part, clean_environment, free_port, http_status, wait_until
+from smtp_sink import SmtpSink
+
+
+def _post(url: str, key: str, body: object) -> dict[str, object]:
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode(), method="POST",
+        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        answer: dict[str, object] = json.loads(response.read())
+        return answer
+
+
+def test_run_with_nothing_configured_sends_the_welcome_email(project_dir: Path, smtp_sink: SmtpSink, tmp_path: Path) -> None:
+    port = free_port()
+    env = clean_environment(smtp_url=smtp_sink.url())
+    run = Part(["run", "--port", str(port)], env=env, cwd=project_dir, log=tmp_path / "run.log").start()
+    try:
+        wait_until(lambda: http_status(f"http://127.0.0.1:{port}/healthz") == 200, timeout=60, what=f"/healthz\n{run.output()}")
+        created = subprocess.run([sys.executable, "-m", "autofunnel", "apikey", "create"], env=env, cwd=project_dir, capture_output=True, text=True, check=True)
+        key = created.stdout.strip().splitlines()[-1]
+        base = f"http://127.0.0.1:{port}/api/v1"
+        assert _post(f"{base}/subscribe", key, {"email": "new@reader.example", "funnel": "yoga", "first_name": "Ida"})["status"] == "pending"
+        _post(f"{base}/events", key, {"type": "confirmed", "email": "new@reader.example"})
+
+        wait_until(lambda: smtp_sink.messages, timeout=60, what=f"the welcome email\n{run.output()}")
+        received = smtp_sink.messages[0]
+        assert received.recipients == ("new@reader.example",)
+        assert received.message["Subject"] == "Ida, your yoga guide is inside"
+        assert (project_dir / ".autofunnel-broker").is_dir() and (project_dir / "autofunnel.db").exists()
+
+        assert run.process is not None
+        run.process.send_signal(signal.SIGINT)
+        assert run.process.wait(timeout=30) == 0, run.output()
+        assert len(smtp_sink.messages) == 1
+    finally:
+        run.stop()
