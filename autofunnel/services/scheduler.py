@@ -86,11 +86,11 @@ def tick(
     versions: dict[str, int] | None = None
     while True:
         with rt.db.transaction(rollback=dry_run) as session:
-            if versions is None:
-                versions = current_version_ids(session, list(rt.project.flows.values()), now)
             rows = _claim(session, now, batch)
             if not rows:
                 break
+            if versions is None:
+                versions = current_version_ids(session, list(rt.project.flows.values()), now)
             report.enrollments += len(rows)
             queued = _process(session, rt, rows, now, versions, report.lines)
             if not dry_run:
