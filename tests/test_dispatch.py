@@ -189,3 +189,27 @@ def test_an_email_being_sent_holds_its_claim_for_one_lease(rt: Any, clock: Fixed
 
     assert deliver(rt, queued, transport=Watching()).sent == 1
     assert leases == [("sending", T0 + timedelta(seconds=LEASE))]
+
+
+def test_a_unit_of_work_waits_out_a_short_database_outage() -> None:
+    from sqlalchemy.exc import OperationalError
+
+    from autofunnel.services.database import through_outage
+
+    failures = [OperationalError("UPDATE deliveries", {}, Exception("server closed the connection unexpectedly"))] * 2
+    calls: list[int] = []
+
+    def work() -> str:
+        calls.append(1)
+        if failures:
+            raise failures.pop()
+        return "recorded"
+
+    assert through_outage(work, for_seconds=5, what="recording a sent email") == "recorded"
+    assert len(calls) == 3
+
+    def never() -> None:
+        raise OperationalError("UPDATE deliveries", {}, Exception("connection refused"))
+
+    with pytest.raises(OperationalError):
+        through_outage(never, for_seconds=0.5, what="recording a sent email")
