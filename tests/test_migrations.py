@@ -40,6 +40,7 @@ TABLES = {
     "timeline",
     "api_keys",
     "users",
+    "spend",
 }
 MOMENT = datetime(2025, 3, 30, 1, 30, tzinfo=UTC)
 
@@ -59,7 +60,7 @@ def test_upgrade_from_empty_reaches_head(database_url: str) -> None:
 
     upgrade(database_url)
 
-    assert current_revision(database_url) == head_revision() == "0001"
+    assert current_revision(database_url) == head_revision() == "0002_reports"
     assert not pending(database_url)
     db = Database.from_url(database_url)
     try:
