@@ -1,0 +1,85 @@
+"""The funnel report over a filled database: seconds per report and the process's peak memory.
+
+    python bench/gen_report_data.py --leads 1000000 --database-url sqlite:////tmp/af-report-1m.db
+    python bench/bench_report.py --database-url sqlite:////tmp/af-report-1m.db
+    python bench/bench_report.py --database-url postgresql://autofunnel:autofunnel@127.0.0.1/autofunnel_bench
+
+Runs in its own process (the generator's memory is not counted), through the
+same service the API and the CLI call, over the generator's 90 days: the full
+cohort report, the same `by=channel`, and a few other slicings for reference.
+Each is run once to warm the caches, then `--repeat` times; the median is
+printed with its ratio to the plain cohort report, and last the peak resident
+memory of the whole process (`getrusage`), which includes Python, SQLAlchemy
+and the driver.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from sqlalchemy import func, select  # noqa: E402
+
+from autofunnel.clock import FixedClock  # noqa: E402
+from autofunnel.config import load_settings  # noqa: E402
+from autofunnel.services.report import funnel_report, parse_report_query  # noqa: E402
+from autofunnel.services.runtime import Runtime  # noqa: E402
+from autofunnel.services.starter import init_project  # noqa: E402
+from autofunnel.store.db import backend_name  # noqa: E402
+from autofunnel.store.models import Lead  # noqa: E402
+from gen_report_data import EPOCH  # noqa: E402
+
+CASES = (
+    ("cohort", {}),
+    ("cohort by=channel", {"by": "channel"}),
+    ("cohort by=owner", {"by": "owner"}),
+    ("cohort interval=week", {"interval": "week"}),
+    ("calendar", {"mode": "calendar"}),
+    ("cohort attribution=linear", {"attribution": "linear"}),
+)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--database-url", required=True)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--cases", default=",".join(name for name, _ in CASES), help="comma-separated names from the list above")
+    args = parser.parse_args()
+    project = Path(tempfile.mkdtemp(prefix="af-report-bench-")) / "shop"
+    init_project(project)
+    settings = load_settings(project, environ={"AUTOFUNNEL_DATABASE_URL": args.database_url, "AUTOFUNNEL_SECRET_KEY": "bench-secret-0123456789"})
+    rt = Runtime.open(settings, FixedClock(EPOCH))
+    with rt.db.read() as session:
+        leads = session.scalar(select(func.count()).select_from(Lead)) or 0
+    print(f"backend: {backend_name(args.database_url)}; leads: {leads:,}; median of {args.repeat} after one warm-up")
+    wanted = args.cases.split(",")
+    base = None
+    for name, extra in CASES:
+        if name not in wanted:
+            continue
+        query = parse_report_query("yoga", {"from": "2026-01-01", "to": "2026-03-31", **extra}, EPOCH.date())
+        funnel_report(rt, query)
+        samples = []
+        for _ in range(args.repeat):
+            started = time.perf_counter()
+            report = funnel_report(rt, query)
+            samples.append(time.perf_counter() - started)
+        median = statistics.median(samples)
+        base = base or median
+        reached = [stage["reached"] for stage in report["stages"]]
+        print(f"{name:<28} {median:7.3f} s  ×{median / base:4.2f}   runs {', '.join(f'{s:.3f}' for s in samples)}   reached {reached}")
+        sys.stdout.flush()
+    rt.close()
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(f"peak RSS of this process: {peak_kb / 1024:.0f} MB")
+
+
+if __name__ == "__main__":
+    main()
