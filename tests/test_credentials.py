@@ -61,7 +61,7 @@ def clock() -> FixedClock:
 def test_db_upgrade_reports_revision_and_backend(cli: Invoke, db: Database) -> None:
     result = cli("db", "upgrade")
     assert result.exit_code == 0, result.output
-    assert result.stdout == f"database at 0001 ({db.backend})\n"
+    assert result.stdout == f"database at 0002_reports ({db.backend})\n"
     again = cli("db", "upgrade")
     assert again.exit_code == 0
     assert again.stdout == result.stdout
@@ -171,7 +171,7 @@ def test_db_upgrade_creates_the_sqlite_folder(tmp_path: Path) -> None:
     env = {"AUTOFUNNEL_DATABASE_URL": f"sqlite:///{target}", "AUTOFUNNEL_PROJECT_DIR": str(tmp_path)}
     result = CliRunner().invoke(main, ["db", "upgrade"], env=env, catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    assert result.stdout == "database at 0001 (sqlite)\n"
+    assert result.stdout == "database at 0002_reports (sqlite)\n"
     assert target.exists()
 
 
