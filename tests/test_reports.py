@@ -174,6 +174,8 @@ def test_cohort_keeps_april_purchases_with_march_leads_and_calendar_counts_them_
     assert [(p["period"], reached(p)[:2]) for p in by_month["periods"]] == [("2026-03-01", [10, 0]), ("2026-04-01", [0, 4])]
     by_week = shop.report(interval="week", **march_period)
     assert [(p["period"], reached(p)[:2]) for p in by_week["periods"]] == [("2026-03-16", [10, 4])]  # Monday of that week
+    whole = ("stages", "overall_conversion", "funnel_length", "revenue", "steps", "holdout")
+    assert {k: by_week[k] for k in whole} == {k: cohort_march[k] for k in whole}  # summed from the periods, the same figures
 
 
 # Random leads and out-of-order events ------------------------------------------------------

@@ -181,10 +181,14 @@ class _Report:
 
     def build(self) -> dict[str, Any]:
         q = self.q
-        partition = q.by is not None and q.by != "product"
         grouped = self._figures(grouped=True, periodic=False) if q.by else None
-        if grouped is not None and partition:
-            whole = grouped.rolled_up()
+        periods = self._figures(grouped=False, periodic=True) if q.interval else None
+        # Counts and sums of the whole report are the sums over a slicing that puts each lead
+        # in exactly one slice: groups of a lead attribute, or cohort periods. Only the
+        # percentiles need a query of their own.
+        partition = grouped if grouped is not None and q.by != "product" else periods if q.mode == "cohort" else None
+        if partition is not None:
+            whole = partition.rolled_up()
             whole.times = self._times(grouped=False, periodic=False)
         else:
             whole = self._figures(grouped=False, periodic=False)
@@ -199,13 +203,11 @@ class _Report:
         if q.attribution:
             body["attribution"] = self._attribution()
         if grouped is not None:
-            label = "channel" if q.by == "channel" else q.by
             body["groups"] = [
-                {"by": label, "value": key[0], **self._section(grouped, key), **({"spend": self._spend(grouped, key)} if q.by == "channel" else {})}
+                {"by": q.by, "value": key[0], **self._section(grouped, key), **({"spend": self._spend(grouped, key)} if q.by == "channel" else {})}
                 for key in grouped.keys()
             ]
-        if q.interval:
-            periods = self._figures(grouped=False, periodic=True)
+        if periods is not None:
             body["periods"] = [{"period": key[0], **self._section(periods, key)} for key in periods.keys()]
         return body
 
