@@ -24,7 +24,7 @@ def duration(seconds: int | None) -> str:
     """`93600` → `1d 2h`: two units are enough to read a funnel at a glance."""
     if seconds is None:
         return "–"
-    parts = []
+    parts: list[str] = []
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
         if seconds >= size or (unit == "s" and not parts):
             parts.append(f"{seconds // size}{unit}")

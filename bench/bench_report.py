@@ -23,18 +23,16 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gen_report_data import EPOCH
+from sqlalchemy import func, select
 
-from sqlalchemy import func, select  # noqa: E402
-
-from autofunnel.clock import FixedClock  # noqa: E402
-from autofunnel.config import load_settings  # noqa: E402
-from autofunnel.services.report import funnel_report, parse_report_query  # noqa: E402
-from autofunnel.services.runtime import Runtime  # noqa: E402
-from autofunnel.services.starter import init_project  # noqa: E402
-from autofunnel.store.db import backend_name  # noqa: E402
-from autofunnel.store.models import Lead  # noqa: E402
-from gen_report_data import EPOCH  # noqa: E402
+from autofunnel.clock import FixedClock
+from autofunnel.config import load_settings
+from autofunnel.services.report import funnel_report, parse_report_query
+from autofunnel.services.runtime import Runtime
+from autofunnel.services.starter import init_project
+from autofunnel.store.db import backend_name
+from autofunnel.store.models import Lead
 
 CASES = (
     ("cohort", {}),

@@ -19,19 +19,16 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import fresh_project
+from sqlalchemy import text
 
-from sqlalchemy import text  # noqa: E402
-
-from autofunnel.store.db import Database, backend_name  # noqa: E402
-from common import fresh_project  # noqa: E402
+from autofunnel.store.db import Database, backend_name
 
 EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
 DAYS = 90

@@ -86,7 +86,7 @@ def funnel_stages(
 
 def seconds(value: float | None) -> int | None:
     """Durations are reported in whole seconds."""
-    return None if value is None else int(round(value))
+    return None if value is None else round(value)
 
 
 def overall_conversion(stages: Sequence[Mapping[str, Any]]) -> float | None:

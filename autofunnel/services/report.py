@@ -151,20 +151,26 @@ class _Figures:
     revenue: dict[Key, dict[str, list[float]]] = field(default_factory=lambda: defaultdict(dict))
     steps: dict[Key, dict[tuple[str, str], list[int]]] = field(default_factory=lambda: defaultdict(dict))
 
-    def keys(self) -> list[Key]:
+    def slices(self) -> list[Key]:
         found = set(self.counts) | set(self.revenue) | set(self.steps)
         return sorted(found, key=lambda key: tuple((value is None, str(value)) for value in key))
 
     def rolled_up(self) -> _Figures:
         """The same counts and sums over all keys; valid when the keys split the leads (a partition)."""
         total = _Figures()
-        for source, target in ((self.counts, total.counts), (self.revenue, total.revenue), (self.steps, total.steps)):
-            for per_key in source.values():
-                for name, values in per_key.items():
-                    into = target[()].setdefault(name, [0] * len(values))
-                    for index, value in enumerate(values):
-                        into[index] += value
+        _add_up(self.counts, total.counts)
+        _add_up(self.revenue, total.revenue)
+        _add_up(self.steps, total.steps)
         return total
+
+
+def _add_up(source: Mapping[Key, Mapping[Any, list[Any]]], target: dict[Key, Any]) -> None:
+    """Sum every key's figures, name by name, into the whole report's key `()`."""
+    for per_key in source.values():
+        for name, values in per_key.items():
+            into = target[()].setdefault(name, [0] * len(values))
+            for index, value in enumerate(values):
+                into[index] += value
 
 
 class _Report:
@@ -205,10 +211,10 @@ class _Report:
         if grouped is not None:
             body["groups"] = [
                 {"by": q.by, "value": key[0], **self._section(grouped, key), **({"spend": self._spend(grouped, key)} if q.by == "channel" else {})}
-                for key in grouped.keys()
+                for key in grouped.slices()
             ]
         if periods is not None:
-            body["periods"] = [{"period": key[0], **self._section(periods, key)} for key in periods.keys()]
+            body["periods"] = [{"period": key[0], **self._section(periods, key)} for key in periods.slices()]
         return body
 
     def _section(self, figures: _Figures, key: Key) -> dict[str, Any]:
@@ -265,19 +271,19 @@ class _Report:
             return func.date(moment, "weekday 0", "-6 days", type_=String)
         return func.strftime("%Y-%m-01", moment, type_=String)
 
-    def _lead_group(self) -> ColumnElement[Any]:
+    def _lead_group(self) -> Any:
         """The value a lead is grouped by: its first channel, a lead field, or its owner."""
         by = self.q.by or ""
         if by == "channel":
             return func.coalesce(Lead.source["channel"].as_string(), Lead.source["utm_source"].as_string())
         if by == "owner":
             return Lead.owner
-        name = by[6:] if by.startswith("field:") else by
+        name = by.removeprefix("field:")
         return Lead.fields[name].as_string()
 
     def _keyed(
-        self, stmt: Select[Any], rows: Any, moment: Any, *, grouped: bool, periodic: bool, product: Any = None
-    ) -> tuple[Select[Any], list[Any]]:
+        self, stmt: Any, rows: Any, moment: Any, *, grouped: bool, periodic: bool, product: Any = None
+    ) -> tuple[Any, list[Any]]:
         """`stmt` with the key columns of this slicing added (and grouped by), and those columns.
 
         `rows` is the entity whose `lead_id` the key belongs to. A `product` split
@@ -343,7 +349,7 @@ class _Report:
             key = tuple(row._mapping[k.name] for k in keys)
             figures.counts[key][row.stage] = [int(row.reached), int(row.skipped or 0)]
 
-    def _seconds(self, later: Any, earlier: Any) -> ColumnElement[float]:
+    def _seconds(self, later: Any, earlier: Any) -> Any:
         if self.pg:
             return func.extract("epoch", later - earlier)
         return (func.julianday(later) - func.julianday(earlier)) * 86400.0

@@ -66,4 +66,4 @@ def add_spend(rt: Runtime, entry: SpendInput) -> Decimal:
         total = session.scalar(
             select(Spend.amount).where(Spend.channel == entry.channel, Spend.day == entry.day, Spend.currency == entry.currency)
         )
-    return Decimal(total).quantize(Decimal("0.01"))
+    return Decimal(total or 0).quantize(Decimal("0.01"))
