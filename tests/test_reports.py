@@ -389,3 +389,19 @@ def test_email_results_and_attribution_leave_bots_out(shop: Shop) -> None:
     assert shares["time_decay"] == {"google": pytest.approx(50 + 30 * google / (google + instagram), abs=0.006), "instagram": pytest.approx(30 * instagram / (google + instagram), abs=0.006), None: 0.0}
     outside = shop.report(attribution="last", window="1d", **period)["attribution"]["emails"]
     assert outside == [{"stage": None, "step": None, "currency": "EUR", "revenue": 80.0}]
+
+
+def test_segment_region_and_any_field_split_the_leads(shop: Shop) -> None:
+    fields = [{"segment": "pro", "region": "eu", "plan": "gold"}, {"segment": "pro", "region": "us"}, {"segment": "new", "region": "eu", "plan": "gold"}]
+    for i, values in enumerate(fields):
+        shop.subscribe(f"f{i}@example.com", fields=values)
+    shop.events([purchase("f0@example.com", "mini-course", START + timedelta(hours=1), amount=25)])
+    period = {"from": "2026-03-02", "to": "2026-03-02"}
+
+    def split(by: str) -> dict[Any, tuple[list[int], float]]:
+        return {g["value"]: (reached(g)[:2], g["revenue"]["total"]) for g in shop.report(by=by, **period)["groups"]}
+
+    assert split("segment") == {"new": ([1, 0], 0.0), "pro": ([2, 1], 25.0)}
+    assert split("region") == {"eu": ([2, 1], 25.0), "us": ([1, 0], 0.0)}
+    assert split("field:plan") == {"gold": ([2, 1], 25.0), None: ([1, 0], 0.0)}
+    assert split("product") == {"mini-course": ([1, 1], 25.0), None: ([2, 0], 0.0)}
