@@ -405,3 +405,52 @@ def test_segment_region_and_any_field_split_the_leads(shop: Shop) -> None:
     assert split("region") == {"eu": ([2, 1], 25.0), "us": ([1, 0], 0.0)}
     assert split("field:plan") == {"gold": ([2, 1], 25.0), None: ([1, 0], 0.0)}
     assert split("product") == {"mini-course": ([1, 1], 25.0), None: ([2, 0], 0.0)}
+
+
+SPLIT = """\
+funnel: split
+title: A/B on the first email
+stages:
+  - stage: lead
+    steps:
+      - send: hello
+        variants: [hello-a, hello-b]
+  - stage: bought
+    enter_on: {event: purchase, product: guide}
+"""
+HELLO = """---
+subject: "Hello {{ lead.first_name or 'there' }}"
+---
+<p>Hello.</p>
+"""
+
+
+def test_each_variant_has_its_conversion_and_lift_over_the_first(project_dir: Path, runtime_factory: Any, tmp_path: Path) -> None:
+    (project_dir / "funnels" / "split.yml").write_text(SPLIT)
+    (project_dir / "templates" / "split").mkdir()
+    for name in ("hello-a", "hello-b"):
+        (project_dir / "templates" / "split" / f"{name}.html").write_text(HELLO)
+    clock = FixedClock(START)
+    rt = runtime_factory(project_dir, f"file://{tmp_path / 'outbox'}", clock)
+    rt.rng = random.Random(5)
+    _, key = create_api_key(rt.db, clock, "shop")
+    client = create_app(runtime=rt).test_client()
+    headers = {"Authorization": f"Bearer {key}"}
+    emails = [f"v{i}@example.com" for i in range(30)]
+    for email in emails:
+        assert client.post("/api/v1/subscribe", json={"email": email, "funnel": "split"}, headers=headers).status_code == 201
+    run_tick(rt)
+    picked = {}
+    for email in emails:
+        (delivery,) = client.get(f"/api/v1/leads/{email}", headers=headers).json["deliveries"]
+        picked[email] = delivery["variant"]
+    buyers = [e for e in emails if picked[e] == "hello-b"][:5] + [e for e in emails if picked[e] == "hello-a"][:1]
+    client.post("/api/v1/events", json=[purchase(e, "guide", START + timedelta(hours=3)) for e in buyers], headers=headers)
+
+    variants = client.get("/api/v1/reports/split", query_string={"from": "2026-03-02", "to": "2026-03-02"}, headers=headers).json["variants"]
+    counts = Counter(picked.values())
+    a, b = variants
+    assert (a["variant"], a["leads"], a["converted"], a["lift_vs_first"], a["ci95"]) == ("hello-a", counts["hello-a"], 1, None, None)
+    assert (b["variant"], b["leads"], b["converted"]) == ("hello-b", counts["hello-b"], 5)
+    assert b["lift_vs_first"] == pytest.approx(5 / counts["hello-b"] - 1 / counts["hello-a"])
+    assert b["ci95"][0] < b["lift_vs_first"] < b["ci95"][1]
