@@ -2,7 +2,7 @@
 
     python bench/gen_report_data.py --leads 1000000 --database-url sqlite:////tmp/af-report-1m.db
     python bench/bench_report.py --database-url sqlite:////tmp/af-report-1m.db
-    python bench/bench_report.py --database-url postgresql://autofunnel:autofunnel@127.0.0.1/autofunnel_bench
+    python bench/bench_report.py --database-url postgresql://autofunnel:autofunnel@127.0.0.1/autofunnel_bench_reports
 
 Runs in its own process (the generator's memory is not counted), through the
 same service the API and the CLI call, over the generator's 90 days: the full

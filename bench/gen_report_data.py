@@ -1,8 +1,9 @@
 """Fill a database with a funnel's history for the report benchmark: N leads, ~5 events each.
 
     python bench/gen_report_data.py --leads 1000000 --database-url sqlite:////tmp/af-report-1m.db
-    python bench/gen_report_data.py --leads 1000000 --database-url postgresql://autofunnel:autofunnel@127.0.0.1/autofunnel_bench
+    python bench/gen_report_data.py --leads 1000000 --database-url postgresql://autofunnel:autofunnel@127.0.0.1/autofunnel_bench_reports
 
+The database's public schema is dropped first: give it a database of its own.
 Writes what the engine writes, directly (SQLite: one executemany per table
 chunk; PostgreSQL: COPY), into an emptied, migrated database: leads (channel,
 owner, segment, region), the yoga funnel's stage entries with a realistic
