@@ -270,3 +270,66 @@ def _print_status(broker: str, work: Any) -> None:
     click.echo(f"sent:          {work.sent_last_minute} in the last minute, {work.sent_last_hour} in the last hour")
     click.echo(f"failed:        {work.failed_last_minute} in the last minute, {work.failed_last_hour} in the last hour")
     click.echo(f"work:          {work.stalled or 'ok'}")
+
+
+@main.command()
+@click.argument("funnel")
+@click.option("--mode", type=click.Choice(["cohort", "calendar"]), default="cohort", show_default=True, help="cohort: leads by the day they entered; calendar: what happened each day.")
+@click.option("--by", metavar="channel|product|segment|region|owner|field:NAME", help="Split every figure into groups.")
+@click.option("--from", "start", metavar="YYYY-MM-DD", help="First day (default: 29 days before --to).")
+@click.option("--to", "end", metavar="YYYY-MM-DD", help="Last day, included (default: today, UTC).")
+@click.option("--interval", type=click.Choice(["day", "week", "month"]), help="The same figures per period, for trend lines.")
+@click.option("--attribution", type=click.Choice(["first", "last", "linear", "position", "time_decay"]), help="Share revenue out to channels and emails.")
+@click.option("--window", default="7d", show_default=True, help="How long before a purchase an email click counts for attribution.")
+@click.option("--format", "output", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
+@pass_state
+@friendly_errors
+def report(state: State, funnel: str, mode: str, by: str | None, start: str | None, end: str | None,
+           interval: str | None, attribution: str | None, window: str, output: str) -> None:
+    """Where leads drop out: the funnel report, as a table, CSV or the API's JSON."""
+    import json
+
+    from rich.console import Console
+
+    from autofunnel.report_format import print_report, report_csv
+    from autofunnel.services.report import funnel_report, parse_report_query
+    from autofunnel.services.runtime import Runtime
+
+    runtime = Runtime.open(state.settings)
+    try:
+        params = {"mode": mode, "by": by, "from": start, "to": end, "interval": interval, "attribution": attribution, "window": window}
+        result = funnel_report(runtime, parse_report_query(funnel, params, runtime.clock.now().date()))
+    finally:
+        runtime.close()
+    if output == "json":
+        click.echo(json.dumps(result))
+    elif output == "csv":
+        click.echo(report_csv(result), nl=False)
+    else:
+        print_report(result, Console())
+
+
+@main.group()
+def spend() -> None:
+    """Ad spend, for the report's cost per lead, cost per customer and return on spend."""
+
+
+@spend.command("add")
+@click.argument("channel")
+@click.argument("amount")
+@click.option("--date", "day", required=True, metavar="YYYY-MM-DD", help="The day the money was spent.")
+@click.option("--currency", default="EUR", show_default=True, help="Three-letter currency code.")
+@pass_state
+@friendly_errors
+def spend_add(state: State, channel: str, amount: str, day: str, currency: str) -> None:
+    """Add AMOUNT spent on CHANNEL that day; a second entry for the same day and currency adds to it."""
+    from autofunnel.services.runtime import Runtime
+    from autofunnel.services.spend import add_spend, parse_spend
+
+    entry = parse_spend(channel, amount, day, currency)
+    runtime = Runtime.open(state.settings)
+    try:
+        total = add_spend(runtime, entry)
+    finally:
+        runtime.close()
+    click.echo(f"{entry.channel} {entry.day}: {total} {entry.currency}")

@@ -40,6 +40,7 @@ TABLES = {
     "timeline",
     "api_keys",
     "users",
+    "spend",
 }
 MOMENT = datetime(2025, 3, 30, 1, 30, tzinfo=UTC)
 

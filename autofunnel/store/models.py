@@ -12,16 +12,19 @@ does not see changes inside a dict.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
+from decimal import Decimal
 from typing import Annotated, Any
 
 from sqlalchemy import (
     Boolean,
     CheckConstraint,
+    Date,
     ForeignKey,
     Index,
     Integer,
     MetaData,
+    Numeric,
     String,
     UniqueConstraint,
     false,
@@ -191,6 +194,7 @@ class Delivery(Base):
         ),
         Index(None, "lead_id"),
         Index(None, "finished_at"),
+        Index(None, "flow", "sent_at"),
     )
 
     id: Mapped[Id]
@@ -268,7 +272,7 @@ class Assignment(Base):
     """A random pick (A/B variant, holdout) made once per lead and kept."""
 
     __tablename__ = "assignments"
-    __table_args__ = (UniqueConstraint("lead_id", "flow", "name"),)
+    __table_args__ = (UniqueConstraint("lead_id", "flow", "name"), Index(None, "flow", "name"))
 
     id: Mapped[Id]
     lead_id: Mapped[LeadRef]
@@ -276,6 +280,28 @@ class Assignment(Base):
     name: Mapped[str] = mapped_column(String(200))
     value: Mapped[str] = mapped_column(String(100))
     assigned_at: Mapped[Moment]
+
+
+class Spend(Base):
+    """Ad spend on one channel, one day, in one currency: what the report's cost figures divide.
+
+    `autofunnel spend add` for a key already stored adds to its amount, so a seller
+    can enter each invoice as it comes.
+    """
+
+    __tablename__ = "spend"
+    __table_args__ = (
+        UniqueConstraint("channel", "day", "currency"),
+        CheckConstraint("amount >= 0", name="amount"),
+    )
+
+    id: Mapped[Id]
+    channel: Mapped[str] = mapped_column(String(100))
+    day: Mapped[date] = mapped_column(Date)
+    amount: Mapped[Decimal] = mapped_column(Numeric(14, 2))
+    currency: Mapped[str] = mapped_column(String(3))
+    created_at: Mapped[Moment]
+    updated_at: Mapped[Moment]
 
 
 class TimelineEntry(Base):

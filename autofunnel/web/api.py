@@ -16,8 +16,10 @@ from autofunnel.services.credentials import verify_api_key
 from autofunnel.services.events import record_events
 from autofunnel.services.inputs import parse_events, parse_subscribe
 from autofunnel.services.leads import erase_lead, lead_view, subscribe
+from autofunnel.services.report import funnel_report, parse_report_query
 from autofunnel.services.runtime import Runtime
 from autofunnel.services.status import health as system_health
+from autofunnel.services.spend import add_spend, parse_spend
 from autofunnel.web.errors import ApiError, error_response
 
 log = logging.getLogger(__name__)
@@ -86,6 +88,26 @@ def get_lead(key: str) -> Response:
 @api.delete("/leads/<path:key>")
 def delete_lead(key: str) -> Response:
     return jsonify(erased=erase_lead(runtime(), key))
+
+
+@api.get("/reports/<funnel>")
+def get_report(funnel: str) -> Response:
+    rt = runtime()
+    query = parse_report_query(funnel, request.args.to_dict(), rt.clock.now().date())
+    return jsonify(funnel_report(rt, query))
+
+
+@api.post("/spend")
+def post_spend() -> tuple[Response, int]:
+    body = json_body()
+    if not isinstance(body, dict):
+        raise ApiError(400, "invalid", "send one object: {channel, amount, date, currency?}")
+    unknown = sorted(set(body) - {"channel", "amount", "date", "currency"})
+    if unknown:
+        raise ApiError(400, "unknown_field", f"unknown field {unknown[0]!r}", unknown[0])
+    entry = parse_spend(body.get("channel"), body.get("amount"), body.get("date"), body.get("currency"))
+    total = add_spend(runtime(), entry)
+    return jsonify(channel=entry.channel, date=entry.day.isoformat(), currency=entry.currency, amount=float(total)), 201
 
 
 # Health ---------------------------------------------------------------------------

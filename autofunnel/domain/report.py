@@ -1,0 +1,201 @@
+"""The report's arithmetic that is not SQL: pure functions over small aggregated tables.
+
+The database counts and orders (`autofunnel.services.report`); what is left —
+turning counts into conversion fractions, two ranked values into a percentile,
+two proportions into a lift with its confidence interval, and a touchpoint's
+rank into its share of a purchase — lives here, where it is cheap to test
+without a database.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+ATTRIBUTION_MODELS: Final = ("first", "last", "linear", "position", "time_decay")
+POSITION_ENDS: Final = 0.4
+"""`position` (U-shaped) attribution: 40 % to the first touch, 40 % to the last, 20 % shared by the middle."""
+TIME_DECAY_HALF_LIFE_S: Final = 7 * 86400
+"""`time_decay` attribution: a touch 7 days before the purchase weighs half as much as one at the purchase."""
+Z_95: Final = 1.959963984540054
+"""The two-sided 95 % point of the standard normal distribution."""
+
+
+def fraction(part: int, whole: int) -> float | None:
+    """`part / whole`, or None when there is no whole to divide (no leads is not 0 %)."""
+    return part / whole if whole else None
+
+
+def percentile_from_ranks(values: Mapping[int, float], count: int, p: float) -> float | None:
+    """PostgreSQL's `percentile_cont(p)` from the values at 1-based ranks of an ordered list.
+
+    SQLite has no percentile function; its query returns only the two values
+    around each wanted rank (`percentile_ranks`), and this interpolates between them
+    exactly as `percentile_cont` does.
+    """
+    if count == 0:
+        return None
+    position = p * (count - 1)
+    low = math.floor(position)
+    below = values[low + 1]
+    if low + 1 >= count:
+        return below
+    return below + (values[low + 2] - below) * (position - low)
+
+
+def percentile_ranks(count: int, ps: Sequence[float]) -> set[int]:
+    """The 1-based ranks `percentile_from_ranks` needs for these percentiles."""
+    ranks: set[int] = set()
+    for p in ps:
+        low = math.floor(p * (count - 1))
+        ranks.update(rank for rank in (low + 1, low + 2) if rank <= count)
+    return ranks
+
+
+def funnel_stages(
+    names: Sequence[str],
+    reached: Mapping[str, int],
+    skipped: Mapping[str, int],
+    times: Mapping[str, tuple[float | None, float | None]],
+) -> list[dict[str, Any]]:
+    """Each stage's row of the report: leads that reached it, conversions, time to reach it.
+
+    Conversion from the previous stage divides by the previous stage's count,
+    from the first by the first stage's; a stage without leads has no conversion
+    (None), never a division by zero.
+    """
+    rows: list[dict[str, Any]] = []
+    first = reached.get(names[0], 0) if names else 0
+    previous: int | None = None
+    for name in names:
+        count = reached.get(name, 0)
+        median, p90 = times.get(name, (None, None))
+        rows.append({
+            "stage": name,
+            "reached": count,
+            "skipped": skipped.get(name, 0),
+            "conversion_from_previous": None if previous is None else fraction(count, previous),
+            "conversion_from_first": fraction(count, first),
+            "time_to_reach": {"median_s": seconds(median), "p90_s": seconds(p90)},
+        })
+        previous = count
+    return rows
+
+
+def seconds(value: float | None) -> int | None:
+    """Durations are reported in whole seconds."""
+    return None if value is None else round(value)
+
+
+def overall_conversion(stages: Sequence[Mapping[str, Any]]) -> float | None:
+    """Leads that reached the last stage over leads that reached the first."""
+    if not stages:
+        return None
+    return fraction(stages[-1]["reached"], stages[0]["reached"])
+
+
+def money(value: float) -> float:
+    """Amounts are shown to the cent."""
+    return round(value + 0.0, 2)
+
+
+def revenue_summary(total: float, orders: int, currency: str | None) -> dict[str, Any]:
+    """Revenue, orders and average order value in one currency."""
+    return {
+        "total": money(total),
+        "orders": orders,
+        "average_order": money(total / orders) if orders else None,
+        "currency": currency,
+    }
+
+
+@dataclass(frozen=True)
+class Lift:
+    """Treated minus control conversion, with a two-sided 95 % confidence interval."""
+
+    treated: float | None
+    control: float | None
+    lift: float | None
+    low: float | None
+    high: float | None
+
+
+def wilson_interval(successes: int, trials: int, z: float = Z_95) -> tuple[float, float]:
+    """Wilson's score interval for one proportion; well-behaved at 0 %, 100 % and small counts."""
+    if trials == 0:
+        return 0.0, 1.0
+    p = successes / trials
+    centre = p + z * z / (2 * trials)
+    spread = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials))
+    divisor = 1 + z * z / trials
+    return max(0.0, (centre - spread) / divisor), min(1.0, (centre + spread) / divisor)
+
+
+def newcombe_lift(treated_successes: int, treated: int, control_successes: int, control: int) -> Lift:
+    """Absolute lift (treated − control) with Newcombe's hybrid score interval (his method 10).
+
+    Built from the two Wilson intervals, it keeps its stated coverage for small
+    groups and rates near 0 or 1, where the textbook Wald interval (±1.96·SE)
+    is too narrow — and a holdout is small by design.
+    """
+    if treated == 0 or control == 0:
+        return Lift(fraction(treated_successes, treated), fraction(control_successes, control), None, None, None)
+    p1, p2 = treated_successes / treated, control_successes / control
+    l1, u1 = wilson_interval(treated_successes, treated)
+    l2, u2 = wilson_interval(control_successes, control)
+    difference = p1 - p2
+    low = difference - math.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2)
+    high = difference + math.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2)
+    return Lift(p1, p2, difference, low, high)
+
+
+def lift_json(lift: Lift) -> dict[str, Any]:
+    return {
+        "treated_conversion": lift.treated,
+        "held_out_conversion": lift.control,
+        "lift": lift.lift,
+        "ci95": None if lift.low is None else [lift.low, lift.high],
+    }
+
+
+def rank_weight(model: str, rank: int, count: int) -> float:
+    """The share of a purchase the touch at 1-based `rank` of `count` earns under a rank-based model.
+
+    first/last: all of it to one end. linear: equal shares. position: 40 % to
+    each end and 20 % spread over the middle (one touch: all of it; two: half each).
+    The shares of one purchase always add up to 1, so every model's total is the revenue.
+    """
+    if model == "first":
+        return 1.0 if rank == 1 else 0.0
+    if model == "last":
+        return 1.0 if rank == count else 0.0
+    if model == "linear":
+        return 1.0 / count
+    if model == "position":
+        if count <= 2:
+            return 1.0 / count
+        if rank in (1, count):
+            return POSITION_ENDS
+        return (1.0 - 2 * POSITION_ENDS) / (count - 2)
+    raise ValueError(f"{model!r} is not a rank-based attribution model")
+
+
+def decay_weight(age_s: float, half_life_s: float = TIME_DECAY_HALF_LIFE_S) -> float:
+    """`time_decay`: a touch's raw weight halves with every half-life before the purchase.
+
+    A purchase's touches share it in proportion to these weights; the SQL that
+    normalizes them per purchase uses the same formula, `exp(-ln 2 · age / half-life)`.
+    """
+    return math.exp(-math.log(2) * age_s / half_life_s)
+
+
+def spend_figures(spend: float, leads: int, customers: int, revenue: float) -> dict[str, Any]:
+    """Cost per lead, cost per customer and return on spend (revenue per unit spent)."""
+    return {
+        "spend": money(spend),
+        "cost_per_lead": money(spend / leads) if leads else None,
+        "cost_per_customer": money(spend / customers) if customers else None,
+        "return_on_spend": revenue / spend if spend else None,
+    }

@@ -1,0 +1,106 @@
+"""The report's JSON drawn for a terminal (rich tables) or written as CSV; no figure is computed here."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+CSV_COLUMNS = (
+    "section", "value", "kind", "stage", "step", "reached", "skipped", "conversion_from_previous", "conversion_from_first",
+    "median_s", "p90_s", "sent", "opened", "clicked", "unsubscribed", "purchases_7d",
+)
+
+
+def percent(value: float | None) -> str:
+    return "–" if value is None else f"{value * 100:.1f} %"
+
+
+def duration(seconds: int | None) -> str:
+    """`93600` → `1d 2h`: two units are enough to read a funnel at a glance."""
+    if seconds is None:
+        return "–"
+    parts: list[str] = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if seconds >= size or (unit == "s" and not parts):
+            parts.append(f"{seconds // size}{unit}")
+            seconds %= size
+    return " ".join(parts[:2])
+
+
+def _sections(report: Mapping[str, Any]) -> Iterator[tuple[str, str, Mapping[str, Any]]]:
+    yield "all", "", report
+    for group in report.get("groups", []):
+        yield f"by {group['by']}", str(group["value"]) if group["value"] is not None else "(none)", group
+    for period in report.get("periods", []):
+        yield "period", period["period"], period
+
+
+def print_report(report: Mapping[str, Any], console: Console) -> None:
+    """Stages, revenue and emails of the whole report, then the same per group and per period."""
+    console.print(f"[bold]{report['funnel']}[/bold] · {report['mode']} · {report['from']} → {report['to']}")
+    for section, value, part in _sections(report):
+        title = "All leads" if section == "all" else f"{section}: {value}"
+        stages = Table(title=title, title_justify="left")
+        for name in ("stage", "reached", "skipped", "from previous", "from first", "median time", "p90 time"):
+            stages.add_column(name, justify="left" if name == "stage" else "right")
+        for row in part["stages"]:
+            stages.add_row(
+                row["stage"], str(row["reached"]), str(row["skipped"]), percent(row["conversion_from_previous"]),
+                percent(row["conversion_from_first"]), duration(row["time_to_reach"]["median_s"]), duration(row["time_to_reach"]["p90_s"]),
+            )
+        console.print(stages)
+        length = part["funnel_length"]
+        console.print(f"overall conversion {percent(part['overall_conversion'])}; funnel length median {duration(length['median_s'])}, p90 {duration(length['p90_s'])}")
+        for revenue in part["revenue_by_currency"]:
+            console.print(f"revenue {revenue['total']:.2f} {revenue['currency'] or ''} from {revenue['orders']} orders (average {revenue['average_order']:.2f}), {revenue['customers']} customers")
+        for spend in part.get("spend") or []:
+            console.print(f"spend {spend['spend']:.2f} {spend['currency']}: per lead {spend['cost_per_lead']}, per customer {spend['cost_per_customer']}, return {spend['return_on_spend']}")
+        if part["steps"]:
+            emails = Table(title=f"{title}: emails", title_justify="left")
+            for name in ("stage", "step", "sent", "opened", "clicked", "unsubscribed", "purchases in 7 d"):
+                emails.add_column(name, justify="left" if name in ("stage", "step") else "right")
+            for row in part["steps"]:
+                emails.add_row(row["stage"], row["step"], *(str(row[k]) for k in ("sent", "opened", "clicked", "unsubscribed", "purchases_7d")))
+            console.print(emails)
+    _print_comparisons(report, console)
+
+
+def _print_comparisons(report: Mapping[str, Any], console: Console) -> None:
+    holdout = report.get("holdout")
+    if holdout:
+        table = Table(title=f"Holdout: {holdout['treated']} treated, {holdout['held_out']} held out (95 % interval: Newcombe)", title_justify="left")
+        for name in ("stage", "treated", "held out", "lift", "95 % interval"):
+            table.add_column(name, justify="left" if name == "stage" else "right")
+        for row in holdout["stages"]:
+            interval = "–" if row["ci95"] is None else f"{percent(row['ci95'][0])} … {percent(row['ci95'][1])}"
+            table.add_row(row["stage"], percent(row["treated_conversion"]), percent(row["held_out_conversion"]), percent(row["lift"]), interval)
+        console.print(table)
+    for row in report.get("variants", []):
+        interval = "" if row["ci95"] is None else f", lift {percent(row['lift_vs_first'])} ({percent(row['ci95'][0])} … {percent(row['ci95'][1])})"
+        console.print(f"variant {row['step']} = {row['variant']}: {row['converted']}/{row['leads']} → {percent(row['conversion'])}{interval}")
+    attribution = report.get("attribution")
+    if attribution:
+        console.print(f"attribution ({attribution['model']}, window {attribution['window']}):")
+        for row in attribution["channels"]:
+            console.print(f"  channel {row['channel'] or '(none)'}: {row['revenue']:.2f} {row['currency'] or ''}")
+        for row in attribution["emails"]:
+            label = f"{row['stage']}/{row['step']}" if row["step"] else "(no email clicked)"
+            console.print(f"  email {label}: {row['revenue']:.2f} {row['currency'] or ''}")
+
+
+def report_csv(report: Mapping[str, Any]) -> str:
+    """One row per stage and per email of every section (all, each group, each period)."""
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for section, value, part in _sections(report):
+        for row in part["stages"]:
+            writer.writerow({"section": section, "value": value, "kind": "stage", **row, **row["time_to_reach"]})
+        for row in part["steps"]:
+            writer.writerow({"section": section, "value": value, "kind": "email", **row})
+    return out.getvalue()

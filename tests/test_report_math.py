@@ -1,0 +1,59 @@
+"""The report's pure arithmetic: percentiles, lift intervals, attribution weights."""
+
+from __future__ import annotations
+
+import statistics
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from autofunnel.domain.report import (
+    funnel_stages,
+    newcombe_lift,
+    percentile_from_ranks,
+    percentile_ranks,
+    rank_weight,
+    wilson_interval,
+)
+
+
+@given(st.lists(st.integers(0, 10**6), min_size=1, max_size=60), st.sampled_from([0.5, 0.9]))
+def test_percentiles_from_two_ranks_equal_the_inclusive_quantile(values: list[int], p: float) -> None:
+    ordered = sorted(values)
+    wanted = percentile_ranks(len(ordered), [p])
+    assert len(wanted) <= 2
+    picked = {rank: float(ordered[rank - 1]) for rank in wanted}
+    expected = ordered[0] if len(ordered) == 1 else statistics.quantiles(ordered, n=10 if p == 0.9 else 2, method="inclusive")[-1 if p == 0.9 else 0]
+    assert percentile_from_ranks(picked, len(ordered), p) == pytest.approx(expected)
+
+
+def test_the_worked_example_conversions() -> None:
+    names = ["lead", "offer", "invoice", "paid"]
+    rows = funnel_stages(names, {"lead": 1000, "offer": 520, "invoice": 215, "paid": 130}, {}, {})
+    assert [None if r["conversion_from_previous"] is None else round(r["conversion_from_previous"], 3) for r in rows] == [None, 0.52, 0.413, 0.605]
+    assert rows[-1]["conversion_from_first"] == 0.13
+    empty = funnel_stages(names, {}, {}, {})
+    assert [r["conversion_from_first"] for r in empty] == [None] * 4
+
+
+def test_wilson_and_newcombe_match_newcombes_published_example() -> None:
+    # Newcombe (1998), Statistics in Medicine 17:873, table II, method 10: examples (a) and (b).
+    lift = newcombe_lift(56, 70, 48, 80)
+    assert lift.lift == pytest.approx(0.2)
+    assert (lift.low, lift.high) == (pytest.approx(0.0524, abs=1e-4), pytest.approx(0.3339, abs=1e-4))
+    small = newcombe_lift(9, 10, 3, 10)
+    assert (small.low, small.high) == (pytest.approx(0.1705, abs=1e-4), pytest.approx(0.8090, abs=1e-4))
+    low, high = wilson_interval(0, 10)
+    assert low == 0.0 and high == pytest.approx(0.2775, abs=1e-4)
+    assert newcombe_lift(3, 10, 0, 0).lift is None
+
+
+@given(st.sampled_from(["first", "last", "linear", "position"]), st.integers(1, 12))
+def test_each_purchase_is_shared_out_whole(model: str, count: int) -> None:
+    assert sum(rank_weight(model, rank, count) for rank in range(1, count + 1)) == pytest.approx(1.0)
+
+
+def test_position_gives_forty_percent_to_each_end() -> None:
+    assert [rank_weight("position", r, 4) for r in range(1, 5)] == pytest.approx([0.4, 0.1, 0.1, 0.4])
+    assert [rank_weight("position", r, 2) for r in (1, 2)] == [0.5, 0.5]

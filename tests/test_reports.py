@@ -1,0 +1,456 @@
+"""The funnel report through the API and the CLI, on this run's real database.
+
+Leads and events go in through the API (or the services the API calls), never
+as hand-written rows, so the report is checked against what the engine really
+writes; the expected figures are counted here in plain Python.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import random
+import re
+from collections import Counter
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from email import message_from_bytes, policy
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+from click.testing import CliRunner
+from flask.testing import FlaskClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from autofunnel.cli import main
+from autofunnel.clock import FixedClock
+from autofunnel.services.credentials import create_api_key
+from autofunnel.services.runtime import Runtime
+from autofunnel.services.scheduler import run_tick
+from autofunnel.web import create_app
+
+pytestmark = pytest.mark.db
+
+START = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)
+PRODUCTS = {"mini-course": 1, "full-course": 2, "coaching": 3}
+"""The yoga funnel's purchases and the stage position each one enters."""
+BROWSER = "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_0) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.0 Safari/605.1.15"
+WEBINAR = """\
+funnel: webinar
+title: Webinar to coaching
+stages:
+  - stage: registered
+  - stage: attended
+    enter_on: {event: attended}
+  - stage: offer
+    enter_on: {event: checkout_started}
+  - stage: bought
+    enter_on: {event: purchase, product: course}
+  - stage: upsold
+    enter_on: {event: purchase, product: mentoring}
+"""
+
+
+def iso(moment: datetime) -> str:
+    return moment.isoformat().replace("+00:00", "Z")
+
+
+@dataclass
+class Shop:
+    client: FlaskClient
+    rt: Runtime
+    clock: FixedClock
+    headers: dict[str, str]
+    environ: dict[str, str]
+    outbox: Path
+
+    def post(self, path: str, body: Any, status: int | tuple[int, ...] = (200, 201, 202)) -> Any:
+        response = self.client.post(path, json=body, headers=self.headers)
+        assert response.status_code in ((status,) if isinstance(status, int) else status), response.get_data(as_text=True)
+        return response.json
+
+    def subscribe(self, email: str, funnel: str = "yoga", at: datetime = START, **extra: Any) -> int:
+        return int(self.post("/api/v1/subscribe", {"email": email, "funnel": funnel, "at": iso(at), **extra})["lead_id"])
+
+    def events(self, items: list[dict[str, Any]]) -> None:
+        for low in range(0, len(items), 1000):
+            self.post("/api/v1/events", items[low : low + 1000], 202)
+
+    def report(self, funnel: str = "yoga", **params: str) -> dict[str, Any]:
+        response = self.raw_report(funnel, **params)
+        assert response.status_code == 200, response.get_data(as_text=True)
+        body: dict[str, Any] = response.json
+        return body
+
+    def raw_report(self, funnel: str = "yoga", **params: str) -> Any:
+        return self.client.get(f"/api/v1/reports/{funnel}", query_string=params, headers=self.headers)
+
+
+@pytest.fixture
+def shop(project_dir: Path, runtime_factory: Any, tmp_path: Path) -> Shop:
+    (project_dir / "funnels" / "webinar.yml").write_text(WEBINAR)
+    clock = FixedClock(START)
+    outbox = tmp_path / "outbox"
+    rt = runtime_factory(project_dir, f"file://{outbox}", clock)
+    rt.rng = random.Random(0)
+    _, key = create_api_key(rt.db, clock, "shop")
+    client = create_app(runtime=rt).test_client()
+    environ = {
+        "AUTOFUNNEL_PROJECT_DIR": str(project_dir), "AUTOFUNNEL_DATABASE_URL": rt.settings.database_url or "",
+        "AUTOFUNNEL_SECRET_KEY": "test-secret-key-0123456789", "AUTOFUNNEL_SMTP_URL": f"file://{outbox}",
+    }
+    return Shop(client, rt, clock, {"Authorization": f"Bearer {key}"}, environ, outbox)
+
+
+def purchase(email: str, product: str, at: datetime, amount: float = 10.0, **extra: Any) -> dict[str, Any]:
+    return {"type": "purchase", "email": email, "at": iso(at), "properties": {"product": product, "amount": amount, "currency": "EUR", **extra}}
+
+
+def reached(report: dict[str, Any]) -> list[int]:
+    return [stage["reached"] for stage in report["stages"]]
+
+
+# The worked examples -------------------------------------------------------------------
+
+
+def test_the_worked_examples_through_the_api(shop: Shop) -> None:
+    emails = [f"lead{i}@example.com" for i in range(1000)]
+    for email in emails:
+        shop.subscribe(email, "yoga")
+        shop.subscribe(email, "webinar")
+    later = START + timedelta(days=1)
+    items = [purchase(e, "mini-course", later) for e in emails[:520]]
+    items += [purchase(e, "full-course", later + timedelta(days=1)) for e in emails[:215]]
+    items += [purchase(e, "coaching", later + timedelta(days=2)) for e in emails[:130]]
+    items += [{"type": "attended", "email": e, "at": iso(later)} for e in emails[:710]]
+    items += [{"type": "checkout_started", "email": e, "at": iso(later + timedelta(hours=1))} for e in emails[:305]]
+    items += [purchase(e, "course", later + timedelta(hours=2)) for e in emails[:210]]
+    items += [purchase(e, "mentoring", later + timedelta(hours=3)) for e in emails[:100]]
+    shop.events(items)
+
+    yoga = shop.report("yoga", **{"from": "2026-03-01", "to": "2026-03-31"})
+    assert reached(yoga) == [1000, 520, 215, 130]
+    assert [None if s["conversion_from_previous"] is None else round(s["conversion_from_previous"] * 100, 1) for s in yoga["stages"]] == [None, 52.0, 41.3, 60.5]
+    assert round(yoga["overall_conversion"] * 100, 1) == 13.0
+    assert yoga["stages"][1]["time_to_reach"] == {"median_s": 86400, "p90_s": 86400}
+    assert yoga["funnel_length"] == {"median_s": 3 * 86400, "p90_s": 3 * 86400}
+    # every purchase its leads made after entering the funnel, the webinar's included
+    assert yoga["revenue"] == {"total": 11750.0, "orders": 1175, "average_order": 10.0, "currency": "EUR", "customers": 520}
+    assert (yoga["from"], yoga["to"], yoga["mode"]) == ("2026-03-01", "2026-03-31", "cohort")
+
+    webinar = shop.report("webinar", **{"from": "2026-03-02", "to": "2026-03-02"})
+    assert reached(webinar) == [1000, 710, 305, 210, 100]
+    assert webinar["overall_conversion"] == pytest.approx(0.10)
+
+
+# Cohort and calendar ---------------------------------------------------------------------
+
+
+def test_cohort_keeps_april_purchases_with_march_leads_and_calendar_counts_them_in_april(shop: Shop) -> None:
+    march = datetime(2026, 3, 20, 12, tzinfo=UTC)
+    april = datetime(2026, 4, 3, 12, tzinfo=UTC)
+    for i in range(10):
+        shop.subscribe(f"m{i}@example.com", at=march + timedelta(hours=i))
+    shop.events([purchase(f"m{i}@example.com", "mini-course", april + timedelta(hours=i), amount=19) for i in range(4)])
+    march_period = {"from": "2026-03-01", "to": "2026-03-31"}
+    april_period = {"from": "2026-04-01", "to": "2026-04-30"}
+
+    cohort_march = shop.report(**march_period)
+    assert reached(cohort_march)[:2] == [10, 4]
+    assert cohort_march["revenue"]["total"] == 76.0
+    assert reached(shop.report(**april_period))[:2] == [0, 0]
+
+    calendar_march = shop.report(mode="calendar", **march_period)
+    calendar_april = shop.report(mode="calendar", **april_period)
+    assert reached(calendar_march)[:2] == [10, 0]
+    assert calendar_march["revenue"]["orders"] == 0
+    assert reached(calendar_april)[:2] == [0, 4]
+    assert calendar_april["revenue"]["total"] == 76.0
+
+    by_month = shop.report(mode="calendar", interval="month", **{"from": "2026-03-01", "to": "2026-04-30"})
+    assert [(p["period"], reached(p)[:2]) for p in by_month["periods"]] == [("2026-03-01", [10, 0]), ("2026-04-01", [0, 4])]
+    by_week = shop.report(interval="week", **march_period)
+    assert [(p["period"], reached(p)[:2]) for p in by_week["periods"]] == [("2026-03-16", [10, 4])]  # Monday of that week
+    whole = ("stages", "overall_conversion", "funnel_length", "revenue", "steps", "holdout")
+    assert {k: by_week[k] for k in whole} == {k: cohort_march[k] for k in whole}  # summed from the periods, the same figures
+
+
+# Random leads and out-of-order events ------------------------------------------------------
+
+lead_plan = st.tuples(
+    st.sampled_from(["instagram", "google", None]),
+    st.lists(st.tuples(st.sampled_from(sorted(PRODUCTS)), st.integers(-2, 200), st.integers(1, 500)), max_size=4),
+)
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(plans=st.lists(lead_plan, min_size=1, max_size=8), batches=st.integers(1, 3), seed=st.integers(0, 1000))
+def test_the_report_matches_a_plain_count_whatever_order_events_arrive_in(shop: Shop, plans: list[Any], batches: int, seed: int) -> None:
+    day = START + timedelta(days=10 * next(EXAMPLE))  # each example is its own cohort day
+    expected_reach, expected_by_channel = Counter[int](), Counter[tuple[str | None, int]]()
+    revenue, orders = 0.0, 0
+    items = []
+    for number, (channel, buys) in enumerate(plans):
+        email = f"p{day:%Y%m%d}-{number}@example.com"
+        joined = day + timedelta(minutes=number)
+        shop.subscribe(email, at=joined, **({"source": {"channel": channel}} if channel else {}))
+        furthest = 0
+        for product, hours, amount in buys:
+            at = joined + timedelta(hours=hours)
+            items.append(purchase(email, product, at, amount=amount))
+            if at >= joined:  # a purchase before the lead entered the funnel moves nothing and is not its revenue
+                furthest = max(furthest, PRODUCTS[product])
+                revenue, orders = revenue + amount, orders + 1
+        for position in range(furthest + 1):
+            expected_reach[position] += 1
+            expected_by_channel[(channel, position)] += 1
+    random.Random(seed).shuffle(items)
+    size = -(-len(items) // batches) if items else 1
+    for low in range(0, len(items), size):
+        shop.events(items[low : low + size])
+
+    report = shop.report(**{"from": f"{day:%Y-%m-%d}", "to": f"{day:%Y-%m-%d}"}, by="channel")
+    assert reached(report) == [expected_reach[p] for p in range(4)]
+    first = expected_reach[0]
+    assert report["overall_conversion"] == pytest.approx(expected_reach[3] / first)
+    assert report["revenue"]["total"] == pytest.approx(revenue) and report["revenue"]["orders"] == orders
+    groups = {group["value"]: reached(group) for group in report["groups"]}
+    channels = {channel for channel, _ in plans}
+    assert groups == {channel: [expected_by_channel[(channel, p)] for p in range(4)] for channel in channels}
+
+
+EXAMPLE = itertools.count()
+
+
+# The CLI prints the API's report -----------------------------------------------------------
+
+
+def test_cli_json_is_the_api_json_and_the_table_and_csv_draw_it(shop: Shop) -> None:
+    for i in range(6):
+        shop.subscribe(f"c{i}@example.com", source={"channel": "instagram" if i % 2 else "google"}, owner=f"m{i % 2}@shop.example")
+    shop.events([purchase(f"c{i}@example.com", "mini-course", START + timedelta(hours=5 + i)) for i in range(3)])
+    params = {"from": "2026-03-01", "to": "2026-03-31", "by": "owner", "interval": "day", "attribution": "linear"}
+    api = shop.report(**params)
+    runner = CliRunner()
+    args = ["report", "yoga", "--from", "2026-03-01", "--to", "2026-03-31", "--by", "owner", "--interval", "day", "--attribution", "linear"]
+    printed = runner.invoke(main, [*args, "--format", "json"], env=shop.environ)
+    assert printed.exit_code == 0, printed.output
+    assert json.loads(printed.output) == api
+    assert [g["value"] for g in api["groups"]] == ["m0@shop.example", "m1@shop.example"]
+
+    table = runner.invoke(main, args, env=shop.environ)
+    assert table.exit_code == 0, table.output
+    assert re.search(r"tripwire\s*│\s*3\s*│\s*0\s*│\s*50\.0 %", table.output), table.output
+    rows = runner.invoke(main, [*args, "--format", "csv"], env=shop.environ)
+    assert rows.exit_code == 0
+    assert "all,,stage,tripwire,,3,0,0.5,0.5,21600,24480,,,,," in rows.output.splitlines()
+
+
+# Bad requests ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("params", "status", "code", "field"),
+    [
+        ({"by": "colour"}, 400, "invalid", "by"),
+        ({"by": "field:bad name"}, 400, "invalid", "by"),
+        ({"mode": "weekly"}, 400, "invalid", "mode"),
+        ({"from": "2026-02-30"}, 400, "invalid", "from"),
+        ({"to": "yesterday"}, 400, "invalid", "to"),
+        ({"from": "2026-03-10", "to": "2026-03-01"}, 400, "invalid", "from"),
+        ({"interval": "hour"}, 400, "invalid", "interval"),
+        ({"attribution": "magic"}, 400, "invalid", "attribution"),
+        ({"window": "soon"}, 400, "invalid", "window"),
+        ({"colour": "blue"}, 400, "unknown_field", "colour"),
+    ],
+)
+def test_bad_report_parameters_name_their_field(shop: Shop, params: dict[str, str], status: int, code: str, field: str) -> None:
+    response = shop.raw_report("yoga", **params)
+    assert response.status_code == status, response.get_data(as_text=True)
+    assert response.json["error"]["code"] == code and response.json["error"]["field"] == field
+
+
+def test_unknown_funnels_and_sequences_are_refused(shop: Shop) -> None:
+    unknown = shop.raw_report("pilates")
+    assert unknown.status_code == 404 and unknown.json["error"] == {**unknown.json["error"], "code": "unknown_funnel", "field": "funnel"}
+    sequence = shop.raw_report("abandoned-cart")
+    assert sequence.status_code == 400 and sequence.json["error"]["code"] == "not_a_funnel"
+    assert shop.client.get("/api/v1/reports/yoga").status_code == 401
+
+
+def test_cli_bad_input_is_one_line_and_exit_2(shop: Shop) -> None:
+    result = CliRunner().invoke(main, ["report", "yoga", "--by", "colour"], env=shop.environ)
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == ["error: by must be one of channel, product, segment, region, owner or field:<name>, not 'colour'"]
+    spent = CliRunner().invoke(main, ["spend", "add", "google", "5.555", "--date", "2026-03-02"], env=shop.environ)
+    assert spent.exit_code == 2 and spent.output == "error: '5.555' is not an amount such as 120 or 99.50\n"
+
+
+def test_the_default_period_is_the_last_30_days(shop: Shop) -> None:
+    shop.clock.advance(timedelta(days=40))
+    body = shop.report()
+    assert (body["from"], body["to"]) == ("2026-03-13", "2026-04-11")  # 40 days after START, and the 29 before it
+
+
+# Spend, holdout, variants, attribution -----------------------------------------------------
+
+
+def test_spend_adds_up_and_gives_cost_per_lead_customer_and_return(shop: Shop) -> None:
+    for i in range(4):
+        shop.subscribe(f"s{i}@example.com", source={"channel": "google" if i < 3 else "instagram"})
+    shop.events([purchase("s0@example.com", "mini-course", START + timedelta(hours=1), amount=60)])
+    shop.post("/api/v1/spend", {"channel": "google", "amount": 20, "date": "2026-03-02"}, 201)
+    answer = shop.post("/api/v1/spend", {"channel": "google", "amount": "10.50", "date": "2026-03-02"}, 201)
+    assert answer == {"channel": "google", "date": "2026-03-02", "currency": "EUR", "amount": 30.5}
+    cli = CliRunner().invoke(main, ["spend", "add", "instagram", "9.5", "--date", "2026-03-03"], env=shop.environ)
+    assert cli.exit_code == 0 and cli.output == "instagram 2026-03-03: 9.50 EUR\n"
+    refused = shop.client.post("/api/v1/spend", json={"channel": "google", "amount": 1, "date": "2026-03-02", "currency": "euro"}, headers=shop.headers)
+    assert refused.status_code == 400 and refused.json["error"]["field"] == "currency"
+
+    report = shop.report(by="channel", **{"from": "2026-03-01", "to": "2026-03-31"})
+    assert report["spend"] == [{"currency": "EUR", "spend": 40.0, "cost_per_lead": 10.0, "cost_per_customer": 40.0, "return_on_spend": 1.5}]
+    groups = {g["value"]: g["spend"] for g in report["groups"]}
+    assert groups["google"] == [{"currency": "EUR", "spend": 30.5, "cost_per_lead": pytest.approx(10.17), "cost_per_customer": 30.5, "return_on_spend": pytest.approx(60 / 30.5)}]
+    assert groups["instagram"] == [{"currency": "EUR", "spend": 9.5, "cost_per_lead": 9.5, "cost_per_customer": None, "return_on_spend": 0.0}]
+
+
+def test_holdout_lift_compares_treated_with_held_out_leads(shop: Shop) -> None:
+    shop.rt.rng = random.Random(3)
+    emails = [f"h{i}@example.com" for i in range(60)]
+    for email in emails:
+        shop.subscribe(email)
+    holdout = {e: shop.client.get(f"/api/v1/leads/{e}", headers=shop.headers).json["funnels"][0]["holdout"] for e in emails}
+    held = [e for e in emails if holdout[e]]
+    treated = [e for e in emails if not holdout[e]]
+    assert held and treated
+    buyers = treated[: len(treated) // 2] + held[:1]
+    shop.events([purchase(e, "mini-course", START + timedelta(hours=2)) for e in buyers])
+
+    lift = shop.report(**{"from": "2026-03-02", "to": "2026-03-02"})["holdout"]
+    assert (lift["treated"], lift["held_out"], lift["interval"]) == (len(treated), len(held), "newcombe")
+    tripwire = lift["stages"][0]
+    assert tripwire["stage"] == "tripwire"
+    assert tripwire["treated_conversion"] == pytest.approx((len(treated) // 2) / len(treated))
+    assert tripwire["held_out_conversion"] == pytest.approx(1 / len(held))
+    assert tripwire["lift"] == pytest.approx(tripwire["treated_conversion"] - tripwire["held_out_conversion"])
+    low, high = tripwire["ci95"]
+    assert low < tripwire["lift"] < high
+
+
+def _links(shop: Shop, to: str) -> dict[str, str]:
+    for path in sorted(shop.outbox.glob("*.eml")):
+        message = message_from_bytes(path.read_bytes(), policy=policy.default)
+        if to in str(message["To"]):
+            html = message.get_body(("html",)).get_content()  # type: ignore[union-attr]
+            urls = [urlsplit(u).path for u in re.findall(r'href="([^"]+)"', html)]
+            header = re.search(r"<(http[^>]+)>", str(message["List-Unsubscribe"]))
+            assert header is not None
+            return {"click": next(u for u in urls if u.startswith("/t/c/")), "unsubscribe": urlsplit(header.group(1)).path}
+    raise AssertionError(f"no email to {to}")
+
+
+def test_email_results_and_attribution_leave_bots_out(shop: Shop) -> None:
+    people = ["ann@example.com", "bob@example.com", "cat@example.com"]
+    for email in people:
+        lead = shop.subscribe(email, source={"channel": "google"})
+        shop.post("/api/v1/events", {"type": "confirmed", "lead_id": lead}, 202)
+    shop.subscribe("ann@example.com", "webinar", at=START - timedelta(days=1), source={"channel": "instagram"})
+    run_tick(shop.rt)
+    shop.clock.advance(timedelta(minutes=3))
+    assert shop.client.get(_links(shop, "ann@")["click"], headers={"User-Agent": BROWSER}).status_code == 302
+    assert shop.client.get(_links(shop, "bob@")["click"], headers={"User-Agent": "python-requests/2.31"}).status_code == 302
+    assert shop.client.post(_links(shop, "cat@")["unsubscribe"]).status_code == 200
+    bought = START + timedelta(days=2)
+    shop.events([purchase("ann@example.com", "mini-course", bought, amount=30), purchase("bob@example.com", "mini-course", bought, amount=50)])
+
+    period = {"from": "2026-03-02", "to": "2026-03-02"}
+    report = shop.report(attribution="last", **period)
+    (welcome,) = [s for s in report["steps"] if s["step"] == "welcome"]
+    assert welcome == {**welcome, "sent": 3, "opened": 1, "clicked": 1, "unsubscribed": 1, "purchases_7d": 2}
+    assert report["attribution"]["emails"] == [
+        {"stage": "lead", "step": "welcome", "currency": "EUR", "revenue": 30.0},
+        {"stage": None, "step": None, "currency": "EUR", "revenue": 50.0},
+    ]
+    assert report["attribution"]["channels"] == [
+        {"channel": "google", "currency": "EUR", "revenue": 80.0},
+        {"channel": "instagram", "currency": "EUR", "revenue": 0.0},
+        {"channel": None, "currency": "EUR", "revenue": 0.0},
+    ]
+    shares = {
+        model: {row["channel"]: row["revenue"] for row in shop.report(attribution=model, **period)["attribution"]["channels"]}
+        for model in ("first", "linear", "position", "time_decay")
+    }
+    assert shares["first"] == {"google": 50.0, "instagram": 30.0, None: 0.0}
+    assert shares["linear"] == shares["position"] == {"google": 65.0, "instagram": 15.0, None: 0.0}
+    google, instagram = 2 ** (-2 / 7), 2 ** (-3 / 7)  # ann's touches 2 and 3 days before her purchase; half-life 7 days
+    assert shares["time_decay"] == {"google": pytest.approx(50 + 30 * google / (google + instagram), abs=0.006), "instagram": pytest.approx(30 * instagram / (google + instagram), abs=0.006), None: 0.0}
+    outside = shop.report(attribution="last", window="1d", **period)["attribution"]["emails"]
+    assert outside == [{"stage": None, "step": None, "currency": "EUR", "revenue": 80.0}]
+
+
+def test_segment_region_and_any_field_split_the_leads(shop: Shop) -> None:
+    fields = [{"segment": "pro", "region": "eu", "plan": "gold"}, {"segment": "pro", "region": "us"}, {"segment": "new", "region": "eu", "plan": "gold"}]
+    for i, values in enumerate(fields):
+        shop.subscribe(f"f{i}@example.com", fields=values)
+    shop.events([purchase("f0@example.com", "mini-course", START + timedelta(hours=1), amount=25)])
+    period = {"from": "2026-03-02", "to": "2026-03-02"}
+
+    def split(by: str) -> dict[Any, tuple[list[int], float]]:
+        return {g["value"]: (reached(g)[:2], g["revenue"]["total"]) for g in shop.report(by=by, **period)["groups"]}
+
+    assert split("segment") == {"new": ([1, 0], 0.0), "pro": ([2, 1], 25.0)}
+    assert split("region") == {"eu": ([2, 1], 25.0), "us": ([1, 0], 0.0)}
+    assert split("field:plan") == {"gold": ([2, 1], 25.0), None: ([1, 0], 0.0)}
+    assert split("product") == {"mini-course": ([1, 1], 25.0), None: ([2, 0], 0.0)}
+
+
+SPLIT = """\
+funnel: split
+title: A/B on the first email
+stages:
+  - stage: lead
+    steps:
+      - send: hello
+        variants: [hello-a, hello-b]
+  - stage: bought
+    enter_on: {event: purchase, product: guide}
+"""
+HELLO = """---
+subject: "Hello {{ lead.first_name or 'there' }}"
+---
+<p>Hello.</p>
+"""
+
+
+def test_each_variant_has_its_conversion_and_lift_over_the_first(project_dir: Path, runtime_factory: Any, tmp_path: Path) -> None:
+    (project_dir / "funnels" / "split.yml").write_text(SPLIT)
+    (project_dir / "templates" / "split").mkdir()
+    for name in ("hello-a", "hello-b"):
+        (project_dir / "templates" / "split" / f"{name}.html").write_text(HELLO)
+    clock = FixedClock(START)
+    rt = runtime_factory(project_dir, f"file://{tmp_path / 'outbox'}", clock)
+    rt.rng = random.Random(5)
+    _, key = create_api_key(rt.db, clock, "shop")
+    client = create_app(runtime=rt).test_client()
+    headers = {"Authorization": f"Bearer {key}"}
+    emails = [f"v{i}@example.com" for i in range(30)]
+    for email in emails:
+        assert client.post("/api/v1/subscribe", json={"email": email, "funnel": "split"}, headers=headers).status_code == 201
+    run_tick(rt)
+    picked = {}
+    for email in emails:
+        (delivery,) = client.get(f"/api/v1/leads/{email}", headers=headers).json["deliveries"]
+        picked[email] = delivery["variant"]
+    buyers = [e for e in emails if picked[e] == "hello-b"][:5] + [e for e in emails if picked[e] == "hello-a"][:1]
+    client.post("/api/v1/events", json=[purchase(e, "guide", START + timedelta(hours=3)) for e in buyers], headers=headers)
+
+    variants = client.get("/api/v1/reports/split", query_string={"from": "2026-03-02", "to": "2026-03-02"}, headers=headers).json["variants"]
+    counts = Counter(picked.values())
+    a, b = variants
+    assert (a["variant"], a["leads"], a["converted"], a["lift_vs_first"], a["ci95"]) == ("hello-a", counts["hello-a"], 1, None, None)
+    assert (b["variant"], b["leads"], b["converted"]) == ("hello-b", counts["hello-b"], 5)
+    assert b["lift_vs_first"] == pytest.approx(5 / counts["hello-b"] - 1 / counts["hello-a"])
+    assert b["ci95"][0] < b["lift_vs_first"] < b["ci95"][1]
