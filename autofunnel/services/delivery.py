@@ -36,6 +36,7 @@ from autofunnel.services.enrollments import (
 from autofunnel.services.database import through_outage
 from autofunnel.services.runtime import Runtime
 from autofunnel.store.models import Deadline, Delivery, Enrollment, Event, Lead
+from autofunnel.store.queries import among
 
 MAX_ATTEMPTS = 5
 RETRY_AFTER = (timedelta(minutes=1), timedelta(minutes=5), timedelta(minutes=15), timedelta(hours=1))
@@ -72,10 +73,21 @@ def deliver(rt: Runtime, delivery_ids: Sequence[int], *, transport: Transport | 
     report = DeliveryReport()
     if not delivery_ids:
         return report
+    _mark_taken(rt, delivery_ids)
     with (transport or rt.transport).session() as smtp:
         for delivery_id in delivery_ids:
             _deliver_one(rt, smtp, delivery_id, report)
     return report
+
+
+def _mark_taken(rt: Runtime, delivery_ids: Sequence[int]) -> None:
+    """Stamp the batch as just handed out: a worker has it now, so the sweep must not
+    take its still-queued emails for work the broker lost while the batch is being sent."""
+    now = rt.clock.now()
+    with rt.db.transaction() as session:
+        session.execute(
+            update(Delivery).where(among(session, Delivery.id, delivery_ids), Delivery.status == "queued").values(dispatched_at=now)
+        )
 
 
 def _deliver_one(rt: Runtime, smtp: SmtpSession, delivery_id: int, report: DeliveryReport) -> None:
@@ -118,11 +130,16 @@ def _claim(rt: Runtime, delivery_id: int, now: datetime, report: DeliveryReport)
         if row is None:
             return None
         lead = session.execute(
-            select(Lead.email, Lead.first_name, Lead.fields, Lead.tags, Lead.timezone, Lead.status).where(Lead.id == row.lead_id)
+            select(
+                Lead.email, Lead.first_name, Lead.fields, Lead.tags, Lead.timezone, Lead.status,
+                Enrollment.status.label("enrollment_status"), Enrollment.end_reason, Event.properties.label("event"),
+            )
+            .select_from(Lead)
+            .outerjoin(Enrollment, Enrollment.id == row.enrollment_id)
+            .outerjoin(Event, Event.id == Enrollment.event_id)
+            .where(Lead.id == row.lead_id)
         ).one()
-        enrollment = session.execute(
-            select(Enrollment.status, Enrollment.end_reason, Enrollment.event_id).where(Enrollment.id == row.enrollment_id)
-        ).first()
+        enrollment = _EnrollmentState(lead.enrollment_status, lead.end_reason) if lead.enrollment_status is not None else None
         reason = _refusal(row.kind, lead.status, enrollment)
         if reason is not None:
             session.execute(update(Delivery).where(Delivery.id == row.id).values(status="skipped", reason=reason, lease_until=None, finished_at=now))
@@ -133,9 +150,7 @@ def _claim(rt: Runtime, delivery_id: int, now: datetime, report: DeliveryReport)
         deadlines = dict(
             session.execute(select(Deadline.name, Deadline.due_at).where(Deadline.lead_id == row.lead_id, Deadline.flow == row.flow)).all()
         )
-        event: dict[str, Any] = {}
-        if enrollment is not None and enrollment.event_id is not None:
-            event = dict(session.scalar(select(Event.properties).where(Event.id == enrollment.event_id)) or {})
+        event: dict[str, Any] = dict(lead.event or {})
     return _Claim(
         row.id, row.lead_id, row.flow, row.stage, row.step_id, row.kind, row.template, row.to_address, row.attempts,
         {"email": lead.email, "first_name": lead.first_name, "fields": dict(lead.fields or {}), "tags": list(lead.tags or []), "timezone": lead.timezone},
@@ -143,7 +158,13 @@ def _claim(rt: Runtime, delivery_id: int, now: datetime, report: DeliveryReport)
     )
 
 
-def _refusal(kind: str, lead_status: str, enrollment: Any) -> str | None:
+@dataclass(frozen=True)
+class _EnrollmentState:
+    status: str
+    end_reason: str | None
+
+
+def _refusal(kind: str, lead_status: str, enrollment: _EnrollmentState | None) -> str | None:
     """Why this email must not go now, or None. Checked inside the claim's transaction."""
     if kind == "email" and lead_status != "active":
         return "suppressed: lead not confirmed yet" if lead_status == "pending" else f"suppressed: lead {lead_status}"

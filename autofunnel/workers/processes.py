@@ -92,6 +92,10 @@ PARTS = ("web", "worker", "scheduler")
 def run_all(settings: Settings, host: str, port: int) -> int:
     """Migrations, then web, one worker and the scheduler as child processes, until Ctrl-C.
 
+    The worker sends from one pool child, which Celery replaces past 250 MB
+    (`worker_max_memory_per_child` applies to pool children only): SQLite's page cache
+    and memory map grow with the database, and a replaced child starts small again.
+
     A part that dies stops the others and `run` exits non-zero: a half-running
     system that looks alive is worse than one that says it stopped.
     """
@@ -104,7 +108,7 @@ def run_all(settings: Settings, host: str, port: int) -> int:
     base = [sys.executable, "-m", "autofunnel"]
     commands = {
         "web": [*base, "web", "--host", host, "--port", str(port)],
-        "worker": [*base, "worker", "--concurrency", "1", "--pool", "solo"],
+        "worker": [*base, "worker", "--concurrency", "1", "--pool", "prefork"],
         "scheduler": [*base, "scheduler"],
     }
     children = {name: subprocess.Popen(command, env=environ) for name, command in commands.items()}
