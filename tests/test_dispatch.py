@@ -64,6 +64,26 @@ def test_lost_work_is_handed_out_again_only_when_the_broker_is_empty(rt: Any, cl
     assert sweep(rt, broker_empty=True).lost == []  # stamped again: one hand-out per lease, across schedulers
 
 
+def test_lost_work_behind_a_queue_that_never_empties_is_handed_out_after_ten_leases(rt: Any, clock: FixedClock) -> None:
+    confirmed_leads(rt, 1)
+    queued = tick(rt).queued
+    later(clock, LEASE * 9)
+    assert sweep(rt, broker_empty=False).lost == []
+    later(clock, LEASE + 1)
+    assert sweep(rt, broker_empty=False).lost == queued
+
+
+def test_a_second_copy_of_a_batch_leaves_a_waiting_retry_to_the_sweep(rt: Any, clock: FixedClock, smtp_sink: SmtpSink) -> None:
+    smtp_sink.answer("r0@example.com", 451, "4.7.1 try again later")
+    confirmed_leads(rt, 1)
+    queued = tick(rt).queued
+    assert deliver(rt, queued).retried == 1
+    again = deliver(rt, queued)  # the broker delivered the batch twice
+    assert (again.sent, again.retried, again.failed) == (0, 0, 0)
+    later(clock, 61)
+    assert sweep(rt, broker_empty=False).retries == queued  # still known as a retry, not mistaken for lost work
+
+
 def test_a_retry_is_handed_out_when_its_back_off_ends_however_busy_the_broker(rt: Any, clock: FixedClock, smtp_sink: SmtpSink) -> None:
     smtp_sink.answer("r0@example.com", 451, "4.7.1 try again later")
     confirmed_leads(rt, 1)

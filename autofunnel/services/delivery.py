@@ -73,29 +73,43 @@ def deliver(rt: Runtime, delivery_ids: Sequence[int], *, transport: Transport | 
     report = DeliveryReport()
     if not delivery_ids:
         return report
-    _mark_taken(rt, delivery_ids)
+    ready = through_outage(lambda: _mark_taken(rt, delivery_ids), for_seconds=_patience(rt), what="taking a batch")
+    if not ready:
+        return report
     with (transport or rt.transport).session() as smtp:
-        for delivery_id in delivery_ids:
+        for delivery_id in ready:
             _deliver_one(rt, smtp, delivery_id, report)
     return report
 
 
-def _mark_taken(rt: Runtime, delivery_ids: Sequence[int]) -> None:
-    """Stamp the batch as just handed out: a worker has it now, so the sweep must not
-    take its still-queued emails for work the broker lost while the batch is being sent."""
+def _mark_taken(rt: Runtime, delivery_ids: Sequence[int]) -> list[int]:
+    """The batch's emails still waiting to be sent, stamped as just handed out.
+
+    A worker has them now, so the sweep must not take them for work the broker
+    lost while the batch is being sent. Emails sent, cancelled or waiting out a
+    retry's back-off meanwhile are left out (and not stamped): a second copy of a
+    batch costs one statement, not a send-rate slot per email.
+    """
     now = rt.clock.now()
     with rt.db.transaction() as session:
-        session.execute(
-            update(Delivery).where(among(session, Delivery.id, delivery_ids), Delivery.status == "queued").values(dispatched_at=now)
-        )
+        ready = set(session.scalars(
+            update(Delivery)
+            .where(
+                among(session, Delivery.id, delivery_ids), Delivery.status == "queued",
+                (Delivery.lease_until.is_(None)) | (Delivery.lease_until <= now),
+            )
+            .values(dispatched_at=now)
+            .returning(Delivery.id)
+        ))
+    return [delivery_id for delivery_id in delivery_ids if delivery_id in ready]
 
 
 def _deliver_one(rt: Runtime, smtp: SmtpSession, delivery_id: int, report: DeliveryReport) -> None:
     rt.send_pace.wait_turn()
-    now = rt.clock.now()
-    claim = through_outage(lambda: _claim(rt, delivery_id, now, report), for_seconds=_patience(rt), what="claiming an email")
+    claim = through_outage(lambda: _claim(rt, delivery_id, report), for_seconds=_patience(rt), what="claiming an email")
     if claim is None:
         return
+    now = rt.clock.now()
     flow = rt.project.flows.get(claim.flow)
     try:
         if flow is None:
@@ -112,8 +126,12 @@ def _deliver_one(rt: Runtime, smtp: SmtpSession, delivery_id: int, report: Deliv
     _finish(rt, claim, "sent", "handed to the mail server", report, message_id=message_id)
 
 
-def _claim(rt: Runtime, delivery_id: int, now: datetime, report: DeliveryReport) -> _Claim | None:
-    """Win the delivery or learn someone else has it; re-check the lead in the same transaction."""
+def _claim(rt: Runtime, delivery_id: int, report: DeliveryReport) -> _Claim | None:
+    """Win the delivery or learn someone else has it; re-check the lead in the same transaction.
+
+    The lease starts when this attempt runs, not when a first attempt failed in an outage.
+    """
+    now = rt.clock.now()
     with rt.db.transaction() as session:
         row = session.execute(
             update(Delivery)
@@ -276,12 +294,17 @@ def _failed_send(rt: Runtime, claim: _Claim, error: DeliveryError, report: Deliv
         return
     now = rt.clock.now()
     retry_at = now + RETRY_AFTER[min(claim.attempts, len(RETRY_AFTER)) - 1]
-    with rt.db.transaction() as session:
-        session.execute(
-            update(Delivery).where(Delivery.id == claim.id, Delivery.status == "sending")
-            .values(status="queued", lease_until=retry_at, dispatched_at=None, reason=f"retrying after: {answer}"[:500])
-        )
-        write_timeline(session, [timeline_row(claim.lead_id, now, "retry", f"{answer}; retry at {retry_at.isoformat()}", flow=claim.flow, stage=claim.stage, step_id=claim.step_id)])
+
+    def requeue() -> None:
+        with rt.db.transaction() as session:
+            changed = session.execute(
+                update(Delivery).where(Delivery.id == claim.id, Delivery.status == "sending")
+                .values(status="queued", lease_until=retry_at, dispatched_at=None, reason=f"retrying after: {answer}"[:500])
+            ).rowcount
+            if changed:
+                write_timeline(session, [timeline_row(claim.lead_id, now, "retry", f"{answer}; retry at {retry_at.isoformat()}", flow=claim.flow, stage=claim.stage, step_id=claim.step_id)])
+
+    through_outage(requeue, for_seconds=_patience(rt), what="queueing an email for a retry")
     report.retried += 1
     report.lines.append(f"{claim.to_address} {claim.flow} {claim.step_id}: retry — {answer}")
 
@@ -289,12 +312,16 @@ def _failed_send(rt: Runtime, claim: _Claim, error: DeliveryError, report: Deliv
 def _suppress_bounced(rt: Runtime, claim: _Claim) -> None:
     """A recipient refused for good at SMTP time is a hard bounce: nothing more goes to it."""
     now = rt.clock.now()
-    with rt.db.transaction() as session:
-        changed = session.execute(
-            update(Lead).where(Lead.id == claim.lead_id, Lead.status == "active").values(status="bounced", status_changed_at=now, updated_at=now)
-        ).rowcount
-        if changed:
-            end_enrollments(session, active_enrollment_ids(session, [claim.lead_id]), "exited", suppression_reason("bounced"), now)
-            cancel_queued_for_leads(session, [claim.lead_id], "suppressed: lead bounced")
-            write_timeline(session, [timeline_row(claim.lead_id, now, "status", "bounced: the mail server refused the address")])
+
+    def suppress() -> None:
+        with rt.db.transaction() as session:
+            changed = session.execute(
+                update(Lead).where(Lead.id == claim.lead_id, Lead.status == "active").values(status="bounced", status_changed_at=now, updated_at=now)
+            ).rowcount
+            if changed:
+                end_enrollments(session, active_enrollment_ids(session, [claim.lead_id]), "exited", suppression_reason("bounced"), now)
+                cancel_queued_for_leads(session, [claim.lead_id], "suppressed: lead bounced")
+                write_timeline(session, [timeline_row(claim.lead_id, now, "status", "bounced: the mail server refused the address")])
+
+    through_outage(suppress, for_seconds=_patience(rt), what="suppressing a bounced address")
 

@@ -366,8 +366,11 @@ def sweep(rt: Runtime, *, now: datetime | None = None, broker_empty: bool = True
     `sending` rows whose worker died, which end `failed: interrupted` (never re-sent).
 
     An email still waiting behind others in the broker looks exactly like a lost
-    one, so lost work is only handed out again when the broker's queue is empty
-    (`broker_empty`); a duplicate would be harmless (the claim decides), just wasted.
+    one, so lost work is handed out again when the broker's queue is empty
+    (`broker_empty`), or, whatever the queue holds, once it has waited
+    STALE_AFTER_LEASES leases (a queue that never empties, or whose depth cannot be
+    read, must not hold lost work back for ever); a duplicate is harmless (the claim
+    decides, and a worker drops a copy's already-sent emails in one statement).
     Every id returned is stamped `dispatched_at = now` in the same transaction, so two
     schedulers sweeping at once never hand out the same email twice.
     """
@@ -386,9 +389,12 @@ def sweep(rt: Runtime, *, now: datetime | None = None, broker_empty: bool = True
         ])
         ready = (Delivery.status == "queued") & ((Delivery.lease_until.is_(None)) | (Delivery.lease_until <= now))
         retries = _hand_out(session, ready & Delivery.dispatched_at.is_(None), now)
-        lost = _hand_out(session, ready & (Delivery.dispatched_at <= now - lease), now) if broker_empty else []
+        waited = lease if broker_empty else lease * STALE_AFTER_LEASES
+        lost = _hand_out(session, ready & (Delivery.dispatched_at <= now - waited), now)
     return SweepResult(retries, lost, len(interrupted))
 
+
+STALE_AFTER_LEASES = 10
 
 INTERRUPTED = "interrupted: the worker stopped between claiming the email and recording it; not sent again"
 

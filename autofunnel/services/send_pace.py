@@ -23,6 +23,7 @@ from autofunnel.store.models import SendPace
 from autofunnel.store.queries import insert_ignoring, is_postgres
 
 PACE_NAME = "email"
+DATABASE_PATIENCE = 30.0
 REDIS_PATIENCE = 30.0
 """Seconds a worker waits for Redis to come back before giving up its batch (the sweep hands it out again)."""
 
@@ -49,6 +50,13 @@ class DatabasePace:
         self.db, self.interval, self.sleep, self.now = db, 1.0 / rate, sleep, now
 
     def wait_turn(self) -> float:
+        """A busy SQLite lock or a database restart is waited out, not a failed batch."""
+        from autofunnel.services.database import through_outage
+
+        now, slot = through_outage(self._take_slot, for_seconds=DATABASE_PATIENCE, what="taking a send slot")
+        return _wait(slot - now, self.sleep)
+
+    def _take_slot(self) -> tuple[float, float]:
         with self.db.transaction() as session:
             now = self.now()
             session.execute(insert_ignoring(session, SendPace.__table__, ("name",)).values(name=PACE_NAME, next_free_at=_moment(now)))
@@ -58,7 +66,7 @@ class DatabasePace:
             pace = session.scalars(stmt).one()
             slot = max(pace.next_free_at.timestamp(), now)
             pace.next_free_at = _moment(slot + self.interval)
-        return _wait(slot - now, self.sleep)
+        return now, slot
 
 
 _REDIS_SLOT = """

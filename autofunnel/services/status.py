@@ -3,8 +3,9 @@
 Up is not enough: a Celery worker can stay connected and consume nothing after a
 broker reconnect (celery#8091), and a web process answers while no scheduler
 runs. So besides "database and broker answer", the work itself is checked:
-emails or steps overdue by more than a lease while nothing finished within a
-lease means nobody is working, however healthy every process looks.
+emails or steps overdue by more than two leases while no email was sent or
+failed at the server within a lease means nobody is working, however healthy
+every process looks (skips and the sweep's own `interrupted` marks are not work).
 """
 
 from __future__ import annotations
@@ -62,7 +63,12 @@ def work_status(rt: Runtime, *, broker_depth: int | None) -> WorkStatus:
             )
         }
         lease = timedelta(seconds=rt.settings.delivery_lease)
-        recent = session.scalar(select(func.count()).where(Delivery.finished_at > now - lease)) or 0
+        recent = session.scalar(
+            select(func.count()).where(
+                Delivery.finished_at > now - lease, Delivery.status.in_(("sent", "failed")),
+                Delivery.reason.is_(None) | Delivery.reason.not_like("interrupted%"),
+            )
+        ) or 0
     oldest = min((moment for moment in (oldest_step, oldest_email) if moment is not None), default=None)
     age = max(0.0, (now - oldest).total_seconds()) if oldest is not None else None
     stalled = None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from typing import Any
 
 from celery import Celery, signals
@@ -17,9 +18,7 @@ DELIVER = "autofunnel.deliver"
 
 _runtime: Any = None
 _runtime_pid: int | None = None
-_inherited: list[Any] = []
-"""Runtimes a forked child got from its parent: kept, never closed, since closing
-would close the parent's database connections under it."""
+_opening = threading.Lock()
 
 
 def make_app(settings: Settings) -> Celery:
@@ -59,23 +58,21 @@ def make_app(settings: Settings) -> Celery:
         _worker_runtime(settings)
 
     signals.worker_process_init.connect(open_runtime, weak=False)
-    signals.worker_init.connect(open_runtime, weak=False)
     return app
 
 
 def _worker_runtime(settings: Settings) -> Any:
-    """One Runtime per worker process, opened on first use after the fork (engines are not fork-safe)."""
+    """One Runtime per worker process: opened in each pool child when it starts (never in
+    the parent before the fork: database connections must not cross it), or on first
+    use under the solo and threads pools."""
     global _runtime, _runtime_pid
-    if _runtime is None or _runtime_pid != os.getpid():
-        from autofunnel.services.runtime import Runtime
+    with _opening:
+        if _runtime is None or _runtime_pid != os.getpid():
+            from autofunnel.services.runtime import Runtime
 
-        if _runtime is not None:
-            _runtime.db.engine.dispose(close=False)
-            _inherited.append(_runtime)
-
-        _runtime = Runtime.open(settings)
-        _runtime_pid = os.getpid()
-    return _runtime
+            _runtime = Runtime.open(settings)
+            _runtime_pid = os.getpid()
+        return _runtime
 
 
 def hand_out_with(app: Celery) -> Any:

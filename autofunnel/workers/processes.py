@@ -123,11 +123,14 @@ def run_all(settings: Settings, host: str, port: int) -> int:
             exit_code = 1
             break
         stopping.wait(0.5)
-    _stop_children(children)
+    _stop_children(children, grace=max(15.0, settings.delivery_lease + 5))
     return exit_code
 
 
-def _stop_children(children: dict[str, subprocess.Popen[bytes]], grace: float = 15.0) -> None:
+def _stop_children(children: dict[str, subprocess.Popen[bytes]], grace: float) -> None:
+    """SIGTERM, then wait: a worker first finishes the batch it is sending (Celery's
+    warm shutdown); a part still running after the grace period is killed, and an
+    email it was sending then ends `interrupted`."""
     for child in children.values():
         if child.poll() is None:
             child.send_signal(signal.SIGTERM)
