@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 from conftest import TEST_BROKER_URL
 from smtp_sink import SmtpSink
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from autofunnel.cli import main
 from autofunnel.clock import FixedClock
@@ -233,3 +233,21 @@ def test_a_unit_of_work_waits_out_a_short_database_outage() -> None:
 
     with pytest.raises(OperationalError):
         through_outage(never, for_seconds=0.5, what="recording a sent email")
+
+
+def test_one_enrollment_that_cannot_be_decided_holds_back_nobody(rt: Any, clock: FixedClock) -> None:
+    """A poisoned row is pushed back an hour with the error in its lead's timeline; the
+    rest of its batch goes on (DESIGN: one bad row never crash-loops the scheduler)."""
+    from autofunnel.services.leads import lead_view
+    from autofunnel.store.models import Enrollment
+
+    confirmed_leads(rt, 3)
+    with rt.db.transaction() as session:  # a stored wait the engine cannot read
+        session.execute(update(Enrollment).where(Enrollment.lead_id == 2).values(waiting_for={"kind": "time", "since": "not a time"}))
+    report = tick(rt)
+    assert len(report.queued) == 2 and report.enrollments == 2
+    assert [line.decision for line in report.lines if line.decision == "error"] == ["error"]
+    view = lead_view(rt, "r1@example.com")
+    assert view["enrollments"][0]["due_at"].startswith("2026-03-02T11:00")
+    assert any(entry["decision"] == "error" and "ValueError" in entry["reason"] for entry in view["timeline"])
+    assert tick(rt).enrollments == 0  # not tried again before its hour

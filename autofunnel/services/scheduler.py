@@ -10,6 +10,7 @@ Emails are only queued here; delivery ids are handed out after commit.
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select, update
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from autofunnel.domain.conditions import EventFact
@@ -42,6 +44,8 @@ from autofunnel.services.runtime import Runtime
 from autofunnel.services.versions import current_version_ids, layouts_by_id
 from autofunnel.store.models import Assignment, Deadline, Delivery, Enrollment, Event, Lead
 from autofunnel.store.queries import among, bulk_insert, bulk_update, insert_returning, is_postgres
+
+log = logging.getLogger(__name__)
 
 BATCH = 500
 
@@ -84,23 +88,57 @@ def tick(
     now = now or rt.clock.now()
     report = TickReport(now)
     versions: dict[str, int] | None = None
+    size = batch
     while True:
-        with rt.db.transaction(rollback=dry_run) as session:
-            rows = _claim(session, now, batch)
-            if not rows:
-                break
-            if versions is None:
-                versions = current_version_ids(session, list(rt.project.flows.values()), now)
-            report.enrollments += len(rows)
-            queued = _process(session, rt, rows, now, versions, report.lines)
-            if not dry_run:
-                report.queued.extend(queued)
+        claimed: list[Any] = []
+        lines_before = len(report.lines)
+        try:
+            with rt.db.transaction(rollback=dry_run) as session:
+                rows = claimed = _claim(session, now, size)
+                if not rows:
+                    break
+                if versions is None:
+                    versions = current_version_ids(session, list(rt.project.flows.values()), now)
+                queued = _process(session, rt, rows, now, versions, report.lines)
+        except Exception as exc:
+            if dry_run or not claimed or _is_outage(exc):
+                raise
+            del report.lines[lines_before:]
+            if size > 1:
+                size = 1  # find the enrollment that fails, one at a time; the others go on
+                continue
+            _set_aside(rt, claimed[0], exc, now, report)
+            size = batch
+            continue
+        report.enrollments += len(rows)
+        if not dry_run:
+            report.queued.extend(queued)
         if on_batch is not None and queued and not dry_run:
             on_batch(queued)
         if dry_run:
             report.more_due = len(rows) == batch
             break
     return report
+
+
+SET_ASIDE = timedelta(hours=1)
+"""How long an enrollment whose step failed waits before it is tried again."""
+
+
+def _is_outage(exc: Exception) -> bool:
+    """The database went away: the whole pass stops and the next one tries again."""
+    return isinstance(exc, OperationalError) or bool(getattr(exc, "connection_invalidated", False))
+
+
+def _set_aside(rt: Runtime, row: Any, exc: Exception, now: datetime, report: TickReport) -> None:
+    """One enrollment whose step cannot be decided must not hold back every lead due after it:
+    it is pushed back an hour, with the error in the lead's timeline and the log, and the pass goes on."""
+    log.exception("enrollment %s (lead %s, %s) failed at step %s; trying it again in an hour", row.id, row.lead_id, row.flow, row.step_id)
+    reason = f"error: {type(exc).__name__}: {exc}"[:400] + f"; trying again at {(now + SET_ASIDE).isoformat()}"
+    with rt.db.transaction() as session:
+        session.execute(update(Enrollment).where(Enrollment.id == row.id, Enrollment.status == "active").values(due_at=now + SET_ASIDE))
+        write_timeline(session, [timeline_row(row.lead_id, now, "error", reason, flow=row.flow, stage=row.stage, step_id=row.step_id)])
+    report.lines.append(DecisionLine(f"lead {row.lead_id}", row.flow, row.stage, row.step_id, "error", reason))
 
 
 def _claim(session: Session, now: datetime, batch: int) -> list[Any]:
