@@ -45,30 +45,26 @@ def _bool(key: str, raw: Any) -> bool:
     raise ConfigError(f"{key}: expected true or false, got {raw!r}")
 
 
+def _positive_number(key: str, raw: Any, unit: str) -> float:
+    if isinstance(raw, bool):
+        raise ConfigError(f"{key}: expected a number of {unit}, got {raw!r}")
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key}: expected a number of {unit}, got {raw!r}") from None
+    if value <= 0:
+        raise ConfigError(f"{key}: must be greater than 0, got {raw!r}")
+    return value
+
+
 def _rate(key: str, raw: Any) -> float | None:
     if raw in ("", None):
         return None
-    if isinstance(raw, bool):
-        raise ConfigError(f"{key}: expected a number of emails per second, got {raw!r}")
-    try:
-        value = float(raw)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{key}: expected a number of emails per second, got {raw!r}") from None
-    if value <= 0:
-        raise ConfigError(f"{key}: must be greater than 0, got {raw!r}")
-    return value
+    return _positive_number(key, raw, "emails per second")
 
 
 def _seconds(key: str, raw: Any) -> float:
-    if isinstance(raw, bool):
-        raise ConfigError(f"{key}: expected a number of seconds, got {raw!r}")
-    try:
-        value = float(raw)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{key}: expected a number of seconds, got {raw!r}") from None
-    if value <= 0:
-        raise ConfigError(f"{key}: must be greater than 0, got {raw!r}")
-    return value
+    return _positive_number(key, raw, "seconds")
 
 
 def _broker_url(key: str, raw: Any) -> str | None:

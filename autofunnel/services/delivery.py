@@ -30,6 +30,7 @@ from autofunnel.services.enrollments import (
     active_enrollment_ids,
     cancel_queued_for_leads,
     end_enrollments,
+    ready_to_send,
     timeline_row,
     write_timeline,
 )
@@ -95,8 +96,7 @@ def _mark_taken(rt: Runtime, delivery_ids: Sequence[int]) -> list[int]:
         ready = set(session.scalars(
             update(Delivery)
             .where(
-                among(session, Delivery.id, delivery_ids), Delivery.status == "queued",
-                (Delivery.lease_until.is_(None)) | (Delivery.lease_until <= now),
+                among(session, Delivery.id, delivery_ids), ready_to_send(now),
             )
             .values(dispatched_at=now)
             .returning(Delivery.id)
@@ -136,8 +136,7 @@ def _claim(rt: Runtime, delivery_id: int, report: DeliveryReport) -> _Claim | No
         row = session.execute(
             update(Delivery)
             .where(
-                Delivery.id == delivery_id, Delivery.status == "queued",
-                (Delivery.lease_until.is_(None)) | (Delivery.lease_until <= now),
+                Delivery.id == delivery_id, ready_to_send(now),
             )
             .values(status="sending", lease_until=now + timedelta(seconds=rt.settings.delivery_lease), attempts=Delivery.attempts + 1)
             .returning(

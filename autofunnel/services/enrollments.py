@@ -8,7 +8,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import ColumnElement, select, update
 from sqlalchemy.orm import Session
 
 from autofunnel.domain.engine import Cursor, Parked
@@ -111,3 +111,8 @@ def parked_from_json(data: dict[str, Any] | None) -> Parked | None:
 
 def cursor_of(step_id: str | None, waiting_for: dict[str, Any] | None, visits: dict[str, Any] | None) -> Cursor:
     return Cursor(step_id, parked_from_json(waiting_for), dict(visits or {}))
+
+
+def ready_to_send(now: datetime) -> ColumnElement[bool]:
+    """Queued and not waiting out a retry's back-off: what a worker may claim at `now`."""
+    return (Delivery.status == "queued") & (Delivery.lease_until.is_(None) | (Delivery.lease_until <= now))

@@ -20,6 +20,7 @@ from autofunnel.config import Settings
 from autofunnel.domain.model import Flow, Project
 from autofunnel.errors import ConfigError, NotFoundError
 from autofunnel.services.database import open_database
+from autofunnel.services.broker import Broker, broker_for
 from autofunnel.services.project import load_project
 from autofunnel.services.send_pace import Pace, pace_for
 from autofunnel.mail.render import Renderer
@@ -57,6 +58,11 @@ class Runtime:
     @cached_property
     def transport(self) -> Transport:
         return transport_from_url(self.settings.smtp_url, Path(self.settings.project_dir))
+
+    @cached_property
+    def broker(self) -> Broker:
+        """Where delivery ids travel; a folder broker's folders are made once, here."""
+        return broker_for(self.settings.resolved_broker_url)
 
     @cached_property
     def send_pace(self) -> Pace:

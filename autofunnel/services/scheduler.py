@@ -39,7 +39,7 @@ from autofunnel.domain.engine import (
     advance,
 )
 from autofunnel.domain.model import Clicked, Flow, HasEvent, Opened, Step, walk_condition
-from autofunnel.services.enrollments import cursor_of, parked_to_json, timeline_row, write_timeline
+from autofunnel.services.enrollments import cursor_of, parked_to_json, ready_to_send, timeline_row, write_timeline
 from autofunnel.services.runtime import Runtime
 from autofunnel.services.versions import current_version_ids, layouts_by_id
 from autofunnel.store.models import Assignment, Deadline, Delivery, Enrollment, Event, Lead
@@ -425,7 +425,7 @@ def sweep(rt: Runtime, *, now: datetime | None = None, broker_empty: bool = True
             timeline_row(row.lead_id, now, "failed", "interrupted", flow=row.flow, stage=row.stage, step_id=row.step_id)
             for row in interrupted
         ])
-        ready = (Delivery.status == "queued") & ((Delivery.lease_until.is_(None)) | (Delivery.lease_until <= now))
+        ready = ready_to_send(now)
         retries = _hand_out(session, ready & Delivery.dispatched_at.is_(None), now)
         waited = lease if broker_empty else lease * STALE_AFTER_LEASES
         lost = _hand_out(session, ready & (Delivery.dispatched_at <= now - waited), now)

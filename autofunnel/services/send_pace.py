@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 from sqlalchemy import select
 
+from autofunnel.services.database import through_outage
 from autofunnel.store.db import Database
 from autofunnel.store.models import SendPace
 from autofunnel.store.queries import insert_ignoring, is_postgres
@@ -51,8 +52,6 @@ class DatabasePace:
 
     def wait_turn(self) -> float:
         """A busy SQLite lock or a database restart is waited out, not a failed batch."""
-        from autofunnel.services.database import through_outage
-
         now, slot = through_outage(self._take_slot, for_seconds=DATABASE_PATIENCE, what="taking a send slot")
         return _wait(slot - now, self.sleep)
 

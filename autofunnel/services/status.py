@@ -19,7 +19,8 @@ from sqlalchemy import func, select, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from autofunnel.errors import AutofunnelError
-from autofunnel.services.broker import broker_for, broker_problem, queue_depth
+from autofunnel.services.broker import broker_problem, queue_depth
+from autofunnel.services.enrollments import ready_to_send
 from autofunnel.services.runtime import Runtime
 from autofunnel.store.models import Delivery, Enrollment
 
@@ -47,7 +48,7 @@ class WorkStatus:
 def work_status(rt: Runtime, *, broker_depth: int | None) -> WorkStatus:
     """What is due, how late it is, and what finished recently: a few index lookups."""
     now = rt.clock.now()
-    ready = (Delivery.status == "queued") & ((Delivery.lease_until.is_(None)) | (Delivery.lease_until <= now))
+    ready = ready_to_send(now)
     with rt.db.read() as session:
         steps_due, oldest_step = session.execute(
             select(func.count(), func.min(Enrollment.due_at)).where(Enrollment.status == "active", Enrollment.due_at <= now)
@@ -96,8 +97,7 @@ class Health:
 
 def health(rt: Runtime) -> Health:
     """The database and the broker answer, and due work is being done."""
-    broker = broker_for(rt.settings.resolved_broker_url)
-    broker_answer = broker_problem(broker)
+    broker_answer = broker_problem(rt.broker)
     database = "ok"
     work = "ok"
     try:
@@ -121,7 +121,7 @@ def health(rt: Runtime) -> Health:
 
 def system_status(rt: Runtime) -> tuple[str, WorkStatus]:
     """(broker description, work status) for `autofunnel status`."""
-    broker = broker_for(rt.settings.resolved_broker_url)
+    broker = rt.broker
     try:
         depth: int | None = queue_depth(broker)
     except Exception as exc:  # a broker that does not answer has no depth to show

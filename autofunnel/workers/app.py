@@ -10,7 +10,7 @@ from typing import Any
 from celery import Celery, signals
 
 from autofunnel.config import Settings
-from autofunnel.services.broker import QUEUE, Broker, broker_for
+from autofunnel.services.broker import QUEUE, broker_for
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +85,3 @@ def hand_out_with(app: Celery) -> Any:
         )
 
     return hand_out
-
-
-def broker_of(app: Celery) -> Broker:
-    settings: Settings = app.conf.autofunnel_settings
-    return broker_for(settings.resolved_broker_url)

@@ -53,12 +53,11 @@ def run_scheduler_process(settings: Settings) -> None:
     setup_logging()
     runtime = Runtime.open(settings)
     app = make_app(settings)
-    broker = broker_for(settings.resolved_broker_url)
     stop = threading.Event()
     _stop_on_signals(lambda: stop.set())
-    log.info("scheduler: a pass every %.1f s, broker %s", settings.scheduler_interval, broker.describe())
+    log.info("scheduler: a pass every %.1f s, broker %s", settings.scheduler_interval, runtime.broker.describe())
     try:
-        run_scheduler(runtime, hand_out_with(app), lambda: queue_depth(broker), stop=stop, interval=settings.scheduler_interval)
+        run_scheduler(runtime, hand_out_with(app), lambda: queue_depth(runtime.broker), stop=stop, interval=settings.scheduler_interval)
     finally:
         runtime.close()
     log.info("scheduler stopped")
