@@ -41,6 +41,7 @@ TABLES = {
     "api_keys",
     "users",
     "spend",
+    "cohort_tallies",
 }
 MOMENT = datetime(2025, 3, 30, 1, 30, tzinfo=UTC)
 

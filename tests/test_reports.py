@@ -24,12 +24,17 @@ from click.testing import CliRunner
 from flask.testing import FlaskClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from sqlalchemy import func, select
 
 from autofunnel.cli import main
 from autofunnel.clock import FixedClock
 from autofunnel.services.credentials import create_api_key
+from autofunnel.services.report import funnel_report, parse_report_query
 from autofunnel.services.runtime import Runtime
 from autofunnel.services.scheduler import run_tick
+from autofunnel.services.tallies import fold_tallies, rebuild_tallies
+from autofunnel.store.migrate import downgrade, upgrade
+from autofunnel.store.models import CohortTally, StageEntry
 from autofunnel.web import create_app
 
 pytestmark = pytest.mark.db
@@ -223,6 +228,92 @@ def test_the_report_matches_a_plain_count_whatever_order_events_arrive_in(shop: 
 
 
 EXAMPLE = itertools.count()
+
+
+def tallies(rt: Runtime) -> dict[tuple[Any, ...], tuple[int, float]]:
+    """Every figure of `cohort_tallies`, summed over its rows."""
+    t = CohortTally
+    with rt.db.read() as session:
+        rows = session.execute(
+            select(t.funnel, t.cohort_day, t.channel, t.figure, t.stage, t.step, t.detail, func.sum(t.n), func.sum(t.amount))
+            .group_by(t.funnel, t.cohort_day, t.channel, t.figure, t.stage, t.step, t.detail)
+        ).all()
+    return {tuple(row[:7]): (int(row[7]), round(float(row[8]), 6)) for row in rows if row[7] or row[8]}
+
+
+email_plan = st.tuples(
+    st.sampled_from(["instagram", "google", None]),
+    st.lists(st.tuples(st.sampled_from(sorted(PRODUCTS)), st.integers(-2, 200), st.integers(1, 500)), max_size=3),
+    st.sampled_from(["none", "click", "bot", "unsubscribe"]),
+)
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(plans=st.lists(email_plan, min_size=1, max_size=6), batches=st.integers(1, 3), seed=st.integers(0, 1000))
+def test_the_running_tallies_equal_a_recount_and_give_the_report_counted_from_the_facts(shop: Shop, plans: list[Any], batches: int, seed: int) -> None:
+    day = START + timedelta(days=10 * next(EXAMPLE))
+    shop.clock.advance(max(day - shop.clock.now(), timedelta(0)))
+    items = []
+    for number, (channel, buys, reader) in enumerate(plans):
+        email = f"t{day:%Y%m%d}-{number}@example.com"
+        joined = day + timedelta(minutes=number)
+        lead = shop.subscribe(email, at=joined, **({"source": {"channel": channel}} if channel else {}))
+        shop.post("/api/v1/events", {"type": "confirmed", "lead_id": lead}, 202)
+        items += [purchase(email, product, joined + timedelta(hours=hours), amount=amount) for product, hours, amount in buys]
+    run_tick(shop.rt)
+    shop.clock.advance(timedelta(minutes=3))
+    for number, (_, _, reader) in enumerate(plans):
+        if reader == "none" or not any(f"t{day:%Y%m%d}-{number}@" in path.read_text() for path in shop.outbox.glob("*.eml")):
+            continue  # the funnel's 10 % holdout gets no email
+        links = _links(shop, f"t{day:%Y%m%d}-{number}@")
+        if reader in ("click", "bot"):
+            agent = BROWSER if reader == "click" else "python-requests/2.31"
+            assert shop.client.get(links["click"], headers={"User-Agent": agent}).status_code == 302
+        elif reader == "unsubscribe":
+            assert shop.client.post(links["unsubscribe"]).status_code == 200
+    random.Random(seed).shuffle(items)
+    size = -(-len(items) // batches) if items else 1
+    for low in range(0, len(items), size):
+        shop.events(items[low : low + size])
+    shop.clock.advance(timedelta(days=1))
+    run_tick(shop.rt)  # the tripwire and later stages' emails, to leads who bought
+
+    running = tallies(shop.rt)
+    period = {"from": f"{day:%Y-%m-%d}", "to": f"{day:%Y-%m-%d}"}
+    for params in ({}, {"by": "channel"}, {"interval": "week"}):
+        query = parse_report_query("yoga", {**period, **params}, day.date())
+        assert shop.report(**period, **params) == funnel_report(shop.rt, query, count_facts=True)
+    with shop.rt.db.transaction() as session:
+        folded = fold_tallies(session)
+    assert folded >= 0 and tallies(shop.rt) == running
+    with shop.rt.db.transaction() as session:
+        rebuild_tallies(session)
+    assert tallies(shop.rt) == running
+
+
+def test_the_upgrade_that_brings_tallies_counts_what_was_already_stored(shop: Shop) -> None:
+    for number, channel in enumerate(["google", "instagram", None]):
+        email = f"up{number}@example.com"
+        lead = shop.subscribe(email, at=START + timedelta(hours=number), **({"source": {"utm_source": channel}} if channel else {}))
+        shop.post("/api/v1/events", {"type": "confirmed", "lead_id": lead}, 202)
+    run_tick(shop.rt)
+    shop.clock.advance(timedelta(minutes=3))
+    assert shop.client.get(_links(shop, "up0@")["click"], headers={"User-Agent": BROWSER}).status_code == 302
+    shop.events([purchase("up0@example.com", "mini-course", START + timedelta(days=1), amount=19), purchase("up1@example.com", "full-course", START + timedelta(days=2), amount=290)])
+    columns = (StageEntry.lead_id, StageEntry.stage, StageEntry.channel, StageEntry.since_previous_s, StageEntry.since_first_s)
+    with shop.rt.db.read() as session:
+        entries = set(session.execute(select(*columns)).all())
+    running, report = tallies(shop.rt), shop.report(**{"from": "2026-03-02", "to": "2026-03-02"}, by="channel")
+    assert running and any(channel for _, _, channel, _, _ in entries)
+
+    url = shop.rt.settings.resolved_database_url
+    shop.rt.db.engine.dispose()
+    downgrade(url, "0003_reports")
+    upgrade(url)
+    with shop.rt.db.read() as session:
+        assert set(session.execute(select(*columns)).all()) == entries
+    assert tallies(shop.rt) == running
+    assert shop.report(**{"from": "2026-03-02", "to": "2026-03-02"}, by="channel") == report
 
 
 # The CLI prints the API's report -----------------------------------------------------------

@@ -18,7 +18,7 @@ from email.utils import parseaddr
 from typing import Any
 from urllib.parse import urlsplit
 
-from sqlalchemy import select, update
+from sqlalchemy import and_, select, update
 
 from autofunnel.domain.model import Flow
 from autofunnel.errors import AutofunnelError
@@ -36,7 +36,8 @@ from autofunnel.services.enrollments import (
 )
 from autofunnel.services.database import through_outage
 from autofunnel.services.runtime import Runtime
-from autofunnel.store.models import Deadline, Delivery, Enrollment, Event, Lead
+from autofunnel.services.tallies import Cohort, count_sent_email, may_follow
+from autofunnel.store.models import Deadline, Delivery, Enrollment, Event, Lead, StageEntry
 from autofunnel.store.queries import among
 
 MAX_ATTEMPTS = 5
@@ -67,6 +68,7 @@ class _Claim:
     lead: dict[str, Any]
     deadlines: dict[str, datetime]
     event: dict[str, Any]
+    cohort: Cohort | None
 
 
 def deliver(rt: Runtime, delivery_ids: Sequence[int], *, transport: Transport | None = None) -> DeliveryReport:
@@ -150,10 +152,12 @@ def _claim(rt: Runtime, delivery_id: int, report: DeliveryReport) -> _Claim | No
             select(
                 Lead.email, Lead.first_name, Lead.fields, Lead.tags, Lead.timezone, Lead.status,
                 Enrollment.status.label("enrollment_status"), Enrollment.end_reason, Event.properties.label("event"),
+                StageEntry.cohort_at, StageEntry.channel, StageEntry.entered_at, may_follow(row.lead_id, now).label("may_follow"),
             )
             .select_from(Lead)
             .outerjoin(Enrollment, Enrollment.id == row.enrollment_id)
             .outerjoin(Event, Event.id == Enrollment.event_id)
+            .outerjoin(StageEntry, and_(StageEntry.lead_id == Lead.id, StageEntry.funnel == row.flow, StageEntry.position == 0))
             .where(Lead.id == row.lead_id)
         ).one()
         enrollment = _EnrollmentState(lead.enrollment_status, lead.end_reason) if lead.enrollment_status is not None else None
@@ -171,7 +175,7 @@ def _claim(rt: Runtime, delivery_id: int, report: DeliveryReport) -> _Claim | No
     return _Claim(
         row.id, row.lead_id, row.flow, row.stage, row.step_id, row.kind, row.template, row.to_address, row.attempts,
         {"email": lead.email, "first_name": lead.first_name, "fields": dict(lead.fields or {}), "tags": list(lead.tags or []), "timezone": lead.timezone},
-        deadlines, event,
+        deadlines, event, Cohort(lead.cohort_at, lead.channel, lead.entered_at, lead.may_follow) if lead.cohort_at is not None else None,
     )
 
 
@@ -269,9 +273,14 @@ def _finish(rt: Runtime, claim: _Claim, status: str, reason: str, report: Delive
 
     def record() -> None:
         with rt.db.transaction() as session:
-            changed = session.execute(update(Delivery).where(Delivery.id == claim.id, Delivery.status == "sending").values(**values)).rowcount
+            changed = session.execute(
+                update(Delivery).where(Delivery.id == claim.id, Delivery.status == "sending").values(**values).returning(Delivery.opened_at, Delivery.clicked_at)
+            ).first()
             if changed:
                 write_timeline(session, [timeline_row(claim.lead_id, now, status, f"{claim.template}: {reason}", flow=claim.flow, stage=claim.stage, step_id=claim.step_id)])
+                if status == "sent" and claim.kind == "email" and claim.cohort is not None and now >= claim.cohort.entered_at:
+                    figures = ["sent"] + ["opened"] * (changed.opened_at is not None) + ["clicked"] * (changed.clicked_at is not None)
+                    count_sent_email(session, claim.id, claim.lead_id, now, claim.flow, claim.cohort, claim.stage, claim.step_id, figures)
 
     through_outage(record, for_seconds=_patience(rt), what="recording a sent email")
     if status == "sent":

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -18,12 +19,16 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from autofunnel.services.runtime import Runtime
 from autofunnel.services.scheduler import sweep, tick
+from autofunnel.services.tallies import fold_tallies
 
 log = logging.getLogger(__name__)
 
 TASK_BATCH = 50
 """Delivery ids per broker message: a Celery task costs ~2 ms, an email's whole budget,
 so one task carries many emails and one SMTP connection serves them all."""
+
+FOLD_EVERY = 60.0
+"""Seconds between folds of the report's tally rows (see `services/tallies.py`)."""
 
 HandOut = Callable[[list[int]], None]
 QueueDepth = Callable[[], int]
@@ -69,12 +74,26 @@ def _is_empty(queue_depth: QueueDepth) -> bool:
         return False
 
 
+def fold_report_tallies(rt: Runtime) -> int:
+    """Merge the report's tally rows written since the last fold; how many rows went."""
+    with rt.db.transaction() as session:
+        return fold_tallies(session)
+
+
 def run_scheduler(rt: Runtime, hand_out: HandOut, queue_depth: QueueDepth, *, stop: threading.Event, interval: float) -> None:
-    """Passes every `interval` seconds until `stop` is set; an outage costs passes, never the loop."""
+    """Passes every `interval` seconds until `stop` is set; an outage costs passes, never the loop.
+
+    Every `FOLD_EVERY` seconds a pass also folds the report's tallies, so a report
+    adds up about one row per figure and day whatever the traffic.
+    """
     failing = False
+    next_fold = time.monotonic() + FOLD_EVERY
     while not stop.is_set():
         try:
             stats = scheduler_pass(rt, hand_out, queue_depth)
+            if time.monotonic() >= next_fold:
+                fold_report_tallies(rt)
+                next_fold = time.monotonic() + FOLD_EVERY
         except (SQLAlchemyError, OSError, ConnectionError) as exc:
             if not failing:
                 log.error("scheduler pass failed, trying again every %.1f s: %s", interval, str(exc).splitlines()[0])

@@ -45,6 +45,7 @@ from autofunnel.services.enrollments import (
 )
 from autofunnel.services.inputs import EventInput
 from autofunnel.services.runtime import Runtime
+from autofunnel.services.tallies import count_events, count_stage_entries, ids_in
 from autofunnel.services.versions import current_version_ids
 from autofunnel.store.models import Enrollment, Event, Lead, StageEntry
 from autofunnel.store.queries import among, bulk_insert, bulk_update, chunks, insert_returning
@@ -68,6 +69,15 @@ class _Lead:
     max_run: dict[str, int] = field(default_factory=dict)
     parked: list[tuple[int, Any]] = field(default_factory=list)
     history: list[EventFact] = field(default_factory=list)
+    entries: dict[str, dict[int, _Entered]] = field(default_factory=lambda: defaultdict(dict))
+    """Per funnel, the stage positions reached: when, and whether jumped over; for the report's times."""
+    channels: dict[str, str | None] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Entered:
+    at: datetime
+    skipped: bool
 
 
 def record_events(rt: Runtime, items: list[EventInput]) -> RecordResult:
@@ -87,6 +97,9 @@ def record_events(rt: Runtime, items: list[EventInput]) -> RecordResult:
         fresh = sorted(((by_key[key], event_id) for event_id, key in inserted), key=lambda pair: (pair[0]["at"], pair[1]))
         if fresh:
             _apply(session, rt, fresh, now)
+            counted = [event_id for row, event_id in fresh if row["type"] in ("purchase", "unsubscribed")]
+            if counted:
+                count_events(session, ids_in(counted))
         return RecordResult(len(inserted), len(rows) - len(inserted))
 
 
@@ -138,10 +151,13 @@ def _load(session: Session, rt: Runtime, lead_ids: list[int]) -> dict[int, _Lead
             leads[lead_id] = _Lead(lead_id, status)
         entries: dict[tuple[int, str], list[Any]] = defaultdict(list)
         for row in session.execute(
-            select(StageEntry.lead_id, StageEntry.funnel, StageEntry.stage, StageEntry.position, StageEntry.entered_at, StageEntry.skipped)
+            select(StageEntry.lead_id, StageEntry.funnel, StageEntry.stage, StageEntry.position, StageEntry.entered_at, StageEntry.skipped, StageEntry.channel)
             .where(among(session, StageEntry.lead_id, part))
         ):
             entries[(row.lead_id, row.funnel)].append(row)
+            leads[row.lead_id].entries[row.funnel][row.position] = _Entered(row.entered_at, row.skipped)
+            if row.position == 0:
+                leads[row.lead_id].channels[row.funnel] = row.channel
         for (lead_id, funnel), rows in entries.items():
             entered = [r for r in rows if not r.skipped]
             if not entered:
@@ -216,7 +232,8 @@ class _Changes:
             {"id": lead_id, "status": status, "status_changed_at": self.now, "updated_at": self.now} for lead_id, status in self.statuses.items()
         ])
         if self.stage_entries:
-            bulk_insert(session, StageEntry.__table__, self.stage_entries, conflict=("lead_id", "funnel", "stage"))
+            entered = insert_returning(session, StageEntry.__table__, self.stage_entries, ("id",), conflict=("lead_id", "funnel", "stage"))
+            count_stage_entries(session, ids_in([row.id for row in entered]))
         for part in chunks(sorted(self.wake), 500):
             session.execute(update(Enrollment).where(among(session, Enrollment.id, part), Enrollment.status == "active").values(due_at=self.now))
         write_timeline(session, self.timeline)
@@ -257,10 +274,14 @@ def _apply_effect(rt: Runtime, lead: _Lead, effect: Effect, event_id: int, versi
                 lead.parked.clear()
         case EnterStage(funnel=funnel, stage=stage, position=position, skipped=skipped, at=at):
             membership = lead.memberships[funnel]
+            reached = lead.entries[funnel]
             for name, pos, was_skipped in [*((n, p, True) for n, p in skipped), (stage, position, False)]:
-                changes.stage_entries.append(
-                    {"lead_id": lead.id, "funnel": funnel, "stage": name, "position": pos, "entered_at": at, "skipped": was_skipped, "cohort_at": membership.entered_at}
-                )
+                changes.stage_entries.append({
+                    "lead_id": lead.id, "funnel": funnel, "stage": name, "position": pos, "entered_at": at, "skipped": was_skipped,
+                    "cohort_at": membership.entered_at, "channel": lead.channels.get(funnel),
+                    **stage_times(at, was_skipped, reached.get(pos - 1), membership.entered_at),
+                })
+                reached[pos] = _Entered(at, was_skipped)
             for ref in lead.stage_enrollments.pop(funnel, []):
                 changes.end(lead, ref, "ended", f"entered stage {stage!r}")
             row = new_enrollment(lead.id, rt.project.flows[funnel], stage, run=1, at=at, now=now, version_id=versions.get(funnel), event_id=event_id)
@@ -279,6 +300,15 @@ def _apply_effect(rt: Runtime, lead: _Lead, effect: Effect, event_id: int, versi
         case StopSequence(run=run, reason=reason):
             _, ref = lead.runs.pop(run.sequence)
             changes.end(lead, ref, "stopped", reason)
+
+
+def stage_times(at: datetime, skipped: bool, previous: _Entered | None, first_at: datetime) -> dict[str, float | None]:
+    """The report's times of a stage entry, to the millisecond: from the stage before (when neither was
+    jumped over) and from the first. Milliseconds, so the upgrade that computed them in SQL agrees."""
+    if skipped:
+        return {"since_previous_s": None, "since_first_s": None}
+    since_previous = None if previous is None or previous.skipped else round((at - previous.at).total_seconds(), 3)
+    return {"since_previous_s": since_previous, "since_first_s": round((at - first_at).total_seconds(), 3)}
 
 
 def _add(lead: _Lead, row: dict[str, Any], changes: _Changes) -> None:

@@ -23,6 +23,7 @@ from autofunnel.services.enrollments import (
 )
 from autofunnel.services.inputs import SubscribeInput
 from autofunnel.services.runtime import Runtime
+from autofunnel.services.tallies import count_events, count_stage_entries, ids_in, of_lead
 from autofunnel.services.versions import current_version_ids
 from autofunnel.store.models import Assignment, Deadline, Delivery, Enrollment, Event, Lead, StageEntry, TimelineEntry
 from autofunnel.store.queries import insert_ignoring
@@ -54,7 +55,10 @@ def subscribe(rt: Runtime, data: SubscribeInput, *, consent: dict[str, Any]) -> 
         first = flow.stages[0]
         entered = session.execute(
             insert_ignoring(session, StageEntry.__table__, ("lead_id", "funnel", "stage")).returning(StageEntry.id),
-            [{"lead_id": lead.id, "funnel": flow.slug, "stage": first.name, "position": 0, "entered_at": data.at, "skipped": False, "cohort_at": data.at}],
+            [{
+                "lead_id": lead.id, "funnel": flow.slug, "stage": first.name, "position": 0, "entered_at": data.at, "skipped": False,
+                "cohort_at": data.at, "channel": lead_channel(lead.source), "since_previous_s": None, "since_first_s": None,
+            }],
         ).first()
         if entered is None:
             return SubscribeResult(lead.id, lead.status, False)
@@ -76,7 +80,21 @@ def subscribe(rt: Runtime, data: SubscribeInput, *, consent: dict[str, Any]) -> 
             [new_enrollment(lead.id, flow, first.name, run=1, at=data.at, now=now, version_id=version, event_id=event.id)],
         )
         write_timeline(session, timeline)
+        session.flush()
+        count_stage_entries(session, ids_in([entered.id]))
+        # Purchases recorded before the subscription but made after it (a late import) count for the funnel now.
+        count_events(session, of_lead(lead.id), funnel=flow.slug)
         return SubscribeResult(lead.id, lead.status, True)
+
+
+def lead_channel(source: dict[str, Any] | None) -> str | None:
+    """The channel a lead came from, as reports group it: its source's `channel`, else its `utm_source`."""
+    if not source:
+        return None
+    value = source.get("channel")
+    if value is None:
+        value = source.get("utm_source")
+    return None if value is None else str(value)[:100]
 
 
 def _find_or_create(session: Session, data: SubscribeInput, double_opt_in: bool, consent: dict[str, Any], now: datetime) -> Lead:

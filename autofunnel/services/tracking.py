@@ -32,6 +32,7 @@ from autofunnel.mail.countdown import draw_countdown
 from autofunnel.services.events import record_events
 from autofunnel.services.inputs import EventInput
 from autofunnel.services.runtime import Runtime
+from autofunnel.services.tallies import count_engagement
 from autofunnel.store.models import Deadline, Delivery, Lead
 from autofunnel.tokens import BadToken
 
@@ -160,9 +161,11 @@ def _engagement(rt: Runtime, kind: str, delivery_id: int, user_agent: str | None
         return
     # First human open/click only; a click implies the open (the pixel may be blocked).
     with rt.db.transaction() as session:
-        session.execute(update(Delivery).where(Delivery.id == delivery_id, Delivery.opened_at.is_(None)).values(opened_at=now))
+        first = {"opened": session.execute(update(Delivery).where(Delivery.id == delivery_id, Delivery.opened_at.is_(None)).values(opened_at=now)).rowcount}
         if kind == "clicked":
-            session.execute(update(Delivery).where(Delivery.id == delivery_id, Delivery.clicked_at.is_(None)).values(clicked_at=now))
+            first["clicked"] = session.execute(update(Delivery).where(Delivery.id == delivery_id, Delivery.clicked_at.is_(None)).values(clicked_at=now)).rowcount
+        # An email still `sending` gets its opens counted with its send, when it is recorded sent.
+        count_engagement(session, delivery_id, [name for name, changed in first.items() if changed])
 
 
 # Offers and countdowns ------------------------------------------------------------
