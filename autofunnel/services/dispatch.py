@@ -18,8 +18,7 @@ from dataclasses import dataclass
 from sqlalchemy.exc import SQLAlchemyError
 
 from autofunnel.services.runtime import Runtime
-from autofunnel.services.scheduler import sweep, tick
-from autofunnel.services.tallies import fold_tallies
+from autofunnel.services.scheduler import fold_report_tallies, sweep, tick
 
 log = logging.getLogger(__name__)
 
@@ -72,12 +71,6 @@ def _is_empty(queue_depth: QueueDepth) -> bool:
     except Exception as exc:  # a broker that cannot say is not known to be empty
         log.warning("cannot read the broker's queue depth: %s", exc)
         return False
-
-
-def fold_report_tallies(rt: Runtime) -> int:
-    """Merge the report's tally rows written since the last fold; how many rows went."""
-    with rt.db.transaction() as session:
-        return fold_tallies(session)
 
 
 def run_scheduler(rt: Runtime, hand_out: HandOut, queue_depth: QueueDepth, *, stop: threading.Event, interval: float) -> None:

@@ -422,7 +422,7 @@ class _Report:
                 for rank, d in enumerate(self.session.scalars(query.offset(low).limit(2)), start=low + 1):
                     values[rank] = float(d)
             if len(values) < len(math.percentile_ranks(count, _PS)):
-                raise RuntimeError(f"the tallies count {count} times for stage {stage!r} but fewer are stored; rebuild the tallies")
+                raise RuntimeError(f"the report's tallies count {count} times for stage {stage!r} but fewer stage entries have one")
             found[bucket] = (math.percentile_from_ranks(values, count, 0.5), math.percentile_from_ranks(values, count, 0.9))
         return found
 

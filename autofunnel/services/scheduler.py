@@ -41,6 +41,7 @@ from autofunnel.domain.engine import (
 from autofunnel.domain.model import Clicked, Flow, HasEvent, Opened, Step, walk_condition
 from autofunnel.services.enrollments import cursor_of, parked_to_json, ready_to_send, timeline_row, write_timeline
 from autofunnel.services.runtime import Runtime
+from autofunnel.services.tallies import fold_tallies
 from autofunnel.services.versions import current_version_ids, layouts_by_id
 from autofunnel.store.models import Assignment, Deadline, Delivery, Enrollment, Event, Lead
 from autofunnel.store.queries import among, bulk_insert, bulk_update, insert_returning, is_postgres
@@ -448,8 +449,15 @@ class PassResult:
     summary: str
 
 
+def fold_report_tallies(rt: Runtime) -> int:
+    """Merge the report's tally rows written since the last fold; how many rows went."""
+    with rt.db.transaction() as session:
+        return fold_tallies(session)
+
+
 def run_tick(rt: Runtime, *, dry_run: bool = False) -> PassResult:
-    """`autofunnel tick`: one pass in this process — steps that are due, lost work swept up, emails sent."""
+    """`autofunnel tick`: one pass in this process — steps that are due, lost work swept up, emails
+    sent, and the report's tallies folded (so a tick from cron keeps them small too)."""
     from autofunnel.services.delivery import deliver
 
     report = tick(rt, dry_run=dry_run)
@@ -461,6 +469,7 @@ def run_tick(rt: Runtime, *, dry_run: bool = False) -> PassResult:
     interrupted = swept.interrupted
     sent = deliver(rt, sorted(set(report.queued) | set(swept.retries) | set(swept.lost)))
     lines.extend(f"{report.now.isoformat()} {line}" for line in sent.lines)
+    fold_report_tallies(rt)
     summary = (
         f"tick at {report.now.isoformat()}: {report.enrollments} enrollment(s) due; "
         f"{sent.sent} sent, {sent.failed} failed, {sent.skipped} skipped, {sent.retried} to retry"

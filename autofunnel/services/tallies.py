@@ -351,8 +351,9 @@ def _purchasers_stage(funnel: Any) -> tuple[Any, Callable[[Any], ColumnElement[b
 def rebuild_tallies(session: Session) -> None:
     """Count every figure again from the stored facts, replacing the running tallies.
 
-    For an upgrade and for the report benchmark's generated history. On
-    PostgreSQL the caller runs it in a REPEATABLE READ transaction, so a fact
+    For the report benchmark's generated history and for the tests, which hold the
+    running tallies to it; the upgrade runs the same statements. With writers
+    running, PostgreSQL needs a REPEATABLE READ transaction for it, so a fact
     written meanwhile is counted once: by the recount if it is in the snapshot,
     else by its own tally row, which the snapshot does not see to delete.
     """
