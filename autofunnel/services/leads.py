@@ -91,10 +91,11 @@ def lead_channel(source: dict[str, Any] | None) -> str | None:
     """The channel a lead came from, as reports group it: its source's `channel`, else its `utm_source`."""
     if not source:
         return None
-    value = source.get("channel")
-    if value is None:
-        value = source.get("utm_source")
-    return None if value is None else str(value)[:100]
+    for name in ("channel", "utm_source"):
+        value = source.get(name)
+        if value is not None and str(value) != "":
+            return str(value)[:100]
+    return None
 
 
 def _find_or_create(session: Session, data: SubscribeInput, double_opt_in: bool, consent: dict[str, Any], now: datetime) -> Lead:

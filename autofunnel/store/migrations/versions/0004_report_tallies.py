@@ -87,10 +87,10 @@ class _Statements:
 def _fill_stage_entries() -> None:
     postgres = op.get_bind().dialect.name == "postgresql"
     if postgres:
-        channel = "coalesce(l.source ->> 'channel', l.source ->> 'utm_source')"
+        channel = "coalesce(nullif(l.source ->> 'channel', ''), nullif(l.source ->> 'utm_source', ''))"
         seconds = "round(extract(epoch from ({later} - {earlier}))::numeric, 3)"
     else:
-        channel = "coalesce(json_extract(l.source, '$.channel'), json_extract(l.source, '$.utm_source'))"
+        channel = "coalesce(nullif(json_extract(l.source, '$.channel'), ''), nullif(json_extract(l.source, '$.utm_source'), ''))"
         seconds = "round((julianday({later}) - julianday({earlier})) * 86400.0, 3)"
     op.execute(f"UPDATE stage_entries SET channel = (SELECT substr(CAST({channel} AS TEXT), 1, 100) FROM leads l WHERE l.id = stage_entries.lead_id)")
     since_previous = seconds.format(later="stage_entries.entered_at", earlier="p.entered_at")
