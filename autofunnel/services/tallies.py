@@ -34,6 +34,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
@@ -65,6 +66,7 @@ from sqlalchemy.orm import Session, aliased
 
 from autofunnel.store.models import Assignment, CohortTally, Delivery, Event, StageEntry
 from autofunnel.store.queries import chunks, is_postgres
+from autofunnel.store.types import UTCDateTime
 
 PURCHASE_WINDOW: Final = timedelta(days=7)
 """A step's `purchases_7d` counts purchases within this long after its email was sent."""
@@ -249,14 +251,9 @@ def count_sent_email(session: Session, delivery_id: int, lead_id: int, sent_at: 
     on the path of every email. `count_emails` is the same rule in SQL, for recounts.
     """
     e = Event
+    email = SimpleNamespace(id=literal(delivery_id), lead_id=literal(lead_id), sent_at=literal(sent_at, UTCDateTime()))
     followers = [] if not cohort.followed else session.execute(
-        select(e.type, func.count()).where(
-            e.lead_id == lead_id,
-            or_(
-                and_(e.type == "purchase", e.at >= sent_at, e.at < sent_at + PURCHASE_WINDOW),
-                and_(e.type == "unsubscribed", e.properties["delivery"].as_integer() == delivery_id),
-            ),
-        ).group_by(e.type)
+        select(e.type, func.count()).where(e.lead_id == lead_id, or_(_purchase_after(session, e, email), _unsubscribe_from(e, email))).group_by(e.type)
     ).all()
     counts = [(figure, 1) for figure in figures] + [("purchases_7d" if kind == "purchase" else "unsubscribed", int(n)) for kind, n in followers]
     day = cohort.cohort_at.astimezone(UTC).date()
