@@ -28,8 +28,9 @@ used_memory / used_memory_rss peak.
 The breakdown runs `deliver()` in this process on `--breakdown` queued emails
 (batches of 50, as the workers get them) against a lean sink, on PostgreSQL and
 SQLite (and, as a diagnostic, PostgreSQL with synchronous_commit=off: the share of
-the commits' wait for the disk), with timers wrapped around the claim transaction, rendering, the MIME
-build, the SMTP send and the finish transaction. The Celery cost is measured
+the commits' wait for the disk), with timers wrapped around the batch's two statements (take the batch, read its
+leads), the transaction that records one email's outcome and claims the next,
+rendering, the MIME build and the SMTP send. The Celery cost is measured
 apart: empty batches published to Redis, consumed by a worker; the worker's CPU
 per task (pool parent + child) and the publisher's time per task.
 """
@@ -225,12 +226,14 @@ def breakdown(database_url: str | None, emails: int, pgoptions: str | None = Non
         timers = Timers()
         renderer = rt.renderer
         with (
-            patched(delivery_module, "_claim", timers.wrap("claim transaction (DB)", delivery_module._claim)),
+            patched(delivery_module, "_mark_taken", timers.wrap("batch: take + read leads (DB)", delivery_module._mark_taken)),
+            patched(delivery_module, "_read_leads", timers.wrap("batch: take + read leads (DB)", delivery_module._read_leads)),
+            patched(delivery_module, "_claim", timers.wrap("record previous + claim, one transaction (DB)", delivery_module._claim)),
+            patched(delivery_module, "_record_alone", timers.wrap("record the batch's last (DB)", delivery_module._record_alone)),
             patched(delivery_module, "_compose", timers.wrap("compose (total)", delivery_module._compose)),
             patched(renderer, "render", timers.wrap("render (Jinja, CSS, text part)", renderer.render)),
             patched(delivery_module, "build_message", timers.wrap("MIME build", delivery_module.build_message)),
             patched(SmtpSession, "send", timers.wrap("SMTP send (incl. connect per batch)", SmtpSession.send)),
-            patched(delivery_module, "_finish", timers.wrap("finish transaction (DB)", delivery_module._finish)),
         ):
             started = time.perf_counter()
             for batch in in_batches(ids):

@@ -255,6 +255,29 @@ def test_a_hard_bounce_at_smtp_time_suppresses_the_lead(rt: Any, smtp_sink: Smtp
     assert view["deliveries"][0]["reason"].startswith("550")
 
 
+def test_a_hard_bounce_stops_the_next_email_of_the_same_batch(runtime_factory: Any, project_dir: Path, smtp_sink: SmtpSink, clock: FixedClock) -> None:
+    """A worker records a sent email together with the next claim; a bounce is recorded
+    (and the lead suppressed) before anything else of the batch is claimed."""
+    yoga = project_dir / "funnels/yoga.yml"
+    text = yoga.read_text().replace("frequency_cap: {max: 1, per: 16h, when_capped: defer}", "")
+    yoga.write_text(text.replace("      - send: welcome             # templates/yoga/welcome.html\n", "      - send: welcome\n      - send: welcome\n        id: welcome-again\n"))
+    rt = runtime_factory(project_dir, smtp_sink.url(), clock)
+    smtp_sink.answer("gone@example.com", 550, "5.1.1 no such user")
+    sub(rt, "gone@example.com")
+    sub(rt, "kept@example.com")
+    events(rt, {"type": "confirmed", "email": "gone@example.com"}, {"type": "confirmed", "email": "kept@example.com"})
+    queued = tick(rt).queued
+    assert len(queued) == 4
+    report = deliver(rt, queued)
+    assert (report.sent, report.failed) == (2, 1)
+    assert subjects(smtp_sink, "kept@example.com") == subjects(smtp_sink)
+    assert len(smtp_sink.messages) == 2
+    gone = lead_view(rt, "gone@example.com")
+    assert gone["status"] == "bounced"
+    assert sorted((d["status"], d["reason"][:24]) for d in gone["deliveries"]) == [("failed", "550 5.1.1 no such user"), ("skipped", "cancelled: lead bounced")]
+    assert [d["status"] for d in lead_view(rt, "kept@example.com")["deliveries"]] == ["sent", "sent"]
+
+
 def test_a_temporary_failure_is_retried(rt: Any, smtp_sink: SmtpSink, clock: FixedClock) -> None:
     smtp_sink.answer("later@example.com", 451, "4.7.1 try again later")
     sub(rt, "later@example.com", funnel="yoga")

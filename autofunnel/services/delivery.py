@@ -2,23 +2,35 @@
 
 For every delivery: (1) one transaction claims it (`queued` → `sending`, a
 conditional UPDATE that exactly one caller can win) and re-checks, in that same
-transaction, that the lead may still receive it; (2) the email is rendered and
+statement, that the lead may still receive it; (2) the email is rendered and
 handed to SMTP; (3) its outcome is recorded. A worker killed between (2) and (3)
 leaves a `sending` row whose lease expires; the sweep marks it `failed:
 interrupted` and never sends it again, because SMTP cannot say whether the
-last message was taken. One SMTP connection serves the whole batch.
+last message was taken. One SMTP connection and one database connection serve
+the whole batch.
+
+Each email's outcome is recorded in the transaction that claims the next one,
+right after its SMTP handoff: one commit per email instead of two, and the
+window between handoff and record is no wider than before. When a send rate
+makes the next email wait, when the address bounced (the lead is suppressed
+before anything else is claimed), or when the batch ends, the outcome is
+recorded alone first. Per-lead details the template needs (name, fields, deadlines, the
+triggering event, the lead's cohort) are read once per batch; what decides
+whether an email may go is read in the claim itself.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from email.utils import parseaddr
-from typing import Any
+from functools import cache
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-from sqlalchemy import and_, select, update
+from sqlalchemy import Update, and_, bindparam, select, update
+from sqlalchemy.engine import Connection
 
 from autofunnel.domain.model import Flow
 from autofunnel.errors import AutofunnelError
@@ -37,12 +49,16 @@ from autofunnel.services.enrollments import (
 from autofunnel.services.database import through_outage
 from autofunnel.services.runtime import Runtime
 from autofunnel.services.tallies import Cohort, count_sent_email, may_follow
+from autofunnel.store.db import HeldConnection
 from autofunnel.store.models import Deadline, Delivery, Enrollment, Event, Lead, StageEntry
 from autofunnel.store.queries import among
+from autofunnel.store.types import UTCDateTime
 
 MAX_ATTEMPTS = 5
 RETRY_AFTER = (timedelta(minutes=1), timedelta(minutes=5), timedelta(minutes=15), timedelta(hours=1))
 """Back-off after a temporary (4xx) SMTP answer; after MAX_ATTEMPTS the delivery fails."""
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -52,6 +68,16 @@ class DeliveryReport:
     skipped: int = 0
     retried: int = 0
     lines: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Lead:
+    """What a batch reads once per email about its lead, for the template and the tallies."""
+
+    lead: dict[str, Any]
+    deadlines: dict[str, datetime]
+    event: dict[str, Any]
+    cohort: Cohort | None
 
 
 @dataclass(frozen=True)
@@ -71,21 +97,62 @@ class _Claim:
     cohort: Cohort | None
 
 
+@dataclass(frozen=True)
+class _Outcome:
+    """How one claimed email ended, waiting to be recorded."""
+
+    claim: _Claim
+    status: str
+    """`sent`, `failed` or `retry`."""
+    reason: str
+    at: datetime
+    message_id: str | None = None
+    retry_at: datetime | None = None
+    hard_bounce: bool = False
+
+
+class _Batch:
+    """One deliver() call's database side: a held connection, every unit of work through an outage."""
+
+    def __init__(self, rt: Runtime, held: HeldConnection, report: DeliveryReport) -> None:
+        self.rt, self.held, self.report = rt, held, report
+        self.leads: dict[int, _Lead] = {}
+
+    def run(self, work: Callable[[Connection], T], what: str) -> T:
+        def attempt() -> T:
+            with self.held.transaction() as connection:
+                return work(connection)
+
+        return through_outage(attempt, for_seconds=_patience(self.rt), what=what)
+
+
 def deliver(rt: Runtime, delivery_ids: Sequence[int], *, transport: Transport | None = None) -> DeliveryReport:
     """Send these deliveries over one SMTP session; each ends sent, failed, skipped or queued for a retry."""
     report = DeliveryReport()
     if not delivery_ids:
         return report
-    ready = through_outage(lambda: _mark_taken(rt, delivery_ids), for_seconds=_patience(rt), what="taking a batch")
-    if not ready:
-        return report
-    with (transport or rt.transport).session() as smtp:
-        for delivery_id in ready:
-            _deliver_one(rt, smtp, delivery_id, report)
+    with rt.db.held() as held:
+        batch = _Batch(rt, held, report)
+        ready = batch.run(lambda connection: _mark_taken(connection, rt.clock.now(), delivery_ids), "taking a batch")
+        if not ready:
+            return report
+        batch.leads = batch.run(lambda connection: _read_leads(connection, ready), "reading the batch's leads")
+        paced = rt.send_pace.limited
+        outcome: _Outcome | None = None
+        with (transport or rt.transport).session() as smtp:
+            for delivery_id in ready:
+                if outcome is not None and (paced or outcome.hard_bounce):
+                    _record_alone(batch, outcome)
+                    outcome = None
+                rt.send_pace.wait_turn()
+                claim = _claim(batch, delivery_id, outcome)
+                outcome = None if claim is None else _send(rt, smtp, claim)
+        if outcome is not None:
+            _record_alone(batch, outcome)
     return report
 
 
-def _mark_taken(rt: Runtime, delivery_ids: Sequence[int]) -> list[int]:
+def _mark_taken(connection: Connection, now: datetime, delivery_ids: Sequence[int]) -> list[int]:
     """The batch's emails still waiting to be sent, stamped as just handed out.
 
     A worker has them now, so the sweep must not take them for work the broker
@@ -93,90 +160,131 @@ def _mark_taken(rt: Runtime, delivery_ids: Sequence[int]) -> list[int]:
     retry's back-off meanwhile are left out (and not stamped): a second copy of a
     batch costs one statement, not a send-rate slot per email.
     """
-    now = rt.clock.now()
-    with rt.db.transaction() as session:
-        ready = set(session.scalars(
-            update(Delivery)
-            .where(
-                among(session, Delivery.id, delivery_ids), ready_to_send(now),
-            )
-            .values(dispatched_at=now)
-            .returning(Delivery.id)
-        ))
+    ready = set(connection.scalars(
+        update(Delivery.__table__)
+        .where(among(connection, Delivery.id, delivery_ids), ready_to_send(now))
+        .values(dispatched_at=now)
+        .returning(Delivery.id)
+    ))
     return [delivery_id for delivery_id in delivery_ids if delivery_id in ready]
 
 
-def _deliver_one(rt: Runtime, smtp: SmtpSession, delivery_id: int, report: DeliveryReport) -> None:
-    rt.send_pace.wait_turn()
-    claim = through_outage(lambda: _claim(rt, delivery_id, report), for_seconds=_patience(rt), what="claiming an email")
-    if claim is None:
-        return
-    now = rt.clock.now()
-    flow = rt.project.flows.get(claim.flow)
-    try:
-        if flow is None:
-            raise AutofunnelError(f"{claim.flow!r} is no longer in the project")
-        message, sender, message_id = _compose(rt, claim, flow, now)
-    except AutofunnelError as exc:
-        _finish(rt, claim, "failed", f"could not build the email: {exc}", report)
-        return
-    try:
-        smtp.send(parseaddr(sender)[1], claim.to_address, message)
-    except DeliveryError as exc:
-        _failed_send(rt, claim, exc, report)
-        return
-    _finish(rt, claim, "sent", "handed to the mail server", report, message_id=message_id)
+def _read_leads(connection: Connection, delivery_ids: Sequence[int]) -> dict[int, _Lead]:
+    """Per delivery, its lead's details for the template and its first stage entry for the tallies."""
+    d = Delivery
+    rows = connection.execute(
+        select(
+            d.id, d.lead_id, d.flow, Lead.email, Lead.first_name, Lead.fields, Lead.tags, Lead.timezone,
+            Event.properties.label("event"), StageEntry.cohort_at, StageEntry.channel, StageEntry.entered_at,
+        )
+        .select_from(d)
+        .join(Lead, Lead.id == d.lead_id)
+        .outerjoin(Enrollment, Enrollment.id == d.enrollment_id)
+        .outerjoin(Event, Event.id == Enrollment.event_id)
+        .outerjoin(StageEntry, and_(StageEntry.lead_id == d.lead_id, StageEntry.funnel == d.flow, StageEntry.position == 0))
+        .where(among(connection, d.id, delivery_ids))
+    ).all()
+    deadlines: dict[tuple[int, str], dict[str, datetime]] = {}
+    for lead_id, flow, name, due_at in connection.execute(
+        select(Deadline.lead_id, Deadline.flow, Deadline.name, Deadline.due_at).where(among(connection, Deadline.lead_id, sorted({row.lead_id for row in rows})))
+    ):
+        deadlines.setdefault((lead_id, flow), {})[name] = due_at
+    return {
+        row.id: _Lead(
+            {"email": row.email, "first_name": row.first_name, "fields": dict(row.fields or {}), "tags": list(row.tags or []), "timezone": row.timezone},
+            deadlines.get((row.lead_id, row.flow), {}), dict(row.event or {}),
+            Cohort(row.cohort_at, row.channel, row.entered_at) if row.cohort_at is not None else None,
+        )
+        for row in rows
+    }
 
 
-def _claim(rt: Runtime, delivery_id: int, report: DeliveryReport) -> _Claim | None:
-    """Win the delivery or learn someone else has it; re-check the lead in the same transaction.
+@cache
+def _claim_statement() -> Update:
+    """`queued` → `sending` for one delivery, returning it with what decides whether it may go:
+    its lead's status and its enrollment's, read in the same statement."""
+    d = Delivery
+    now = bindparam("now", type_=UTCDateTime())
+    enrollment = select(Enrollment.status).where(Enrollment.id == d.enrollment_id).scalar_subquery()
+    end_reason = select(Enrollment.end_reason).where(Enrollment.id == d.enrollment_id).scalar_subquery()
+    return (
+        update(d.__table__)
+        .where(d.id == bindparam("delivery_id"), ready_to_send(now))
+        .values(status="sending", lease_until=bindparam("lease_until", type_=UTCDateTime()), attempts=d.attempts + 1)
+        .returning(
+            d.id, d.lead_id, d.flow, d.stage, d.step_id, d.kind, d.template, d.to_address, d.attempts,
+            select(Lead.status).where(Lead.id == d.lead_id).scalar_subquery().label("lead_status"),
+            enrollment.label("enrollment_status"), end_reason.label("end_reason"),
+            may_follow(d.lead_id, now).label("may_follow"),
+        )
+    )
+
+
+def _claim(batch: _Batch, delivery_id: int, outcome: _Outcome | None) -> _Claim | None:
+    """Win the delivery or learn someone else has it, recording the previous email's outcome on the way.
 
     The lease starts when this attempt runs, not when a first attempt failed in an outage.
     """
-    now = rt.clock.now()
-    with rt.db.transaction() as session:
-        row = session.execute(
-            update(Delivery)
-            .where(
-                Delivery.id == delivery_id, ready_to_send(now),
-            )
-            .values(status="sending", lease_until=now + timedelta(seconds=rt.settings.delivery_lease), attempts=Delivery.attempts + 1)
-            .returning(
-                Delivery.id, Delivery.lead_id, Delivery.enrollment_id, Delivery.flow, Delivery.stage, Delivery.step_id,
-                Delivery.kind, Delivery.template, Delivery.to_address, Delivery.attempts,
-            )
+    rt, report = batch.rt, batch.report
+
+    def work(connection: Connection) -> tuple[_Claim | None, list[tuple[str, str]]]:
+        recorded = _record(connection, outcome) if outcome is not None else []
+        now = rt.clock.now()
+        row = connection.execute(
+            _claim_statement(),
+            {"delivery_id": delivery_id, "now": now, "lease_until": now + timedelta(seconds=rt.settings.delivery_lease)},
         ).first()
         if row is None:
-            return None
-        lead = session.execute(
-            select(
-                Lead.email, Lead.first_name, Lead.fields, Lead.tags, Lead.timezone, Lead.status,
-                Enrollment.status.label("enrollment_status"), Enrollment.end_reason, Event.properties.label("event"),
-                StageEntry.cohort_at, StageEntry.channel, StageEntry.entered_at, may_follow(row.lead_id, now).label("may_follow"),
-            )
-            .select_from(Lead)
-            .outerjoin(Enrollment, Enrollment.id == row.enrollment_id)
-            .outerjoin(Event, Event.id == Enrollment.event_id)
-            .outerjoin(StageEntry, and_(StageEntry.lead_id == Lead.id, StageEntry.funnel == row.flow, StageEntry.position == 0))
-            .where(Lead.id == row.lead_id)
-        ).one()
-        enrollment = _EnrollmentState(lead.enrollment_status, lead.end_reason) if lead.enrollment_status is not None else None
-        reason = _refusal(row.kind, lead.status, enrollment)
+            return None, recorded
+        enrollment = _EnrollmentState(row.enrollment_status, row.end_reason) if row.enrollment_status is not None else None
+        reason = _refusal(row.kind, row.lead_status, enrollment)
         if reason is not None:
-            session.execute(update(Delivery).where(Delivery.id == row.id).values(status="skipped", reason=reason, lease_until=None, finished_at=now))
-            write_timeline(session, [timeline_row(row.lead_id, now, "skipped", reason, flow=row.flow, stage=row.stage, step_id=row.step_id)])
-            report.skipped += 1
-            report.lines.append(f"{lead.email} {row.flow} {row.step_id}: skipped — {reason}")
-            return None
-        deadlines = dict(
-            session.execute(select(Deadline.name, Deadline.due_at).where(Deadline.lead_id == row.lead_id, Deadline.flow == row.flow)).all()
+            connection.execute(
+                update(Delivery.__table__).where(Delivery.id == row.id).values(status="skipped", reason=reason, lease_until=None, finished_at=now)
+            )
+            write_timeline(connection, [timeline_row(row.lead_id, now, "skipped", reason, flow=row.flow, stage=row.stage, step_id=row.step_id)])
+            return None, recorded + [("skipped", f"{row.to_address} {row.flow} {row.step_id}: skipped — {reason}")]
+        lead = batch.leads.get(row.id) or _Lead({"email": row.to_address, "first_name": None, "fields": {}, "tags": [], "timezone": None}, {}, {}, None)
+        cohort = lead.cohort
+        if cohort is not None:
+            cohort = Cohort(cohort.cohort_at, cohort.channel, cohort.entered_at, bool(row.may_follow))
+        claim = _Claim(
+            row.id, row.lead_id, row.flow, row.stage, row.step_id, row.kind, row.template, row.to_address, row.attempts,
+            lead.lead, lead.deadlines, lead.event, cohort,
         )
-        event: dict[str, Any] = dict(lead.event or {})
-    return _Claim(
-        row.id, row.lead_id, row.flow, row.stage, row.step_id, row.kind, row.template, row.to_address, row.attempts,
-        {"email": lead.email, "first_name": lead.first_name, "fields": dict(lead.fields or {}), "tags": list(lead.tags or []), "timezone": lead.timezone},
-        deadlines, event, Cohort(lead.cohort_at, lead.channel, lead.entered_at, lead.may_follow) if lead.cohort_at is not None else None,
-    )
+        return claim, recorded
+
+    claim, recorded = batch.run(work, "claiming an email")
+    if outcome is not None:
+        _bounce_and_count(batch, outcome, recorded)
+    elif recorded:
+        _count(report, recorded)
+    return claim
+
+
+def _record_alone(batch: _Batch, outcome: _Outcome) -> None:
+    recorded = batch.run(lambda connection: _record(connection, outcome), "recording an email's outcome")
+    _bounce_and_count(batch, outcome, recorded)
+
+
+def _bounce_and_count(batch: _Batch, outcome: _Outcome, recorded: list[tuple[str, str]]) -> None:
+    if outcome.hard_bounce:
+        _suppress_bounced(batch.rt, outcome.claim)
+    _count(batch.report, recorded)
+
+
+def _count(report: DeliveryReport, recorded: list[tuple[str, str]]) -> None:
+    """Add what a transaction recorded to the report, once it committed."""
+    for status, line in recorded:
+        if status == "sent":
+            report.sent += 1
+        elif status == "failed":
+            report.failed += 1
+        elif status == "retry":
+            report.retried += 1
+        else:
+            report.skipped += 1
+        report.lines.append(line)
 
 
 @dataclass(frozen=True)
@@ -194,6 +302,23 @@ def _refusal(kind: str, lead_status: str, enrollment: _EnrollmentState | None) -
     if enrollment is not None and ended_by_suppression(enrollment.status, enrollment.end_reason):
         return f"suppressed: {enrollment.end_reason}"
     return None
+
+
+def _send(rt: Runtime, smtp: SmtpSession, claim: _Claim) -> _Outcome:
+    """Build the email and hand it to SMTP; what happened, to be recorded."""
+    now = rt.clock.now()
+    flow = rt.project.flows.get(claim.flow)
+    try:
+        if flow is None:
+            raise AutofunnelError(f"{claim.flow!r} is no longer in the project")
+        message, sender, message_id = _compose(rt, claim, flow, now)
+    except AutofunnelError as exc:
+        return _Outcome(claim, "failed", f"could not build the email: {exc}", rt.clock.now())
+    try:
+        smtp.send(parseaddr(sender)[1], claim.to_address, message)
+    except DeliveryError as exc:
+        return _failed_send(rt, claim, exc)
+    return _Outcome(claim, "sent", "handed to the mail server", rt.clock.now(), message_id=message_id)
 
 
 def _domain(address: str) -> str:
@@ -265,56 +390,59 @@ def _patience(rt: Runtime) -> float:
     return rt.settings.delivery_lease / 2
 
 
-def _finish(rt: Runtime, claim: _Claim, status: str, reason: str, report: DeliveryReport, *, message_id: str | None = None) -> None:
+@cache
+def _finish_statement(sent: bool) -> Update:
+    """`sending` → its outcome, returning whether a person opened or clicked it meanwhile (for the tallies)."""
+    d = Delivery
+    values: dict[str, Any] = {
+        "status": bindparam("status"), "reason": bindparam("reason"), "lease_until": None,
+        "finished_at": bindparam("at", type_=UTCDateTime()),
+    }
+    if sent:
+        values.update(sent_at=bindparam("at", type_=UTCDateTime()), message_id=bindparam("message_id"))
+    return (
+        update(d.__table__).where(d.id == bindparam("delivery_id"), d.status == "sending").values(**values)
+        .returning(d.opened_at, d.clicked_at)
+    )
+
+
+def _record(connection: Connection, outcome: _Outcome) -> list[tuple[str, str]]:
+    """Write how a claimed email ended, if it is still this worker's to record; what to report."""
+    claim, at = outcome.claim, outcome.at
+    line = f"{claim.to_address} {claim.flow} {claim.step_id}: {outcome.status} — {outcome.reason}"
+    where = {"flow": claim.flow, "stage": claim.stage, "step_id": claim.step_id}
+    if outcome.status == "retry":
+        assert outcome.retry_at is not None
+        changed = connection.execute(
+            update(Delivery.__table__).where(Delivery.id == claim.id, Delivery.status == "sending")
+            .values(status="queued", lease_until=outcome.retry_at, dispatched_at=None, reason=f"retrying after: {outcome.reason}"[:500])
+        ).rowcount
+        if changed:
+            write_timeline(connection, [timeline_row(claim.lead_id, at, "retry", f"{outcome.reason}; retry at {outcome.retry_at.isoformat()}", **where)])
+        return [("retry", line)]
+    sent = outcome.status == "sent"
+    row = connection.execute(
+        _finish_statement(sent),
+        {"delivery_id": claim.id, "status": outcome.status, "reason": outcome.reason[:500], "at": at, "message_id": outcome.message_id},
+    ).first()
+    if row is not None:
+        write_timeline(connection, [timeline_row(claim.lead_id, at, outcome.status, f"{claim.template}: {outcome.reason}", **where)])
+        if sent and claim.kind == "email" and claim.cohort is not None and at >= claim.cohort.entered_at:
+            figures = ["sent"] + ["opened"] * (row.opened_at is not None) + ["clicked"] * (row.clicked_at is not None)
+            count_sent_email(connection, claim.id, claim.lead_id, at, claim.flow, claim.cohort, claim.stage, claim.step_id, figures)
+    return [(outcome.status, line)]
+
+
+def _failed_send(rt: Runtime, claim: _Claim, error: DeliveryError) -> _Outcome:
+    """A refused or broken handoff: failed for good, or queued again after a back-off."""
     now = rt.clock.now()
-    values: dict[str, Any] = {"status": status, "reason": reason[:500], "lease_until": None, "finished_at": now}
-    if status == "sent":
-        values.update(sent_at=now, message_id=message_id)
-
-    def record() -> None:
-        with rt.db.transaction() as session:
-            changed = session.execute(
-                update(Delivery).where(Delivery.id == claim.id, Delivery.status == "sending").values(**values).returning(Delivery.opened_at, Delivery.clicked_at)
-            ).first()
-            if changed:
-                write_timeline(session, [timeline_row(claim.lead_id, now, status, f"{claim.template}: {reason}", flow=claim.flow, stage=claim.stage, step_id=claim.step_id)])
-                if status == "sent" and claim.kind == "email" and claim.cohort is not None and now >= claim.cohort.entered_at:
-                    figures = ["sent"] + ["opened"] * (changed.opened_at is not None) + ["clicked"] * (changed.clicked_at is not None)
-                    count_sent_email(session, claim.id, claim.lead_id, now, claim.flow, claim.cohort, claim.stage, claim.step_id, figures)
-
-    through_outage(record, for_seconds=_patience(rt), what="recording a sent email")
-    if status == "sent":
-        report.sent += 1
-    else:
-        report.failed += 1
-    report.lines.append(f"{claim.to_address} {claim.flow} {claim.step_id}: {status} — {reason}")
-
-
-def _failed_send(rt: Runtime, claim: _Claim, error: DeliveryError, report: DeliveryReport) -> None:
     answer = f"{error.code} {error.text}".strip() if error.code else str(error)
     if error.maybe_sent:
-        _finish(rt, claim, "failed", f"interrupted: the server may have taken it ({answer}); not sent again", report)
-        return
+        return _Outcome(claim, "failed", f"interrupted: the server may have taken it ({answer}); not sent again", now)
     if error.permanent or claim.attempts >= MAX_ATTEMPTS:
-        _finish(rt, claim, "failed", answer, report)
-        if error.hard_bounce and claim.kind == "email":
-            _suppress_bounced(rt, claim)
-        return
-    now = rt.clock.now()
+        return _Outcome(claim, "failed", answer, now, hard_bounce=error.hard_bounce and claim.kind == "email")
     retry_at = now + RETRY_AFTER[min(claim.attempts, len(RETRY_AFTER)) - 1]
-
-    def requeue() -> None:
-        with rt.db.transaction() as session:
-            changed = session.execute(
-                update(Delivery).where(Delivery.id == claim.id, Delivery.status == "sending")
-                .values(status="queued", lease_until=retry_at, dispatched_at=None, reason=f"retrying after: {answer}"[:500])
-            ).rowcount
-            if changed:
-                write_timeline(session, [timeline_row(claim.lead_id, now, "retry", f"{answer}; retry at {retry_at.isoformat()}", flow=claim.flow, stage=claim.stage, step_id=claim.step_id)])
-
-    through_outage(requeue, for_seconds=_patience(rt), what="queueing an email for a retry")
-    report.retried += 1
-    report.lines.append(f"{claim.to_address} {claim.flow} {claim.step_id}: retry — {answer}")
+    return _Outcome(claim, "retry", answer, now, retry_at=retry_at)
 
 
 def _suppress_bounced(rt: Runtime, claim: _Claim) -> None:

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 from autofunnel.domain.engine import Cursor, Parked
 from autofunnel.domain.model import EventMatcher, Flow
 from autofunnel.store.models import Delivery, Enrollment, TimelineEntry
-from autofunnel.store.queries import among, bulk_insert, chunks
+from autofunnel.store.queries import Executor, among, bulk_insert, chunks
 
 
 def timeline_row(
@@ -27,7 +27,7 @@ def timeline_row(
     }
 
 
-def write_timeline(session: Session, rows: Sequence[dict[str, Any]]) -> None:
+def write_timeline(session: Executor, rows: Sequence[dict[str, Any]]) -> None:
     if rows:
         bulk_insert(session, TimelineEntry.__table__, rows)
 
@@ -113,6 +113,6 @@ def cursor_of(step_id: str | None, waiting_for: dict[str, Any] | None, visits: d
     return Cursor(step_id, parked_from_json(waiting_for), dict(visits or {}))
 
 
-def ready_to_send(now: datetime) -> ColumnElement[bool]:
+def ready_to_send(now: datetime | ColumnElement[datetime]) -> ColumnElement[bool]:
     """Queued and not waiting out a retry's back-off: what a worker may claim at `now`."""
     return (Delivery.status == "queued") & (Delivery.lease_until.is_(None) | (Delivery.lease_until <= now))

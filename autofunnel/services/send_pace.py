@@ -33,6 +33,9 @@ Now = Callable[[], float]
 
 
 class Pace(Protocol):
+    limited: bool
+    """Whether emails may have to wait for their turn (a worker then records each one before waiting)."""
+
     def wait_turn(self) -> float:
         """Block until this process may hand one email to SMTP; return the seconds waited."""
 
@@ -40,12 +43,16 @@ class Pace(Protocol):
 class Unlimited:
     """No AUTOFUNNEL_SEND_RATE: every email goes as fast as SMTP takes it."""
 
+    limited = False
+
     def wait_turn(self) -> float:
         return 0.0
 
 
 class DatabasePace:
     """The shared slot in a database row, taken under a row lock (a write lock on SQLite)."""
+
+    limited = True
 
     def __init__(self, db: Database, rate: float, *, sleep: Sleep = time.sleep, now: Now = time.time) -> None:
         self.db, self.interval, self.sleep, self.now = db, 1.0 / rate, sleep, now
@@ -77,6 +84,8 @@ return string.format('%.6f', slot - tonumber(ARGV[1]))
 
 class RedisPace:
     """The shared slot in one Redis key, read and moved in one atomic script."""
+
+    limited = True
 
     def __init__(self, url: str, rate: float, *, sleep: Sleep = time.sleep, now: Now = time.time) -> None:
         import redis

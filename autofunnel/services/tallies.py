@@ -65,7 +65,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session, aliased
 
 from autofunnel.store.models import Assignment, CohortTally, Delivery, Event, StageEntry
-from autofunnel.store.queries import chunks, is_postgres
+from autofunnel.store.queries import Executor, chunks, is_postgres
 from autofunnel.store.types import UTCDateTime
 
 PURCHASE_WINDOW: Final = timedelta(days=7)
@@ -134,7 +134,7 @@ def currency_of(event: Any) -> ColumnElement[str]:
     return func.coalesce(event.properties["currency"].as_string(), "")
 
 
-def before(session: Session, later: Any, earlier: Any, span: timedelta) -> ColumnElement[bool]:
+def before(session: Executor, later: Any, earlier: Any, span: timedelta) -> ColumnElement[bool]:
     """`later < earlier + span`, written so each backend compares it directly."""
     seconds = int(span.total_seconds())
     if is_postgres(session):
@@ -242,7 +242,7 @@ def may_follow(lead_id: int, now: datetime) -> Exists:
     return exists().where(e.lead_id == lead_id, or_(e.type == "unsubscribed", and_(e.type == "purchase", e.at >= now)))
 
 
-def count_sent_email(session: Session, delivery_id: int, lead_id: int, sent_at: datetime, funnel: str, cohort: Cohort, stage: str, step: str, figures: Sequence[str]) -> None:
+def count_sent_email(session: Executor, delivery_id: int, lead_id: int, sent_at: datetime, funnel: str, cohort: Cohort, stage: str, step: str, figures: Sequence[str]) -> None:
     """An email just recorded sent (`figures`: sent, and opened or clicked if that came first).
 
     Built from what the sender already knows, plus one short lookup of what was
@@ -280,7 +280,7 @@ def _unsubscribe_from(u: Any, d: Any) -> ColumnElement[bool]:
     return and_(u.lead_id == d.lead_id, u.type == "unsubscribed", u.properties["delivery"].as_integer() == d.id)
 
 
-def _purchase_after(session: Session, p: Any, d: Any) -> ColumnElement[bool]:
+def _purchase_after(session: Executor, p: Any, d: Any) -> ColumnElement[bool]:
     return and_(p.lead_id == d.lead_id, p.type == "purchase", p.at >= d.sent_at, before(session, p.at, d.sent_at, PURCHASE_WINDOW))
 
 

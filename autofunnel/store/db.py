@@ -14,6 +14,7 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 _PLAIN_POSTGRES = ("postgres://", "postgresql://")
@@ -141,6 +142,15 @@ class Database:
                 session.commit()
 
     @contextmanager
+    def held(self) -> Iterator[HeldConnection]:
+        """One write connection for a run of short transactions (see `HeldConnection`)."""
+        held = HeldConnection(writer(self.engine))
+        try:
+            yield held
+        finally:
+            held.close()
+
+    @contextmanager
     def read(self) -> Iterator[Session]:
         """A consistent view for reports and lookups that never takes SQLite's write lock.
 
@@ -151,3 +161,38 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+class HeldConnection:
+    """A write connection kept across many short transactions.
+
+    A worker records every email in its own transaction; checking a connection
+    out of the pool (and pinging it, on PostgreSQL) for each would add a round
+    trip to every email. A database error drops the connection, so the next
+    transaction starts on a fresh one: a restarted server costs a retry, not
+    the batch.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._connection: Connection | None = None
+
+    @contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        """Commits when the block ends, rolls back if it raises."""
+        if self._connection is None:
+            self._connection = self._engine.connect()
+        connection = self._connection
+        try:
+            with connection.begin():
+                yield connection
+        except DBAPIError:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        if self._connection is not None:
+            try:
+                self._connection.close()
+            finally:
+                self._connection = None

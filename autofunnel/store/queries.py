@@ -9,12 +9,24 @@ from typing import Any
 
 from sqlalchemy import BigInteger, Insert, Table, Text, any_, bindparam, insert, text, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
+Executor = Session | Connection
+"""Where a statement runs: a unit of work's session, or a worker's held connection."""
 
-def insert_ignoring(session: Session, table: Table, conflict: Sequence[str]) -> Insert:
+
+def dialect_of(session: Executor) -> str:
+    return session.dialect.name if isinstance(session, Connection) else session.get_bind().dialect.name
+
+
+def _connection_of(session: Executor) -> Connection:
+    return session if isinstance(session, Connection) else session.connection()
+
+
+def insert_ignoring(session: Executor, table: Table, conflict: Sequence[str]) -> Insert:
     """`INSERT … ON CONFLICT (cols) DO NOTHING` for the session's backend: idempotent writes."""
-    dialect = session.get_bind().dialect.name
+    dialect = dialect_of(session)
     if dialect == "postgresql":
         return postgresql.insert(table).on_conflict_do_nothing(index_elements=list(conflict))
     if dialect == "sqlite":
@@ -22,8 +34,8 @@ def insert_ignoring(session: Session, table: Table, conflict: Sequence[str]) -> 
     raise NotImplementedError(f"autofunnel supports SQLite and PostgreSQL, not {dialect}")
 
 
-def is_postgres(session: Session) -> bool:
-    return session.get_bind().dialect.name == "postgresql"
+def is_postgres(session: Executor) -> bool:
+    return dialect_of(session) == "postgresql"
 
 
 def chunks(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
@@ -71,7 +83,8 @@ def insert_returning(
     columns = [table.c[name] for name in returning]
     if not is_postgres(session):
         return _sqlite_insert(session, table, rows, conflict, returning)
-    dialect = session.get_bind().dialect
+    connection = _connection_of(session)
+    dialect = connection.dialect
     names = list(rows[0])
     written: list[Any] = []
     for part in chunks(list(rows), 5000):
@@ -102,7 +115,7 @@ def insert_returning(
     return written
 
 
-def bulk_insert(session: Session, table: Table, rows: Sequence[dict[str, Any]], *, conflict: Sequence[str] = ()) -> None:
+def bulk_insert(session: Executor, table: Table, rows: Sequence[dict[str, Any]], *, conflict: Sequence[str] = ()) -> None:
     """Insert many rows (all naming the same columns), skipping clashes on `conflict` when given."""
     if not rows:
         return
@@ -117,7 +130,7 @@ SQLITE_MAX_VARIABLES = 32766
 
 
 def _sqlite_insert(
-    session: Session, table: Table, rows: Sequence[dict[str, Any]], conflict: Sequence[str], returning: Sequence[str]
+    session: Executor, table: Table, rows: Sequence[dict[str, Any]], conflict: Sequence[str], returning: Sequence[str]
 ) -> list[Any]:
     """SQLite: the rows converted by the columns' own SQLAlchemy bind processors, then
     handed to the driver in one go.
@@ -128,7 +141,8 @@ def _sqlite_insert(
     multi-row VALUES (the driver's executemany cannot return rows); returned
     columns must be plain integers or text.
     """
-    dialect = session.get_bind().dialect
+    connection = _connection_of(session)
+    dialect = connection.dialect
     names = list(rows[0])
     processors = [table.c[name].type.dialect_impl(dialect).bind_processor(dialect) for name in names]
     values = [
@@ -138,7 +152,6 @@ def _sqlite_insert(
     head = f"INSERT INTO {table.name} ({', '.join(names)}) VALUES "
     tail = f" ON CONFLICT ({', '.join(conflict)}) DO NOTHING" if conflict else ""
     placeholder = "(" + ", ".join("?" for _ in names) + ")"
-    connection = session.connection()
     if not returning:
         connection.exec_driver_sql(head + placeholder + tail, values)
         return []
