@@ -441,3 +441,22 @@ def test_concurrent_batches_about_one_lead_apply_one_after_the_other(runtime_fac
     assert not errors
     runs = [(e["run"], e["status"]) for e in lead_view(runtimes[0], "ola@example.com")["enrollments"]]
     assert sorted(runs) == [(1, "stopped"), (2, "stopped"), (3, "stopped"), (4, "stopped"), (5, "active")]
+
+
+@pytest.mark.postgres
+def test_a_worker_gives_its_connection_back_planning_for_each_batch(rt: Any, smtp_sink: SmtpSink) -> None:
+    """Sending lets PostgreSQL reuse one-row plans on its held connection; the pool gets it back
+    planning every statement for its parameters, as statements over batches of ids need."""
+    for number in range(3):
+        sub(rt, f"plan{number}@example.com")
+        events(rt, {"type": "confirmed", "email": f"plan{number}@example.com"})
+    assert "3 sent" in run_tick(rt).summary
+    assert len(smtp_sink.messages) == 3
+    pool = rt.db.engine.pool
+    connections = [rt.db.engine.connect() for _ in range(pool.checkedin() + 1)]
+    try:
+        modes = {connection.exec_driver_sql("SHOW plan_cache_mode").scalar() for connection in connections}
+    finally:
+        for connection in connections:
+            connection.close()
+    assert modes == {"force_custom_plan"}

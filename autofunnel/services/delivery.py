@@ -137,6 +137,7 @@ def deliver(rt: Runtime, delivery_ids: Sequence[int], *, transport: Transport | 
         if not ready:
             return report
         batch.leads = batch.run(lambda connection: _read_leads(connection, ready), "reading the batch's leads")
+        held.use_generic_plans()
         paced = rt.send_pace.limited
         outcome: _Outcome | None = None
         with (transport or rt.transport).session() as smtp:

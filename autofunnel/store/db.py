@@ -176,23 +176,49 @@ class HeldConnection:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
         self._connection: Connection | None = None
+        self._generic_plans = False
+        self._generic_plans_set = False
+
+    def use_generic_plans(self) -> None:
+        """From the next transaction on, let PostgreSQL reuse its plan of a repeated statement.
+
+        The engine plans every statement for its parameters (see `make_engine`),
+        which is right for statements over batches of ids and costs ~0.2 ms a run for
+        the one-row statements a worker repeats for every email. Ask for this only
+        once the batch-wide statements are done; the setting is reset before the
+        connection goes back to the pool.
+        """
+        self._generic_plans = self._engine.dialect.name == "postgresql"
 
     @contextmanager
     def transaction(self) -> Iterator[Connection]:
         """Commits when the block ends, rolls back if it raises."""
         if self._connection is None:
             self._connection = self._engine.connect()
+            self._generic_plans_set = False
         connection = self._connection
+        setting = self._generic_plans and not self._generic_plans_set
         try:
             with connection.begin():
+                if setting:
+                    connection.exec_driver_sql("SET plan_cache_mode = auto")
                 yield connection
         except DBAPIError:
             self.close()
             raise
+        if setting:
+            self._generic_plans_set = True
 
     def close(self) -> None:
-        if self._connection is not None:
-            try:
-                self._connection.close()
-            finally:
-                self._connection = None
+        connection, self._connection = self._connection, None
+        if connection is None:
+            return
+        try:
+            if self._generic_plans_set:
+                with connection.begin():
+                    connection.exec_driver_sql("RESET plan_cache_mode")
+        except DBAPIError:
+            connection.invalidate()
+        finally:
+            self._generic_plans_set = False
+            connection.close()
