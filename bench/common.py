@@ -6,10 +6,10 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from sqlalchemy import text
+from sqlalchemy import create_engine, make_url, text
 
 from autofunnel.services.starter import init_project
-from autofunnel.store.db import Database, backend_name
+from autofunnel.store.db import Database, backend_name, normalize_url
 from autofunnel.store.migrate import upgrade
 
 
@@ -20,9 +20,25 @@ def fresh_project(prefix: str, database_url: str | None) -> tuple[Path, Path, st
     init_project(project)
     url = database_url or f"sqlite:///{work / 'bench.db'}"
     if backend_name(url) == "postgresql":
+        create_database_if_missing(url)
         db = Database.from_url(url)
         with db.engine.begin() as connection:
             connection.execute(text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
         db.dispose()
     upgrade(url)
     return work, project, url
+
+
+def create_database_if_missing(url: str) -> None:
+    """A newcomer's machine has the role (CREATEDB, as `.ci/run` makes it) but not the bench database."""
+    target = make_url(normalize_url(url))
+    maintenance = create_engine(target.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    try:
+        with maintenance.connect() as connection:
+            exists = connection.execute(
+                text("SELECT 1 FROM pg_database WHERE datname = :name"), {"name": target.database}
+            ).first()
+            if exists is None:
+                connection.exec_driver_sql(f'CREATE DATABASE "{target.database}"')
+    finally:
+        maintenance.dispose()
