@@ -4,6 +4,8 @@ SMTP on loopback, a fixed clock. These are the product's promises."""
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from email import policy
 from email.message import EmailMessage
@@ -23,7 +25,8 @@ from autofunnel.services.events import record_events
 from autofunnel.services.inputs import parse_events, parse_subscribe
 from autofunnel.services.leads import lead_view, subscribe
 from autofunnel.services.scheduler import run_tick, sweep, tick
-from autofunnel.store.models import Delivery, Enrollment, Lead
+from autofunnel.services.tallies import rebuild_tallies
+from autofunnel.store.models import CohortTally, Delivery, Enrollment, Lead
 
 T0 = datetime(2026, 3, 2, 9, 30, tzinfo=UTC)  # a Monday, 10:30 in Berlin
 
@@ -276,6 +279,42 @@ def test_a_hard_bounce_stops_the_next_email_of_the_same_batch(runtime_factory: A
     assert gone["status"] == "bounced"
     assert sorted((d["status"], d["reason"][:24]) for d in gone["deliveries"]) == [("failed", "550 5.1.1 no such user"), ("skipped", "cancelled: lead bounced")]
     assert [d["status"] for d in lead_view(rt, "kept@example.com")["deliveries"]] == ["sent", "sent"]
+
+
+def test_an_open_and_click_written_before_the_send_is_recorded_count_with_it(rt: Any, smtp_sink: SmtpSink) -> None:
+    """An email's record counts opens and clicks that reached its delivery while it was being
+    handed over, as a recount does, both when it is recorded with the next email's claim (the
+    first) and when it is recorded alone (the batch's last)."""
+    for name in ("first", "second"):
+        sub(rt, f"{name}@example.com")
+        events(rt, {"type": "confirmed", "email": f"{name}@example.com"})
+    queued = tick(rt).queued
+    assert len(queued) == 2
+
+    class OpenedWhileSending:
+        @contextmanager
+        def session(self) -> Iterator[Any]:
+            with rt.transport.session() as smtp:
+                self.smtp = smtp
+                yield self
+
+        def send(self, envelope_from: str, recipient: str, message: bytes) -> None:
+            self.smtp.send(envelope_from, recipient, message)
+            with rt.db.transaction() as session:
+                now = rt.clock.now()
+                session.execute(update(Delivery).where(Delivery.to_address == recipient).values(opened_at=now, clicked_at=now))
+
+    def figures() -> dict[str, int]:
+        with rt.db.read() as session:
+            rows = session.execute(select(CohortTally.figure, func.sum(CohortTally.n)).group_by(CohortTally.figure)).all()
+        return {figure: int(n) for figure, n in rows if figure in ("sent", "opened", "clicked")}
+
+    assert deliver(rt, queued, transport=OpenedWhileSending()).sent == 2
+    assert len(smtp_sink.messages) == 2
+    assert figures() == {"sent": 2, "opened": 2, "clicked": 2}
+    with rt.db.transaction() as session:
+        rebuild_tallies(session)
+    assert figures() == {"sent": 2, "opened": 2, "clicked": 2}
 
 
 def test_a_temporary_failure_is_retried(rt: Any, smtp_sink: SmtpSink, clock: FixedClock) -> None:

@@ -40,6 +40,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 from sqlalchemy import (
+    CTE,
     ColumnElement,
     Float,
     Select,
@@ -48,12 +49,14 @@ from sqlalchemy import (
     bindparam,
     case,
     cast,
+    column,
     delete,
     Exists,
     exists,
     func,
     or_,
     insert,
+    Insert,
     literal,
     literal_column,
     select,
@@ -61,6 +64,7 @@ from sqlalchemy import (
     true,
     tuple_,
     union_all,
+    values,
 )
 from sqlalchemy.orm import Session, aliased
 
@@ -261,6 +265,38 @@ def count_sent_email(session: Executor, delivery_id: int, lead_id: int, sent_at:
         {"funnel": funnel, "cohort_day": day, "channel": cohort.channel or "", "figure": figure, "stage": stage, "step": step, "detail": "", "n": n, "amount": 0.0}
         for figure, n in counts
     ])
+
+
+def sent_email_tally(finished: CTE) -> Insert:
+    """`count_sent_email` for a statement that records the send itself, when nothing may
+    follow the email (`Cohort.followed` false): `finished` is that record's UPDATE, returning
+    `opened_at` and `clicked_at`, and adds a row only if it changed the delivery.
+
+    PostgreSQL folds an email's record, its timeline entry, this tally and the next
+    email's claim into one statement (see `services/delivery.py`); the parameters are
+    the ones `sent_email_tally_params` gives. The property tests hold it, like
+    `count_sent_email`, to `count_emails`.
+    """
+    t = CohortTally.__table__
+    figures = values(column("figure", String), name="figures").data([("sent",), ("opened",), ("clicked",)])
+    shown = or_(
+        figures.c.figure == "sent",
+        and_(figures.c.figure == "opened", finished.c.opened_at.is_not(None)),
+        and_(figures.c.figure == "clicked", finished.c.clicked_at.is_not(None)),
+    )
+    row = select(
+        bindparam("tally_funnel", type_=t.c.funnel.type), bindparam("tally_day", type_=t.c.cohort_day.type),
+        bindparam("tally_channel", type_=t.c.channel.type), figures.c.figure, bindparam("tally_stage", type_=t.c.stage.type),
+        bindparam("tally_step", type_=t.c.step.type), literal("", t.c.detail.type), literal(1, t.c.n.type), literal(0.0, t.c.amount.type),
+    ).select_from(finished).join(figures, shown)
+    return insert(t).from_select(["funnel", "cohort_day", "channel", "figure", "stage", "step", "detail", "n", "amount"], row)
+
+
+def sent_email_tally_params(funnel: str, cohort: Cohort, stage: str, step: str) -> dict[str, Any]:
+    return {
+        "tally_funnel": funnel, "tally_day": cohort.cohort_at.astimezone(UTC).date(), "tally_channel": cohort.channel or "",
+        "tally_stage": stage, "tally_step": step,
+    }
 
 
 def count_engagement(session: Session, delivery_id: int, figures: Sequence[str]) -> None:
