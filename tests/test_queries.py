@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from sqlalchemy import insert, select, text
 
 from autofunnel.store.db import Database
-from autofunnel.store.models import Deadline, Lead, TimelineEntry
+from autofunnel.store.models import CohortTally, Deadline, Lead, TimelineEntry
 from autofunnel.store.queries import bulk_insert, insert_returning
 
 WHEN = datetime(2026, 3, 2, 10, 0, 0, 123456, tzinfo=timezone(timedelta(hours=2)))
@@ -42,3 +42,14 @@ def test_insert_returning_skips_conflicts(migrated_db: Database) -> None:
         again = insert_returning(session, Deadline.__table__, rows, ("name",), conflict=("lead_id", "flow", "name"))
     assert sorted(r[0] for r in first) == ["a", "b"]
     assert again == []
+
+
+def test_bulk_insert_takes_whole_numbers_among_fractions_and_fills_server_defaults(migrated_db: Database) -> None:
+    """PostgreSQL's arrays hold one Python type; a column mixing ints and floats still goes in whole."""
+    day = WHEN.date()
+    rows = [{"funnel": "f", "cohort_day": day, "figure": "revenue", "n": 1, "amount": amount} for amount in (2, 2.5, 0)]
+    with migrated_db.transaction() as session:
+        bulk_insert(session, CohortTally.__table__, rows)
+    with migrated_db.read() as session:
+        stored = session.execute(select(CohortTally.amount, CohortTally.channel, CohortTally.folded).order_by(CohortTally.id)).all()
+    assert stored == [(2.0, "", False), (2.5, "", False), (0.0, "", False)]
