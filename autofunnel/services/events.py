@@ -81,7 +81,12 @@ class _Entered:
 
 
 def record_events(rt: Runtime, items: list[EventInput]) -> RecordResult:
-    """Store a batch of events and apply the new ones; all or nothing."""
+    """Store a batch of events and apply the new ones; all or nothing.
+
+    An id given twice in one batch is one event, the first one sent, and the
+    rest count as duplicates, as they would in later batches: only that first
+    event is stored, and only it is applied.
+    """
     now = rt.clock.now()
     with rt.db.transaction() as session:
         lead_of = _resolve_leads(session, items, now)
@@ -92,8 +97,10 @@ def record_events(rt: Runtime, items: list[EventInput]) -> RecordResult:
             }
             for index, item in enumerate(items)
         ]
-        inserted = insert_returning(session, Event.__table__, rows, ("id", "key"), conflict=("key",))
-        by_key = {row["key"]: row for row in rows}
+        by_key: dict[str, dict[str, Any]] = {}
+        for row in rows:
+            by_key.setdefault(row["key"], row)
+        inserted = insert_returning(session, Event.__table__, list(by_key.values()), ("id", "key"), conflict=("key",))
         fresh = sorted(((by_key[key], event_id) for event_id, key in inserted), key=lambda pair: (pair[0]["at"], pair[1]))
         if fresh:
             _apply(session, rt, fresh, now)
