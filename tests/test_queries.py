@@ -53,3 +53,17 @@ def test_bulk_insert_takes_whole_numbers_among_fractions_and_fills_server_defaul
     with migrated_db.read() as session:
         stored = session.execute(select(CohortTally.amount, CohortTally.channel, CohortTally.folded).order_by(CohortTally.id)).all()
     assert stored == [(2.0, "", False), (2.5, "", False), (0.0, "", False)]
+
+
+def test_bulk_insert_stores_shared_moments_as_core_does(migrated_db: Database) -> None:
+    """Each distinct moment of a column is converted once; the same instant in two zones is one moment."""
+    lead_id = lead(migrated_db, "e@f.example")
+    moments = [WHEN, WHEN.astimezone(UTC), WHEN + timedelta(microseconds=1), WHEN]
+    rows = [{"lead_id": lead_id, "at": moment, "decision": "d"} for moment in moments]
+    with migrated_db.transaction() as session:
+        session.execute(insert(TimelineEntry.__table__), rows)
+        bulk_insert(session, TimelineEntry.__table__, rows)
+    with migrated_db.read() as session:
+        raw = session.execute(text("SELECT at FROM timeline ORDER BY id")).scalars().all()
+    assert raw[:4] == raw[4:]
+    assert raw[0] == raw[1] == raw[3] != raw[2]
