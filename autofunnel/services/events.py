@@ -141,7 +141,7 @@ def _resolve_leads(session: Session, items: list[EventInput], now: datetime) -> 
     if missing:
         created = insert_returning(
             session, Lead.__table__,
-            [{"email": email, "fields": {}, "tags": [], "status": "active", "created_at": now, "updated_at": now, "status_changed_at": now} for email in missing],
+            [{"email": email, "status": "active", "created_at": now, "updated_at": now, "status_changed_at": now} for email in missing],
             ("email", "id"), conflict=("email",),
         )
         by_email.update((email, lead_id) for email, lead_id in created)
