@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta, timezone
 
-from sqlalchemy import insert, select, text
+import pytest
+from sqlalchemy import func, insert, select, text
+from sqlalchemy.exc import IntegrityError
 
 from autofunnel.store.db import Database
 from autofunnel.store.models import CohortTally, Deadline, Lead, TimelineEntry
-from autofunnel.store.queries import bulk_insert, insert_returning
+from autofunnel.store.queries import KEY_CHECKS_WORTH_A_SWITCH, bulk_insert, insert_returning
 
 WHEN = datetime(2026, 3, 2, 10, 0, 0, 123456, tzinfo=timezone(timedelta(hours=2)))
 
@@ -67,3 +69,22 @@ def test_bulk_insert_stores_shared_moments_as_core_does(migrated_db: Database) -
         raw = session.execute(text("SELECT at FROM timeline ORDER BY id")).scalars().all()
     assert raw[:4] == raw[4:]
     assert raw[0] == raw[1] == raw[3] != raw[2]
+
+
+@pytest.mark.postgres
+def test_a_large_insert_still_checks_its_foreign_keys_and_keeps_the_plan_mode(migrated_db: Database) -> None:
+    """The insert lets PostgreSQL reuse its plan of the key checks, and only for that insert."""
+    lead_id = lead(migrated_db, "g@h.example")
+    rows = [{"lead_id": lead_id, "at": WHEN, "decision": "d"} for _ in range(KEY_CHECKS_WORTH_A_SWITCH)]
+    with migrated_db.transaction() as session:
+        bulk_insert(session, TimelineEntry.__table__, rows)
+        assert session.execute(text("SHOW plan_cache_mode")).scalar() == "force_custom_plan"
+        session.execute(text("SET LOCAL plan_cache_mode = force_generic_plan"))
+        bulk_insert(session, TimelineEntry.__table__, rows)
+        assert session.execute(text("SHOW plan_cache_mode")).scalar() == "force_generic_plan"
+    with pytest.raises(IntegrityError):
+        with migrated_db.transaction() as session:
+            bulk_insert(session, TimelineEntry.__table__, [*rows, {"lead_id": lead_id + 1, "at": WHEN, "decision": "d"}])
+    with migrated_db.transaction() as session:
+        assert session.execute(text("SHOW plan_cache_mode")).scalar() == "force_custom_plan"
+        assert session.scalar(select(func.count()).select_from(TimelineEntry)) == 2 * KEY_CHECKS_WORTH_A_SWITCH

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
@@ -135,12 +136,41 @@ def _postgres_insert(
         )
         if conflict:
             sql += f" ON CONFLICT ({', '.join(conflict)}) DO NOTHING"
-        if not returning:
-            connection.exec_driver_sql(sql, params)
-            continue
-        sql += f" RETURNING {', '.join(returning)}"
-        written.extend(connection.exec_driver_sql(sql, params).all())
+        if returning:
+            sql += f" RETURNING {', '.join(returning)}"
+        with _generic_plans_for_key_checks(connection, len(part) * len(table.foreign_keys)):
+            result = connection.exec_driver_sql(sql, params)
+            if returning:
+                written.extend(result.all())
     return written
+
+
+KEY_CHECKS_WORTH_A_SWITCH = 100
+"""Foreign-key checks (rows × keys) from which one insert plans them once rather than per row;
+below it, the two extra round trips of the switch cost more than they save."""
+
+
+@contextmanager
+def _generic_plans_for_key_checks(connection: Connection, checks: int) -> Iterator[None]:
+    """Let PostgreSQL reuse its plan of the foreign-key checks for the length of one insert.
+
+    Each inserted row's foreign keys are checked by a query that PostgreSQL keeps
+    prepared; the engine's `plan_cache_mode=force_custom_plan` (see `make_engine`)
+    has it planned again for every row, which was most of the server's time of a
+    batch of events: 900 enrollment rows spent 21 of 25 ms in their three checks,
+    8 µs a check, against 12 ms for the whole insert with the plan reused. The
+    mode the transaction had is put back after the insert, so the batch-wide
+    statements that follow are planned for their parameters as before; an insert
+    that fails aborts the transaction, and the rollback undoes the switch.
+    """
+    if checks < KEY_CHECKS_WORTH_A_SWITCH:
+        yield
+        return
+    before = connection.exec_driver_sql(
+        "SELECT current_setting('plan_cache_mode'), set_config('plan_cache_mode', 'auto', true)"
+    ).scalar_one()
+    yield
+    connection.exec_driver_sql("SELECT set_config('plan_cache_mode', %(mode)s, true)", {"mode": before})
 
 
 SQLITE_MAX_VARIABLES = 32766
