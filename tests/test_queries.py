@@ -88,3 +88,16 @@ def test_a_large_insert_still_checks_its_foreign_keys_and_keeps_the_plan_mode(mi
     with migrated_db.transaction() as session:
         assert session.execute(text("SHOW plan_cache_mode")).scalar() == "force_custom_plan"
         assert session.scalar(select(func.count()).select_from(TimelineEntry)) == 2 * KEY_CHECKS_WORTH_A_SWITCH
+
+
+def test_columns_that_hold_one_value_for_every_row_are_stored_in_every_row(migrated_db: Database) -> None:
+    lead_id = lead(migrated_db, "i@j.example")
+    same = {"lead_id": lead_id, "at": WHEN, "flow": None, "decision": "d", "detail": {"k": [1]}}
+    with migrated_db.transaction() as session:
+        bulk_insert(session, TimelineEntry.__table__, [same, same, same])
+        bulk_insert(session, TimelineEntry.__table__, [{**same, "detail": None, "flow": "f"}, {**same, "detail": {"k": [2]}, "flow": None}])
+        written = insert_returning(session, Deadline.__table__, [{"lead_id": lead_id, "flow": "f", "name": "n", "due_at": WHEN, "created_at": WHEN}] * 2, ("name",), conflict=("lead_id", "flow", "name"))
+    with migrated_db.read() as session:
+        stored = session.execute(select(TimelineEntry.lead_id, TimelineEntry.at, TimelineEntry.flow, TimelineEntry.detail).order_by(TimelineEntry.id)).all()
+    assert stored == [(lead_id, WHEN, None, {"k": [1]})] * 3 + [(lead_id, WHEN, "f", None), (lead_id, WHEN, None, {"k": [2]})]
+    assert [row.name for row in written] == ["n"]
