@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from sqlalchemy import func, insert, select, text
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DataError, IntegrityError
 
 from autofunnel.store.db import Database
 from autofunnel.store.models import CohortTally, Deadline, Lead, TimelineEntry
@@ -101,3 +101,15 @@ def test_columns_that_hold_one_value_for_every_row_are_stored_in_every_row(migra
         stored = session.execute(select(TimelineEntry.lead_id, TimelineEntry.at, TimelineEntry.flow, TimelineEntry.detail).order_by(TimelineEntry.id)).all()
     assert stored == [(lead_id, WHEN, None, {"k": [1]})] * 3 + [(lead_id, WHEN, "f", None), (lead_id, WHEN, None, {"k": [2]})]
     assert [row.name for row in written] == ["n"]
+
+
+@pytest.mark.postgres
+def test_an_over_long_text_is_refused_not_cut(migrated_db: Database) -> None:
+    lead_id = lead(migrated_db, "k@l.example")
+    rows = [{"lead_id": lead_id, "at": WHEN, "decision": decision} for decision in ("d", "x" * 40)]
+    with pytest.raises(DataError):
+        with migrated_db.transaction() as session:
+            bulk_insert(session, TimelineEntry.__table__, rows)
+    with pytest.raises(DataError):
+        with migrated_db.transaction() as session:
+            bulk_insert(session, TimelineEntry.__table__, rows[1:])

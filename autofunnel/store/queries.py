@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, Insert, Table, Text, any_, bindparam, update
+from sqlalchemy import BigInteger, Insert, String, Table, Text, any_, bindparam, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
@@ -107,7 +107,9 @@ def _postgres_insert(
     a status) goes as that one value, not as an array of copies: 900 enrollment
     rows are then 3 arrays, not 13. An array holds one Python type, so whole
     numbers among fractions go as floats. JSON columns go as JSON text, cast on
-    the server; columns left out take their server defaults.
+    the server. Text goes as TEXT, so that storing it in its `VARCHAR(n)` column
+    refuses an over-long value (a cast to `VARCHAR(n)` would cut it silently).
+    Columns left out take their server defaults.
     """
     connection = _connection_of(session)
     dialect = connection.dialect
@@ -130,7 +132,7 @@ def _postgres_insert(
                     raise ValueError(f"{table.name}.{name}: naive datetimes cannot be stored; give them a timezone (UTC)")
             elif not same and {type(value) for value in data if value is not None} == {int, float}:
                 data = [None if value is None else float(value) for value in data]
-            element = "TEXT" if is_json else type_sql
+            element = "TEXT" if is_json or isinstance(table.c[name].type, String) else type_sql
             if same:
                 params[f"p{index}"] = data[0]
                 value = f"CAST(%(p{index})b AS {element})"
