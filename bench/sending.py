@@ -42,6 +42,7 @@ LAYOUTS = {
     "2x1": [["worker", "--concurrency", "1"], ["worker", "--concurrency", "1"]],
     "1x2": [["worker", "--concurrency", "2"]],
     "1solo": [["worker", "--pool", "solo"]],
+    "2xdefault": [["worker"], ["worker"]],
 }
 """Two workers with one pool child each, or one worker with two: the two ways to use 2 cores;
 and one solo-pool worker, the one `autofunnel run` starts (its memory is never recycled by Celery)."""

@@ -10,7 +10,7 @@ from sqlalchemy.exc import DataError, IntegrityError
 
 from autofunnel.store.db import Database
 from autofunnel.store.models import CohortTally, Deadline, Lead, TimelineEntry
-from autofunnel.store.queries import KEY_CHECKS_WORTH_A_SWITCH, bulk_insert, insert_returning
+from autofunnel.store.queries import KEY_CHECKS_WORTH_A_SWITCH, bulk_insert, bulk_update, insert_returning
 
 WHEN = datetime(2026, 3, 2, 10, 0, 0, 123456, tzinfo=timezone(timedelta(hours=2)))
 
@@ -113,3 +113,32 @@ def test_an_over_long_text_is_refused_not_cut(migrated_db: Database) -> None:
     with pytest.raises(DataError):
         with migrated_db.transaction() as session:
             bulk_insert(session, TimelineEntry.__table__, rows[1:])
+
+
+def test_bulk_update_gives_each_row_its_own_values_as_core_does(migrated_db: Database) -> None:
+    """Per-row values, one shared value, JSON, NULLs and a single row: what SQLAlchemy's own UPDATE stores."""
+    ids = [lead(migrated_db, f"u{number}@v.example") for number in range(4)]
+    later = WHEN + timedelta(days=1)
+    changes = [
+        {"id": ids[0], "tags": ["a"], "fields": {"plan": "pro", "n": 2}, "timezone": None, "updated_at": later},
+        {"id": ids[1], "tags": [], "fields": {}, "timezone": "Europe/Berlin", "updated_at": later},
+        {"id": ids[2], "tags": ["b", "ü"], "fields": {"x": None}, "timezone": None, "updated_at": later},
+    ]
+    with migrated_db.transaction() as session:
+        bulk_update(session, Lead.__table__, changes)
+        bulk_update(session, Lead.__table__, [{"id": ids[3], "status": "unsubscribed"}])
+    with migrated_db.read() as session:
+        stored = session.execute(select(Lead.id, Lead.tags, Lead.fields, Lead.timezone, Lead.updated_at, Lead.status).order_by(Lead.id)).all()
+    assert stored == [
+        (ids[0], ["a"], {"plan": "pro", "n": 2}, None, later, "active"),
+        (ids[1], [], {}, "Europe/Berlin", later, "active"),
+        (ids[2], ["b", "ü"], {"x": None}, None, later, "active"),
+        (ids[3], [], {}, None, WHEN, "unsubscribed"),
+    ]
+
+
+def test_a_bulk_update_naming_a_row_twice_is_refused(migrated_db: Database) -> None:
+    lead_id = lead(migrated_db, "w@x.example")
+    with pytest.raises(ValueError):
+        with migrated_db.transaction() as session:
+            bulk_update(session, Lead.__table__, [{"id": lead_id, "status": "bounced"}, {"id": lead_id, "status": "active"}])

@@ -58,12 +58,22 @@ def among(session: Session, column: Any, values: Sequence[Any]) -> Any:
 
 
 def bulk_update(session: Session, table: Table, rows: Sequence[dict[str, Any]]) -> None:
-    """Update many rows by primary key, each with its own values (`{"id": …, column: value}`),
-    as one prepared statement run for every row (psycopg pipelines them on PostgreSQL;
-    measured faster there than one `UPDATE … FROM (VALUES …)`). All rows name the same columns."""
+    """Update many rows by primary key, each with its own values (`{"id": …, column: value}`).
+    All rows name the same columns.
+
+    PostgreSQL: one `UPDATE … FROM unnest(…)` over the columns as arrays (see
+    `_postgres_insert`); run once per row, even pipelined, every row's UPDATE was
+    planned afresh (`force_custom_plan`): 1000 enrollments of a scheduler pass took
+    36 ms, against 15 ms this way. SQLite: one prepared statement run for every row.
+    """
     if not rows:
         return
+    if len({row["id"] for row in rows}) != len(rows):
+        raise ValueError(f"{table.name}: a bulk update names a row twice; which values win would be arbitrary")
     names = [name for name in rows[0] if name != "id"]
+    if is_postgres(session):
+        _postgres_update(_connection_of(session), table, rows, names)
+        return
     session.execute(
         update(table).where(table.c.id == bindparam("b_id")).values({name: bindparam(name) for name in names}),
         [{"b_id": row["id"], **{name: row[name] for name in names}} for row in rows],
@@ -112,39 +122,10 @@ def _postgres_insert(
     Columns left out take their server defaults.
     """
     connection = _connection_of(session)
-    dialect = connection.dialect
     names = list(rows[0])
     written: list[Any] = []
     for part in chunks(list(rows), 5000):
-        params: dict[str, Any] = {}
-        arrays: list[str] = []
-        selects: list[str] = []
-        for index, name in enumerate(names):
-            type_sql = table.c[name].type.compile(dialect=dialect)
-            data = [row[name] for row in part]
-            first = data[0]
-            same = all(type(value) is type(first) and value == first for value in data)
-            is_json = type_sql in ("JSON", "JSONB")
-            if is_json:
-                data = [json.dumps(first) if first is not None else None] if same else [None if value is None else json.dumps(value) for value in data]
-            elif isinstance(table.c[name].type, UTCDateTime):
-                if any(isinstance(value, datetime) and value.utcoffset() is None for value in ({first} if same else set(data))):
-                    raise ValueError(f"{table.name}.{name}: naive datetimes cannot be stored; give them a timezone (UTC)")
-            elif not same and {type(value) for value in data if value is not None} == {int, float}:
-                data = [None if value is None else float(value) for value in data]
-            element = "TEXT" if is_json or isinstance(table.c[name].type, String) else type_sql
-            if same:
-                params[f"p{index}"] = data[0]
-                value = f"CAST(%(p{index})b AS {element})"
-            else:
-                params[f"p{index}"] = data
-                arrays.append(f"CAST(%(p{index})b AS {element}[])")
-                value = f"v.c{len(arrays) - 1}"
-            selects.append(f"CAST({value} AS {type_sql})" if is_json else value)
-        source = (
-            f" FROM unnest({', '.join(arrays)}) AS v({', '.join(f'c{i}' for i in range(len(arrays)))})"
-            if arrays else f" FROM generate_series(1, {len(part)})"
-        )
+        params, source, selects = _as_arrays(connection, table, names, part)
         sql = f"INSERT INTO {table.name} ({', '.join(names)}) SELECT {', '.join(selects)}{source}"
         if conflict:
             sql += f" ON CONFLICT ({', '.join(conflict)}) DO NOTHING"
@@ -155,6 +136,52 @@ def _postgres_insert(
             if returning:
                 written.extend(result.all())
     return written
+
+
+def _postgres_update(connection: Connection, table: Table, rows: Sequence[dict[str, Any]], names: Sequence[str]) -> None:
+    for part in chunks(list(rows), 5000):
+        params, source, selects = _as_arrays(connection, table, ["id", *names], part)
+        columns = ", ".join(f"{value} AS {name}" for name, value in zip(["id", *names], selects, strict=True))
+        assignments = ", ".join(f"{name} = v.{name}" for name in names)
+        connection.exec_driver_sql(
+            f"UPDATE {table.name} SET {assignments} FROM (SELECT {columns}{source}) AS v WHERE {table.name}.id = v.id", params
+        )
+
+
+def _as_arrays(connection: Connection, table: Table, names: Sequence[str], part: Sequence[dict[str, Any]]) -> tuple[dict[str, Any], str, list[str]]:
+    """The parameters, the `FROM` clause and one SQL value per column of `part`'s rows, each
+    column one typed binary array through `unnest`, or one value when every row holds it."""
+    dialect = connection.dialect
+    params: dict[str, Any] = {}
+    arrays: list[str] = []
+    selects: list[str] = []
+    for index, name in enumerate(names):
+        type_sql = table.c[name].type.compile(dialect=dialect)
+        data = [row[name] for row in part]
+        first = data[0]
+        same = all(type(value) is type(first) and value == first for value in data)
+        is_json = type_sql in ("JSON", "JSONB")
+        if is_json:
+            data = [json.dumps(first) if first is not None else None] if same else [None if value is None else json.dumps(value) for value in data]
+        elif isinstance(table.c[name].type, UTCDateTime):
+            if any(isinstance(value, datetime) and value.utcoffset() is None for value in ({first} if same else set(data))):
+                raise ValueError(f"{table.name}.{name}: naive datetimes cannot be stored; give them a timezone (UTC)")
+        elif not same and {type(value) for value in data if value is not None} == {int, float}:
+            data = [None if value is None else float(value) for value in data]
+        element = "TEXT" if is_json or isinstance(table.c[name].type, String) else type_sql
+        if same:
+            params[f"p{index}"] = data[0]
+            value = f"CAST(%(p{index})b AS {element})"
+        else:
+            params[f"p{index}"] = data
+            arrays.append(f"CAST(%(p{index})b AS {element}[])")
+            value = f"v.c{len(arrays) - 1}"
+        selects.append(f"CAST({value} AS {type_sql})" if is_json else value)
+    source = (
+        f" FROM unnest({', '.join(arrays)}) AS v({', '.join(f'c{i}' for i in range(len(arrays)))})"
+        if arrays else f" FROM generate_series(1, {len(part)})"
+    )
+    return params, source, selects
 
 
 KEY_CHECKS_WORTH_A_SWITCH = 100
