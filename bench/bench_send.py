@@ -10,6 +10,7 @@ through the real processes; then where the time of one email goes.
 Systems (`--systems`, comma-separated):
   pg:2x1:lean      PostgreSQL + Redis, `autofunnel scheduler` + 2 x `autofunnel worker --concurrency 1`, lean sink
   pg:1x2:lean      the same with one `autofunnel worker --concurrency 2`
+  pg:2xdefault:lean  2 x `autofunnel worker` at their default concurrency (the number of cores), lean sink
   pg:2x1:aiosmtpd  2 x 1 workers into an aiosmtpd sink
   pg:1solo:lean    one `autofunnel worker --pool solo` (the worker `run` starts), to tell its memory from SQLite's and the folder broker's
   pgfolder:1solo:lean  PostgreSQL with the default folder broker, one solo worker (memory: the folder broker's share)
@@ -313,7 +314,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--leads", type=int, default=20000)
     parser.add_argument("--repeat", type=int, default=2)
-    parser.add_argument("--systems", default="pg:2x1:lean,pg:1x2:lean,pg:2x1:aiosmtpd,run:lean")
+    parser.add_argument("--systems", default="pg:2x1:lean,pg:1x2:lean,pg:2xdefault:lean,pg:2x1:aiosmtpd,run:lean")
     parser.add_argument("--timeout", type=float, default=900, help="seconds one run may take")
     parser.add_argument("--breakdown", type=int, default=2000, help="emails for the in-process breakdown; 0 to skip")
     parser.add_argument("--celery-tasks", type=int, default=2000)
