@@ -14,12 +14,12 @@ import pytest
 from click.testing import CliRunner
 from conftest import TEST_BROKER_URL
 from smtp_sink import SmtpSink
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 
 from autofunnel.cli import main
 from autofunnel.clock import FixedClock
 from autofunnel.services.delivery import deliver
-from autofunnel.services.dispatch import scheduler_pass
+from autofunnel.services.dispatch import MAX_QUEUED_TASKS, scheduler_pass
 from autofunnel.services.inputs import parse_subscribe
 from autofunnel.services.leads import subscribe
 from autofunnel.services.scheduler import sweep, tick
@@ -107,6 +107,21 @@ def test_a_pass_hands_out_committed_work_in_batches(rt: Any) -> None:
     assert [len(batch) for batch in batches] == [50, 50, 20]
     assert (stats.due, stats.handed_out, stats.lost) == (120, 120, 0)
     assert len({delivery for batch in batches for delivery in batch}) == 120
+
+
+def test_a_pass_stops_deciding_while_the_broker_is_full_and_the_rest_waits_in_the_database(rt: Any) -> None:
+    """A wave of due leads never piles up in the broker: past MAX_QUEUED_TASKS messages a pass
+    stops after the batch it decided, and a later pass decides the rest."""
+    confirmed_leads(rt, 120)
+    handed: list[list[int]] = []
+    depths = iter([MAX_QUEUED_TASKS - 1, MAX_QUEUED_TASKS])
+    first = scheduler_pass(rt, handed.append, lambda: next(depths, MAX_QUEUED_TASKS), batch=40)
+    assert (first.due, first.handed_out) == (80, 80)
+    with rt.db.read() as session:
+        assert session.scalar(select(func.count()).select_from(Delivery)) == 80
+    second = scheduler_pass(rt, handed.append, lambda: 0, batch=40)
+    assert (second.due, second.handed_out) == (40, 40)
+    assert len({delivery for batch in handed for delivery in batch}) == 120
 
 
 def test_a_broker_that_cannot_say_its_depth_gets_no_second_copy(rt: Any, clock: FixedClock) -> None:

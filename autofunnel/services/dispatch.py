@@ -18,13 +18,18 @@ from dataclasses import dataclass
 from sqlalchemy.exc import SQLAlchemyError
 
 from autofunnel.services.runtime import Runtime
-from autofunnel.services.scheduler import fold_report_tallies, sweep, tick
+from autofunnel.services.scheduler import BATCH, fold_report_tallies, sweep, tick
 
 log = logging.getLogger(__name__)
 
 TASK_BATCH = 50
 """Delivery ids per broker message: a Celery task costs ~2 ms, an email's whole budget,
 so one task carries many emails and one SMTP connection serves them all."""
+
+MAX_QUEUED_TASKS = 400
+"""Broker messages (of TASK_BATCH emails) past which a pass stops deciding due steps: 20,000
+emails, tens of seconds of sending, about a megabyte of Redis. A wave of a million due leads
+waits in the database, where the schedule lives, not as 20,000 messages in Redis."""
 
 FOLD_EVERY = 60.0
 """Seconds between folds of the report's tally rows (see `services/tallies.py`)."""
@@ -46,8 +51,9 @@ def in_batches(ids: Sequence[int], size: int = TASK_BATCH) -> list[list[int]]:
     return [list(ids[start:start + size]) for start in range(0, len(ids), size)]
 
 
-def scheduler_pass(rt: Runtime, hand_out: HandOut, queue_depth: QueueDepth) -> PassStats:
-    """One pass: due steps decided and their emails handed out batch by batch, then lost work swept up."""
+def scheduler_pass(rt: Runtime, hand_out: HandOut, queue_depth: QueueDepth, *, batch: int = BATCH) -> PassStats:
+    """One pass: due steps decided and their emails handed out batch by batch, until the broker
+    holds MAX_QUEUED_TASKS messages; then lost work swept up."""
     stats = PassStats()
 
     def hand_out_batch(ids: list[int]) -> None:
@@ -55,7 +61,7 @@ def scheduler_pass(rt: Runtime, hand_out: HandOut, queue_depth: QueueDepth) -> P
             hand_out(chunk)
         stats.handed_out += len(ids)
 
-    report = tick(rt, on_batch=hand_out_batch)
+    report = tick(rt, batch=batch, on_batch=hand_out_batch, keep_going=lambda: _has_room(queue_depth))
     stats.due = report.enrollments
     swept = sweep(rt, now=rt.clock.now(), broker_empty=_is_empty(queue_depth))
     stats.retries, stats.lost, stats.interrupted = len(swept.retries), len(swept.lost), swept.interrupted
@@ -63,6 +69,14 @@ def scheduler_pass(rt: Runtime, hand_out: HandOut, queue_depth: QueueDepth) -> P
         log.warning("%d queued email(s) were lost by the broker; handing them out again", len(swept.lost))
     hand_out_batch(swept.retries + swept.lost)
     return stats
+
+
+def _has_room(queue_depth: QueueDepth) -> bool:
+    """A broker that cannot say its depth gets more work: handing it out fails by itself if it is down."""
+    try:
+        return queue_depth() < MAX_QUEUED_TASKS
+    except Exception:
+        return True
 
 
 def _is_empty(queue_depth: QueueDepth) -> bool:

@@ -79,9 +79,10 @@ class TickReport:
 
 def tick(
     rt: Runtime, *, now: datetime | None = None, dry_run: bool = False, batch: int = BATCH,
-    on_batch: Callable[[list[int]], None] | None = None,
+    on_batch: Callable[[list[int]], None] | None = None, keep_going: Callable[[], bool] | None = None,
 ) -> TickReport:
-    """Process everything due at `now`: batches until none is left (one batch on a dry run).
+    """Process everything due at `now`: batches until none is left (one batch on a dry run),
+    or until `keep_going` says no after a batch (`more_due` is then set; the rest stays due).
 
     `on_batch` gets each batch's queued delivery ids right after its commit, so the
     first emails of a large wave are on their way while later batches are decided.
@@ -118,6 +119,9 @@ def tick(
             on_batch(queued)
         if dry_run:
             report.more_due = len(rows) == batch
+            break
+        if keep_going is not None and not keep_going():
+            report.more_due = True
             break
     return report
 
