@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
@@ -142,3 +143,15 @@ def test_a_bulk_update_naming_a_row_twice_is_refused(migrated_db: Database) -> N
     with pytest.raises(ValueError):
         with migrated_db.transaction() as session:
             bulk_update(session, Lead.__table__, [{"id": lead_id, "status": "bounced"}, {"id": lead_id, "status": "active"}])
+
+
+def test_json_values_python_finds_equal_are_stored_each_as_written(migrated_db: Database) -> None:
+    """True == 1 and 10 == 10.0 in Python, not in JSON: rows whose JSON differs are not one value."""
+    lead_id = lead(migrated_db, "y@z.example")
+    details = [{"gift": True, "amount": 10}, {"gift": 1, "amount": 10.0}]
+    rows = [{"lead_id": lead_id, "at": WHEN, "decision": "d", "detail": detail} for detail in details]
+    with migrated_db.transaction() as session:
+        bulk_insert(session, TimelineEntry.__table__, rows)
+    with migrated_db.read() as session:
+        stored = session.scalars(select(TimelineEntry.detail).order_by(TimelineEntry.id)).all()
+    assert [json.dumps(detail, sort_keys=True) for detail in stored] == [json.dumps(detail, sort_keys=True) for detail in details]

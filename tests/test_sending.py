@@ -317,6 +317,31 @@ def test_an_open_and_click_written_before_the_send_is_recorded_count_with_it(rt:
     assert figures() == {"sent": 2, "opened": 2, "clicked": 2}
 
 
+def test_a_batch_stopped_by_an_error_still_records_the_email_it_had_sent(rt: Any, smtp_sink: SmtpSink) -> None:
+    """An email's record waits for the next claim; when the batch fails before that claim,
+    the email is recorded alone on the way out: `sent`, not left to become `interrupted`."""
+    for name in ("first", "second"):
+        sub(rt, f"{name}@example.com")
+        events(rt, {"type": "confirmed", "email": f"{name}@example.com"})
+    queued = tick(rt).queued
+
+    class PaceThatBreaks:
+        limited = False
+        turns = 0
+
+        def wait_turn(self) -> None:
+            self.turns += 1
+            if self.turns == 2:
+                raise ConnectionError("the shared send-rate store went away")
+
+    rt.send_pace = PaceThatBreaks()
+    with pytest.raises(ConnectionError):
+        deliver(rt, queued)
+    assert [list(m.recipients) for m in smtp_sink.messages] == [["first@example.com"]]
+    statuses = {lead_view(rt, f"{name}@example.com")["deliveries"][0]["status"] for name in ("first", "second")}
+    assert statuses == {"sent", "queued"}
+
+
 def test_a_temporary_failure_is_retried(rt: Any, smtp_sink: SmtpSink, clock: FixedClock) -> None:
     smtp_sink.answer("later@example.com", 451, "4.7.1 try again later")
     sub(rt, "later@example.com", funnel="yoga")

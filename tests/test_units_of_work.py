@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
 import threading
 
+import pytest
 from sqlalchemy import func, insert, select
 
-from autofunnel.store.db import Database
+from autofunnel.store.db import Database, sqlite_path
 from autofunnel.store.models import Lead
 from test_queries import WHEN
 
@@ -53,3 +56,26 @@ def test_a_unit_of_work_opened_inside_another_does_not_wait_for_its_own_thread(m
     thread.start()
     thread.join(20)
     assert finished.is_set()
+
+
+@pytest.mark.sqlite
+def test_a_workers_held_connection_takes_its_turn_like_every_other_writer(migrated_db: Database) -> None:
+    """Writers waiting at the file lock hand SQLite's lock on to each other; a held connection
+    that waited in SQLite's busy handler instead could be starved by them, so it takes its turn too."""
+    lock_file = f"{sqlite_path(migrated_db.engine.url.render_as_string(hide_password=False))}-lock"
+
+    def turn_is_free() -> bool:
+        descriptor = os.open(lock_file, os.O_RDONLY | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            return False
+        finally:
+            os.close(descriptor)
+
+    with migrated_db.held() as held:
+        with held.transaction() as connection:
+            connection.execute(select(func.count()).select_from(Lead))
+            assert not turn_is_free()
+        assert turn_is_free()

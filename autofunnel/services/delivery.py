@@ -22,6 +22,7 @@ whether an email may go is read in the claim itself.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -54,6 +55,8 @@ from autofunnel.store.db import HeldConnection
 from autofunnel.store.models import Deadline, Delivery, Enrollment, Event, Lead, StageEntry, TimelineEntry
 from autofunnel.store.queries import among, is_postgres
 from autofunnel.store.types import UTCDateTime
+
+log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 5
 RETRY_AFTER = (timedelta(minutes=1), timedelta(minutes=5), timedelta(minutes=15), timedelta(hours=1))
@@ -142,16 +145,32 @@ def deliver(rt: Runtime, delivery_ids: Sequence[int], *, transport: Transport | 
         paced = rt.send_pace.limited
         outcome: _Outcome | None = None
         with (transport or rt.transport).session() as smtp:
-            for delivery_id in ready:
-                if outcome is not None and (paced or outcome.hard_bounce):
-                    _record_alone(batch, outcome)
+            try:
+                for delivery_id in ready:
+                    if outcome is not None and (paced or outcome.hard_bounce):
+                        _record_alone(batch, outcome)
+                        outcome = None
+                    rt.send_pace.wait_turn()
+                    claim = _claim(batch, delivery_id, outcome)
                     outcome = None
-                rt.send_pace.wait_turn()
-                claim = _claim(batch, delivery_id, outcome)
-                outcome = None if claim is None else _send(rt, smtp, claim)
-        if outcome is not None:
-            _record_alone(batch, outcome)
+                    if claim is not None:
+                        outcome = _send(rt, smtp, claim)
+                if outcome is not None:
+                    _record_alone(batch, outcome)
+            except BaseException:
+                if outcome is not None:
+                    _record_on_the_way_out(batch, outcome)
+                raise
     return report
+
+
+def _record_on_the_way_out(batch: _Batch, outcome: _Outcome) -> None:
+    """A sent email whose record was to go with the next claim, when that claim failed: its
+    record alone, so it ends `sent`, not `interrupted`; the error that stopped the batch wins."""
+    try:
+        _record_alone(batch, outcome)
+    except Exception:
+        log.exception("could not record %s to %s; the sweep will mark it interrupted", outcome.status, outcome.claim.to_address)
 
 
 def _mark_taken(connection: Connection, now: datetime, delivery_ids: Sequence[int]) -> list[int]:

@@ -159,15 +159,19 @@ def _as_arrays(connection: Connection, table: Table, names: Sequence[str], part:
         type_sql = table.c[name].type.compile(dialect=dialect)
         data = [row[name] for row in part]
         first = data[0]
-        same = all(type(value) is type(first) and value == first for value in data)
         is_json = type_sql in ("JSON", "JSONB")
         if is_json:
-            data = [json.dumps(first) if first is not None else None] if same else [None if value is None else json.dumps(value) for value in data]
-        elif isinstance(table.c[name].type, UTCDateTime):
-            if any(isinstance(value, datetime) and value.utcoffset() is None for value in ({first} if same else set(data))):
-                raise ValueError(f"{table.name}.{name}: naive datetimes cannot be stored; give them a timezone (UTC)")
-        elif not same and {type(value) for value in data if value is not None} == {int, float}:
-            data = [None if value is None else float(value) for value in data]
+            # Python's == finds {"gift": True} equal to {"gift": 1}: only the same object, or the same JSON text, is one value.
+            same = all(value is first for value in data)
+            data = [None if first is None else json.dumps(first)] if same else [None if value is None else json.dumps(value) for value in data]
+            same = same or all(text == data[0] for text in data)
+        else:
+            same = all(type(value) is type(first) and value == first for value in data)
+            if isinstance(table.c[name].type, UTCDateTime):
+                if any(isinstance(value, datetime) and value.utcoffset() is None for value in ({first} if same else set(data))):
+                    raise ValueError(f"{table.name}.{name}: naive datetimes cannot be stored; give them a timezone (UTC)")
+            elif not same and {type(value) for value in data if value is not None} == {int, float}:
+                data = [None if value is None else float(value) for value in data]
         element = "TEXT" if is_json or isinstance(table.c[name].type, String) else type_sql
         if same:
             params[f"p{index}"] = data[0]
