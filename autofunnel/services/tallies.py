@@ -260,11 +260,13 @@ def count_sent_email(session: Executor, delivery_id: int, lead_id: int, sent_at:
         select(e.type, func.count()).where(e.lead_id == lead_id, or_(_purchase_after(session, e, email), _unsubscribe_from(e, email))).group_by(e.type)
     ).all()
     counts = [(figure, 1) for figure in figures] + [("purchases_7d" if kind == "purchase" else "unsubscribed", int(n)) for kind, n in followers]
-    day = cohort.cohort_at.astimezone(UTC).date()
-    session.execute(insert(CohortTally.__table__), [
-        {"funnel": funnel, "cohort_day": day, "channel": cohort.channel or "", "figure": figure, "stage": stage, "step": step, "detail": "", "n": n, "amount": 0.0}
-        for figure, n in counts
-    ])
+    where = _sent_email_tally_key(funnel, cohort, stage, step)
+    session.execute(insert(CohortTally.__table__), [{**where, "figure": figure, "detail": "", "n": n, "amount": 0.0} for figure, n in counts])
+
+
+def _sent_email_tally_key(funnel: str, cohort: Cohort, stage: str, step: str) -> dict[str, Any]:
+    """Where a sent email counts: its funnel, its lead's cohort day and channel, its stage and step."""
+    return {"funnel": funnel, "cohort_day": cohort.cohort_at.astimezone(UTC).date(), "channel": cohort.channel or "", "stage": stage, "step": step}
 
 
 def sent_email_tally(finished: CTE) -> Insert:
@@ -285,7 +287,7 @@ def sent_email_tally(finished: CTE) -> Insert:
         and_(figures.c.figure == "clicked", finished.c.clicked_at.is_not(None)),
     )
     row = select(
-        bindparam("tally_funnel", type_=t.c.funnel.type), bindparam("tally_day", type_=t.c.cohort_day.type),
+        bindparam("tally_funnel", type_=t.c.funnel.type), bindparam("tally_cohort_day", type_=t.c.cohort_day.type),
         bindparam("tally_channel", type_=t.c.channel.type), figures.c.figure, bindparam("tally_stage", type_=t.c.stage.type),
         bindparam("tally_step", type_=t.c.step.type), literal("", t.c.detail.type), literal(1, t.c.n.type), literal(0.0, t.c.amount.type),
     ).select_from(finished).join(figures, shown)
@@ -293,10 +295,7 @@ def sent_email_tally(finished: CTE) -> Insert:
 
 
 def sent_email_tally_params(funnel: str, cohort: Cohort, stage: str, step: str) -> dict[str, Any]:
-    return {
-        "tally_funnel": funnel, "tally_day": cohort.cohort_at.astimezone(UTC).date(), "tally_channel": cohort.channel or "",
-        "tally_stage": stage, "tally_step": step,
-    }
+    return {f"tally_{name}": value for name, value in _sent_email_tally_key(funnel, cohort, stage, step).items()}
 
 
 def count_engagement(session: Session, delivery_id: int, figures: Sequence[str]) -> None:
