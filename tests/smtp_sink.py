@@ -30,6 +30,8 @@ What the sink can do:
 - `tls="starttls"` (STARTTLS offered and required) or `tls="tls"` (implicit TLS
   from the first byte, as on port 465), with a self-signed certificate made at
   start; `.client_ssl_context()` trusts it.
+- `pipelining=True`: PIPELINING offered (RFC 2920), as Postfix and the big
+  relays do, so clients send MAIL, RCPT and DATA in one write.
 - `users={"name": "password"}`: AUTH PLAIN/LOGIN offered (and required before
   MAIL with STARTTLS); the credentials clients presented are in `.logins`.
 """
@@ -68,6 +70,12 @@ class _Handler:
     def __init__(self, sink: SmtpSink) -> None:
         self.sink = sink
 
+    async def handle_EHLO(self, server: SMTP, session: Session, envelope: Envelope, hostname: str, responses: list[str]) -> list[str]:
+        session.host_name = hostname
+        if self.sink.pipelining:  # aiosmtpd reads commands line by line, so a pipelined group works
+            responses.insert(1, "250-PIPELINING")
+        return responses
+
     async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope, address: str, mail_options: list[str]) -> str:
         if self.sink._closing_answers:
             self.sink._closing_answers -= 1
@@ -81,6 +89,8 @@ class _Handler:
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope, address: str, rcpt_options: list[str]) -> str:
         answer = self.sink._answers.get(("rcpt", address.lower()))
         if answer is not None:
+            if address.lower() in self.sink._kept_after_refusal:
+                envelope.rcpt_tos.append(address)
             return answer
         envelope.rcpt_tos.append(address)
         return "250 2.1.5 OK"
@@ -126,10 +136,11 @@ class _Controller(Controller):
 class SmtpSink:
     """An SMTP server on 127.0.0.1 that keeps what it receives. See the module docstring."""
 
-    def __init__(self, *, tls: str | None = None, users: dict[str, str] | None = None) -> None:
+    def __init__(self, *, tls: str | None = None, users: dict[str, str] | None = None, pipelining: bool = False) -> None:
         if tls not in (None, "starttls", "tls"):
             raise ValueError("tls is None, 'starttls' or 'tls'")
         self.tls = tls
+        self.pipelining = pipelining
         self.users = dict(users or {})
         self.messages: list[ReceivedMessage] = []
         self.connections = 0
@@ -139,6 +150,7 @@ class SmtpSink:
         self.cert_file: Path | None = None
         self._answers: dict[tuple[str, str], str] = {}
         self._drops: set[str] = set()
+        self._kept_after_refusal: set[str] = set()
         self._closing_answers = 0
         self._servers: list[SMTP] = []
         self._lock = threading.Lock()
@@ -201,11 +213,18 @@ class SmtpSink:
             raise ValueError("at is 'rcpt' or 'data'")
         self._answers[(at, recipient.lower())] = f"{code} {text}"
 
+    def refuse_but_take_data(self, recipient: str, code: int, text: str) -> None:
+        """Answer `code text` at RCPT yet keep the recipient, so a pipelined DATA gets 354:
+        a broken server, which must then get no message data."""
+        self.answer(recipient, code, text)
+        self._kept_after_refusal.add(recipient.lower())
+
     def accept(self, recipient: str) -> None:
         """Take this recipient's mail normally again (undo `answer` and `drop`)."""
         self._answers.pop(("rcpt", recipient.lower()), None)
         self._answers.pop(("data", recipient.lower()), None)
         self._drops.discard(recipient.lower())
+        self._kept_after_refusal.discard(recipient.lower())
 
     def drop(self, recipient: str) -> None:
         """Cut the connection, without a reply, once that recipient's message data arrived."""
@@ -238,6 +257,7 @@ class SmtpSink:
             self.connections = 0
         self._answers.clear()
         self._drops.clear()
+        self._kept_after_refusal.clear()
         self._closing_answers = 0
 
     def url(self, scheme: str | None = None, *, user: str | None = None, password: str | None = None) -> str:
@@ -311,7 +331,14 @@ def make_self_signed_certificate(directory: Path, host: str = "127.0.0.1") -> tu
 @pytest.fixture
 def smtp_sink() -> Iterator[SmtpSink]:
     """A plain SMTP sink on 127.0.0.1, started for one test."""
-    sink = SmtpSink()
+    with SmtpSink() as sink:
+        yield sink
+
+
+@pytest.fixture(params=[False, True], ids=["one-by-one", "pipelining"])
+def either_smtp_sink(request: pytest.FixtureRequest) -> Iterator[SmtpSink]:
+    """`smtp_sink`, once without and once with PIPELINING, for tests of the SMTP exchange itself."""
+    sink = SmtpSink(pipelining=request.param)
     sink.start()
     try:
         yield sink
@@ -319,4 +346,4 @@ def smtp_sink() -> Iterator[SmtpSink]:
         sink.stop()
 
 
-__all__ = ["ReceivedMessage", "SmtpSink", "make_self_signed_certificate", "smtp_sink"]
+__all__ = ["ReceivedMessage", "SmtpSink", "either_smtp_sink", "make_self_signed_certificate", "smtp_sink"]

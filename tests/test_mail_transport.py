@@ -221,6 +221,12 @@ def test_starter_emails_arrive_over_smtp_as_rendered(
 # One connection per batch ---------------------------------------------------------------------------
 
 
+@pytest.fixture
+def smtp_sink(either_smtp_sink: SmtpSink) -> SmtpSink:
+    """Every SMTP test here runs against a server without PIPELINING and one with it."""
+    return either_smtp_sink
+
+
 def test_a_batch_of_fifty_uses_one_connection(smtp_sink: SmtpSink) -> None:  # noqa: F811
     transport = transport_from_url(smtp_sink.url(), Path("."))
     with transport.session() as session:
@@ -343,6 +349,32 @@ def test_a_421_at_mail_on_a_reused_connection_reconnects_and_sends(smtp_sink: Sm
         session.send(BOUNCES, "b@example.com", simple_message("b@example.com"))
     assert [m.recipients[0] for m in smtp_sink.messages] == ["a@example.com", "b@example.com"]
     assert smtp_sink.connections == 2
+
+
+def test_a_server_that_takes_data_after_refusing_the_recipient_gets_no_message(smtp_sink: SmtpSink) -> None:  # noqa: F811
+    """With PIPELINING, DATA goes before RCPT's answer is read; should a server answer it with 354
+    all the same, the connection is dropped without the message, which no server can deliver."""
+    smtp_sink.refuse_but_take_data("bounce@example.com", 550, "5.1.1 no such user")
+    with transport_from_url(smtp_sink.url(), Path(".")).session() as session:
+        with pytest.raises(PermanentDeliveryError) as caught:
+            session.send(BOUNCES, "bounce@example.com", simple_message("bounce@example.com"))
+        assert caught.value.hard_bounce and caught.value.stage == "rcpt" and not caught.value.maybe_sent
+        session.send(BOUNCES, "a@example.com", simple_message("a@example.com"))
+    assert [m.recipients for m in smtp_sink.messages] == [("a@example.com",)]
+    assert smtp_sink.connections == (2 if smtp_sink.pipelining else 1)  # without PIPELINING, DATA was never sent
+
+
+def test_a_message_with_lines_starting_with_a_dot_arrives_whole(smtp_sink: SmtpSink) -> None:  # noqa: F811
+    text = ".a line starting with a dot\n.\n..two dots\nlast line without a newline"
+    message = build_message(
+        sender=SENDER, to="dot@example.com", subject="Dots", html="<p>dots</p>", text=text,
+        message_id=message_id_for(7, "yoga.example"), date=NOW, domain="yoga.example",
+    )
+    with transport_from_url(smtp_sink.url(), Path(".")).session() as session:
+        session.send(BOUNCES, "dot@example.com", message)
+    received = smtp_sink.messages[0].message.get_body(("plain",))
+    assert received is not None
+    assert received.get_content().replace("\r\n", "\n").rstrip("\n") == text
 
 
 def test_a_421_at_mail_on_a_fresh_connection_is_transient(smtp_sink: SmtpSink) -> None:  # noqa: F811

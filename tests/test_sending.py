@@ -26,7 +26,7 @@ from autofunnel.services.inputs import parse_events, parse_subscribe
 from autofunnel.services.leads import lead_view, subscribe
 from autofunnel.services.scheduler import run_tick, sweep, tick
 from autofunnel.services.tallies import rebuild_tallies
-from autofunnel.store.models import CohortTally, Delivery, Enrollment, Lead
+from autofunnel.store.models import CohortTally, Delivery, Enrollment, Lead, TimelineEntry
 
 T0 = datetime(2026, 3, 2, 9, 30, tzinfo=UTC)  # a Monday, 10:30 in Berlin
 
@@ -199,6 +199,59 @@ def test_the_claim_rechecks_even_if_cancelling_missed(rt: Any, smtp_sink: SmtpSi
         session.execute(update(Enrollment).values(status="ended", end_reason="entered stage 'tripwire'"))
     report = deliver(rt, queued)
     assert report.skipped == 1 and smtp_sink.messages == []
+
+
+def test_an_email_refused_at_the_claim_that_records_the_previous_one_is_skipped_with_why(rt: Any, smtp_sink: SmtpSink) -> None:
+    """On PostgreSQL a sent email's record and the next claim are one statement that commits on
+    its own; it leaves a refused email queued, and the claim after it writes why it is skipped."""
+    for name in ("first", "second", "third"):
+        sub(rt, f"{name}@example.com")
+        events(rt, {"type": "confirmed", "email": f"{name}@example.com"})
+    queued = tick(rt).queued
+    assert len(queued) == 3
+    with rt.db.read() as session:
+        second = session.scalar(select(Delivery.lead_id).where(Delivery.id == queued[1]))
+    with rt.db.transaction() as session:  # unsubscribed by hand, as if it had not reached the queued email
+        session.execute(update(Lead).where(Lead.id == second).values(status="unsubscribed"))
+    report = deliver(rt, queued)
+    assert (report.sent, report.skipped) == (2, 1)
+    assert sorted(m.recipients[0] for m in smtp_sink.messages) == ["first@example.com", "third@example.com"]
+    with rt.db.read() as session:
+        rows = session.execute(select(Delivery.id, Delivery.status, Delivery.reason).where(Delivery.id.in_(queued))).all()
+    assert sorted((status, reason) for _, status, reason in rows) == [("sent", "handed to the mail server")] * 2 + [("skipped", "suppressed: lead unsubscribed")]
+    with rt.db.read() as session:
+        noted = session.execute(select(TimelineEntry.decision, TimelineEntry.reason).where(TimelineEntry.lead_id == second, TimelineEntry.decision == "skipped")).all()
+    assert [tuple(row) for row in noted] == [("skipped", "suppressed: lead unsubscribed")]
+
+
+@pytest.mark.parametrize("kind", ["email", "notify"])
+def test_the_claims_sql_check_refuses_exactly_what_the_refusal_rule_refuses(rt: Any, kind: str) -> None:
+    """`_allowed` (SQL, in the claim that commits on its own) and `_refusal` (Python) must agree
+    on every lead and enrollment state; a looser SQL check would commit a claim it then skips."""
+    from autofunnel.domain.engine import suppression_reason
+    from autofunnel.services.delivery import _allowed, _EnrollmentState, _refusal
+    from autofunnel.store.models import ENROLLMENT_STATUSES, LEAD_STATUSES
+
+    sub(rt, "ida@example.com")
+    events(rt, {"type": "confirmed", "email": "ida@example.com"})
+    delivery_id = tick(rt).queued[0]
+    reasons = [None, suppression_reason("unsubscribed"), suppression_reason(""), "lead%s", "Lead bounced", "leads", "entered stage 'tripwire'"]
+    disagreements = []
+    with rt.db.transaction() as session:
+        session.execute(update(Delivery).where(Delivery.id == delivery_id).values(kind=kind))
+        enrollment_id = session.scalar(select(Delivery.enrollment_id).where(Delivery.id == delivery_id))
+        for lead_status in LEAD_STATUSES:
+            for enrollment_status in (*ENROLLMENT_STATUSES, None):
+                for reason in reasons if enrollment_status is not None else [None]:
+                    session.execute(update(Lead).values(status=lead_status))
+                    session.execute(update(Enrollment).where(Enrollment.id == enrollment_id).values(status=enrollment_status or "active", end_reason=reason))
+                    session.execute(update(Delivery).where(Delivery.id == delivery_id).values(enrollment_id=enrollment_id if enrollment_status else None))
+                    allowed = session.scalar(select(func.count()).select_from(Delivery).where(Delivery.id == delivery_id, _allowed())) == 1
+                    enrollment = _EnrollmentState(enrollment_status, reason) if enrollment_status is not None else None
+                    if allowed != (_refusal(kind, lead_status, enrollment) is None):
+                        disagreements.append((lead_status, enrollment_status, reason, allowed))
+        session.rollback()
+    assert disagreements == []
 
 
 def test_abandoned_cart_reminders_stop_on_purchase(rt: Any, smtp_sink: SmtpSink, clock: FixedClock) -> None:
@@ -510,7 +563,8 @@ def test_concurrent_batches_about_one_lead_apply_one_after_the_other(runtime_fac
 @pytest.mark.postgres
 def test_a_worker_gives_its_connection_back_planning_for_each_batch(rt: Any, smtp_sink: SmtpSink) -> None:
     """Sending lets PostgreSQL reuse one-row plans on its held connection; the pool gets it back
-    planning every statement for its parameters, as statements over batches of ids need."""
+    planning every statement for its parameters, as statements over batches of ids need, and
+    with transactions, as every other unit of work needs."""
     for number in range(3):
         sub(rt, f"plan{number}@example.com")
         events(rt, {"type": "confirmed", "email": f"plan{number}@example.com"})
@@ -520,7 +574,9 @@ def test_a_worker_gives_its_connection_back_planning_for_each_batch(rt: Any, smt
     connections = [rt.db.engine.connect() for _ in range(pool.checkedin() + 1)]
     try:
         modes = {connection.exec_driver_sql("SHOW plan_cache_mode").scalar() for connection in connections}
+        autocommits = {connection.connection.driver_connection.autocommit for connection in connections}
     finally:
         for connection in connections:
             connection.close()
     assert modes == {"force_custom_plan"}
+    assert autocommits == {False}  # the statements that went alone left no connection in autocommit

@@ -6,11 +6,17 @@ import fcntl
 import os
 import threading
 
-import pytest
-from sqlalchemy import func, insert, select
+from datetime import timedelta
+from typing import Any
 
+import pytest
+from psycopg.pq import TransactionStatus
+from sqlalchemy import bindparam, func, insert, select, update
+from sqlalchemy.exc import IntegrityError, OperationalError
+
+from autofunnel.store import driver
 from autofunnel.store.db import Database, sqlite_path
-from autofunnel.store.models import Lead
+from autofunnel.store.models import Lead, TimelineEntry
 from test_queries import WHEN
 
 
@@ -79,3 +85,61 @@ def test_a_workers_held_connection_takes_its_turn_like_every_other_writer(migrat
             connection.execute(select(func.count()).select_from(Lead))
             assert not turn_is_free()
         assert turn_is_free()
+
+
+def _noted_statement() -> Any:
+    """One INSERT … RETURNING with a time (a type that converts its values) and JSON."""
+    t = TimelineEntry.__table__
+    return insert(t).values(
+        lead_id=bindparam("lead_id"), at=bindparam("at", type_=t.c.at.type), decision="note",
+        reason=bindparam("reason"), detail=bindparam("detail", type_=t.c.detail.type),
+    ).returning(t.c.id, t.c.at, t.c.detail)
+
+
+def test_a_statement_run_alone_commits_whole_and_returns_its_row(migrated_db: Database) -> None:
+    """`execute_alone` on either backend: its row back, committed at once, types converted both ways."""
+    add_leads(migrated_db, "alone", 1)
+    with migrated_db.read() as session:
+        lead_id = session.scalar(select(Lead.id))
+    with migrated_db.held() as held:
+        rows = [held.execute_alone(_noted_statement(), {"lead_id": lead_id, "at": WHEN, "reason": f"run {n}", "detail": {"n": n, "gift": True}}) for n in range(3)]
+        with migrated_db.read() as session:  # another connection sees all three before the held one is given back
+            seen = session.execute(select(TimelineEntry.reason, TimelineEntry.at, TimelineEntry.detail).order_by(TimelineEntry.id)).all()
+    assert [row.detail for row in rows] == [{"n": n, "gift": True} for n in range(3)]
+    assert all(row.at == WHEN and row.at.utcoffset() == timedelta(0) for row in rows)
+    assert [tuple(row) for row in seen] == [(f"run {n}", WHEN, {"n": n, "gift": True}) for n in range(3)]
+
+
+@pytest.mark.postgres
+def test_a_statement_run_alone_goes_without_a_transaction_and_fails_as_sqlalchemy_says(migrated_db: Database) -> None:
+    """On psycopg the statement is sent in autocommit (no BEGIN, no COMMIT); its errors are
+    SQLAlchemy's, a lost server an OperationalError the next unit recovers from, and the
+    connection goes back to the pool out of autocommit."""
+    add_leads(migrated_db, "alone", 1)
+    with migrated_db.read() as session:
+        lead_id = session.scalar(select(Lead.id))
+    params = {"lead_id": lead_id, "at": WHEN, "reason": "x", "detail": None}
+    with migrated_db.engine.connect() as connection:
+        assert driver.supports(connection)
+        raw = connection.connection.driver_connection
+        assert driver.run_alone(connection, _noted_statement(), params) is not None
+        assert raw.info.transaction_status == TransactionStatus.IDLE and raw.autocommit is False  # committed, no transaction left open
+        with pytest.raises(IntegrityError):
+            driver.run_alone(connection, _noted_statement(), params | {"lead_id": lead_id + 1000})
+        assert not connection.invalidated and raw.info.transaction_status == TransactionStatus.IDLE
+        with pytest.raises(ValueError, match="RETURNING"):
+            driver.run_alone(connection, update(Lead.__table__).values(status="active"), {})
+    with migrated_db.held() as held:
+        held.execute_alone(_noted_statement(), params)  # the first unit of a connection sets it up
+        with held.transaction() as connection:
+            pid = connection.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+        with migrated_db.engine.connect() as other:
+            other.exec_driver_sql(f"SELECT pg_terminate_backend({pid})")
+        with pytest.raises(OperationalError):
+            held.execute_alone(_noted_statement(), params)
+        assert held.execute_alone(_noted_statement(), params) is not None
+    with migrated_db.read() as session:
+        assert session.scalar(select(func.count()).select_from(TimelineEntry)) == 3
+    with migrated_db.engine.connect() as connection:
+        assert connection.connection.driver_connection.autocommit is False
+

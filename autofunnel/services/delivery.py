@@ -31,7 +31,7 @@ from functools import cache, lru_cache
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-from sqlalchemy import Update, and_, bindparam, insert, null, select, update
+from sqlalchemy import ColumnElement, Update, and_, bindparam, func, insert, null, or_, select, update
 from sqlalchemy.engine import Connection
 
 from autofunnel.domain.model import Flow
@@ -53,7 +53,7 @@ from autofunnel.services.runtime import Runtime
 from autofunnel.services.tallies import Cohort, count_sent_email, may_follow, sent_email_tally, sent_email_tally_params
 from autofunnel.store.db import HeldConnection
 from autofunnel.store.models import Deadline, Delivery, Enrollment, Event, Lead, StageEntry, TimelineEntry
-from autofunnel.store.queries import among, is_postgres
+from autofunnel.store.queries import among
 from autofunnel.store.types import UTCDateTime
 
 log = logging.getLogger(__name__)
@@ -221,16 +221,21 @@ def _read_leads(connection: Connection, delivery_ids: Sequence[int]) -> dict[int
 
 
 @cache
-def _claim_statement() -> Update:
+def _claim_statement(only_if_allowed: bool = False) -> Update:
     """`queued` → `sending` for one delivery, returning it with what decides whether it may go:
-    its lead's status and its enrollment's, read in the same statement."""
+    its lead's status and its enrollment's, read in the same statement.
+
+    `only_if_allowed` claims only an email `_refusal` would let go (`_allowed`), so a
+    statement that commits on its own never leaves a refused email `sending`.
+    """
     d = Delivery
     now = bindparam("now", type_=UTCDateTime())
     enrollment = select(Enrollment.status).where(Enrollment.id == d.enrollment_id).scalar_subquery()
     end_reason = select(Enrollment.end_reason).where(Enrollment.id == d.enrollment_id).scalar_subquery()
+    conditions = [d.id == bindparam("delivery_id"), ready_to_send(now)] + ([_allowed()] if only_if_allowed else [])
     return (
         update(d.__table__)
-        .where(d.id == bindparam("delivery_id"), ready_to_send(now))
+        .where(*conditions)
         .values(status="sending", lease_until=bindparam("lease_until", type_=UTCDateTime()), attempts=d.attempts + 1)
         .returning(
             d.id, d.lead_id, d.flow, d.stage, d.step_id, d.kind, d.template, d.to_address, d.attempts,
@@ -241,43 +246,62 @@ def _claim_statement() -> Update:
     )
 
 
-def _claim(batch: _Batch, delivery_id: int, outcome: _Outcome | None) -> _Claim | None:
-    """Win the delivery or learn someone else has it, recording the previous email's outcome on the way.
+def _allowed() -> ColumnElement[bool]:
+    """`_refusal(...) is None` in SQL, for the delivery being claimed.
 
-    The lease starts when this attempt runs, not when a first attempt failed in an outage.
+    `_refusal` stays the rule: this only keeps a refused email queued, where the
+    transaction that writes why finds it. Unknown rows compare as NULL, which
+    refuses here too.
     """
+    d, e = Delivery, Enrollment
+    prefix = suppression_reason("")
+    lead_status = select(Lead.status).where(Lead.id == d.lead_id).scalar_subquery()
+    enrollment_refuses = select(e.id).where(
+        e.id == d.enrollment_id,
+        or_(
+            e.status == "ended", e.status == "stopped",  # not IN: its list would be expanded at every run
+            and_(e.status == "exited", func.substr(e.end_reason, 1, len(prefix)) == prefix),  # not LIKE: SQLite's ignores case
+        ),
+    ).exists()
+    return and_(or_(d.kind != "email", lead_status == "active"), ~enrollment_refuses)
+
+
+def _claim_params(rt: Runtime, delivery_id: int) -> dict[str, Any]:
+    """The lease starts when this attempt runs, not when a first attempt failed in an outage."""
+    now = rt.clock.now()
+    return {"delivery_id": delivery_id, "now": now, "lease_until": now + timedelta(seconds=rt.settings.delivery_lease)}
+
+
+def _claim(batch: _Batch, delivery_id: int, outcome: _Outcome | None) -> _Claim | None:
+    """Win the delivery or learn someone else has it, recording the previous email's outcome on the way."""
     rt, report = batch.rt, batch.report
+    together = _recorded_with_claim(batch.held, outcome) if outcome is not None else None
+    if together is not None:
+        assert outcome is not None
+        statement, record_params = together
+        row = through_outage(
+            lambda: batch.held.execute_alone(statement, _claim_params(rt, delivery_id) | record_params),
+            for_seconds=_patience(rt), what="claiming an email",
+        )
+        _bounce_and_count(batch, outcome, [_reported(outcome)])
+        outcome = None
+        if row is not None:
+            reason = _refusal_of(row)
+            if reason is None:
+                return _claimed(batch, row)
+            _count(report, [batch.run(lambda connection: _refuse(connection, row, reason, rt.clock.now()), "skipping an email")])
+            return None
+        # Not claimed: taken meanwhile, or refused; the claim below says which, and why.
 
     def work(connection: Connection) -> tuple[_Claim | None, list[tuple[str, str]]]:
-        now = rt.clock.now()
-        params = {"delivery_id": delivery_id, "now": now, "lease_until": now + timedelta(seconds=rt.settings.delivery_lease)}
-        together = _recorded_with_claim(connection, outcome) if outcome is not None else None
-        if together is not None:
-            statement, record_params = together
-            row = connection.execute(statement, params | record_params).first()
-            recorded = [_reported(outcome)]
-        else:
-            recorded = _record(connection, outcome) if outcome is not None else []
-            row = connection.execute(_claim_statement(), params).first()
+        recorded = _record(connection, outcome) if outcome is not None else []
+        row = connection.execute(_claim_statement(), _claim_params(rt, delivery_id)).first()
         if row is None:
             return None, recorded
-        enrollment = _EnrollmentState(row.enrollment_status, row.end_reason) if row.enrollment_status is not None else None
-        reason = _refusal(row.kind, row.lead_status, enrollment)
+        reason = _refusal_of(row)
         if reason is not None:
-            connection.execute(
-                update(Delivery.__table__).where(Delivery.id == row.id).values(status="skipped", reason=reason, lease_until=None, finished_at=now)
-            )
-            write_timeline(connection, [timeline_row(row.lead_id, now, "skipped", reason, flow=row.flow, stage=row.stage, step_id=row.step_id)])
-            return None, recorded + [("skipped", f"{row.to_address} {row.flow} {row.step_id}: skipped — {reason}")]
-        lead = batch.leads.get(row.id) or _Lead({"email": row.to_address, "first_name": None, "fields": {}, "tags": [], "timezone": None}, {}, {}, None)
-        cohort = lead.cohort
-        if cohort is not None:
-            cohort = Cohort(cohort.cohort_at, cohort.channel, cohort.entered_at, bool(row.may_follow))
-        claim = _Claim(
-            row.id, row.lead_id, row.flow, row.stage, row.step_id, row.kind, row.template, row.to_address, row.attempts,
-            lead.lead, lead.deadlines, lead.event, cohort,
-        )
-        return claim, recorded
+            return None, recorded + [_refuse(connection, row, reason, rt.clock.now())]
+        return _claimed(batch, row), recorded
 
     claim, recorded = batch.run(work, "claiming an email")
     if outcome is not None:
@@ -285,6 +309,33 @@ def _claim(batch: _Batch, delivery_id: int, outcome: _Outcome | None) -> _Claim 
     elif recorded:
         _count(report, recorded)
     return claim
+
+
+def _refusal_of(row: Any) -> str | None:
+    enrollment = _EnrollmentState(row.enrollment_status, row.end_reason) if row.enrollment_status is not None else None
+    return _refusal(row.kind, row.lead_status, enrollment)
+
+
+def _refuse(connection: Connection, row: Any, reason: str, now: datetime) -> tuple[str, str]:
+    """A claimed email that must not go ends `skipped`, with why."""
+    connection.execute(
+        update(Delivery.__table__).where(Delivery.id == row.id, Delivery.status == "sending")
+        .values(status="skipped", reason=reason, lease_until=None, finished_at=now)
+    )
+    write_timeline(connection, [timeline_row(row.lead_id, now, "skipped", reason, flow=row.flow, stage=row.stage, step_id=row.step_id)])
+    return "skipped", f"{row.to_address} {row.flow} {row.step_id}: skipped — {reason}"
+
+
+def _claimed(batch: _Batch, row: Any) -> _Claim:
+    """The claimed email with what its template needs, read once for the batch."""
+    lead = batch.leads.get(row.id) or _Lead({"email": row.to_address, "first_name": None, "fields": {}, "tags": [], "timezone": None}, {}, {}, None)
+    cohort = lead.cohort
+    if cohort is not None:
+        cohort = Cohort(cohort.cohort_at, cohort.channel, cohort.entered_at, bool(row.may_follow))
+    return _Claim(
+        row.id, row.lead_id, row.flow, row.stage, row.step_id, row.kind, row.template, row.to_address, row.attempts,
+        lead.lead, lead.deadlines, lead.event, cohort,
+    )
 
 
 def _record_alone(batch: _Batch, outcome: _Outcome) -> None:
@@ -445,7 +496,9 @@ def _record_and_claim_statement(sent: bool, tallied: bool) -> Update:
     Data-modifying WITH clauses run in the statement's snapshot, like the
     statements they replace in one transaction; the two UPDATEs never touch the
     same row (the claim wants `queued`, the record `sending`). One round trip
-    instead of four, which is most of what an email costs the database.
+    instead of four, which is most of what an email costs the database. Being
+    one statement it commits on its own (`HeldConnection.execute_alone`), so its
+    claim takes only an email allowed to go.
     """
     finished = _finish_statement(sent).cte("finished")
     t = TimelineEntry.__table__
@@ -454,16 +507,16 @@ def _record_and_claim_statement(sent: bool, tallied: bool) -> Update:
         names, select(*(bindparam(f"noted_{name}", type_=t.c[name].type) for name in names)).select_from(finished)
     ).cte("noted")
     parts = [finished, noted] + ([sent_email_tally(finished).cte("tallied")] if tallied else [])
-    return _claim_statement().add_cte(*parts)
+    return _claim_statement(only_if_allowed=True).add_cte(*parts)
 
 
-def _recorded_with_claim(connection: Connection, outcome: _Outcome) -> tuple[Update, dict[str, Any]] | None:
+def _recorded_with_claim(held: HeldConnection, outcome: _Outcome) -> tuple[Update, dict[str, Any]] | None:
     """The statement recording `outcome` while it claims the next email, and its parameters; None
     when the record takes statements of its own: on SQLite (no data-modifying WITH), for a
     retry, or for a sent email whose tally must look up what followed it."""
     claim = outcome.claim
     tallied = _tallied(outcome)
-    if not is_postgres(connection) or outcome.status == "retry" or (tallied and claim.cohort is not None and claim.cohort.followed):
+    if not held.is_postgres or outcome.status == "retry" or (tallied and claim.cohort is not None and claim.cohort.followed):
         return None
     params = _finish_params(outcome) | {f"noted_{name}": value for name, value in _timeline_entry(outcome).items()}
     if tallied:

@@ -24,6 +24,9 @@ from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.sql.dml import UpdateBase
+
+from autofunnel.store import driver
 
 _PLAIN_POSTGRES = ("postgres://", "postgresql://")
 _SQLITE_BEGIN = "autofunnel_sqlite_begin"
@@ -241,6 +244,10 @@ class HeldConnection:
         self._generic_plans = False
         self._generic_plans_set = False
 
+    @property
+    def is_postgres(self) -> bool:
+        return self._engine.dialect.name == "postgresql"
+
     def use_generic_plans(self) -> None:
         """From the next transaction on, let PostgreSQL reuse its plan of a repeated statement.
 
@@ -250,7 +257,7 @@ class HeldConnection:
         once the batch-wide statements are done; the setting is reset before the
         connection goes back to the pool.
         """
-        self._generic_plans = self._engine.dialect.name == "postgresql"
+        self._generic_plans = self.is_postgres
 
     @contextmanager
     def transaction(self) -> Iterator[Connection]:
@@ -270,6 +277,23 @@ class HeldConnection:
             raise
         if setting:
             self._generic_plans_set = True
+
+    def execute_alone(self, statement: UpdateBase, params: dict[str, Any]) -> Any | None:
+        """Run one statement as a transaction of its own; its first RETURNING row, or None.
+
+        On PostgreSQL with psycopg the statement goes without BEGIN and COMMIT and
+        without SQLAlchemy's per-run work (see `driver`); elsewhere it runs in a
+        transaction like any other unit. Either way it commits whole or not at all.
+        """
+        held = self._connection
+        if held is None or (self._generic_plans and not self._generic_plans_set) or not driver.supports(held):
+            with self.transaction() as connection:  # a new connection's first unit also sets it up
+                return connection.execute(statement, params).first()
+        try:
+            return driver.run_alone(held, statement, params)
+        except DBAPIError:
+            self.close()
+            raise
 
     def close(self) -> None:
         connection, self._connection = self._connection, None
