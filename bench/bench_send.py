@@ -229,7 +229,7 @@ def breakdown(database_url: str | None, emails: int, pgoptions: str | None = Non
         with (
             patched(delivery_module, "_mark_taken", timers.wrap("batch: take + read leads (DB)", delivery_module._mark_taken)),
             patched(delivery_module, "_read_leads", timers.wrap("batch: take + read leads (DB)", delivery_module._read_leads)),
-            patched(delivery_module, "_claim", timers.wrap("record previous + claim, one transaction (DB)", delivery_module._claim)),
+            patched(delivery_module, "_claim", timers.wrap("record previous + claim (DB)", delivery_module._claim)),
             patched(delivery_module, "_record_alone", timers.wrap("record the batch's last (DB)", delivery_module._record_alone)),
             patched(delivery_module, "_compose", timers.wrap("compose (total)", delivery_module._compose)),
             patched(renderer, "render", timers.wrap("render (Jinja, CSS, text part)", renderer.render)),

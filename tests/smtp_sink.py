@@ -91,6 +91,12 @@ class _Handler:
         if answer is not None:
             if address.lower() in self.sink._kept_after_refusal:
                 envelope.rcpt_tos.append(address)
+            if address.lower() in self.sink._closing_after_refusal:
+                # The answer, then the close, before aiosmtpd reads a pipelined DATA; what
+                # aiosmtpd writes after this goes nowhere.
+                assert server.transport is not None
+                server.transport.write(f"{answer}\r\n".encode())
+                server.transport.close()
             return answer
         envelope.rcpt_tos.append(address)
         return "250 2.1.5 OK"
@@ -151,6 +157,7 @@ class SmtpSink:
         self._answers: dict[tuple[str, str], str] = {}
         self._drops: set[str] = set()
         self._kept_after_refusal: set[str] = set()
+        self._closing_after_refusal: set[str] = set()
         self._closing_answers = 0
         self._servers: list[SMTP] = []
         self._lock = threading.Lock()
@@ -213,6 +220,11 @@ class SmtpSink:
             raise ValueError("at is 'rcpt' or 'data'")
         self._answers[(at, recipient.lower())] = f"{code} {text}"
 
+    def refuse_and_close(self, recipient: str, code: int, text: str) -> None:
+        """Answer `code text` at RCPT and close the connection, as Exim's `drop` does."""
+        self.answer(recipient, code, text)
+        self._closing_after_refusal.add(recipient.lower())
+
     def refuse_but_take_data(self, recipient: str, code: int, text: str) -> None:
         """Answer `code text` at RCPT yet keep the recipient, so a pipelined DATA gets 354:
         a broken server, which must then get no message data."""
@@ -225,6 +237,7 @@ class SmtpSink:
         self._answers.pop(("data", recipient.lower()), None)
         self._drops.discard(recipient.lower())
         self._kept_after_refusal.discard(recipient.lower())
+        self._closing_after_refusal.discard(recipient.lower())
 
     def drop(self, recipient: str) -> None:
         """Cut the connection, without a reply, once that recipient's message data arrived."""
@@ -258,6 +271,7 @@ class SmtpSink:
         self._answers.clear()
         self._drops.clear()
         self._kept_after_refusal.clear()
+        self._closing_after_refusal.clear()
         self._closing_answers = 0
 
     def url(self, scheme: str | None = None, *, user: str | None = None, password: str | None = None) -> str:
@@ -330,8 +344,8 @@ def make_self_signed_certificate(directory: Path, host: str = "127.0.0.1") -> tu
 
 @pytest.fixture
 def smtp_sink() -> Iterator[SmtpSink]:
-    """A plain SMTP sink on 127.0.0.1, started for one test."""
-    with SmtpSink() as sink:
+    """A plain SMTP sink on 127.0.0.1 offering PIPELINING, as production servers do, started for one test."""
+    with SmtpSink(pipelining=True) as sink:
         yield sink
 
 

@@ -364,6 +364,22 @@ def test_a_server_that_takes_data_after_refusing_the_recipient_gets_no_message(s
     assert smtp_sink.connections == (2 if smtp_sink.pipelining else 1)  # without PIPELINING, DATA was never sent
 
 
+@pytest.mark.parametrize(("code", "hard_bounce"), [(550, True), (421, False)])
+def test_a_server_that_refuses_the_recipient_and_hangs_up_gets_its_refusal_kept(smtp_sink: SmtpSink, code: int, hard_bounce: bool) -> None:  # noqa: F811
+    """A refusal read before the connection went is the message's error: a 550 still suppresses
+    the lead, and neither is taken for an idle connection's close and sent again."""
+    smtp_sink.refuse_and_close("gone@example.com", code, "5.1.1 no such user" if code == 550 else "4.7.0 too many errors")
+    with transport_from_url(smtp_sink.url(), Path(".")).session() as session:
+        session.send(BOUNCES, "a@example.com", simple_message("a@example.com"))
+        with pytest.raises(DeliveryError) as caught:
+            session.send(BOUNCES, "gone@example.com", simple_message("gone@example.com"))
+        assert (caught.value.code, caught.value.stage, caught.value.hard_bounce) == (code, "rcpt", hard_bounce)
+        assert not caught.value.maybe_sent
+        session.send(BOUNCES, "b@example.com", simple_message("b@example.com"))
+    assert [m.recipients[0] for m in smtp_sink.messages] == ["a@example.com", "b@example.com"]
+    assert smtp_sink.connections == 2
+
+
 def test_a_message_with_lines_starting_with_a_dot_arrives_whole(smtp_sink: SmtpSink) -> None:  # noqa: F811
     text = ".a line starting with a dot\n.\n..two dots\nlast line without a newline"
     message = build_message(

@@ -26,6 +26,7 @@ from autofunnel.services.inputs import parse_events, parse_subscribe
 from autofunnel.services.leads import lead_view, subscribe
 from autofunnel.services.scheduler import run_tick, sweep, tick
 from autofunnel.services.tallies import rebuild_tallies
+from autofunnel.store.db import HeldConnection
 from autofunnel.store.models import CohortTally, Delivery, Enrollment, Lead, TimelineEntry
 
 T0 = datetime(2026, 3, 2, 9, 30, tzinfo=UTC)  # a Monday, 10:30 in Berlin
@@ -201,9 +202,18 @@ def test_the_claim_rechecks_even_if_cancelling_missed(rt: Any, smtp_sink: SmtpSi
     assert report.skipped == 1 and smtp_sink.messages == []
 
 
-def test_an_email_refused_at_the_claim_that_records_the_previous_one_is_skipped_with_why(rt: Any, smtp_sink: SmtpSink) -> None:
+def test_an_email_refused_at_the_claim_that_records_the_previous_one_is_skipped_with_why(rt: Any, smtp_sink: SmtpSink, monkeypatch: pytest.MonkeyPatch) -> None:
     """On PostgreSQL a sent email's record and the next claim are one statement that commits on
     its own; it leaves a refused email queued, and the claim after it writes why it is skipped."""
+    alone: list[Any] = []
+    execute_alone = HeldConnection.execute_alone
+
+    def watched(held: HeldConnection, statement: Any, params: dict[str, Any]) -> Any:
+        row = execute_alone(held, statement, params)
+        alone.append(None if row is None else row.id)
+        return row
+
+    monkeypatch.setattr(HeldConnection, "execute_alone", watched)
     for name in ("first", "second", "third"):
         sub(rt, f"{name}@example.com")
         events(rt, {"type": "confirmed", "email": f"{name}@example.com"})
@@ -222,6 +232,9 @@ def test_an_email_refused_at_the_claim_that_records_the_previous_one_is_skipped_
     with rt.db.read() as session:
         noted = session.execute(select(TimelineEntry.decision, TimelineEntry.reason).where(TimelineEntry.lead_id == second, TimelineEntry.decision == "skipped")).all()
     assert [tuple(row) for row in noted] == [("skipped", "suppressed: lead unsubscribed")]
+    # PostgreSQL: the second email's claim went with the first's record and its check refused
+    # it (None: never `sending`); the third was claimed alone, after the second's skip.
+    assert alone == ([None] if rt.db.backend == "postgresql" else [])
 
 
 @pytest.mark.parametrize("kind", ["email", "notify"])

@@ -119,10 +119,20 @@ def test_a_statement_run_alone_goes_without_a_transaction_and_fails_as_sqlalchem
     with migrated_db.read() as session:
         lead_id = session.scalar(select(Lead.id))
     params = {"lead_id": lead_id, "at": WHEN, "reason": "x", "detail": None}
-    with migrated_db.engine.connect() as connection:
+    with migrated_db.engine.connect() as connection, migrated_db.engine.connect() as observer:
         assert driver.supports(connection)
         raw = connection.connection.driver_connection
+        pid = connection.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+        connection.commit()
+
+        def last_statement() -> str:
+            text = observer.exec_driver_sql(f"SELECT query FROM pg_stat_activity WHERE pid = {pid}").scalar()
+            observer.rollback()
+            return str(text).split()[0]
+
+        assert last_statement() == "COMMIT"
         assert driver.run_alone(connection, _noted_statement(), params) is not None
+        assert last_statement() == "INSERT"  # no COMMIT after it, nor BEGIN before it
         assert raw.info.transaction_status == TransactionStatus.IDLE and raw.autocommit is False  # committed, no transaction left open
         with pytest.raises(IntegrityError):
             driver.run_alone(connection, _noted_statement(), params | {"lead_id": lead_id + 1000})

@@ -283,7 +283,7 @@ class SmtpSession:
         connection = self._connection or self._connect()
         self._connection = connection
         try:
-            data_accepted = self._envelope(connection, envelope_from, recipient, len(message))
+            in_data = self._envelope(connection, envelope_from, recipient, len(message))
         except (smtplib.SMTPServerDisconnected, ConnectionError, _ServerClosing) as exc:
             self._drop()
             if not reused:
@@ -293,7 +293,7 @@ class SmtpSession:
             # connection cannot send it twice.
             connection = self._connection = self._connect()
             try:
-                data_accepted = self._envelope(connection, envelope_from, recipient, len(message))
+                in_data = self._envelope(connection, envelope_from, recipient, len(message))
             except (OSError, smtplib.SMTPException, _ServerClosing) as retry_exc:
                 self._drop()
                 raise _closed_error(retry_exc, recipient) from retry_exc
@@ -301,7 +301,7 @@ class SmtpSession:
             self._drop()
             raise _connection_error(exc, "mail", recipient) from exc
         try:
-            code, reply = _message_data(connection, message) if data_accepted else connection.data(message)
+            code, reply = _message_data(connection, message) if in_data else connection.data(message)
         except smtplib.SMTPDataError as exc:  # DATA itself refused: nothing sent
             self._reset(connection)
             raise _reply_error(exc.smtp_code, exc.smtp_error, "data", recipient) from exc
@@ -331,26 +331,39 @@ class SmtpSession:
         return False
 
     def _pipelined_envelope(self, connection: smtplib.SMTP, envelope_from: str, recipient: str, options: list[str]) -> bool:
-        """Two round trips an email fewer than MAIL, RCPT and DATA one by one: they cost
-        as much as the rest of the SMTP exchange, and far more with a relay across a network."""
+        """MAIL, RCPT and DATA in one write, then their three answers; True when all were accepted.
+
+        A connection lost before the first answer is one the server closed while idle,
+        as a 421 to MAIL says; lost after it, the first refusal already read (a server
+        may refuse a recipient and hang up) is the message's error.
+        """
         mail_options = "".join(f" {option}" for option in options)
         connection.send(f"MAIL FROM:{smtplib.quoteaddr(envelope_from)}{mail_options}\r\nRCPT TO:{smtplib.quoteaddr(recipient)}\r\nDATA\r\n")
-        mail = connection.getreply()
-        if mail[0] == 421:
-            raise _ServerClosing(*mail)
-        rcpt = connection.getreply()
-        data = connection.getreply()
-        refused = (mail, "mail") if mail[0] != 250 else (rcpt, "rcpt") if rcpt[0] not in (250, 251) else (data, "data") if data[0] != 354 else None
-        if refused is None:
+        stages = ("mail", "rcpt", "data")
+        replies: list[tuple[int, bytes]] = []
+        try:
+            for _ in stages:
+                replies.append(connection.getreply())
+                if replies[0][0] == 421:
+                    raise _ServerClosing(*replies[0])
+        except (OSError, smtplib.SMTPException) as exc:
+            if not replies:
+                raise
+            self._drop()
+            refusal = _first_refusal(replies)
+            if refusal is not None:
+                raise _reply_error(*refusal[0], refusal[1], recipient) from exc
+            raise _connection_error(exc, stages[len(replies)], recipient) from exc
+        refusal = _first_refusal(replies)
+        if refusal is None:
             return True
-        (code, reply), stage = refused
-        if data[0] == 354:
+        if replies[2][0] == 354:
             # DATA taken after the sender or the recipient was refused: no message data
             # must follow, so the connection goes, and with it anything the server began.
             self._drop()
         else:
             self._reset(connection)
-        raise _reply_error(code, reply, stage, recipient)
+        raise _reply_error(*refusal[0], refusal[1], recipient)
 
     def _reset(self, connection: smtplib.SMTP) -> None:
         try:
@@ -373,6 +386,14 @@ class SmtpSession:
             pass
         finally:
             _close_quietly(connection)
+
+
+def _first_refusal(replies: list[tuple[int, bytes]]) -> tuple[tuple[int, bytes], str] | None:
+    """The first of pipelined MAIL, RCPT and DATA answers that is not a go-ahead, with its stage."""
+    for (code, reply), stage, accepted in zip(replies, ("mail", "rcpt", "data"), ((250,), (250, 251), (354,))):
+        if code not in accepted:
+            return (code, reply), stage
+    return None
 
 
 _LINE_STARTING_WITH_A_DOT = re.compile(rb"^\.", re.MULTILINE)

@@ -112,7 +112,10 @@ def through_outage(work: Callable[[], T], *, for_seconds: float, what: str) -> T
     A PostgreSQL restart takes a few seconds; a worker that gave up at once would
     leave an email it had already handed to SMTP unrecorded (and so `interrupted`).
     Only units of work that are safe to run twice come here: each is a
-    conditional UPDATE that does nothing the second time.
+    conditional UPDATE (or one statement of them) that does nothing the second
+    time. The one thing a second run cannot do is recognise its own first one:
+    a claim that committed but whose answer was lost with the server is not won
+    again, and that email ends `failed: interrupted` after its lease, unsent.
     """
     deadline = time.monotonic() + for_seconds
     pause = 0.2

@@ -12,7 +12,10 @@ the whole batch.
 Each email's outcome is recorded in the transaction that claims the next one,
 right after its SMTP handoff: one commit per email instead of two, and the
 window between handoff and record is no wider than before. On PostgreSQL the
-record (delivery, timeline entry, tally) and the claim are even one statement. When a send rate
+record (delivery, timeline entry, tally) and the claim are even one statement,
+committed on its own; its claim takes only an email the lead may still
+receive, and one it leaves queued goes to the transaction that claims it and
+writes why it is skipped. When a send rate
 makes the next email wait, when the address bounced (the lead is suppressed
 before anything else is claimed), or when the batch ends, the outcome is
 recorded alone first. Per-lead details the template needs (name, fields, deadlines, the
@@ -121,6 +124,8 @@ class _Batch:
     def __init__(self, rt: Runtime, held: HeldConnection, report: DeliveryReport) -> None:
         self.rt, self.held, self.report = rt, held, report
         self.leads: dict[int, _Lead] = {}
+        self.pending: _Outcome | None = None
+        """The last email's outcome, until it is recorded (with the next claim, or alone)."""
 
     def run(self, work: Callable[[Connection], T], what: str) -> T:
         def attempt() -> T:
@@ -143,33 +148,30 @@ def deliver(rt: Runtime, delivery_ids: Sequence[int], *, transport: Transport | 
         batch.leads = batch.run(lambda connection: _read_leads(connection, ready), "reading the batch's leads")
         held.use_generic_plans()
         paced = rt.send_pace.limited
-        outcome: _Outcome | None = None
         with (transport or rt.transport).session() as smtp:
             try:
                 for delivery_id in ready:
-                    if outcome is not None and (paced or outcome.hard_bounce):
-                        _record_alone(batch, outcome)
-                        outcome = None
+                    if batch.pending is not None and (paced or batch.pending.hard_bounce):
+                        _record_alone(batch)
                     rt.send_pace.wait_turn()
-                    claim = _claim(batch, delivery_id, outcome)
-                    outcome = None
+                    claim = _claim(batch, delivery_id)
                     if claim is not None:
-                        outcome = _send(rt, smtp, claim)
-                if outcome is not None:
-                    _record_alone(batch, outcome)
+                        batch.pending = _send(rt, smtp, claim)
+                _record_alone(batch)
             except BaseException:
-                if outcome is not None:
-                    _record_on_the_way_out(batch, outcome)
+                _record_on_the_way_out(batch)
                 raise
     return report
 
 
-def _record_on_the_way_out(batch: _Batch, outcome: _Outcome) -> None:
+def _record_on_the_way_out(batch: _Batch) -> None:
     """A sent email whose record was to go with the next claim, when that claim failed: its
     record alone, so it ends `sent`, not `interrupted`; the error that stopped the batch wins."""
+    outcome = batch.pending
     try:
-        _record_alone(batch, outcome)
+        _record_alone(batch)
     except Exception:
+        assert outcome is not None
         log.exception("could not record %s to %s; the sweep will mark it interrupted", outcome.status, outcome.claim.to_address)
 
 
@@ -250,8 +252,9 @@ def _allowed() -> ColumnElement[bool]:
     """`_refusal(...) is None` in SQL, for the delivery being claimed.
 
     `_refusal` stays the rule: this only keeps a refused email queued, where the
-    transaction that writes why finds it. Unknown rows compare as NULL, which
-    refuses here too.
+    transaction that writes why finds it. A lead that cannot be found compares
+    as NULL and refuses, as `_refusal` does; a missing enrollment refuses
+    nothing, as there.
     """
     d, e = Delivery, Enrollment
     prefix = suppression_reason("")
@@ -272,9 +275,9 @@ def _claim_params(rt: Runtime, delivery_id: int) -> dict[str, Any]:
     return {"delivery_id": delivery_id, "now": now, "lease_until": now + timedelta(seconds=rt.settings.delivery_lease)}
 
 
-def _claim(batch: _Batch, delivery_id: int, outcome: _Outcome | None) -> _Claim | None:
-    """Win the delivery or learn someone else has it, recording the previous email's outcome on the way."""
-    rt, report = batch.rt, batch.report
+def _claim(batch: _Batch, delivery_id: int) -> _Claim | None:
+    """Win the delivery or learn someone else has it, recording the pending outcome on the way."""
+    rt, report, outcome = batch.rt, batch.report, batch.pending
     together = _recorded_with_claim(batch.held, outcome) if outcome is not None else None
     if together is not None:
         assert outcome is not None
@@ -283,13 +286,14 @@ def _claim(batch: _Batch, delivery_id: int, outcome: _Outcome | None) -> _Claim 
             lambda: batch.held.execute_alone(statement, _claim_params(rt, delivery_id) | record_params),
             for_seconds=_patience(rt), what="claiming an email",
         )
+        batch.pending = None
         _bounce_and_count(batch, outcome, [_reported(outcome)])
         outcome = None
         if row is not None:
             reason = _refusal_of(row)
             if reason is None:
                 return _claimed(batch, row)
-            _count(report, [batch.run(lambda connection: _refuse(connection, row, reason, rt.clock.now()), "skipping an email")])
+            _count(report, batch.run(lambda connection: _refuse(connection, row, reason, rt.clock.now()), "skipping an email"))
             return None
         # Not claimed: taken meanwhile, or refused; the claim below says which, and why.
 
@@ -300,13 +304,14 @@ def _claim(batch: _Batch, delivery_id: int, outcome: _Outcome | None) -> _Claim 
             return None, recorded
         reason = _refusal_of(row)
         if reason is not None:
-            return None, recorded + [_refuse(connection, row, reason, rt.clock.now())]
+            return None, recorded + _refuse(connection, row, reason, rt.clock.now())
         return _claimed(batch, row), recorded
 
     claim, recorded = batch.run(work, "claiming an email")
+    batch.pending = None
     if outcome is not None:
         _bounce_and_count(batch, outcome, recorded)
-    elif recorded:
+    else:
         _count(report, recorded)
     return claim
 
@@ -316,14 +321,16 @@ def _refusal_of(row: Any) -> str | None:
     return _refusal(row.kind, row.lead_status, enrollment)
 
 
-def _refuse(connection: Connection, row: Any, reason: str, now: datetime) -> tuple[str, str]:
-    """A claimed email that must not go ends `skipped`, with why."""
-    connection.execute(
+def _refuse(connection: Connection, row: Any, reason: str, now: datetime) -> list[tuple[str, str]]:
+    """A claimed email that must not go ends `skipped`, with why; what to report."""
+    skipped = connection.execute(
         update(Delivery.__table__).where(Delivery.id == row.id, Delivery.status == "sending")
         .values(status="skipped", reason=reason, lease_until=None, finished_at=now)
-    )
+    ).rowcount
+    if not skipped:
+        return []
     write_timeline(connection, [timeline_row(row.lead_id, now, "skipped", reason, flow=row.flow, stage=row.stage, step_id=row.step_id)])
-    return "skipped", f"{row.to_address} {row.flow} {row.step_id}: skipped — {reason}"
+    return [("skipped", f"{row.to_address} {row.flow} {row.step_id}: skipped — {reason}")]
 
 
 def _claimed(batch: _Batch, row: Any) -> _Claim:
@@ -338,8 +345,13 @@ def _claimed(batch: _Batch, row: Any) -> _Claim:
     )
 
 
-def _record_alone(batch: _Batch, outcome: _Outcome) -> None:
+def _record_alone(batch: _Batch) -> None:
+    """The pending outcome in a transaction of its own, if there is one."""
+    outcome = batch.pending
+    if outcome is None:
+        return
     recorded = batch.run(lambda connection: _record(connection, outcome), "recording an email's outcome")
+    batch.pending = None
     _bounce_and_count(batch, outcome, recorded)
 
 
@@ -370,7 +382,7 @@ class _EnrollmentState:
 
 
 def _refusal(kind: str, lead_status: str, enrollment: _EnrollmentState | None) -> str | None:
-    """Why this email must not go now, or None. Checked inside the claim's transaction."""
+    """Why this email must not go now, or None, from what its claim read; `_allowed` is its SQL twin."""
     if kind == "email" and lead_status != "active":
         return "suppressed: lead not confirmed yet" if lead_status == "pending" else f"suppressed: lead {lead_status}"
     if enrollment is not None and enrollment.status in ("ended", "stopped"):

@@ -294,6 +294,10 @@ class HeldConnection:
         except DBAPIError:
             self.close()
             raise
+        except BaseException:
+            if held.invalidated:  # interrupted mid-statement: the connection was not reusable
+                self.close()
+            raise
 
     def close(self) -> None:
         connection, self._connection = self._connection, None

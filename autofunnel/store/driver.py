@@ -9,6 +9,8 @@ once by SQLAlchemy (its SQL, casts and parameter processing stay SQLAlchemy's)
 and sent by psycopg in autocommit.
 
 Only psycopg 3 is driven this way; `supports` says when a connection can be.
+SQLAlchemy's execution events (`before_cursor_execute`, `handle_error`) do not
+see these statements; autofunnel listens to none on PostgreSQL.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
+from psycopg.pq import TransactionStatus
 from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql.dml import UpdateBase
@@ -54,8 +57,10 @@ def _prepare(statement: UpdateBase, dialect: Dialect) -> _Prepared:
     for bind, name in compiled.bind_names.items():
         key = compiled.escaped_bind_names.get(name, name)
         names[name] = key
+        if bind.callable is not None:
+            raise ValueError("a statement run alone takes no parameter whose value is computed at run time")
         if not bind.required:
-            defaults[key] = bind.effective_value
+            defaults[key] = bind.value
         processor = bind.type.dialect_impl(dialect).bind_processor(dialect)
         if processor is not None:
             processors[key] = processor
@@ -96,8 +101,11 @@ def run_alone(connection: Connection, statement: UpdateBase, params: dict[str, A
         values[prepared.names[name]] = value
     for key, processor in prepared.processors.items():
         values[key] = processor(values[key])
+    if connection.in_transaction():
+        raise RuntimeError("a statement run alone needs a connection between transactions")
     dbapi_connection = connection.connection.driver_connection
     assert dbapi_connection is not None
+    was_autocommit = dbapi_connection.autocommit
     try:
         dbapi_connection.autocommit = True
         try:
@@ -105,8 +113,7 @@ def run_alone(connection: Connection, statement: UpdateBase, params: dict[str, A
                 cursor.execute(prepared.sql, values)
                 found = cursor.fetchone()  # not `description`: it builds a column object per column, every run
         finally:
-            if not dbapi_connection.broken and not dbapi_connection.closed:
-                dbapi_connection.autocommit = False
+            _settle(connection, dbapi_connection, was_autocommit)
     except connection.dialect.loaded_dbapi.Error as exc:
         lost = bool(dbapi_connection.broken or dbapi_connection.closed)
         wrapped = DBAPIError.instance(
@@ -119,3 +126,14 @@ def run_alone(connection: Connection, statement: UpdateBase, params: dict[str, A
     if found is None:
         return None
     return prepared.row(*(value if convert is None else convert(value) for value, convert in zip(found, prepared.results, strict=True)))
+
+
+def _settle(connection: Connection, dbapi_connection: Any, autocommit: bool) -> None:
+    """The driver connection as it was, or invalidated when it cannot be: never raises, so the
+    error that ended the statement (an exception from a signal handler can leave it running) wins."""
+    if dbapi_connection.broken or dbapi_connection.closed:
+        return
+    if dbapi_connection.info.transaction_status == TransactionStatus.IDLE:
+        dbapi_connection.autocommit = autocommit
+    else:
+        connection.invalidate()
