@@ -339,13 +339,13 @@ class SmtpSession:
         """
         mail_options = "".join(f" {option}" for option in options)
         connection.send(f"MAIL FROM:{smtplib.quoteaddr(envelope_from)}{mail_options}\r\nRCPT TO:{smtplib.quoteaddr(recipient)}\r\nDATA\r\n")
-        stages = ("mail", "rcpt", "data")
         replies: list[tuple[int, bytes]] = []
         try:
-            for _ in stages:
-                replies.append(connection.getreply())
-                if replies[0][0] == 421:
-                    raise _ServerClosing(*replies[0])
+            replies.append(connection.getreply())
+            if replies[0][0] == 421:
+                raise _ServerClosing(*replies[0])
+            replies.append(connection.getreply())
+            replies.append(connection.getreply())
         except (OSError, smtplib.SMTPException) as exc:
             if not replies:
                 raise
@@ -353,7 +353,7 @@ class SmtpSession:
             refusal = _first_refusal(replies)
             if refusal is not None:
                 raise _reply_error(*refusal[0], refusal[1], recipient) from exc
-            raise _connection_error(exc, stages[len(replies)], recipient) from exc
+            raise _connection_error(exc, _PIPELINED_STAGES[len(replies)], recipient) from exc
         refusal = _first_refusal(replies)
         if refusal is None:
             return True
@@ -388,9 +388,13 @@ class SmtpSession:
             _close_quietly(connection)
 
 
+_PIPELINED_STAGES = ("mail", "rcpt", "data")
+_GO_AHEAD = ((250,), (250, 251), (354,))
+
+
 def _first_refusal(replies: list[tuple[int, bytes]]) -> tuple[tuple[int, bytes], str] | None:
     """The first of pipelined MAIL, RCPT and DATA answers that is not a go-ahead, with its stage."""
-    for (code, reply), stage, accepted in zip(replies, ("mail", "rcpt", "data"), ((250,), (250, 251), (354,))):
+    for (code, reply), stage, accepted in zip(replies, _PIPELINED_STAGES, _GO_AHEAD):
         if code not in accepted:
             return (code, reply), stage
     return None

@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from psycopg.pq import TransactionStatus
 from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql.dml import UpdateBase
@@ -131,6 +130,8 @@ def run_alone(connection: Connection, statement: UpdateBase, params: dict[str, A
 def _settle(connection: Connection, dbapi_connection: Any, autocommit: bool) -> None:
     """The driver connection as it was, or invalidated when it cannot be: never raises, so the
     error that ended the statement (an exception from a signal handler can leave it running) wins."""
+    from psycopg.pq import TransactionStatus  # here: SQLite users never load psycopg
+
     if dbapi_connection.broken or dbapi_connection.closed:
         return
     if dbapi_connection.info.transaction_status == TransactionStatus.IDLE:
