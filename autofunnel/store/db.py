@@ -259,6 +259,10 @@ class HeldConnection:
         """
         self._generic_plans = self.is_postgres
 
+    def _plans_to_set(self) -> bool:
+        """Plan reuse was asked for and the current connection does not have it yet."""
+        return self._generic_plans and not self._generic_plans_set
+
     @contextmanager
     def transaction(self) -> Iterator[Connection]:
         """Commits when the block ends, rolls back if it raises."""
@@ -266,7 +270,7 @@ class HeldConnection:
             self._connection = self._engine.connect()
             self._generic_plans_set = False
         connection = self._connection
-        setting = self._generic_plans and not self._generic_plans_set
+        setting = self._plans_to_set()
         try:
             with self._turn(), connection.begin():
                 if setting:
@@ -286,7 +290,7 @@ class HeldConnection:
         transaction like any other unit. Either way it commits whole or not at all.
         """
         held = self._connection
-        if held is None or (self._generic_plans and not self._generic_plans_set) or not driver.supports(held):
+        if held is None or self._plans_to_set() or not driver.supports(held):
             with self.transaction() as connection:  # a new connection's first unit also sets it up
                 return connection.execute(statement, params).first()
         try:

@@ -52,13 +52,16 @@ def _prepare(statement: UpdateBase, dialect: Dialect) -> _Prepared:
         raise ValueError("a statement run alone cannot expand its parameters at run time")
     names: dict[str, str] = {}
     defaults: dict[str, Any] = {}
+    required: set[str] = set()
     processors: dict[str, Callable[[Any], Any]] = {}
     for bind, name in compiled.bind_names.items():
         key = compiled.escaped_bind_names.get(name, name)
         names[name] = key
         if bind.callable is not None:
             raise ValueError("a statement run alone takes no parameter whose value is computed at run time")
-        if not bind.required:
+        if bind.required:
+            required.add(name)
+        else:
             defaults[key] = bind.value
         processor = bind.type.dialect_impl(dialect).bind_processor(dialect)
         if processor is not None:
@@ -74,7 +77,7 @@ def _prepare(statement: UpdateBase, dialect: Dialect) -> _Prepared:
     return _Prepared(
         sql=str(compiled),
         defaults=defaults,
-        required=frozenset(name for bind, name in compiled.bind_names.items() if bind.required),
+        required=frozenset(required),
         names=names,
         processors=processors,
         row=namedtuple("Row", list(columns.keys()), rename=True),  # type: ignore[misc]
