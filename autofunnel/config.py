@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from autofunnel.errors import ConfigError
 
@@ -111,6 +112,15 @@ def _base_url(key: str, raw: Any) -> str:
     return value
 
 
+def _timezone(key: str, raw: Any) -> str:
+    value = _text(key, raw)
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(f"{key}: expected an IANA timezone such as Europe/Berlin, got {raw!r}") from None
+    return value
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the running system reads from its environment."""
@@ -132,6 +142,8 @@ class Settings:
     dkim_key_file: str | None = None
     stripe_webhook_secret: str | None = None
     shopify_webhook_secret: str | None = None
+    timezone: str = "UTC"
+    """The seller's timezone: how the admin shows times."""
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     @property
@@ -170,6 +182,7 @@ _PARSERS: dict[str, Callable[[str, Any], Any]] = {
     "dkim_key_file": _optional_text,
     "stripe_webhook_secret": _optional_text,
     "shopify_webhook_secret": _optional_text,
+    "timezone": _timezone,
 }
 
 SETTING_NAMES: tuple[str, ...] = ("project_dir", *_PARSERS)
