@@ -141,7 +141,9 @@ def _report(slug: str) -> tuple[Funnel, dict[str, Any], dict[str, str]]:
 @login_required
 def funnel(slug: str) -> Any:
     rt = runtime()
-    if slug in rt.project.flows and not isinstance(rt.project.flows[slug], Funnel):
+    if slug not in rt.project.flows:
+        abort(404)
+    if not isinstance(rt.project.flows[slug], Funnel):
         return redirect(url_for("admin.flow", slug=slug))
     try:
         flow, report, params = _report(slug)
