@@ -196,7 +196,7 @@ def user_create(state: State, email: str, password_stdin: bool) -> None:
         info, generated = create_user(database, SystemClock(), email, password)
     finally:
         database.dispose()
-    click.echo(f"created admin user {info.email}")
+    click.echo(f"created admin user {info.email}; log in at {state.settings.base_url}/admin")
     if generated is not None:
         click.echo("generated password; store it now, it is not shown again:")
         click.echo(generated)
