@@ -109,8 +109,9 @@ def preview_email(rt: Runtime, slug: str, template: str, lead_key: str | None = 
         raise NotFoundError(f"no template {template!r} in templates/{slug}/", field="template", code="unknown_template")
     moment = at or rt.clock.now()
     stage = _template_users(flow).get(template, (None, []))[0]
-    lead, deadlines, event, to, notes = _facts(rt, flow, stage, lead_key, moment)
-    rendered = _render(rt, flow, stage, template, lead, deadlines, event, moment)
+    lead, deadlines, event, to, assumed = _facts(rt, flow, stage, lead_key, moment)
+    notes: list[str] = []
+    rendered = _render(rt, flow, stage, template, lead, _Deadlines(deadlines, assumed, notes), event, moment)
     return Preview(
         slug, template, to, moment, lead_key is None, rendered.subject, rendered.preheader, rendered.html, rendered.text, stage, tuple(notes),
     )
@@ -140,16 +141,13 @@ def send_test_email(rt: Runtime, preview: Preview, to: str) -> str:
 
 def _facts(
     rt: Runtime, flow: Flow, stage: str | None, lead_key: str | None, moment: datetime,
-) -> tuple[dict[str, Any], dict[str, datetime], dict[str, Any], str, list[str]]:
+) -> tuple[dict[str, Any], dict[str, datetime], dict[str, Any], str, set[str]]:
     """The lead as a sent email's template sees it (`delivery._read_leads`), its deadlines in
-    this flow, the event behind its enrollment in the template's stage, its address, and what
-    had to be assumed."""
-    notes: list[str] = []
+    this flow, the event behind its enrollment in the template's stage, its address, and the
+    deadlines that had to be assumed (not started yet: as if they started at the moment)."""
     if lead_key is None:
         deadlines = {name: moment + spec.duration for name, spec in flow.deadlines.items()}
-        if deadlines:
-            notes.append("the sample lead's deadlines start at the chosen moment")
-        return dict(SAMPLE_LEAD), deadlines, (dict(SAMPLE_CART) if isinstance(flow, Sequence) else {}), SAMPLE_LEAD["email"], notes
+        return dict(SAMPLE_LEAD), deadlines, (dict(SAMPLE_CART) if isinstance(flow, Sequence) else {}), SAMPLE_LEAD["email"], set(deadlines)
     with rt.db.read() as session:
         row = find_lead(session, lead_key)
         lead = {"email": row.email, "first_name": row.first_name, "fields": dict(row.fields or {}), "tags": list(row.tags or []), "timezone": row.timezone}
@@ -158,11 +156,26 @@ def _facts(
         if stage is not None and not isinstance(flow, Sequence):
             enrollment = enrollment.where(Enrollment.stage == stage)
         event = session.scalar(enrollment.order_by(Enrollment.entered_at.desc(), Enrollment.id.desc()).limit(1))
-    for name, spec in flow.deadlines.items():
-        if name not in deadlines:
-            deadlines[name] = moment + spec.duration
-            notes.append(f"deadline {name!r} has not started for this lead; shown as if it started at the chosen moment")
-    return lead, deadlines, dict(event or {}), row.email, notes
+    assumed = {name for name in flow.deadlines if name not in deadlines}
+    for name in assumed:
+        deadlines[name] = moment + flow.deadlines[name].duration
+    return lead, deadlines, dict(event or {}), row.email, assumed
+
+
+@dataclass
+class _Deadlines:
+    """The deadlines a preview renders with, noting each assumed one the template uses."""
+
+    moments: dict[str, datetime]
+    assumed: set[str]
+    notes: list[str]
+
+    def get(self, name: str) -> datetime | None:
+        if name in self.assumed:
+            note = f"deadline {name!r} has not started for this lead; shown as if it started at the chosen moment"
+            if note not in self.notes:
+                self.notes.append(note)
+        return self.moments.get(name)
 
 
 def preview_unsubscribe_url(rt: Runtime) -> str:
@@ -170,12 +183,13 @@ def preview_unsubscribe_url(rt: Runtime) -> str:
     return f"{rt.settings.base_url}/u/preview-only"
 
 
-def _render(rt: Runtime, flow: Flow, stage: str | None, template: str, lead: dict[str, Any], deadlines: dict[str, datetime],
+def _render(rt: Runtime, flow: Flow, stage: str | None, template: str, lead: dict[str, Any], deadlines: _Deadlines,
             event: dict[str, Any] | None, moment: datetime) -> RenderedEmail:
     def deadline(name: str) -> datetime:
-        if name not in deadlines:
+        due = deadlines.get(name)
+        if due is None:
             raise AutofunnelError(f"deadline {name!r} is not defined in {flow.slug}")
-        return deadlines[name]
+        return due
 
     def offer_url(name: str) -> str:
         offer = flow.offers.get(name)
