@@ -267,3 +267,15 @@ def test_list_templates_names_every_flows_emails_and_the_steps_sending_them(site
     assert yoga["tripwire-offer"] == ("lead", ("tripwire-offer",))
     assert yoga["call-lead"] == ("tripwire", ("notify-call-lead",))
     assert [t.name for t in listed["abandoned-cart"].templates] == ["cart-1", "cart-2", "cart-last-call"]
+
+
+def test_project_problems_are_validates_as_data(project_dir: Path) -> None:
+    from autofunnel.services.project import FileProblem, project_problems
+
+    assert project_problems(project_dir) == ()
+    flow = project_dir / "funnels" / "yoga.yml"
+    flow.write_text(flow.read_text().replace("      - send: thanks-mini\n", "      - send: thanks-mni\n"))
+    (problem,) = [p for p in project_problems(project_dir) if p.severity == "error"]
+    assert problem == FileProblem("funnels/yoga.yml", problem.line, problem.message, "error")
+    assert "unknown template 'thanks-mni'" in problem.message and "did you mean 'thanks-mini'" in problem.message
+    assert flow.read_text().splitlines()[problem.line - 1].strip() == "- send: thanks-mni"

@@ -144,3 +144,28 @@ def summarize(flow: Flow) -> list[str]:
 def _matcher_text(matcher: EventMatcher) -> str:
     props = " ".join(f"{key}={value}" for key, value in matcher.properties.items())
     return f"on {matcher.event}" + (f" ({props})" if props else "")
+
+
+@dataclass(frozen=True)
+class FileProblem:
+    """One problem `autofunnel validate` reports, as a page lists it."""
+
+    file: str
+    """The file's path relative to the project folder (absolute when it lies outside)."""
+    line: int
+    message: str
+    severity: str
+    """`error` or `warning`."""
+
+
+def project_problems(root: Path) -> tuple[FileProblem, ...]:
+    """`autofunnel validate`'s errors and warnings for the project folder as it is on disk, in file order."""
+    found = []
+    for problem in validate_project(root).problems:
+        path = Path(problem.path)
+        try:
+            shown = path.relative_to(root).as_posix()
+        except ValueError:
+            shown = str(path)
+        found.append(FileProblem(shown, problem.line, problem.message, problem.severity))
+    return tuple(found)
