@@ -150,7 +150,9 @@ class _Filters:
         if not w.step:
             return []
         if not w.funnel or self.step_stage is None:
-            return [literal(False)] if w.funnel else [exists().where(Enrollment.lead_id == Lead.id, Enrollment.status == "active", Enrollment.step_id == w.step)]
+            # A step the file no longer has (leads still parked on it) or no funnel given: any stage.
+            by_flow = [Enrollment.flow == w.funnel] if w.funnel else []
+            return [exists().where(Enrollment.lead_id == Lead.id, Enrollment.status == "active", Enrollment.step_id == w.step, *by_flow)]
         return [exists().where(
             Enrollment.flow == w.funnel, Enrollment.stage == self.step_stage, Enrollment.step_id == w.step,
             Enrollment.lead_id == Lead.id, Enrollment.status == "active",
