@@ -47,6 +47,7 @@ from autofunnel.domain.model import (
 )
 from autofunnel.services.report import DEFAULT_DAYS
 from autofunnel.services.runtime import Runtime
+from autofunnel.services.lead_search import ACTIVE
 from autofunnel.store.models import CohortTally, Delivery, Enrollment
 
 
@@ -93,7 +94,7 @@ def flow_map(rt: Runtime, slug: str, today: date, days: int = DEFAULT_DAYS) -> F
             (stage, step): n
             for stage, step, n in session.execute(
                 select(Enrollment.stage, Enrollment.step_id, func.count())
-                .where(Enrollment.flow == slug, Enrollment.status == "active")
+                .where(Enrollment.flow == slug, ACTIVE)
                 .group_by(Enrollment.stage, Enrollment.step_id)
             )
         }

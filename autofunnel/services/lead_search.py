@@ -15,7 +15,7 @@ Which index leads depends on what was asked, most selective first:
 - a waiting step: the active enrollments on that step (`ix_enrollments_waiting`);
 - a stage (or a funnel alone: its first stage): the stage entries
   (`ix_stage_entries_reached`);
-- a status: `ix_leads_status_id`.
+- a status: `ix_leads_status_id` (first, for any status but `active`, which few leads have).
 
 The other filters are checked on the rows that walk reaches.
 """
@@ -37,6 +37,9 @@ from autofunnel.store.models import LEAD_STATUSES, Enrollment, Lead, StageEntry
 from autofunnel.store.queries import is_postgres
 
 PAGE_SIZE = 50
+ACTIVE = text("enrollments.status = 'active'")
+"""Written out, not bound: only then can SQLite (and a generic PostgreSQL plan) tell that
+`ix_enrollments_waiting`, an index of active rows, holds the answer without reading the table."""
 MAX_PAGE_SIZE = 500
 
 
@@ -152,10 +155,10 @@ class _Filters:
         if not w.funnel or self.step_stage is None:
             # A step the file no longer has (leads still parked on it) or no funnel given: any stage.
             by_flow = [Enrollment.flow == w.funnel] if w.funnel else []
-            return [exists().where(Enrollment.lead_id == Lead.id, Enrollment.status == "active", Enrollment.step_id == w.step, *by_flow)]
+            return [exists().where(Enrollment.lead_id == Lead.id, ACTIVE, Enrollment.step_id == w.step, *by_flow)]
         return [exists().where(
             Enrollment.flow == w.funnel, Enrollment.stage == self.step_stage, Enrollment.step_id == w.step,
-            Enrollment.lead_id == Lead.id, Enrollment.status == "active",
+            Enrollment.lead_id == Lead.id, ACTIVE,
         )]
 
     def reached(self) -> list[ColumnElement[bool]]:
@@ -204,11 +207,14 @@ class _Filters:
     def filter_walk(self) -> Select[Any]:
         """The leads matching the filters, walked along the most selective filter's index."""
         w = self.wanted
+        if w.status and w.status != "active":
+            # Every status but `active` belongs to few leads: its index leads, the rest is checked per lead.
+            return select(Lead.id).where(*self.all_but_search(), *self.keyset(Lead.id)).order_by(Lead.id.desc())
         if w.step and w.funnel and self.step_stage is not None:
             e = Enrollment
             return (
                 select(e.lead_id).join(Lead, Lead.id == e.lead_id)
-                .where(e.flow == w.funnel, e.stage == self.step_stage, e.step_id == w.step, e.status == "active",
+                .where(e.flow == w.funnel, e.stage == self.step_stage, e.step_id == w.step, ACTIVE,
                        *self.keyset(e.lead_id), *self.status(), *self.reached())
                 .order_by(e.lead_id.desc())
             )
