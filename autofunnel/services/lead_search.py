@@ -7,7 +7,7 @@ leads with a smaller id than the last one shown).
 
 Which index leads depends on what was asked, most selective first:
 
-- a search text: up to three walks, merged — the email prefix (the unique index
+- a search text: up to three walks, merged (one when it has an `@`) — the email prefix (the unique index
   on the stored, lower-case address), the first name (`ix_leads_first_name`, in
   the few ways people write a name: as typed, `ann`, `Ann`, `ANN`), and one exact
   tag (a GIN index on PostgreSQL; SQLite cannot index a JSON array's members, so
@@ -15,7 +15,7 @@ Which index leads depends on what was asked, most selective first:
 - a waiting step: the active enrollments on that step (`ix_enrollments_waiting`);
 - a stage (or a funnel alone: its first stage): the stage entries
   (`ix_stage_entries_reached`);
-- a status: `ix_leads_status_id` (first, for any status but `active`, which few leads have).
+- a status: `ix_leads_status_id` — first, when the status is not `active`: few leads have any other.
 
 The other filters are checked on the rows that walk reaches.
 """
@@ -193,8 +193,9 @@ class _Filters:
         walks = []
         lowered = self.term.lower()
         walks.append(select(Lead.id).where(Lead.email >= lowered, Lead.email < lowered + "\U0010ffff", func.substr(Lead.email, 1, len(lowered)) == lowered, *others))
-        walks.append(select(Lead.id).where(Lead.first_name.in_(name_spellings(self.term)), *others))
-        walks.append(select(Lead.id).where(self.has_tag(self.term), *others))
+        if "@" not in self.term:  # an address is looked up as one; no name or tag has an @
+            walks.append(select(Lead.id).where(Lead.first_name.in_(name_spellings(self.term)), *others))
+            walks.append(select(Lead.id).where(self.has_tag(self.term), *others))
         return [walk.order_by(Lead.id.desc()) for walk in walks]
 
     def has_tag(self, tag: str) -> ColumnElement[bool]:
