@@ -175,6 +175,8 @@ class _Filters:
         return self.status() + self.waiting() + self.reached()
 
     def keyset(self, column: Any) -> list[ColumnElement[bool]]:
+        """Below the last lead shown; said of both sides of a join, or PostgreSQL's merge join
+        walks the leads from the top down to it."""
         return [column < self.wanted.before_id] if self.wanted.before_id is not None else []
 
     # The walks ------------------------------------------------------------------------
@@ -216,7 +218,7 @@ class _Filters:
             return (
                 select(e.lead_id).join(Lead, Lead.id == e.lead_id)
                 .where(e.flow == w.funnel, e.stage == self.step_stage, e.step_id == w.step, ACTIVE,
-                       *self.keyset(e.lead_id), *self.status(), *self.reached())
+                       *self.keyset(e.lead_id), *self.keyset(Lead.id), *self.status(), *self.reached())
                 .order_by(e.lead_id.desc())
             )
         stage = (w.stage or self.first_stage) if w.funnel else None
@@ -224,7 +226,7 @@ class _Filters:
             s = StageEntry
             return (
                 select(s.lead_id).join(Lead, Lead.id == s.lead_id)
-                .where(s.funnel == w.funnel, s.stage == stage, s.skipped.is_(False), *self.keyset(s.lead_id), *self.status(), *self.waiting())
+                .where(s.funnel == w.funnel, s.stage == stage, s.skipped.is_(False), *self.keyset(s.lead_id), *self.keyset(Lead.id), *self.status(), *self.waiting())
                 .order_by(s.lead_id.desc())
             )
         return select(Lead.id).where(*self.all_but_search(), *self.keyset(Lead.id)).order_by(Lead.id.desc())
