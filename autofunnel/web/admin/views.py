@@ -12,6 +12,7 @@ from flask_login import current_user, login_required, login_user, logout_user
 from autofunnel.domain.model import Funnel
 from autofunnel.errors import AutofunnelError, InvalidInputError
 from autofunnel.report_format import duration, percent, report_csv
+from autofunnel.services.confirmation import send_confirmation
 from autofunnel.services.credentials import check_user_password
 from autofunnel.services.events import record_events
 from autofunnel.services.flow_map import flow_map
@@ -218,6 +219,18 @@ def lead_unsubscribe(lead_id: int) -> Response:
     rt = runtime()
     record_events(rt, parse_events({"type": "unsubscribed", "lead_id": lead_id, "properties": {"via": "admin", "by": current_user.info.email}}, rt.clock.now()))
     flash("Unsubscribed: nothing more is sent to this lead.")
+    return redirect(url_for("admin.lead", lead_id=lead_id))
+
+
+@admin.post("/leads/<int:lead_id>/confirmation")
+@login_required
+def lead_confirmation(lead_id: int) -> Response:
+    try:
+        send_confirmation(runtime(), str(lead_id))
+    except InvalidInputError as exc:
+        flash(f"Not sent: {exc}")
+    else:
+        flash("A new confirmation email is queued; it goes out within seconds.")
     return redirect(url_for("admin.lead", lead_id=lead_id))
 
 
