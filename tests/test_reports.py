@@ -7,6 +7,8 @@ writes; the expected figures are counted here in plain Python.
 
 from __future__ import annotations
 
+import csv
+import io
 import itertools
 import json
 import random
@@ -27,6 +29,7 @@ from hypothesis import strategies as st
 from sqlalchemy import func, select
 
 from autofunnel.cli import main
+from autofunnel.report_format import report_csv
 from autofunnel.clock import FixedClock
 from autofunnel.services.credentials import create_api_key
 from autofunnel.services.report import funnel_report, parse_report_query
@@ -346,7 +349,33 @@ def test_cli_json_is_the_api_json_and_the_table_and_csv_draw_it(shop: Shop) -> N
     assert re.search(r"tripwire\s*│\s*3\s*│\s*0\s*│\s*50\.0 %", table.output), table.output
     rows = runner.invoke(main, [*args, "--format", "csv"], env=shop.environ)
     assert rows.exit_code == 0
-    assert "all,,stage,tripwire,,3,0,0.5,0.5,21600,24480,,,,," in rows.output.splitlines()
+    tripwire = [r for r in csv.DictReader(io.StringIO(rows.output)) if (r["section"], r["kind"], r["stage"]) == ("all", "stage", "tripwire")]
+    assert [{k: v for k, v in r.items() if v} for r in tripwire] == [{
+        "section": "all", "kind": "stage", "stage": "tripwire", "reached": "3", "skipped": "0",
+        "conversion_from_previous": "0.5", "conversion_from_first": "0.5", "median_s": "21600", "p90_s": "24480",
+    }]
+
+
+def test_the_csv_carries_every_section_of_the_json(shop: Shop) -> None:
+    for i, channel in enumerate(["google", "google", "instagram"]):
+        shop.subscribe(f"c{i}@example.com", source={"channel": channel})
+    shop.events([purchase("c0@example.com", "mini-course", START + timedelta(hours=2), amount=30)])
+    shop.post("/api/v1/spend", {"channel": "google", "amount": 60, "date": "2026-03-02"}, 201)
+    report = shop.report(**{"from": "2026-03-02", "to": "2026-03-02", "by": "channel", "interval": "day", "attribution": "linear"})
+    rows = list(csv.DictReader(io.StringIO(report_csv(report))))
+    kinds = {(r["section"], r["kind"]) for r in rows}
+    for section in ("all", "by channel", "period"):
+        assert {(section, kind) for kind in ("overall", "stage", "email", "revenue")} <= kinds
+    assert {("all", "spend"), ("by channel", "spend"), ("all", "holdout"), ("all", "attribution_channel"), ("all", "attribution_email")} <= kinds
+    (revenue,) = [r for r in rows if (r["section"], r["kind"]) == ("all", "revenue")]
+    assert float(revenue["total"]) == report["revenue"]["total"] == 30.0 and revenue["currency"] == "EUR"
+    (spend,) = [r for r in rows if (r["section"], r["kind"]) == ("all", "spend")]
+    assert float(spend["spend"]) == 60.0 and float(spend["cost_per_lead"]) == report["spend"][0]["cost_per_lead"]
+    google = [r for r in rows if (r["section"], r["value"], r["kind"]) == ("by channel", "google", "overall")]
+    assert len(google) == 1
+    channels = {r["channel"]: float(r["revenue"]) for r in rows if r["kind"] == "attribution_channel"}
+    assert channels["google"] == 30.0
+    assert len([r for r in rows if r["kind"] == "holdout"]) == len(report["holdout"]["stages"])
 
 
 # Bad requests ------------------------------------------------------------------------------
