@@ -137,6 +137,8 @@ class FunnelTest:
         seed: int = 0,
         settings: Mapping[str, str] | None = None,
         run_due: bool = True,
+        tick_every: timedelta | None = None,
+        database: Path | None = None,
     ) -> None:
         import random
 
@@ -146,9 +148,15 @@ class FunnelTest:
         self.project_dir = Path(project_dir)
         begin = datetime.fromisoformat(start.replace("Z", "+00:00")) if isinstance(start, str) else start
         self.clock = FixedClock(ensure_utc(begin or DEFAULT_START))
+        self._grid_origin = self.clock.now()
         self._folder = Path(tempfile.mkdtemp(prefix="autofunnel-test-"))
-        database = self._folder / "autofunnel.db"
-        shutil.copyfile(_migrated_template(), database)
+        if database is None:
+            database = self._folder / "autofunnel.db"
+            shutil.copyfile(_migrated_template(), database)
+        else:
+            from autofunnel.store.migrate import upgrade
+
+            upgrade(f"sqlite:///{database}")
         environ = {
             "AUTOFUNNEL_DATABASE_URL": f"sqlite:///{database}",
             "AUTOFUNNEL_SMTP_URL": f"file://{self._folder / 'outbox'}",
@@ -161,6 +169,10 @@ class FunnelTest:
         self.transport = InMemoryTransport()
         self.runtime.transport = self.transport  # type: ignore[misc]
         self.auto_run = run_due
+        self.tick_every = tick_every
+        """None: each pass runs at the exact moment work falls due. A duration: passes run on that
+        grid (a scheduler waking every 15 minutes), far fewer of them for a long simulation."""
+        self._passes_since_fold = 0
         self.outbox: list[Email] = []
         self.sent_ids: list[int] = []
         """Every delivery id sent, in order (cheaper than `outbox` for counting)."""
@@ -318,15 +330,22 @@ class FunnelTest:
             due = self.next_due()
             if due is None or due > target:
                 break
-            self.clock.current = max(due, self.now)
-            before = due
+            if self.tick_every is not None:
+                due = min(self._on_grid(due), target)
+            self.clock.current = min(max(due, self.now), target)
             self.run_due()
             after = self.next_due()
-            if after is not None and after <= before:
+            if after is not None and after <= due and (self.tick_every is None or self._on_grid(after) <= due):
                 break  # nothing moved (work set aside keeps failing): stop rather than spin
         self.clock.current = target
-        self.run_due()
         return target
+
+    def _on_grid(self, moment: datetime) -> datetime:
+        assert self.tick_every is not None
+        step = self.tick_every.total_seconds()
+        offset = (moment - self._grid_origin).total_seconds()
+        ticks = -(-offset // step)
+        return self._grid_origin + timedelta(seconds=ticks * step)
 
     def next_due(self) -> datetime | None:
         """The earliest moment a step or a retried email falls due."""
@@ -341,12 +360,35 @@ class FunnelTest:
         return min(moments) if moments else None
 
     def run_due(self) -> None:
-        """One scheduler pass at the current moment, then the delivery of what it queued —
-        what `autofunnel tick` does, with the in-memory transport."""
-        from autofunnel.services.scheduler import run_tick
+        """One scheduler pass at the current moment and the delivery of what it queued, as
+        `autofunnel tick` does, with the in-memory transport; emails whose retry back-off
+        ended are swept up and sent too."""
+        from sqlalchemy import select
 
-        run_tick(self.runtime)
+        from autofunnel.services.delivery import deliver
+        from autofunnel.services.enrollments import ready_to_send
+        from autofunnel.services.scheduler import sweep, tick
+        from autofunnel.store.models import Delivery
+
+        queued = tick(self.runtime).queued
+        if queued:
+            deliver(self.runtime, sorted(queued))
+        with self.runtime.db.read() as session:
+            waiting = session.scalar(select(Delivery.id).where(ready_to_send(self.now)).limit(1))
+        if waiting is not None:
+            swept = sweep(self.runtime)
+            deliver(self.runtime, sorted(set(swept.retries) | set(swept.lost)))
+        self._passes_since_fold += 1
+        if self._passes_since_fold >= 200:
+            self.fold()
         self._take_sent()
+
+    def fold(self) -> None:
+        """Merge the report's tally rows, as every scheduler pass does in production now and then."""
+        from autofunnel.services.scheduler import fold_report_tallies
+
+        fold_report_tallies(self.runtime)
+        self._passes_since_fold = 0
 
     def _take_sent(self) -> None:
         messages = self.transport.messages
@@ -428,6 +470,7 @@ class FunnelTest:
         """The funnel report (GET /api/v1/reports/<funnel>) over what the test did."""
         from autofunnel.services.report import funnel_report, parse_report_query
 
+        self.fold()
         return funnel_report(self.runtime, parse_report_query(funnel, params, self.now.date()))
 
 
