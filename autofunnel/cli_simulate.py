@@ -81,7 +81,7 @@ def print_simulation(result: Any, console: Any) -> None:
 
 @click.command()
 @click.argument("directory", required=False, default="demo", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--leads", default=2500, show_default=True, type=click.IntRange(10, 50_000), help="Simulated leads over the 90 days.")
+@click.option("--leads", default=1000, show_default=True, type=click.IntRange(10, 50_000), help="Simulated leads over the 90 days.")
 @click.option("--seed", default=0, show_default=True, type=int)
 @friendly_errors
 def demo(directory: Path, leads: int, seed: int) -> None:
@@ -94,7 +94,9 @@ def demo(directory: Path, leads: int, seed: int) -> None:
     console = Console()
     summary = make_demo(directory, leads=leads, seed=seed, console=console)
     console.print(summary.text)
-    console.print(f"next: cd {directory} && autofunnel run    (then: autofunnel report yoga --by channel)")
+    since = summary.since.isoformat()
+    console.print(f"next: cd {directory} && autofunnel run")
+    console.print(f"then: autofunnel report yoga --from {since}    (add --by channel for the channels)")
     sys.stdout.flush()
 
 

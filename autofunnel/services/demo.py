@@ -14,7 +14,7 @@ from __future__ import annotations
 import random
 import time
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,8 @@ class DemoSummary:
     refunds: int
     due_next_day: int
     seconds: float
+    since: date
+    """The first day of the history, for `report --from`."""
 
     @property
     def text(self) -> str:
@@ -53,7 +55,7 @@ class DemoSummary:
         )
 
 
-def make_demo(directory: Path, *, leads: int = 2500, seed: int = 0, console: Any = None) -> DemoSummary:
+def make_demo(directory: Path, *, leads: int = 1000, seed: int = 0, console: Any = None) -> DemoSummary:
     """Write the example project into `directory` and fill its database; refuses an existing project."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -95,7 +97,7 @@ def make_demo(directory: Path, *, leads: int = 2500, seed: int = 0, console: Any
             t.advance_to(max(end, t.now))
             t.run_due()
             t.fold()
-        summary = _summary(t, len(t.sent_ids), time.perf_counter() - started)
+        summary = _summary(t, len(t.sent_ids), time.perf_counter() - started, begin.date())
     return summary
 
 
@@ -114,7 +116,7 @@ def _arrivals(behaviour: Behaviour, rng: random.Random, begin: datetime, end: da
         behaviour.subscribe_at(moment, f"demo{index + 1}@example.com", rng.choices(channels, weights)[0], rng.choice(FIRST_NAMES))
 
 
-def _summary(t: FunnelTest, emails: int, seconds: float) -> DemoSummary:
+def _summary(t: FunnelTest, emails: int, seconds: float, since: date) -> DemoSummary:
     from autofunnel.store.models import Enrollment, Event, Lead
 
     with t.runtime.db.read() as session:
@@ -125,4 +127,4 @@ def _summary(t: FunnelTest, emails: int, seconds: float) -> DemoSummary:
             select(func.count()).select_from(Enrollment)
             .where(Enrollment.status == "active", Enrollment.due_at <= t.now + timedelta(days=1))
         ) or 0
-    return DemoSummary(leads, emails, purchases, refunds, due, seconds)
+    return DemoSummary(leads, emails, purchases, refunds, due, seconds, since)
