@@ -29,7 +29,7 @@ DAYS = 90
 FUNNEL = "yoga"
 FIRST_NAMES = ("Ann", "Ben", "Carla", "Dev", "Emma", "Felix", "Grace", "Hugo", "Ines", "Jonas", "Kira", "Luca", None, None)
 TIMEZONES = ("Europe/Berlin", "Europe/London", "Europe/Paris", "America/New_York", None)
-DAILY_SPEND = {"instagram": (60, 110), "google": (40, 80), "facebook": (25, 55)}
+DAILY_SPEND = {"instagram": (30, 60), "google": (20, 45), "facebook": (10, 25)}
 """Euros a day per paid channel (uniform between the two); the other channels cost nothing."""
 DEMO_RATES = Rates(open=0.42, click=0.22, unsubscribe=0.006, confirm=0.82, stages={"tripwire": 0.22, "customer": 0.3, "vip": 0.12}, buy_within=4.0, source="demo")
 TICK_EVERY = timedelta(hours=1)

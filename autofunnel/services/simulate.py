@@ -44,7 +44,7 @@ DEFAULT_START = datetime.fromisoformat("2026-01-05T00:00:00+00:00")
 TICK_EVERY = timedelta(minutes=5)
 """The simulated scheduler wakes every 5 virtual minutes (production: every second or so)."""
 
-PRICES = (19.0, 49.0, 99.0, 199.0, 490.0)
+PRICES = (19.0, 199.0, 990.0, 1990.0)
 """Order values of the purchases that enter the 2nd, 3rd… stage, when the event names none."""
 
 
@@ -256,7 +256,8 @@ class Behaviour:
     def _event(self, kind: str, payload: Any, moment: datetime) -> tuple[dict[str, Any], int | None]:
         """The API item for an event action, and the stage it enters (for a purchase)."""
         if kind == "unsubscribe":
-            return {"type": "unsubscribed", "lead_id": payload, "at": moment.isoformat()}, None
+            lead_id, delivery_id = payload
+            return {"type": "unsubscribed", "lead_id": lead_id, "at": moment.isoformat(), "properties": {"delivery": delivery_id}}, None
         if kind == "refund":
             lead_id, order, properties = payload
             refund = {"order_id": order, "amount": properties.get("amount"), "currency": properties.get("currency"), "product": properties.get("product")}
@@ -303,7 +304,7 @@ class Behaviour:
             if self.rng.random() < self.rates.open:
                 self.at(sent + timedelta(minutes=self.rng.uniform(5, 2880)), "open", row.id)
             if self.rng.random() < self.rates.unsubscribe:
-                self.at(sent + timedelta(minutes=self.rng.uniform(5, 2880)), "unsubscribe", row.lead_id)
+                self.at(sent + timedelta(minutes=self.rng.uniform(5, 2880)), "unsubscribe", (row.lead_id, row.id))
 
 
 # Replaying a recorded or hand-written stream ---------------------------------------------------
