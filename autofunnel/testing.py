@@ -21,16 +21,18 @@ The clock is virtual and starts on Monday 2026-01-05 10:00 UTC (inside the
 example's send window) unless `start=` says otherwise. `advance("1d")` walks it
 forward one due moment at a time, running each scheduler pass at the moment it
 falls due, as a scheduler running all along would. Random draws (holdout, A/B
-variants) come from `seed`; `subscribe(held_out=False)` or `variant=`-free
-funnels make a test independent of them.
+variants) come from `seed`, so a test is repeatable; `subscribe(held_out=False)`
+takes the holdout draw out of a test altogether.
 
 `simulate` and `demo` drive the same class with many synthetic leads.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import sys
 import tempfile
 import threading
 from collections.abc import Iterator, Mapping
@@ -46,7 +48,7 @@ from autofunnel.domain.durations import parse_duration
 from autofunnel.mail.message import delivery_id_from_message_id
 from autofunnel.mail.transport import InMemoryTransport, SentMessage
 
-__all__ = ["DEFAULT_START", "Email", "FunnelTest", "LeadRef", "funnel_test"]
+__all__ = ["DEFAULT_START", "Email", "FunnelTest", "LeadRef"]
 
 DEFAULT_START = datetime(2026, 1, 5, 10, 0, tzinfo=UTC)
 """A Monday morning: inside the example funnel's send window, away from its quiet Sunday."""
@@ -507,22 +509,11 @@ def _who(lead: LeadRef | str | int) -> dict[str, Any]:
     return {"email": lead}
 
 
-try:
+if "pytest" in sys.modules:  # under pytest (or `-p autofunnel.testing`): offer the fixture too
     import pytest
-except ImportError:  # pragma: no cover - pytest is only needed for the fixture
-    pytest = None  # type: ignore[assignment]
-
-if pytest is not None:
 
     @pytest.fixture
     def funnel_test() -> Iterator[FunnelTest]:
-        """A FunnelTest of the project in the current folder (or AUTOFUNNEL_PROJECT_DIR).
-
-        Use it with `pytest -p autofunnel.testing`, or import it in your conftest.py.
-        """
-        import os
-
+        """A FunnelTest of the project in the current folder (or AUTOFUNNEL_PROJECT_DIR)."""
         with FunnelTest(os.environ.get("AUTOFUNNEL_PROJECT_DIR", ".")) as test:
             yield test
-else:  # pragma: no cover
-    funnel_test = None  # type: ignore[assignment]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from autofunnel.testing import FunnelTest
+from autofunnel.testing import FunnelTest, funnel_test  # noqa: F401  (the fixture `-p autofunnel.testing` offers)
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -86,3 +86,17 @@ def test_the_clock_moves_only_forward(project_dir: Path) -> None:
     with FunnelTest(project_dir) as t:
         with pytest.raises(ValueError):
             t.advance_to(t.now.replace(year=2025))
+
+
+@pytest.fixture
+def in_project(project_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.delenv("AUTOFUNNEL_PROJECT_DIR", raising=False)
+    monkeypatch.chdir(project_dir)
+    return project_dir
+
+
+def test_the_fixture_tests_the_project_in_the_current_folder(in_project: Path, funnel_test: FunnelTest) -> None:
+    assert funnel_test.project_dir.resolve() == in_project.resolve()
+    funnel_test.subscribe("ann@example.com", "yoga", held_out=False, confirm=True)
+    assert funnel_test.templates() == ["welcome"]
+    assert not (in_project / "autofunnel.db").exists() and not (in_project / "outbox").exists()

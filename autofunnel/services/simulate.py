@@ -30,11 +30,12 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
 
 from autofunnel.clock import ensure_utc
 from autofunnel.domain.durations import parse_duration
 from autofunnel.domain.model import Funnel
-from autofunnel.errors import InvalidInputError
+from autofunnel.errors import AutofunnelError, InvalidInputError
 from autofunnel.services.tracking import Engagement, record_engagements
 from autofunnel.testing import HUMAN_AGENT, FunnelTest
 
@@ -99,7 +100,7 @@ def observed_rates(settings: Any, funnel: Funnel, today: date) -> Rates | None:
         if not database_status(url).up_to_date:
             return None
         db = open_database(url)
-    except Exception:
+    except (AutofunnelError, SQLAlchemyError):
         return None
     try:
         from autofunnel.services.project import load_project
@@ -274,7 +275,8 @@ class Behaviour:
         return item, stage_index
 
     def _first_link(self, delivery_id: int) -> str | None:
-        """The first link of the email as it went out (an offer, else any), from its stored template."""
+        """The URL a simulated click goes to: the funnel's first offer, else the site's base URL
+        (which link of an email was clicked changes no figure the report shows)."""
         from autofunnel.store.models import Delivery
 
         with self.t.runtime.db.read() as session:
