@@ -413,3 +413,8 @@ def spend_add(state: State, channel: str, amount: str, day: str, currency: str) 
     finally:
         runtime.close()
     click.echo(f"{entry.channel} {entry.day}: {total} {entry.currency}")
+
+
+from autofunnel import cli_simulate  # noqa: E402  (registers simulate and demo)
+
+cli_simulate.register(main)
