@@ -132,6 +132,8 @@ class Settings:
     dkim_key_file: str | None = None
     stripe_webhook_secret: str | None = None
     shopify_webhook_secret: str | None = None
+    postmark_webhook_token: str | None = None
+    mailgun_webhook_signing_key: str | None = None
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     @property
@@ -170,6 +172,8 @@ _PARSERS: dict[str, Callable[[str, Any], Any]] = {
     "dkim_key_file": _optional_text,
     "stripe_webhook_secret": _optional_text,
     "shopify_webhook_secret": _optional_text,
+    "postmark_webhook_token": _optional_text,
+    "mailgun_webhook_signing_key": _optional_text,
 }
 
 SETTING_NAMES: tuple[str, ...] = ("project_dir", *_PARSERS)
