@@ -6,7 +6,10 @@ are raised and turned into `{"error": …}` by `autofunnel.web.errors`.
 
 from __future__ import annotations
 
+import json
 import logging
+from functools import cache
+from importlib.resources import files
 from typing import Any
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
@@ -108,6 +111,22 @@ def post_spend() -> tuple[Response, int]:
     entry = parse_spend(body.get("channel"), body.get("amount"), body.get("date"), body.get("currency"))
     total = add_spend(runtime(), entry)
     return jsonify(channel=entry.channel, date=entry.day.isoformat(), currency=entry.currency, amount=float(total)), 201
+
+
+# The API's own description ------------------------------------------------------------
+
+
+@cache
+def openapi_document() -> dict[str, Any]:
+    """The OpenAPI 3.1 document shipped beside this module; tests hold it to the routes and answers."""
+    document: dict[str, Any] = json.loads(files("autofunnel.web").joinpath("openapi.json").read_text(encoding="utf-8"))
+    return document
+
+
+@health.get("/api/v1/openapi.json")
+def openapi() -> Response:
+    """Served without a key, like any published API description: it holds no data."""
+    return jsonify(openapi_document())
 
 
 # Health ---------------------------------------------------------------------------
