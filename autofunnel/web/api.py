@@ -44,6 +44,8 @@ def json_body() -> Any:
         return request.get_json()
     except BadRequest:
         raise ApiError(400, "bad_json", "the body is not valid JSON") from None
+    except RecursionError:  # "[[[[…" thousands deep: Python's parser gives up, which is no server error
+        raise ApiError(400, "bad_json", "the body's JSON is nested too deep") from None
 
 
 @api.before_request

@@ -96,8 +96,8 @@ def decode_json(raw: bytes) -> Any:
     """The verified body as JSON; a provider that signed garbage still gets a 400, not a 500."""
     try:
         return json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise InvalidInputError("the body is not valid JSON", code="bad_json") from None
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise InvalidInputError("the body is not valid JSON (or nested too deep)", code="bad_json") from None
 
 
 def receive_webhook(rt: Runtime, name: str, request: Request) -> HookResult:
