@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -49,8 +50,6 @@ def subscribe(h: Hooks, email: str) -> None:
 
 def test_our_stripe_header_is_one_stripe_python_accepts() -> None:
     payload = json.dumps(checkout_session("cs_test_1", "ann@example.com"))
-    import time
-
     now = int(time.time())
     event = stripe.Webhook.construct_event(payload, stripe_header(payload, STRIPE_SECRET, now), STRIPE_SECRET)
     assert event["data"]["object"]["id"] == "cs_test_1"

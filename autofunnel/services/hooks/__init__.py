@@ -13,7 +13,7 @@ import json
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from types import ModuleType
 from typing import Any
 
@@ -162,8 +162,6 @@ def event(kind: str, key: str, at: datetime | None, now: datetime, properties: d
 
 def moment(value: Any) -> datetime | None:
     """A provider's timestamp (ISO 8601 text or Unix seconds) as aware UTC, or None when it is neither."""
-    from datetime import UTC
-
     if isinstance(value, bool):
         return None
     if isinstance(value, (int, float)):
