@@ -91,6 +91,13 @@ def test_garbage_at_every_public_route_and_webhook_is_4xx_and_writes_nothing(hoo
                     "X-Shopify-Webhook-Id": signature, "Authorization": "Basic " + signature,
                 })
         send("GET", f"/hooks/{name}")
+    for key in ("a%00b", "%C2%B2", "9" * 30, "../../etc/passwd", "x" * 5000):
+        send("GET", f"/api/v1/leads/{key}", headers=hooks.api_headers)
+        send("DELETE", f"/api/v1/leads/{key}", headers=hooks.api_headers)
+    for nul in ({"type": "x\u0000", "email": "n@example.com"}, {"type": "x", "email": "n@example.com", "properties": {"a\u0000": 1}}):
+        send("POST", "/api/v1/events", data=json.dumps(nul), content_type="application/json", headers=hooks.api_headers)
+    send("POST", "/api/v1/spend", json={"channel": "ads\u0000", "amount": 1, "date": "2026-01-01"}, headers=hooks.api_headers)
+    send("POST", "/api/v1/spend", json={"channel": "ads", "amount": 10**15, "date": "2026-01-01"}, headers=hooks.api_headers)
     for body in junk_bodies(rng):
         send("POST", "/api/v1/events", data=body, content_type="application/json", headers=hooks.api_headers)
         send("POST", "/api/v1/subscribe", data=body, content_type="application/json", headers=hooks.api_headers)

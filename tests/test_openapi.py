@@ -55,11 +55,12 @@ def test_schemathesis_finds_no_server_error_and_no_answer_outside_the_document(h
     """Every operation gets up to 40 generated requests (valid and invalid by the schema).
 
     Checked on each answer: no 5xx, a status the document lists, its content type and
-    its body's schema. The requests sent are counted and printed for the closing note.
+    its body's schema; the first failure stops the run with schemathesis' report. The
+    requests sent are counted and printed for the closing note. (Its first runs found
+    three 500s, all fixed: a lead key '²', an id past 2**63 and NUL in text on PostgreSQL.)
     """
     schema = schemathesis.openapi.from_wsgi("/api/v1/openapi.json", hooks.app)
     sent: list[int] = []
-    failures: list[str] = []
     for result in schema.get_all_operations():
         operation = result.ok()
 
@@ -68,15 +69,11 @@ def test_schemathesis_finds_no_server_error_and_no_answer_outside_the_document(h
         def run(case: Any) -> None:
             response = case.call(headers=hooks.api_headers)
             sent.append(response.status_code)
-            try:
-                case.validate_response(response, checks=[not_a_server_error, status_code_conformance, content_type_conformance,
-                                                         response_schema_conformance])
-            except Exception as exc:  # gathered, so one run reports every operation's failures
-                failures.append(f"{operation.method.upper()} {operation.path}: {exc}")
+            case.validate_response(response, checks=[not_a_server_error, status_code_conformance, content_type_conformance,
+                                                     response_schema_conformance])
 
         run()
     print(f"schemathesis: {len(sent)} requests, {sum(code >= 500 for code in sent)} answered 5xx, statuses {sorted(set(sent))}")
-    assert failures == []
     assert len(sent) >= 100 and not any(code >= 500 for code in sent)
 
 

@@ -41,11 +41,26 @@ def json_body() -> Any:
     if not request.is_json:
         raise ApiError(415, "unsupported_media_type", "send the body as JSON, with Content-Type: application/json")
     try:
-        return request.get_json()
+        body = request.get_json()
     except BadRequest:
         raise ApiError(400, "bad_json", "the body is not valid JSON") from None
     except RecursionError:  # "[[[[…" thousands deep: Python's parser gives up, which is no server error
         raise ApiError(400, "bad_json", "the body's JSON is nested too deep") from None
+    if b"\\u0000" in request.get_data(cache=True) and _holds_nul(body):
+        raise ApiError(400, "bad_json", "text may not contain the NUL character (\\u0000)")
+    return body
+
+
+def _holds_nul(value: Any) -> bool:
+    """PostgreSQL stores no NUL in text or JSONB; refused here, it is a 400 rather than a 500.
+    Only walked when the raw body has the escape at all, so big batches pay nothing."""
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_holds_nul(k) or _holds_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_holds_nul(item) for item in value)
+    return False
 
 
 @api.before_request

@@ -95,9 +95,22 @@ _logged_ignored: set[tuple[str, str]] = set()
 def decode_json(raw: bytes) -> Any:
     """The verified body as JSON; a provider that signed garbage still gets a 400, not a 500."""
     try:
-        return json.loads(raw)
+        body = json.loads(raw)
     except (ValueError, UnicodeDecodeError, RecursionError):
         raise InvalidInputError("the body is not valid JSON (or nested too deep)", code="bad_json") from None
+    return _without_nul(body) if b"\\u0000" in raw else body
+
+
+def _without_nul(value: Any) -> Any:
+    """NUL characters dropped from every text: PostgreSQL stores none, and a signed payload
+    refused for one would be retried by the provider for days."""
+    if isinstance(value, str):
+        return value.replace("\x00", "")
+    if isinstance(value, dict):
+        return {_without_nul(k): _without_nul(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_without_nul(item) for item in value]
+    return value
 
 
 def receive_webhook(rt: Runtime, name: str, request: Request) -> HookResult:
