@@ -157,6 +157,8 @@ class Settings:
     """When a still-pending lead gets one reminder of its confirmation (0: never)."""
     pending_erase_days: float = 30.0
     """When a lead that never confirmed is erased (0: never)."""
+    postmark_webhook_token: str | None = None
+    mailgun_webhook_signing_key: str | None = None
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     @property
@@ -199,6 +201,8 @@ _PARSERS: dict[str, Callable[[str, Any], Any]] = {
     "confirm_link_days": lambda key, raw: _positive_number(key, raw, "days"),
     "confirm_reminder_hours": lambda key, raw: _non_negative(key, raw, "hours"),
     "pending_erase_days": lambda key, raw: _non_negative(key, raw, "days"),
+    "postmark_webhook_token": _optional_text,
+    "mailgun_webhook_signing_key": _optional_text,
 }
 
 SETTING_NAMES: tuple[str, ...] = ("project_dir", *_PARSERS)

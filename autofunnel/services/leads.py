@@ -137,9 +137,16 @@ def _merge(lead: Lead, data: SubscribeInput, now: datetime) -> None:
 
 
 def find_lead(session: Session, key: str) -> Lead:
-    """A lead by id (digits) or by email, case-insensitively."""
+    """A lead by id (ASCII digits, within a 64-bit id) or by email, case-insensitively.
+
+    `'²'.isdigit()` is true and int() refuses it, and an id past 2**63 makes PostgreSQL
+    raise: both are simply no lead (schemathesis found them as 500s).
+    """
     key = key.strip()
-    lead = session.get(Lead, int(key)) if key.isdigit() else session.scalars(select(Lead).where(Lead.email == key.lower())).first()
+    if "\x00" in key:  # PostgreSQL cannot even compare text holding NUL
+        raise NotFoundError(f"no lead {key!r}", field="lead", code="unknown_lead")
+    by_id = key.isascii() and key.isdigit() and len(key) <= 18
+    lead = session.get(Lead, int(key)) if by_id else session.scalars(select(Lead).where(Lead.email == key.lower())).first()
     if lead is None:
         raise NotFoundError(f"no lead {key!r}", field="lead", code="unknown_lead")
     return lead
