@@ -333,3 +333,11 @@ def spend_add(state: State, channel: str, amount: str, day: str, currency: str) 
     finally:
         runtime.close()
     click.echo(f"{entry.channel} {entry.day}: {total} {entry.currency}")
+
+
+from autofunnel.commands import accounts as _accounts  # noqa: E402  (registers on the groups above)
+
+user.add_command(_accounts.user_list)
+user.add_command(_accounts.user_delete)
+apikey.add_command(_accounts.apikey_list)
+apikey.add_command(_accounts.apikey_revoke)

@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from autofunnel.errors import ConfigError
 
@@ -104,6 +105,15 @@ def _smtp_url(key: str, raw: Any) -> str:
     return value
 
 
+def _timezone(key: str, raw: Any) -> str:
+    value = _text(key, raw) or "UTC"
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(f"{key}: expected an IANA time zone such as Europe/Berlin, got {raw!r}") from None
+    return value
+
+
 def _base_url(key: str, raw: Any) -> str:
     value = _text(key, raw).rstrip("/")
     if not value.startswith(("http://", "https://")):
@@ -132,6 +142,8 @@ class Settings:
     dkim_key_file: str | None = None
     stripe_webhook_secret: str | None = None
     shopify_webhook_secret: str | None = None
+    timezone: str = "UTC"
+    """The seller's IANA time zone, for the times the admin shows."""
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     @property
@@ -170,6 +182,7 @@ _PARSERS: dict[str, Callable[[str, Any], Any]] = {
     "dkim_key_file": _optional_text,
     "stripe_webhook_secret": _optional_text,
     "shopify_webhook_secret": _optional_text,
+    "timezone": _timezone,
 }
 
 SETTING_NAMES: tuple[str, ...] = ("project_dir", *_PARSERS)

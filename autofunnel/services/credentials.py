@@ -168,3 +168,48 @@ def check_user_password(db: Database, clock: Clock, email: str, password: str) -
     with db.transaction() as session:
         session.execute(update(User).where(User.id == user.id).values(last_login_at=now))
     return UserInfo(user.id, user.email, user.created_at, now)
+
+
+def get_user(db: Database, user_id: int) -> UserInfo | None:
+    """The user a session names, or None once the user was deleted (the session then ends)."""
+    with db.read() as session:
+        row = session.get(User, user_id)
+        return UserInfo.from_row(row) if row is not None else None
+
+
+def list_users(db: Database) -> list[UserInfo]:
+    """Every admin user, by email."""
+    with db.read() as session:
+        return [UserInfo.from_row(row) for row in session.scalars(select(User).order_by(User.email))]
+
+
+def delete_user(db: Database, email: str) -> bool:
+    """Remove an admin user (their sessions stop working); False when no such user exists."""
+    address = email.strip().lower()
+    with db.transaction() as session:
+        row = session.scalars(select(User).where(User.email == address)).first()
+        if row is None:
+            return False
+        session.delete(row)
+        return True
+
+
+def revoke_api_key_by_prefix(db: Database, clock: Clock, prefix: str) -> ApiKeyInfo | None:
+    """Revoke the one live key whose shown prefix starts with `prefix`; None when none matches.
+
+    A prefix that matches several live keys is refused rather than revoking more than meant.
+    """
+    prefix = prefix.strip().rstrip(".")
+    if len(prefix) < len(KEY_PREFIX) + 1:
+        raise InvalidInputError(f"give the key's prefix as `apikey list` shows it, such as {KEY_PREFIX}AbC123xy")
+    with db.transaction() as session:
+        rows = session.scalars(
+            select(ApiKey).where(ApiKey.prefix.startswith(prefix[:PREFIX_LENGTH], autoescape=True), ApiKey.revoked_at.is_(None))
+        ).all()
+        if len(rows) > 1:
+            raise InvalidInputError(f"{prefix!r} matches {len(rows)} keys; give more of the prefix")
+        if not rows:
+            return None
+        rows[0].revoked_at = clock.now()
+        session.flush()
+        return ApiKeyInfo.from_row(rows[0])

@@ -67,3 +67,41 @@ def add_spend(rt: Runtime, entry: SpendInput) -> Decimal:
             select(Spend.amount).where(Spend.channel == entry.channel, Spend.day == entry.day, Spend.currency == entry.currency)
         )
     return Decimal(total or 0).quantize(Decimal("0.01"))
+
+
+@dataclass(frozen=True)
+class SpendEntry:
+    id: int
+    channel: str
+    day: date
+    amount: Decimal
+    currency: str
+
+
+def list_spend(rt: Runtime, limit: int = 500) -> list[SpendEntry]:
+    """The latest spend entries, newest day first, as the admin lists them."""
+    with rt.db.read() as session:
+        rows = session.scalars(select(Spend).order_by(Spend.day.desc(), Spend.channel, Spend.currency).limit(limit))
+        return [SpendEntry(row.id, row.channel, row.day, Decimal(row.amount).quantize(Decimal("0.01")), row.currency) for row in rows]
+
+
+def set_spend(rt: Runtime, entry_id: int, amount: Any) -> bool:
+    """Correct one entry's amount (a typo, a refund from the ad network); False when it is gone."""
+    checked = parse_spend("x", amount, "2000-01-01").amount
+    with rt.db.transaction() as session:
+        row = session.get(Spend, entry_id)
+        if row is None:
+            return False
+        row.amount = checked
+        row.updated_at = rt.clock.now()
+        return True
+
+
+def delete_spend(rt: Runtime, entry_id: int) -> bool:
+    """Remove one entry; False when it was already gone."""
+    with rt.db.transaction() as session:
+        row = session.get(Spend, entry_id)
+        if row is None:
+            return False
+        session.delete(row)
+        return True

@@ -12,6 +12,7 @@ from flask import Flask
 
 from autofunnel.config import Settings, load_settings
 from autofunnel.services.runtime import Runtime
+from autofunnel.web.admin import install_admin
 from autofunnel.web.api import api, health
 from autofunnel.web.errors import register_error_handlers
 from autofunnel.web.public import public
@@ -36,4 +37,5 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     app.register_blueprint(api)
     app.register_blueprint(health)
     app.register_blueprint(public)
+    install_admin(app, runtime)
     return app

@@ -1,0 +1,1 @@
+"""Subcommands kept out of cli.py, each module registered there in one line."""
