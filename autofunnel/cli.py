@@ -4,16 +4,21 @@ service, and prints the answer. No business rule lives here."""
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime
 from functools import wraps
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from autofunnel import __version__
 from autofunnel.config import Settings, load_settings
 from autofunnel.errors import AutofunnelError
+
+if TYPE_CHECKING:
+    from autofunnel.store.db import Database
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -120,7 +125,7 @@ def apikey() -> None:
 
 
 @apikey.command("create")
-@click.option("--name", default="default", show_default=True, help="A label to tell keys apart in listings.")
+@click.option("--name", default="default", show_default=True, help="A label to tell keys apart in `apikey list`.")
 @pass_state
 @friendly_errors
 def apikey_create(state: State, name: str) -> None:
@@ -136,6 +141,37 @@ def apikey_create(state: State, name: str) -> None:
         database.dispose()
     click.echo(f"created API key {info.name!r} ({info.prefix}...); store it now, it is not shown again:")
     click.echo(key)
+
+
+@apikey.command("list")
+@pass_state
+@friendly_errors
+def apikey_list(state: State) -> None:
+    """List API keys (name, prefix, created, last used, revoked); keys themselves are never shown."""
+    from autofunnel.services.credentials import list_api_keys
+
+    with _database(state) as database:
+        keys = list_api_keys(database)
+    for key in keys:
+        used = f"last used {_moment(key.last_used_at)}" if key.last_used_at else "never used"
+        state_text = f"revoked {_moment(key.revoked_at)}" if key.revoked_at else "live"
+        click.echo(f"{key.prefix}...  {key.name}  created {_moment(key.created_at)}  {used}  {state_text}")
+    if not keys:
+        click.echo("no API keys; create one with `autofunnel apikey create --name NAME`")
+
+
+@apikey.command("revoke")
+@click.argument("prefix")
+@pass_state
+@friendly_errors
+def apikey_revoke(state: State, prefix: str) -> None:
+    """Stop the live key whose prefix (as `apikey list` shows it) starts with PREFIX."""
+    from autofunnel.clock import SystemClock
+    from autofunnel.services.credentials import revoke_api_key_by_prefix
+
+    with _database(state) as database:
+        info = revoke_api_key_by_prefix(database, SystemClock(), prefix)
+    click.echo(f"revoked API key {info.name!r} ({info.prefix}...)")
 
 
 @main.group()
@@ -160,10 +196,54 @@ def user_create(state: State, email: str, password_stdin: bool) -> None:
         info, generated = create_user(database, SystemClock(), email, password)
     finally:
         database.dispose()
-    click.echo(f"created admin user {info.email}")
+    click.echo(f"created admin user {info.email}; log in at {state.settings.base_url}/admin")
     if generated is not None:
         click.echo("generated password; store it now, it is not shown again:")
         click.echo(generated)
+
+
+@user.command("list")
+@pass_state
+@friendly_errors
+def user_list(state: State) -> None:
+    """List admin users and when each last logged in."""
+    from autofunnel.services.credentials import list_users
+
+    with _database(state) as database:
+        users = list_users(database)
+    for info in users:
+        last = _moment(info.last_login_at) if info.last_login_at else "never"
+        click.echo(f"{info.email}  created {_moment(info.created_at)}  last login {last}")
+    if not users:
+        click.echo("no admin users; create one with `autofunnel user create EMAIL`")
+
+
+@user.command("delete")
+@click.argument("email")
+@pass_state
+@friendly_errors
+def user_delete(state: State, email: str) -> None:
+    """Delete an admin user; their open sessions end at their next request."""
+    from autofunnel.services.credentials import delete_user
+
+    with _database(state) as database:
+        info = delete_user(database, email)
+    click.echo(f"deleted admin user {info.email}")
+
+
+@contextmanager
+def _database(state: State) -> Iterator[Database]:
+    from autofunnel.services.database import open_database
+
+    database = open_database(state.settings.resolved_database_url)
+    try:
+        yield database
+    finally:
+        database.dispose()
+
+
+def _moment(value: datetime) -> str:
+    return value.strftime("%Y-%m-%d %H:%M UTC")
 
 
 @main.command()
@@ -333,11 +413,3 @@ def spend_add(state: State, channel: str, amount: str, day: str, currency: str) 
     finally:
         runtime.close()
     click.echo(f"{entry.channel} {entry.day}: {total} {entry.currency}")
-
-
-from autofunnel.commands import accounts as _accounts  # noqa: E402  (registers on the groups above)
-
-user.add_command(_accounts.user_list)
-user.add_command(_accounts.user_delete)
-apikey.add_command(_accounts.apikey_list)
-apikey.add_command(_accounts.apikey_revoke)

@@ -105,19 +105,19 @@ def _smtp_url(key: str, raw: Any) -> str:
     return value
 
 
-def _timezone(key: str, raw: Any) -> str:
-    value = _text(key, raw) or "UTC"
-    try:
-        ZoneInfo(value)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise ConfigError(f"{key}: expected an IANA time zone such as Europe/Berlin, got {raw!r}") from None
-    return value
-
-
 def _base_url(key: str, raw: Any) -> str:
     value = _text(key, raw).rstrip("/")
     if not value.startswith(("http://", "https://")):
         raise ConfigError(f"{key}: expected an http:// or https:// URL, got {raw!r}")
+    return value
+
+
+def _timezone(key: str, raw: Any) -> str:
+    value = _text(key, raw)
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(f"{key}: expected an IANA timezone such as Europe/Berlin, got {raw!r}") from None
     return value
 
 
@@ -143,7 +143,7 @@ class Settings:
     stripe_webhook_secret: str | None = None
     shopify_webhook_secret: str | None = None
     timezone: str = "UTC"
-    """The seller's IANA time zone, for the times the admin shows."""
+    """The seller's timezone: how the admin shows times."""
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     @property

@@ -1,284 +1,308 @@
-"""The admin through Flask's test client, on this run's real database: login, CSRF, headers,
-throttling, and every page showing the report service's own figures."""
+"""The admin's pages through Flask's test client, on this run's real database.
+
+Figures on a page must be the API's: the tests read the report and the lead
+over `/api/v1` and look for the same numbers in the HTML.
+"""
 
 from __future__ import annotations
 
-import random
+import csv
+import io
 import re
-from datetime import UTC, datetime, timedelta
-from email import message_from_bytes, policy
 from html import unescape
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
-from click.testing import CliRunner
-from flask import Flask
 from flask.testing import FlaskClient
+from sqlalchemy import func, select
 
-from autofunnel.cli import main
-from autofunnel.clock import FixedClock
-from autofunnel.report_format import percent, report_csv
-from autofunnel.services.credentials import create_api_key, create_user
-from autofunnel.services.runtime import Runtime
-from autofunnel.services.scheduler import run_tick
-from autofunnel.web import create_app
+from admin_site import ADMIN_EMAIL, CHANNELS, Site, build_site, csrf_token, log_in
+from autofunnel.report_format import report_csv
+from autofunnel.store.models import Lead, Spend
+from autofunnel.web.admin import charts
 
 pytestmark = pytest.mark.db
-
-NOW = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
-PASSWORD = "correct horse battery"
-
-
-def iso(moment: datetime) -> str:
-    return moment.isoformat().replace("+00:00", "Z")
-
-
-class Site:
-    def __init__(self, rt: Runtime, app: Flask, key: str, outbox: Path) -> None:
-        self.rt, self.app, self.key, self.outbox = rt, app, key, outbox
-        self.client: FlaskClient = app.test_client()
-        self.api_headers = {"Authorization": f"Bearer {key}"}
-
-    def api(self, path: str, body: Any) -> Any:
-        response = self.client.post(path, json=body, headers=self.api_headers)
-        assert response.status_code in (200, 201, 202), response.get_data(as_text=True)
-        return response.json
-
-    def csrf(self, path: str) -> str:
-        page = self.client.get(path).get_data(as_text=True)
-        found = re.search(r'name="csrf_token" value="([^"]+)"', page)
-        assert found, page
-        return found.group(1)
-
-    def login(self, email: str = "seller@example.com", password: str = PASSWORD) -> Any:
-        return self.client.post("/admin/login", data={"email": email, "password": password, "csrf_token": self.csrf("/admin/login")})
 
 
 @pytest.fixture
 def site(project_dir: Path, runtime_factory: Any, tmp_path: Path) -> Site:
-    clock = FixedClock(NOW)
-    rt = runtime_factory(project_dir, f"file://{tmp_path / 'outbox'}", clock, mail_from="shop@example.com")
-    rt.rng = random.Random(0)
-    _, key = create_api_key(rt.db, clock, "shop")
-    create_user(rt.db, clock, "seller@example.com", PASSWORD)
-    return Site(rt, create_app(runtime=rt), key, tmp_path / "outbox")
+    return build_site(project_dir, runtime_factory, tmp_path / "outbox")
 
 
-def load_leads(site: Site) -> None:
-    for i in range(12):
-        channel = "google" if i % 3 else "instagram"
-        site.api("/api/v1/subscribe", {"email": f"l{i}@example.com", "funnel": "yoga", "at": iso(NOW - timedelta(days=i % 4, hours=1)), "source": {"channel": channel}})
-    buys = [{"type": "purchase", "email": f"l{i}@example.com", "at": iso(NOW - timedelta(minutes=30)), "properties": {"product": "mini-course", "amount": 17, "currency": "EUR"}} for i in range(5)]
-    buys += [{"type": "purchase", "email": f"l{i}@example.com", "at": iso(NOW - timedelta(minutes=20)), "properties": {"product": "full-course", "amount": 97, "currency": "EUR"}} for i in range(2)]
-    site.api("/api/v1/events", buys)
+@pytest.fixture
+def client(site: Site) -> FlaskClient:
+    client = site.app.test_client()
+    assert log_in(client).status_code == 302
+    return client
 
 
 def text_of(html: str) -> str:
-    return unescape(re.sub(r"<[^>]+>", " ", html))
+    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", html))
 
 
-# Login, sessions, CSRF, headers ----------------------------------------------------------
+# Signing in ---------------------------------------------------------------------------
 
 
 def test_pages_need_a_login_and_the_root_leads_to_the_admin(site: Site) -> None:
-    assert site.client.get("/").headers["Location"].endswith("/admin/")
-    for path in ("/admin/", "/admin/funnels/yoga", "/admin/spend", "/admin/files"):
-        response = site.client.get(path)
-        assert response.status_code == 302 and "/admin/login" in response.headers["Location"], path
+    anonymous = site.app.test_client()
+    assert anonymous.get("/").headers["Location"] == "/admin/"
+    for path in ("/admin/", "/admin/funnels/yoga", "/admin/flows/yoga", "/admin/leads", "/admin/leads/1", "/admin/spend", "/admin/files", "/admin/preview"):
+        response = anonymous.get(path)
+        assert response.status_code == 302 and response.headers["Location"].startswith("/admin/login"), path
 
 
-def test_login_with_the_right_password_and_logout(site: Site) -> None:
-    wrong = site.login(password="not the password")
-    assert wrong.status_code == 401 and "Wrong email or password" in wrong.get_data(as_text=True)
-    assert site.client.get("/admin/").status_code == 302
-    right = site.login()
-    assert right.status_code == 302 and right.headers["Location"] == "/admin/"
-    assert site.client.get("/admin/").status_code == 200
-    cookie = right.headers.get_all("Set-Cookie")
-    assert any("HttpOnly" in c and "SameSite=Lax" in c and "Secure" not in c for c in cookie if c.startswith("session="))
-    token = site.csrf("/admin/")
-    assert site.client.post("/admin/logout", data={"csrf_token": token}).status_code == 302
-    assert site.client.get("/admin/").status_code == 302
+def test_a_wrong_password_is_refused_and_the_right_one_opens_the_admin(site: Site) -> None:
+    client = site.app.test_client()
+    refused = log_in(client, password="not the password")
+    assert refused.status_code == 401 and "Wrong email or password" in refused.get_data(as_text=True)
+    assert client.get("/admin/").status_code == 302
+    accepted = log_in(client)
+    assert accepted.status_code == 302 and accepted.headers["Location"] == "/admin/"
+    assert client.get("/admin/").status_code == 200
 
 
-def test_next_goes_only_inside_the_admin(site: Site) -> None:
-    token = site.csrf("/admin/login")
-    response = site.client.post("/admin/login", data={"email": "seller@example.com", "password": PASSWORD, "csrf_token": token, "next": "//evil.example/admin"})
-    assert response.headers["Location"] == "/admin/"
+def test_a_form_posted_without_its_csrf_token_is_refused_and_changes_nothing(site: Site, client: FlaskClient) -> None:
+    response = client.post("/admin/spend", data={"channel": "instagram", "amount": "10", "date": "2026-03-10"})
+    assert response.status_code == 400
+    with site.rt.db.read() as session:
+        assert session.scalar(select(func.count()).select_from(Spend)) == 0
+    assert site.app.test_client().post("/admin/login", data={"email": ADMIN_EMAIL, "password": "x"}).status_code == 400
 
 
-def test_the_cookie_is_secure_when_the_base_url_is_https(project_dir: Path, runtime_factory: Any, tmp_path: Path) -> None:
-    rt = runtime_factory(project_dir, f"file://{tmp_path / 'outbox'}", FixedClock(NOW), base_url="https://shop.example")
-    create_user(rt.db, rt.clock, "seller@example.com", PASSWORD)
+def test_failed_logins_are_throttled_per_account_and_per_ip(site: Site) -> None:
+    client = site.app.test_client()
+    for _ in range(5):
+        assert log_in(client, email="victim@shop.example", password="guess", REMOTE_ADDR="10.9.9.1").status_code == 401
+    blocked = log_in(client, email="victim@shop.example", password="guess", REMOTE_ADDR="10.9.9.2")
+    assert blocked.status_code == 429, "the account is throttled whatever the address"
+    for n in range(20):
+        log_in(client, email=f"someone{n}@shop.example", password="guess", REMOTE_ADDR="10.9.9.3")
+    assert log_in(client, REMOTE_ADDR="10.9.9.3").status_code == 429, "the address is throttled whatever the account"
+    assert log_in(client, REMOTE_ADDR="10.9.9.4").status_code == 302, "another address with the right password gets in"
+
+
+def test_admin_pages_carry_security_headers_and_a_safe_session_cookie(site: Site) -> None:
+    client = site.app.test_client()
+    response = log_in(client)
+    cookie = response.headers["Set-Cookie"]
+    assert "HttpOnly" in cookie and "SameSite=Lax" in cookie
+    page = client.get("/admin/")
+    csp = page.headers["Content-Security-Policy"]
+    assert "script-src 'self'" in csp and "unsafe-inline" not in csp
+    assert page.headers["X-Frame-Options"] == "DENY"
+    assert "<script" not in page.get_data(as_text=True) and " style=" not in page.get_data(as_text=True)
+
+
+def test_the_session_cookie_is_secure_behind_https(project_dir: Path, runtime_factory: Any, tmp_path: Path) -> None:
+    site = build_site(project_dir, runtime_factory, tmp_path / "outbox", base_url="https://shop.example")
+    assert "Secure" in log_in(site.app.test_client()).headers["Set-Cookie"]
+
+
+def test_logging_out_ends_the_session(client: FlaskClient) -> None:
+    token = csrf_token(client.get("/admin/").get_data(as_text=True))
+    assert client.post("/admin/logout", data={"csrf_token": token}).status_code == 302
+    assert client.get("/admin/").status_code == 302
+
+
+def test_the_public_one_click_unsubscribe_stays_free_of_csrf(site: Site) -> None:
+    message = sorted(site.outbox.glob("*.eml"))[0].read_text()
+    path = re.search(r"List-Unsubscribe: <http://testserver(/u/[^>]+)>", message.replace("\n ", " "))
+    assert path is not None
+    answer = site.app.test_client().post(path.group(1), data={"List-Unsubscribe": "One-Click"})
+    assert answer.status_code == 200
+
+
+# Home and a funnel --------------------------------------------------------------------
+
+
+def test_home_shows_each_flow_with_the_reports_figures_and_sending_health(site: Site, client: FlaskClient) -> None:
+    report = site.api_get("/api/v1/reports/yoga")
+    html = client.get("/admin/").get_data(as_text=True)
+    card = html[html.index('data-flow="yoga"'):html.index('data-flow="abandoned-cart"')]
+    assert re.search(rf'class="figure entered">{report["stages"][0]["reached"]}<', card)
+    assert f"{report['overall_conversion'] * 100:.1f} %" in card
+    assert f"{report['revenue']['total']:.2f} EUR" in card
+    assert "Sending" in html and ">ok<" in html
+
+
+def test_a_funnel_page_shows_the_apis_numbers(site: Site, client: FlaskClient) -> None:
+    report = site.api_get("/api/v1/reports/yoga")
+    html = client.get("/admin/funnels/yoga").get_data(as_text=True)
+    rows = re.findall(r'data-stage="([^"]+)">\s*<div class="stage-label"><strong>[^<]+</strong> <span class="reached">(\d+)</span>', html)
+    assert [(name, int(n)) for name, n in rows] == [(s["stage"], s["reached"]) for s in report["stages"]]
+    assert [n for _, n in rows][:3] == ["12", "6", "3"]
+    table = text_of(html[html.index('class="stages-table"'):])
+    for stage in report["stages"]:
+        assert f"{stage['stage']} {stage['reached']} {stage['skipped']}" in table
+    emails = text_of(html[html.index('class="steps-table"'):])
+    welcome = next(s for s in report["steps"] if s["step"] == "welcome")
+    assert f"welcome {welcome['sent']} " in emails and welcome["sent"] == 12
+    assert f"{report['overall_conversion'] * 100:.1f} %" in html
+
+
+def test_by_channel_draws_one_small_funnel_per_channel_with_the_apis_numbers(site: Site, client: FlaskClient) -> None:
+    report = site.api_get("/api/v1/reports/yoga", by="channel", interval="week")
+    html = client.get("/admin/funnels/yoga?by=channel&interval=week").get_data(as_text=True)
+    groups = re.findall(r'data-group="([^"]+)"', html)
+    assert sorted(groups) == sorted(CHANNELS)
+    for group in report["groups"]:
+        section = html[html.index(f'data-group="{group["value"]}"'):]
+        first = re.search(r'class="reached">(\d+)<', section)
+        assert first is not None and int(first.group(1)) == group["stages"][0]["reached"] == CHANNELS[group["value"]]
+    assert "Trend per week" in html and html.count('class="line"') == 2
+
+
+def test_every_control_of_the_funnel_page_answers(client: FlaskClient) -> None:
+    for query in ("days=7", "days=90", "days=custom&from=2026-03-01&to=2026-03-16", "mode=calendar", "interval=day",
+                  "interval=month", "by=product", "by=owner", "by=field:plan", "attribution=linear", "attribution=time_decay"):
+        assert client.get(f"/admin/funnels/yoga?{query}").status_code == 200, query
+
+
+def test_the_csv_is_exactly_what_the_page_shows(site: Site, client: FlaskClient) -> None:
+    response = client.get("/admin/funnels/yoga.csv?by=channel")
+    assert response.mimetype == "text/csv"
+    assert response.get_data(as_text=True) == report_csv(site.api_get("/api/v1/reports/yoga", by="channel"))
+    rows = list(csv.DictReader(io.StringIO(response.get_data(as_text=True))))
+    assert {row["value"] for row in rows if row["section"] == "by channel"} == set(CHANNELS)
+
+
+def test_a_sequence_has_no_report_page_but_a_flow_map(client: FlaskClient) -> None:
+    assert client.get("/admin/funnels/abandoned-cart").headers["Location"] == "/admin/flows/abandoned-cart"
+    assert client.get("/admin/funnels/nope").status_code == 404
+
+
+# The flow map, leads ------------------------------------------------------------------
+
+
+def test_the_flow_map_shows_who_waits_where_and_links_to_them(site: Site, client: FlaskClient) -> None:
+    html = client.get("/admin/flows/yoga").get_data(as_text=True)
+    assert [m for m in re.findall(r'data-stage="([^"]+)"', html)] == ["lead", "tripwire", "customer", "vip"]
+    welcome = html[html.index('data-step="welcome"'):]
+    assert re.search(r"12 sent", welcome[:600])
+    waiting = re.findall(r'<a class="waiting" href="([^"]+)">(\d+) waiting</a>', html)
+    assert sum(int(n) for _, n in waiting) == 12, "every lead waits on exactly one step of its stage"
+    link, count = waiting[0]
+    listed = client.get(link.replace("&amp;", "&")).get_data(as_text=True)
+    assert listed.count('href="/admin/leads/') == int(count)
+
+
+def test_leads_are_found_by_email_prefix_name_and_tag_and_filtered(client: FlaskClient) -> None:
+    def found(query: str) -> list[str]:
+        html = client.get(f"/admin/leads?{query}").get_data(as_text=True)
+        return re.findall(r'href="/admin/leads/\d+">([^<]+)</a>', html)
+
+    assert sorted(found("q=google")) == [f"google{i}@example.com" for i in range(4)]
+    assert found("q=Lead3") == ["instagram2@example.com"]
+    assert sorted(found("q=yoga-fan")) == ["google0@example.com", "instagram0@example.com", "newsletter0@example.com"]
+    assert len(found("funnel=yoga&stage=customer")) == 3
+    assert found("status=unsubscribed") == []
+
+
+def test_the_leads_list_pages_by_keyset(site: Site, client: FlaskClient) -> None:
+    from autofunnel.services.lead_search import LeadFilter, find_leads
+
+    first = find_leads(site.rt, LeadFilter(), page_size=5)
+    second = find_leads(site.rt, LeadFilter(before_id=first.next_before_id), page_size=5)
+    third = find_leads(site.rt, LeadFilter(before_id=second.next_before_id), page_size=5)
+    ids = [r.id for r in first.rows + second.rows + third.rows]
+    assert len(ids) == len(set(ids)) == 12 and ids == sorted(ids, reverse=True) and third.next_before_id is None
+
+
+def test_a_lead_page_tells_the_leads_story_and_its_actions_work(site: Site, client: FlaskClient) -> None:
+    lead = site.api_get("/api/v1/leads/google1@example.com")
+    html = client.get(f"/admin/leads/{lead['id']}").get_data(as_text=True)
+    for entry in lead["timeline"]:
+        assert entry["decision"] in html
+    assert "sent" in html and "welcome" in html and "google" in html and '"via": "api"' not in html
+    token = csrf_token(html)
+    client.post(f"/admin/leads/{lead['id']}/unsubscribe", data={"csrf_token": token})
+    assert site.api_get("/api/v1/leads/google1@example.com")["status"] == "unsubscribed"
+    client.post(f"/admin/leads/{lead['id']}/erase", data={"csrf_token": token, "confirm": "someone-else@example.com"})
+    assert site.api_get(f"/api/v1/leads/{lead['id']}")["status"] == "unsubscribed", "a wrong confirmation erases nothing"
+    client.post(f"/admin/leads/{lead['id']}/erase", data={"csrf_token": token, "confirm": "Google1@example.com "})
+    assert site.api_get(f"/api/v1/leads/{lead['id']}")["status"] == "erased"
+
+
+# Preview, spend, files ----------------------------------------------------------------
+
+
+def test_the_preview_renders_a_real_leads_email_and_a_test_send_counts_nowhere(site: Site, client: FlaskClient) -> None:
+    html = client.get("/admin/preview?flow=yoga&template=welcome&lead=google1@example.com").get_data(as_text=True)
+    welcome = next(d for d in site.api_get("/api/v1/leads/google1@example.com")["deliveries"] if d["step"] == "welcome")
+    sent = next(p for p in site.outbox.glob("*.eml") if f"Message-ID: <d{welcome['id']}." in p.read_text())
+    subject = re.search(r"^Subject: (.+)$", sent.read_text(), re.M)
+    assert subject is not None and subject.group(1) in unescape(html)
+    raw = client.get("/admin/preview/raw?flow=yoga&template=welcome&lead=google1@example.com")
+    assert "sandbox" in raw.headers["Content-Security-Policy"] and "/t/o/" not in raw.get_data(as_text=True)
+    before = len(list(site.outbox.glob("*.eml")))
+    report = site.api_get("/api/v1/reports/yoga")
+    client.post("/admin/preview/send", data={"csrf_token": csrf_token(html), "flow": "yoga", "template": "welcome", "lead": "", "at": "", "to": "me@shop.example"})
+    written = sorted(site.outbox.glob("*.eml"), key=lambda p: p.stat().st_mtime)
+    assert len(written) == before + 1 and "Subject: [TEST]" in written[-1].read_text()
+    assert site.api_get("/api/v1/reports/yoga") == report
+
+
+def test_spend_is_added_listed_and_corrected(site: Site, client: FlaskClient) -> None:
+    token = csrf_token(client.get("/admin/spend").get_data(as_text=True))
+    client.post("/admin/spend", data={"csrf_token": token, "channel": "instagram", "amount": "60", "date": "2026-03-10", "currency": "EUR"})
+    client.post("/admin/spend", data={"csrf_token": token, "channel": "instagram", "amount": "40", "date": "2026-03-10", "currency": "EUR"})
+    refused = client.post("/admin/spend", data={"csrf_token": token, "channel": "instagram", "amount": "lots", "date": "2026-03-10"})
+    assert refused.status_code == 400 and "not an amount" in refused.get_data(as_text=True)
+    page = client.get("/admin/spend").get_data(as_text=True)
+    assert "100.00" in text_of(page)
+    report = site.api_get("/api/v1/reports/yoga")
+    assert report["spend"][0]["spend"] == 100.0
+    assert f"{report['spend'][0]['cost_per_lead']}" in client.get("/admin/funnels/yoga").get_data(as_text=True)
+    entry = re.search(r'action="/admin/spend/(\d+)"', page)
+    assert entry is not None
+    client.post(f"/admin/spend/{entry.group(1)}", data={"csrf_token": token, "amount": "0"})
+    with site.rt.db.read() as session:
+        assert session.scalar(select(func.count()).select_from(Spend)) == 0
+
+
+def test_files_show_validate_problems_with_file_and_line(site: Site, client: FlaskClient) -> None:
+    assert "No errors" in client.get("/admin/files").get_data(as_text=True)
+    path = site.rt.project.root / "funnels" / "yoga.yml"
+    path.write_text(path.read_text().replace("wait: 1d", "wait: 1 day", 1))
+    html = client.get("/admin/files").get_data(as_text=True)
+    assert re.search(r"yoga\.yml:\d+", html) and "bad duration" in html
+
+
+def test_a_fresh_install_says_what_to_do_next(project_dir: Path, runtime_factory: Any, tmp_path: Path) -> None:
+    from autofunnel.clock import FixedClock
+    from autofunnel.services.credentials import create_user
+    from autofunnel.web import create_app
+
+    rt = runtime_factory(project_dir, f"file://{tmp_path / 'outbox'}", FixedClock(site_now()))
+    create_user(rt.db, rt.clock, ADMIN_EMAIL, "correct horse battery")
     client = create_app(runtime=rt).test_client()
-    page = client.get("/admin/login", base_url="https://localhost").get_data(as_text=True)
-    token = re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)  # type: ignore[union-attr]
-    response = client.post("/admin/login", data={"email": "seller@example.com", "password": PASSWORD, "csrf_token": token},
-                           base_url="https://localhost", headers={"Referer": "https://localhost/admin/login"})
-    assert response.status_code == 302
-    assert any(c.startswith("session=") and "Secure" in c for c in response.headers.get_all("Set-Cookie"))
+    log_in(client)
+    html = client.get("/admin/").get_data(as_text=True)
+    assert "No leads yet" in html and "autofunnel apikey create" in html and "/api/v1/subscribe" in html
+    with rt.db.read() as session:
+        assert session.scalar(select(func.count()).select_from(Lead)) == 0
 
 
-def test_a_form_without_its_csrf_token_is_refused(site: Site) -> None:
-    assert site.client.post("/admin/login", data={"email": "seller@example.com", "password": PASSWORD}).status_code == 400
-    site.login()
-    refused = site.client.post("/admin/spend", data={"channel": "google", "amount": "10", "date": "2026-03-01"})
-    assert refused.status_code == 400 and "CSRF" in refused.get_data(as_text=True)
-    assert site.client.post("/admin/logout").status_code == 400
-    assert site.client.get("/admin/").status_code == 200
+def site_now() -> Any:
+    from admin_site import NOW
+
+    return NOW
 
 
-def test_the_api_and_the_one_click_unsubscribe_need_no_csrf_token(site: Site) -> None:
-    site.login()
-    lead = site.client.post("/api/v1/subscribe", json={"email": "x@example.com", "funnel": "yoga"}, headers=site.api_headers)
-    assert lead.status_code == 201
-    site.api("/api/v1/events", {"type": "confirmed", "lead_id": lead.json["lead_id"]})
-    run_tick(site.rt)
-    message = message_from_bytes(next(Path(site.outbox).glob("*.eml")).read_bytes(), policy=policy.default)
-    link = re.search(r"<(http[^>]+)>", str(message["List-Unsubscribe"])).group(1)  # type: ignore[union-attr]
-    response = site.client.post(urlsplit(link).path, data={"List-Unsubscribe": "One-Click"})
-    assert response.status_code == 200 and response.get_data(as_text=True) == "unsubscribed\n"
+# Charts -------------------------------------------------------------------------------
 
 
-def test_admin_pages_carry_security_headers(site: Site) -> None:
-    for path in ("/admin/login", "/admin/static/admin.css"):
-        with site.client.get(path) as response:
-            headers = response.headers
-        assert response.headers["X-Frame-Options"] == "DENY"
-        csp = headers["Content-Security-Policy"]
-        assert "script-src 'self'" in csp and "unsafe-inline" not in csp and "frame-ancestors 'none'" in csp
-    assert "<script" not in site.client.get("/admin/login").get_data(as_text=True)
+def test_funnel_bars_narrow_with_reached_and_stay_centred() -> None:
+    bars = charts.funnel_bars([("lead", 1000), ("tripwire", 520), ("customer", 0), ("vip", 1)], width=600)
+    assert [round(b.width) for b in bars] == [600, 312, 0, 2]
+    assert all(abs(b.x + b.width / 2 - 300) < 1e-9 for b in bars)
+    assert [b.y for b in bars] == sorted(b.y for b in bars)
+    assert charts.funnel_bars([("lead", 0)])[0].width == 0
 
 
-def test_logins_are_throttled_per_account_and_per_address(site: Site) -> None:
-    site.app.config["AUTOFUNNEL_LOGIN_LIMITS"] = ("6 per minute", "3 per minute")
-    codes = [site.login(password="wrong password!").status_code for _ in range(4)]
-    assert codes == [401, 401, 401, 429]
-    # the account is locked for now, even with the right password
-    assert site.login().status_code == 429
-    # another account from the same address: two more tries, then the address's limit
-    assert [site.login(email="other@example.com", password="x" * 10).status_code for _ in range(2)] == [401, 429]
-
-
-def test_a_deleted_user_is_logged_out(site: Site) -> None:
-    site.login()
-    assert site.client.get("/admin/").status_code == 200
-    env = {"AUTOFUNNEL_PROJECT_DIR": str(site.rt.settings.project_dir), "AUTOFUNNEL_DATABASE_URL": site.rt.settings.database_url or ""}
-    result = CliRunner().invoke(main, ["user", "delete", "Seller@example.com"], env=env)
-    assert result.exit_code == 0 and result.output == "deleted admin user seller@example.com\n"
-    assert site.client.get("/admin/").status_code == 302
-
-
-def test_user_and_apikey_commands(site: Site) -> None:
-    env = {"AUTOFUNNEL_PROJECT_DIR": str(site.rt.settings.project_dir), "AUTOFUNNEL_DATABASE_URL": site.rt.settings.database_url or ""}
-    runner = CliRunner()
-    listed = runner.invoke(main, ["user", "list"], env=env)
-    assert listed.exit_code == 0 and listed.output.startswith("seller@example.com  created 2026-03-10 12:00")
-    assert runner.invoke(main, ["user", "delete", "nobody@example.com"], env=env).exit_code == 2
-    keys = runner.invoke(main, ["apikey", "list"], env=env)
-    prefix = site.key[:12]
-    assert keys.exit_code == 0 and keys.output.startswith(f"{prefix}...  shop  created")
-    assert site.client.get("/api/v1/reports/yoga", headers=site.api_headers).status_code == 200
-    revoked = runner.invoke(main, ["apikey", "revoke", prefix + "..."], env=env)
-    assert revoked.exit_code == 0 and revoked.output == f"revoked API key 'shop' ({prefix}...)\n"
-    assert site.client.get("/api/v1/reports/yoga", headers=site.api_headers).status_code == 401
-    assert runner.invoke(main, ["apikey", "revoke", prefix], env=env).exit_code == 2
-    assert "revoked" in runner.invoke(main, ["apikey", "list"], env=env).output
-
-
-# Pages ---------------------------------------------------------------------------------
-
-
-def test_home_teaches_a_fresh_install_what_to_do(site: Site) -> None:
-    site.login()
-    page = site.client.get("/admin/").get_data(as_text=True)
-    assert "No leads in the last 30 days" in page and "autofunnel apikey create" in page and "/api/v1/subscribe" in page
-    assert "Sending is working" in page
-
-
-def test_home_shows_each_flow_with_the_reports_figures_and_sending_health(site: Site) -> None:
-    load_leads(site)
-    site.login()
-    page = site.client.get("/admin/").get_data(as_text=True)
-    api = site.client.get("/api/v1/reports/yoga", headers=site.api_headers).json
-    row = re.search(r'<tr data-flow="yoga">(.*?)</tr>', page, re.S).group(1)  # type: ignore[union-attr]
-    assert f'data-figure="entered">{api["stages"][0]["reached"]}<' in row
-    assert percent(api["overall_conversion"]) in row and f'{api["revenue"]["total"]:,.2f}' in row
-    assert 'data-flow="abandoned-cart"' in page and "<polyline" in row
-    assert "No leads in the last 30 days" not in page
-    assert "Queue depth" in page and "Due now" in page
-
-
-def test_the_funnel_page_shows_the_apis_numbers(site: Site) -> None:
-    load_leads(site)
-    site.login()
-    for params in ({}, {"period": "7", "mode": "calendar"}, {"period": "custom", "from": "2026-03-01", "to": "2026-03-10", "by": "channel", "interval": "day", "attribution": "linear"}):
-        page = site.client.get("/admin/funnels/yoga", query_string=params)
-        assert page.status_code == 200, page.get_data(as_text=True)
-        html = page.get_data(as_text=True)
-        api_params = {k: v for k, v in params.items() if k != "period"}
-        if params.get("period") == "7":
-            api_params |= {"from": "2026-03-04", "to": "2026-03-10"}
-        api = site.client.get("/api/v1/reports/yoga", query_string=api_params, headers=site.api_headers).json
-        assert [s["reached"] for s in api["stages"]][:2] != [0, 0]
-        for stage in api["stages"]:
-            assert f'data-stage="{stage["stage"]}" data-reached="{stage["reached"]}"' in html
-            row = re.search(rf'<tr data-stage="{stage["stage"]}">(.*?)</tr>', html, re.S).group(1)  # type: ignore[union-attr]
-            assert f'data-figure="reached">{stage["reached"]}<' in row
-            assert f'>{percent(stage["conversion_from_previous"])}<' in row
-        assert f'data-figure="overall_conversion">{percent(api["overall_conversion"])}<' in html
-        for step in api["steps"]:
-            assert f'<tr data-step="{step["step"]}"><td>{step["stage"]}</td><td>{step["step"]}</td><td class="num" data-figure="sent">{step["sent"]}<' in html
-        for group in api.get("groups", []):
-            assert f'data-group="{group["value"]}"' in html
-        if api.get("periods"):
-            assert 'class="trend"' in html
-        if api.get("attribution"):
-            assert "Attribution (linear" in html
-
-
-def test_the_csv_is_the_report_on_the_page(site: Site) -> None:
-    load_leads(site)
-    site.login()
-    response = site.client.get("/admin/funnels/yoga", query_string={"period": "30", "by": "channel", "format": "csv"})
-    assert response.headers["Content-Type"].startswith("text/csv")
-    api = site.client.get("/api/v1/reports/yoga", query_string={"by": "channel", "from": "2026-02-09", "to": "2026-03-10"}, headers=site.api_headers).json
-    assert response.get_data(as_text=True) == report_csv(api)
-
-
-def test_bad_report_controls_are_explained(site: Site) -> None:
-    site.login()
-    response = site.client.get("/admin/funnels/yoga", query_string={"period": "custom", "from": "2026-03-10", "to": "2026-03-01"})
-    assert response.status_code == 400 and "is after" in response.get_data(as_text=True)
-    assert site.client.get("/admin/funnels/nope").status_code == 404
-    assert site.client.get("/admin/funnels/abandoned-cart").status_code == 404
-
-
-def test_spend_is_added_listed_changed_and_deleted(site: Site) -> None:
-    load_leads(site)
-    site.login()
-    token = site.csrf("/admin/spend")
-    added = site.client.post("/admin/spend", data={"channel": "google", "amount": "40", "date": "2026-03-09", "currency": "EUR", "csrf_token": token})
-    assert added.status_code == 302
-    bad = site.client.post("/admin/spend", data={"channel": "google", "amount": "-1", "date": "2026-03-09", "currency": "EUR", "csrf_token": token})
-    assert bad.status_code == 400 and "is not an amount" in bad.get_data(as_text=True)
-    page = site.client.get("/admin/spend").get_data(as_text=True)
-    assert '<tr data-spend="google"><td>2026-03-09</td><td>google</td><td class="num">40.00</td>' in page
-    entry = re.search(r'action="/admin/spend/(\d+)"', page).group(1)  # type: ignore[union-attr]
-    report = site.client.get("/admin/funnels/yoga").get_data(as_text=True)
-    api = site.client.get("/api/v1/reports/yoga", headers=site.api_headers).json
-    assert api["spend"][0]["spend"] == 40.0 and f'{api["spend"][0]["cost_per_lead"]:,.2f}' in report
-    assert site.client.post(f"/admin/spend/{entry}", data={"action": "set", "amount": "55.50", "csrf_token": token}).status_code == 302
-    assert '<td class="num">55.50</td>' in site.client.get("/admin/spend").get_data(as_text=True)
-    assert site.client.post(f"/admin/spend/{entry}", data={"action": "delete", "csrf_token": token}).status_code == 302
-    assert "No spend yet" in site.client.get("/admin/spend").get_data(as_text=True)
-
-
-def test_files_shows_validate_problems_with_file_and_line(site: Site) -> None:
-    site.login()
-    assert "No errors: 2 flow(s)" in site.client.get("/admin/files").get_data(as_text=True)
-    (Path(site.rt.settings.project_dir) / "funnels" / "broken.yml").write_text("funnel: broken\nstages:\n  - stage: a\n    steps:\n      - sned: x\n")
-    page = text_of(site.client.get("/admin/files").get_data(as_text=True))
-    assert "funnels/broken.yml:5" in page and "error(s)" in page
+def test_sparkline_and_line_chart_fit_their_box() -> None:
+    points = [tuple(map(float, p.split(","))) for p in charts.sparkline([0, 5, 10], width=100, height=20).split()]
+    assert points[0][0] == 2 and points[-1][0] == 98 and points[-1][1] == 2 and points[0][1] == 18
+    chart = charts.line_chart(["a", "b", "c"], [("x", [1, None, 3])], width=200, height=100)
+    assert chart.y_top == 3 and len(chart.lines[0][1].split()) == 2

@@ -20,7 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from autofunnel.clock import Clock
-from autofunnel.errors import DuplicateError, InvalidInputError
+from autofunnel.errors import DuplicateError, InvalidInputError, NotFoundError
 from autofunnel.store.db import Database
 from autofunnel.store.models import ApiKey, User
 
@@ -170,46 +170,42 @@ def check_user_password(db: Database, clock: Clock, email: str, password: str) -
     return UserInfo(user.id, user.email, user.created_at, now)
 
 
+def revoke_api_key_by_prefix(db: Database, clock: Clock, prefix: str) -> ApiKeyInfo:
+    """Revoke the one live key whose shown prefix starts with `prefix` (as `apikey list` prints it).
+
+    An ambiguous or unknown prefix revokes nothing and says so, rather than guessing.
+    """
+    prefix = prefix.strip()
+    if not prefix:
+        raise InvalidInputError("give the key's prefix as `autofunnel apikey list` shows it, e.g. af_Xy12abCd")
+    live = [key for key in list_api_keys(db) if key.revoked_at is None and key.prefix.startswith(prefix)]
+    if not live:
+        raise NotFoundError(f"no live API key with prefix {prefix!r}", field="prefix", code="unknown_key")
+    if len(live) > 1:
+        raise InvalidInputError(f"{len(live)} live keys start with {prefix!r}; give more of the prefix", field="prefix")
+    revoke_api_key(db, clock, live[0].id)
+    return live[0]
+
+
 def get_user(db: Database, user_id: int) -> UserInfo | None:
-    """The user a session names, or None once the user was deleted (the session then ends)."""
+    """The user behind an admin session, or None once the user was deleted."""
     with db.read() as session:
         row = session.get(User, user_id)
         return UserInfo.from_row(row) if row is not None else None
 
 
 def list_users(db: Database) -> list[UserInfo]:
-    """Every admin user, by email."""
     with db.read() as session:
         return [UserInfo.from_row(row) for row in session.scalars(select(User).order_by(User.email))]
 
 
-def delete_user(db: Database, email: str) -> bool:
-    """Remove an admin user (their sessions stop working); False when no such user exists."""
+def delete_user(db: Database, email: str) -> UserInfo:
+    """Remove an admin user; their open sessions stop working at their next request."""
     address = email.strip().lower()
     with db.transaction() as session:
         row = session.scalars(select(User).where(User.email == address)).first()
         if row is None:
-            return False
+            raise NotFoundError(f"no admin user {address!r}", field="email", code="unknown_user")
+        info = UserInfo.from_row(row)
         session.delete(row)
-        return True
-
-
-def revoke_api_key_by_prefix(db: Database, clock: Clock, prefix: str) -> ApiKeyInfo | None:
-    """Revoke the one live key whose shown prefix starts with `prefix`; None when none matches.
-
-    A prefix that matches several live keys is refused rather than revoking more than meant.
-    """
-    prefix = prefix.strip().rstrip(".")
-    if len(prefix) < len(KEY_PREFIX) + 1:
-        raise InvalidInputError(f"give the key's prefix as `apikey list` shows it, such as {KEY_PREFIX}AbC123xy")
-    with db.transaction() as session:
-        rows = session.scalars(
-            select(ApiKey).where(ApiKey.prefix.startswith(prefix[:PREFIX_LENGTH], autoescape=True), ApiKey.revoked_at.is_(None))
-        ).all()
-        if len(rows) > 1:
-            raise InvalidInputError(f"{prefix!r} matches {len(rows)} keys; give more of the prefix")
-        if not rows:
-            return None
-        rows[0].revoked_at = clock.now()
-        session.flush()
-        return ApiKeyInfo.from_row(rows[0])
+        return info

@@ -39,6 +39,7 @@ from sqlalchemy.engine import Connection
 
 from autofunnel.domain.model import Flow
 from autofunnel.errors import AutofunnelError
+from autofunnel.mail.context import email_context
 from autofunnel.mail.links import add_open_pixel, rewrite_links
 from autofunnel.mail.message import build_message, format_address, message_id_for, sign_dkim
 from autofunnel.mail.transport import DeliveryError, Session as SmtpSession, Transport
@@ -403,23 +404,24 @@ def _send(rt: Runtime, smtp: SmtpSession, claim: _Claim) -> _Outcome:
     except AutofunnelError as exc:
         return _Outcome(claim, "failed", f"could not build the email: {exc}", rt.clock.now())
     try:
-        smtp.send(_address_of(sender), claim.to_address, message)
+        smtp.send(address_of(sender), claim.to_address, message)
     except DeliveryError as exc:
         return _failed_send(rt, claim, exc)
     return _Outcome(claim, "sent", "handed to the mail server", rt.clock.now(), message_id=message_id)
 
 
 @lru_cache(maxsize=256)
-def _address_of(sender: str) -> str:
+def address_of(sender: str) -> str:
     """The addr-spec of a funnel's sender; the same few senders are parsed for every email."""
     return parseaddr(sender)[1]
 
 
-def _domain(address: str) -> str:
-    return _address_of(address).rpartition("@")[2] or "localhost"
+def sender_domain(address: str) -> str:
+    return address_of(address).rpartition("@")[2] or "localhost"
 
 
-def _sender(rt: Runtime, flow: Flow) -> str:
+def sender_for(rt: Runtime, flow: Flow) -> str:
+    """The From of a flow's emails: its `from:`, else AUTOFUNNEL_MAIL_FROM, else a noreply at the base URL's host."""
     if flow.rules.sender:
         return flow.rules.sender
     if rt.settings.mail_from:
@@ -447,26 +449,21 @@ def _compose(rt: Runtime, claim: _Claim, flow: Flow, now: datetime) -> tuple[byt
     def countdown_url(name: str) -> str:
         return f"{base}/countdown/{tokens.sign('countdown', [claim.lead_id, flow.slug, name])}.gif"
 
-    context = {
-        "lead": claim.lead,
-        "funnel": {"slug": flow.slug, "title": flow.title, "stage": claim.stage or None},
-        "event": claim.event,
-        "deadline": deadline,
-        "offer_url": offer_url,
-        "countdown_url": countdown_url,
-        "unsubscribe_url": unsubscribe_url,
-        "postal_address": rt.settings.postal_address,
-    }
+    context = email_context(
+        lead=claim.lead, flow_slug=flow.slug, flow_title=flow.title, stage=claim.stage, event=claim.event,
+        deadline=deadline, offer_url=offer_url, countdown_url=countdown_url, unsubscribe_url=unsubscribe_url,
+        postal_address=rt.settings.postal_address,
+    )
     rendered = rt.renderer.render(flow.slug, claim.template, context)
-    sender = _sender(rt, flow)
+    sender = sender_for(rt, flow)
     html = rendered.html
     headers: list[tuple[str, str]] = []
     if claim.kind == "email":
         html = rewrite_links(html, lambda url: f"{base}/t/c/{tokens.sign('click', [claim.id, url])}", keep={unsubscribe_url})
         html = add_open_pixel(html, f"{base}/t/o/{tokens.sign('open', [claim.id])}")
-        mailto = f"mailto:{_address_of(sender)}?subject=unsubscribe"
+        mailto = f"mailto:{address_of(sender)}?subject=unsubscribe"
         headers = [("List-Unsubscribe", f"<{unsubscribe_url}>, <{mailto}>"), ("List-Unsubscribe-Post", "List-Unsubscribe=One-Click")]
-    domain = _domain(sender)
+    domain = sender_domain(sender)
     message_id = message_id_for(claim.id, domain)
     message = build_message(
         sender=sender, to=format_address(claim.lead["first_name"] if claim.kind == "email" else None, claim.to_address), subject=rendered.subject, html=html, text=rendered.text,

@@ -1,9 +1,8 @@
-"""The admin's home: each flow's last 30 days at a glance.
+"""The admin's home: every flow with its last 30 days at a glance.
 
-A funnel's figures are the report's own (`funnel_report`, the service behind
-GET /api/v1/reports/<funnel>, asked per day), so home, the funnel page and the
-API cannot disagree. A sequence has no report: its entries are counted from
-its enrollments, per UTC day as the report counts.
+A funnel's figures are the funnel report's own (cohort mode, per day), so the
+home page and `GET /api/v1/reports/<funnel>` cannot disagree; a sequence has no
+report, so its starts per day are counted from its enrollments.
 """
 
 from __future__ import annotations
@@ -12,12 +11,13 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import String, func, select
 
 from autofunnel.domain.model import Funnel
 from autofunnel.services.report import DEFAULT_DAYS, funnel_report, parse_report_query
 from autofunnel.services.runtime import Runtime
 from autofunnel.store.models import Enrollment
+from autofunnel.store.queries import is_postgres
 
 
 @dataclass(frozen=True)
@@ -27,49 +27,48 @@ class FlowSummary:
     kind: str
     """"funnel" or "sequence"."""
     entered: int
-    daily: list[int]
+    """Leads that entered (a funnel's first stage, or a sequence run) in the period."""
+    daily: tuple[int, ...]
     """Entries per day, oldest first, one per day of the period."""
     overall_conversion: float | None
     revenue: dict[str, Any] | None
-    """The report's `revenue` (net of refunds); None for a sequence."""
+    """The report's `revenue` (largest currency) for a funnel; None for a sequence."""
 
 
-@dataclass(frozen=True)
-class Overview:
-    start: date
-    end: date
-    flows: list[FlowSummary]
-
-
-def overview(rt: Runtime, days: int = DEFAULT_DAYS) -> Overview:
-    """Every funnel and sequence of the project over the last `days` days, today included (UTC)."""
-    end = rt.clock.now().date()
-    start = end - timedelta(days=days - 1)
-    span = [start + timedelta(days=offset) for offset in range(days)]
-    flows: list[FlowSummary] = []
-    for slug, flow in sorted(rt.project.flows.items()):
-        title = getattr(flow, "title", None) or slug
+def flow_summaries(rt: Runtime, today: date, days: int = DEFAULT_DAYS) -> list[FlowSummary]:
+    """Every flow of the project, funnels first, each with the period's entries and results."""
+    start = today - timedelta(days=days - 1)
+    summaries = []
+    for flow in sorted(rt.project.flows.values(), key=lambda f: (f.kind != "funnel", f.slug)):
         if isinstance(flow, Funnel):
-            query = parse_report_query(slug, {"from": start.isoformat(), "to": end.isoformat(), "interval": "day"}, end)
+            query = parse_report_query(flow.slug, {"from": start.isoformat(), "to": today.isoformat(), "interval": "day"}, today)
             report = funnel_report(rt, query)
-            per_day = {period["period"]: period["stages"][0]["reached"] if period["stages"] else 0 for period in report.get("periods", [])}
-            daily = [per_day.get(day.isoformat(), 0) for day in span]
-            entered = report["stages"][0]["reached"] if report["stages"] else 0
-            flows.append(FlowSummary(slug, title, "funnel", entered, daily, report["overall_conversion"], report["revenue"]))
+            per_day = {row["period"]: row["stages"][0]["reached"] for row in report.get("periods", [])}
+            summaries.append(FlowSummary(
+                flow.slug, flow.title, "funnel", report["stages"][0]["reached"] if report["stages"] else 0,
+                _series(per_day, start, days), report["overall_conversion"], report["revenue"],
+            ))
         else:
-            daily = _sequence_entries(rt, slug, span)
-            flows.append(FlowSummary(slug, title, "sequence", sum(daily), daily, None, None))
-    return Overview(start, end, flows)
+            per_day = _sequence_starts(rt, flow.slug, start, today)
+            summaries.append(FlowSummary(flow.slug, flow.title, "sequence", sum(per_day.values()), _series(per_day, start, days), None, None))
+    return summaries
 
 
-def _sequence_entries(rt: Runtime, slug: str, span: list[date]) -> list[int]:
-    low = datetime.combine(span[0], time(), UTC)
-    high = datetime.combine(span[-1] + timedelta(days=1), time(), UTC)
+def _series(per_day: dict[str, int], start: date, days: int) -> tuple[int, ...]:
+    return tuple(per_day.get((start + timedelta(days=n)).isoformat(), 0) for n in range(days))
+
+
+def _sequence_starts(rt: Runtime, slug: str, start: date, end: date) -> dict[str, int]:
+    begin = datetime.combine(start, time(0), UTC)
+    stop = datetime.combine(end + timedelta(days=1), time(0), UTC)
     with rt.db.read() as session:
+        day = (
+            func.to_char(func.timezone("UTC", Enrollment.entered_at), "YYYY-MM-DD")
+            if is_postgres(session) else func.date(Enrollment.entered_at, type_=String)
+        )
         rows = session.execute(
-            select(func.date(Enrollment.entered_at), func.count())
-            .where(Enrollment.flow == slug, Enrollment.entered_at >= low, Enrollment.entered_at < high)
-            .group_by(func.date(Enrollment.entered_at))
+            select(day, func.count())
+            .where(Enrollment.flow == slug, Enrollment.kind == "sequence", Enrollment.entered_at >= begin, Enrollment.entered_at < stop)
+            .group_by(day)
         ).all()
-    counts = {str(day)[:10]: count for day, count in rows}
-    return [counts.get(day.isoformat(), 0) for day in span]
+    return {str(d): int(n) for d, n in rows}

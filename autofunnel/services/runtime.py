@@ -48,8 +48,13 @@ class Runtime:
         return cls(settings=settings, db=db, project=project, clock=clock or SystemClock())
 
     @cached_property
+    def secret_keys(self) -> tuple[str, ...]:
+        """AUTOFUNNEL_SECRET_KEY (newest first), else the key kept in the project folder."""
+        return self.settings.secret_key or (project_secret(Path(self.settings.project_dir)),)
+
+    @cached_property
     def tokens(self) -> Tokens:
-        return Tokens(self.settings.secret_key or (project_secret(Path(self.settings.project_dir)),))
+        return Tokens(self.secret_keys)
 
     @cached_property
     def renderer(self) -> Renderer:

@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
 
-from autofunnel.errors import InvalidInputError
+from autofunnel.errors import InvalidInputError, NotFoundError
 from autofunnel.services.runtime import Runtime
 from autofunnel.store.models import Spend
 from autofunnel.store.queries import is_postgres
@@ -81,27 +81,21 @@ class SpendEntry:
 def list_spend(rt: Runtime, limit: int = 500) -> list[SpendEntry]:
     """The latest spend entries, newest day first, as the admin lists them."""
     with rt.db.read() as session:
-        rows = session.scalars(select(Spend).order_by(Spend.day.desc(), Spend.channel, Spend.currency).limit(limit))
-        return [SpendEntry(row.id, row.channel, row.day, Decimal(row.amount).quantize(Decimal("0.01")), row.currency) for row in rows]
+        rows = session.scalars(select(Spend).order_by(Spend.day.desc(), Spend.channel, Spend.id).limit(limit))
+        return [SpendEntry(r.id, r.channel, r.day, Decimal(r.amount).quantize(Decimal("0.01")), r.currency) for r in rows]
 
 
-def set_spend(rt: Runtime, entry_id: int, amount: Any) -> bool:
-    """Correct one entry's amount (a typo, a refund from the ad network); False when it is gone."""
+def set_spend(rt: Runtime, entry_id: int, amount: Any) -> SpendEntry:
+    """Correct one entry's amount (an amount of 0 removes it), e.g. after a typo in the admin."""
     checked = parse_spend("x", amount, "2000-01-01").amount
     with rt.db.transaction() as session:
         row = session.get(Spend, entry_id)
         if row is None:
-            return False
-        row.amount = checked
-        row.updated_at = rt.clock.now()
-        return True
-
-
-def delete_spend(rt: Runtime, entry_id: int) -> bool:
-    """Remove one entry; False when it was already gone."""
-    with rt.db.transaction() as session:
-        row = session.get(Spend, entry_id)
-        if row is None:
-            return False
-        session.delete(row)
-        return True
+            raise NotFoundError(f"no spend entry {entry_id}", field="id", code="unknown_spend")
+        entry = SpendEntry(row.id, row.channel, row.day, checked, row.currency)
+        if checked == 0:
+            session.delete(row)
+        else:
+            row.amount = checked
+            row.updated_at = rt.clock.now()
+        return entry

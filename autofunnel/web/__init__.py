@@ -1,4 +1,4 @@
-"""The web shell: the JSON API, `/healthz` and the public links in emails.
+"""The web shell: the JSON API, `/healthz`, the public links in emails and the admin.
 
 `create_app()` with no arguments reads the settings from the environment
 (`AUTOFUNNEL_*` and the project's `autofunnel.toml`), which is how gunicorn runs

@@ -1,102 +1,89 @@
-"""Figures to SVG shapes: the admin's charts, drawn on the server from the report's numbers.
+"""Figures turned into SVG shapes, drawn on the server.
 
-Pure geometry (no Flask, no database), so a chart is tested as numbers in,
-coordinates out. Templates only place the shapes; nothing is computed there.
+Pure geometry: numbers in, coordinates out, no Flask and no SVG text, so the
+shapes are tested without a browser and the templates only place them. Charts
+are readable with JavaScript off.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 
 @dataclass(frozen=True)
 class Bar:
-    """One stage of the funnel chart: a bar centred on the chart, as wide as its `reached`."""
+    """One stage of the narrowing funnel: a bar centred on the axis, as wide as its `reached`."""
 
-    label: str
-    reached: int
     x: float
     y: float
     width: float
     height: float
-    conversion_from_previous: float | None
-    median_s: int | None
+    label: str
+    reached: int
 
 
-@dataclass(frozen=True)
-class FunnelChart:
-    width: float
-    height: float
-    bars: list[Bar]
+def funnel_bars(stages: Sequence[tuple[str, int]], width: float = 600, bar_height: float = 34, gap: float = 10) -> list[Bar]:
+    """Bars for (stage, reached) pairs; the first stage, or the widest, spans `width`.
 
-
-def funnel_chart(stages: Sequence[dict[str, Any]], width: float = 600, bar_height: float = 34, gap: float = 10) -> FunnelChart:
-    """Bars centred on one axis, each as wide as its stage's `reached` relative to the widest.
-
-    The funnel never widens (a later stage counts as having reached every earlier
-    one), so the bars narrow downward; a stage nobody reached keeps a 1 px sliver
-    so its place stays visible.
+    A stage with some leads never shrinks to nothing (2 px at least), so a
+    tiny last stage is still visible and can be pointed at.
     """
-    top = max((int(stage["reached"]) for stage in stages), default=0)
-    bars: list[Bar] = []
-    for index, stage in enumerate(stages):
-        reached = int(stage["reached"])
-        bar_width = max(1.0, width * reached / top) if top else 1.0
-        bars.append(Bar(
-            label=str(stage["stage"]), reached=reached, x=round((width - bar_width) / 2, 2), y=index * (bar_height + gap),
-            width=round(bar_width, 2), height=bar_height,
-            conversion_from_previous=stage.get("conversion_from_previous"),
-            median_s=(stage.get("time_to_reach") or {}).get("median_s"),
-        ))
-    height = len(bars) * (bar_height + gap) - gap if bars else 0
-    return FunnelChart(width, max(height, 0), bars)
+    widest = max((reached for _, reached in stages), default=0)
+    bars = []
+    for index, (label, reached) in enumerate(stages):
+        share = reached / widest if widest else 0.0
+        w = max(width * share, 2.0 if reached else 0.0)
+        bars.append(Bar(x=(width - w) / 2, y=index * (bar_height + gap), width=w, height=bar_height, label=label, reached=reached))
+    return bars
 
 
-def _scale(values: Sequence[float], low_px: float, high_px: float) -> list[float]:
-    """Values to pixel heights from `low_px` (the smallest, or 0) up to `high_px` (the largest)."""
-    top = max(values, default=0.0)
-    bottom = min(0.0, min(values, default=0.0))
-    span = top - bottom
-    if span <= 0:
-        return [low_px for _ in values]
-    return [round(low_px - (value - bottom) / span * (low_px - high_px), 2) for value in values]
+def funnel_height(count: int, bar_height: float = 34, gap: float = 10) -> float:
+    return max(count * (bar_height + gap) - gap, bar_height)
 
 
-def polyline(values: Sequence[float], width: float, height: float, pad: float = 2) -> str:
-    """The `points` of an SVG polyline across `width`: the first value at the left edge, the last at the right.
-
-    SVG's y grows downward, so the largest value is at the top (`pad`) and zero at the bottom.
-    """
+def sparkline(values: Sequence[float], width: float = 120, height: float = 28, pad: float = 2) -> str:
+    """The `points` of an SVG polyline through `values`, scaled to the box (flat at the bottom when all are zero)."""
     if not values:
         return ""
-    ys = _scale(values, height - pad, pad)
-    if len(values) == 1:
-        return f"0,{ys[0]} {width},{ys[0]}"
-    step = width / (len(values) - 1)
-    return " ".join(f"{round(index * step, 2)},{y}" for index, y in enumerate(ys))
+    top = max(values) or 1
+    step = (width - 2 * pad) / max(len(values) - 1, 1)
+    return " ".join(
+        f"{pad + index * step:.1f},{height - pad - (value / top) * (height - 2 * pad):.1f}" for index, value in enumerate(values)
+    )
 
 
 @dataclass(frozen=True)
 class LineChart:
-    """Two series over the same periods: entries (left scale) and overall conversion (right scale)."""
+    """A line per series over shared x labels, with its y-axis top value."""
 
     width: float
     height: float
-    labels: list[str]
-    entries: str
-    conversion: str
-    max_entries: int
-    max_conversion: float
+    lines: tuple[tuple[str, str], ...]
+    """(series name, polyline points)."""
+    x_labels: tuple[tuple[float, str], ...]
+    y_top: float
 
 
-def trend_chart(periods: Sequence[dict[str, Any]], width: float = 600, height: float = 160) -> LineChart:
-    """The report's `periods` as two lines: leads entering the first stage, and overall conversion."""
-    entries = [float(period["stages"][0]["reached"]) if period["stages"] else 0.0 for period in periods]
-    conversion = [float(period["overall_conversion"] or 0.0) for period in periods]
-    return LineChart(
-        width, height, [str(period["period"]) for period in periods],
-        polyline(entries, width, height, pad=6), polyline(conversion, width, height, pad=6),
-        int(max(entries, default=0)), max(conversion, default=0.0),
+def line_chart(labels: Sequence[str], series: Sequence[tuple[str, Sequence[float | None]]], width: float = 600, height: float = 160,
+               left: float = 44, bottom: float = 22, top_pad: float = 8) -> LineChart:
+    """Lines for each named series; a missing value (None) is left out of its line.
+
+    Every series shares the y scale, so draw figures of one kind per chart
+    (entries, or conversions), never both.
+    """
+    known = [v for _, values in series for v in values if v is not None]
+    y_top = max(known, default=0) or 1
+    plot_w = width - left - 8
+    plot_h = height - bottom - top_pad
+    step = plot_w / max(len(labels) - 1, 1)
+
+    def point(index: int, value: float) -> str:
+        return f"{left + index * step:.1f},{top_pad + plot_h - (value / y_top) * plot_h:.1f}"
+
+    lines = tuple(
+        (name, " ".join(point(i, v) for i, v in enumerate(values) if v is not None)) for name, values in series
     )
+    every = max(1, len(labels) // 6)
+    x_labels = tuple((left + i * step, label) for i, label in enumerate(labels) if i % every == 0)
+    return LineChart(width, height, lines, x_labels, y_top)

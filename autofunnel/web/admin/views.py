@@ -1,43 +1,38 @@
-"""The admin's pages: each view reads its input, calls one service and renders a template.
-
-Every figure on a report page is the report service's (the one behind
-GET /api/v1/reports/<funnel>); templates format numbers, they compute none.
-"""
+"""The admin's pages. Each view reads its query, calls one service and renders a template."""
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
 
-from flask import Blueprint, Response, abort, current_app, flash, make_response, redirect, render_template, request, url_for
+from flask import Blueprint, Response, abort, current_app, flash, redirect, render_template, request, url_for
 from flask_login import current_user, login_required, login_user, logout_user
-from flask_wtf.csrf import CSRFError, CSRFProtect
-from limits import parse
 
 from autofunnel.domain.model import Funnel
 from autofunnel.errors import AutofunnelError, InvalidInputError
 from autofunnel.report_format import duration, percent, report_csv
 from autofunnel.services.credentials import check_user_password
-from autofunnel.services.overview import overview
+from autofunnel.services.events import record_events
+from autofunnel.services.flow_map import flow_map
+from autofunnel.services.inputs import parse_events
+from autofunnel.services.lead_search import LeadFilter, find_leads
+from autofunnel.services.leads import erase_lead, lead_view
+from autofunnel.services.overview import flow_summaries
+from autofunnel.services.preview import Preview, flow_templates, preview_email, send_test_email
 from autofunnel.services.project import validate_project
-from autofunnel.domain.report import ATTRIBUTION_MODELS
-from autofunnel.services.report import GROUPINGS, INTERVALS, MODES, funnel_report, parse_report_query
+from autofunnel.services.report import PARAMETERS, funnel_report, parse_report_query
 from autofunnel.services.runtime import Runtime
-from autofunnel.services.spend import add_spend, delete_spend, list_spend, parse_spend, set_spend
+from autofunnel.services.spend import add_spend, list_spend, parse_spend, set_spend
 from autofunnel.services.status import system_status
+from autofunnel.store.models import LEAD_STATUSES
 from autofunnel.web.admin import charts
-from autofunnel.web.admin.auth import AdminUser
+from autofunnel.web.admin.security import AdminUser
 
 admin = Blueprint("admin", __name__, url_prefix="/admin", template_folder="templates", static_folder="static")
+root = Blueprint("root", __name__)
 
-CSP = (
-    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-    "frame-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'; object-src 'none'"
-)
-PERIODS = ("7", "30", "90", "custom")
+PERIODS = (7, 30, 90)
 
 
 def runtime() -> Runtime:
@@ -45,219 +40,301 @@ def runtime() -> Runtime:
     return rt
 
 
-@admin.before_request
-def check_csrf() -> None:
-    """Every admin POST carries its form's CSRF token (the public links and the API are other blueprints)."""
-    if request.method not in ("GET", "HEAD", "OPTIONS"):
-        csrf: CSRFProtect = current_app.extensions["csrf"]
-        csrf.protect()
+def _client_ip() -> str:
+    return request.remote_addr or "unknown"
 
 
-@admin.after_request
-def security_headers(response: Response) -> Response:
-    response.headers["Content-Security-Policy"] = CSP
-    response.headers["X-Frame-Options"] = "DENY"
-    response.headers["X-Content-Type-Options"] = "nosniff"
-    response.headers["Referrer-Policy"] = "same-origin"
-    if request.endpoint != "admin.static":
-        response.headers["Cache-Control"] = "no-store"
-    return response
+@root.get("/")
+def home_redirect() -> Response:
+    return redirect(url_for("admin.home"))
 
 
-@admin.errorhandler(CSRFError)
-def csrf_refused(error: CSRFError) -> tuple[str, int]:
-    return render_template("admin/error.html", title="Form expired", message=f"{error.description} Reload the page and try again."), 400
-
-
-@admin.app_template_filter("pct")
-def _pct(value: float | None) -> str:
-    return percent(value)
-
-
-@admin.app_template_filter("dur")
-def _dur(seconds: int | None) -> str:
-    return duration(seconds)
-
-
-@admin.app_template_filter("money")
-def _money(value: float | None) -> str:
-    return "–" if value is None else f"{value:,.2f}"
-
-
-@admin.app_template_filter("local")
-def _local(moment: datetime | None) -> str:
-    """A stored UTC moment in the seller's time zone (AUTOFUNNEL_TIMEZONE)."""
-    if moment is None:
+@admin.app_template_filter("when")
+def when(value: str | datetime | None) -> str:
+    """A stored moment in the seller's timezone (AUTOFUNNEL_TIMEZONE), to the minute."""
+    if not value:
         return "–"
+    moment = datetime.fromisoformat(value.replace("Z", "+00:00")) if isinstance(value, str) else value
     return moment.astimezone(ZoneInfo(runtime().settings.timezone)).strftime("%Y-%m-%d %H:%M")
 
 
+admin.add_app_template_filter(percent, "percent")
+admin.add_app_template_filter(duration, "duration")
+
+
 @admin.app_context_processor
-def _globals() -> dict[str, Any]:
-    return {"timezone": runtime().settings.timezone}
+def admin_context() -> dict[str, Any]:
+    return {"timezone": runtime().settings.timezone, "flows": runtime().project.flows}
 
 
-# Login -----------------------------------------------------------------------------------
-
-
-def _safe_next(target: str | None) -> str:
-    """Only a path inside the admin: a login link cannot send the seller elsewhere."""
-    if target and target.startswith("/admin") and not urlsplit(target).netloc and "\\" not in target:
-        return target
-    return url_for("admin.home")
-
-
-def _login_allowed(email: str) -> bool:
-    """Count this attempt against the address's and the account's limits; False once either is used up."""
-    per_ip, per_account = current_app.config["AUTOFUNNEL_LOGIN_LIMITS"]
-    strategy = current_app.extensions["autofunnel_login_limiter"].limiter
-    ip_ok = strategy.hit(parse(per_ip), "login-ip", request.remote_addr or "unknown")
-    account_ok = strategy.hit(parse(per_account), "login-account", email.strip().lower())
-    return bool(ip_ok and account_ok)
+# Signing in ---------------------------------------------------------------------------
 
 
 @admin.route("/login", methods=["GET", "POST"])
 def login() -> Any:
     if request.method == "GET":
-        return render_template("admin/login.html", next=request.args.get("next", ""), email="")
+        return render_template("admin/login.html", email="")
     email = request.form.get("email", "")
-    if not _login_allowed(email):
-        return render_template("admin/login.html", error="Too many attempts. Wait a few minutes and try again.", email=email, next=""), 429
+    throttle = current_app.extensions["autofunnel_login_throttle"]
+    if throttle.blocked(_client_ip(), email):
+        return render_template("admin/login.html", email=email, error="Too many failed attempts. Wait a few minutes and try again."), 429
     rt = runtime()
-    info = check_user_password(rt.db, rt.clock, email, request.form.get("password", ""))
-    if info is None:
-        return render_template("admin/login.html", error="Wrong email or password.", email=email, next=request.form.get("next", "")), 401
-    login_user(AdminUser(info))
-    return redirect(_safe_next(request.form.get("next")))
+    user = check_user_password(rt.db, rt.clock, email, request.form.get("password", ""))
+    if user is None:
+        throttle.failed(_client_ip(), email)
+        return render_template("admin/login.html", email=email, error="Wrong email or password."), 401
+    login_user(AdminUser(user))
+    target = request.args.get("next", "")
+    return redirect(target if target.startswith("/admin") and "//" not in target else url_for("admin.home"))
 
 
 @admin.post("/logout")
-@login_required
 def logout() -> Response:
     logout_user()
     return redirect(url_for("admin.login"))
 
 
-# Home ------------------------------------------------------------------------------------
+# Home ---------------------------------------------------------------------------------
 
 
 @admin.get("/")
 @login_required
 def home() -> str:
     rt = runtime()
-    summary = overview(rt)
+    summaries = flow_summaries(rt, rt.clock.now().date())
     broker, work = system_status(rt)
-    sparks = {flow.slug: charts.polyline([float(n) for n in flow.daily], 120, 28) for flow in summary.flows}
-    return render_template(
-        "admin/home.html", summary=summary, sparks=sparks, broker=broker, work=work,
-        quiet=not any(flow.entered for flow in summary.flows), base_url=rt.settings.base_url,
-    )
+    lines = {s.slug: charts.sparkline(s.daily) for s in summaries}
+    return render_template("admin/home.html", summaries=summaries, lines=lines, broker=broker, work=work,
+                           base_url=rt.settings.base_url, any_leads=any(s.entered for s in summaries))
 
 
-# A funnel's report -------------------------------------------------------------------------
+# A funnel's report --------------------------------------------------------------------
 
 
-def _report_params(today: Any) -> tuple[dict[str, str], dict[str, str]]:
-    """The report's parameters from the page's form (period presets become from/to), and the form's values."""
+def _report_params() -> dict[str, str]:
+    """The report's options from the page's query string; `days` picks a recent period."""
     args = request.args
-    period = args.get("period") or ("custom" if args.get("from") or args.get("to") else "30")
-    if period not in PERIODS:
-        raise InvalidInputError(f"period must be one of {', '.join(PERIODS)}", field="period")
-    params = {name: args.get(name, "") for name in ("mode", "by", "interval", "attribution") if args.get(name)}
-    if period == "custom":
-        params.update({name: args[name] for name in ("from", "to") if args.get(name)})
-    else:
-        params["from"] = (today - timedelta(days=int(period) - 1)).isoformat()
+    params = {key: args[key] for key in PARAMETERS if args.get(key)}
+    days = chosen_days(args)
+    if days.isdigit():
+        today = runtime().clock.now().date()
+        params["from"] = (today - timedelta(days=max(int(days), 1) - 1)).isoformat()
         params["to"] = today.isoformat()
-    return params, {"period": period, **params}
+    return params
+
+
+def chosen_days(args: Any) -> str:
+    """`7`, `30`, `90` (the last days, today included) or `custom` (the `from`/`to` given)."""
+    return args.get("days") or ("custom" if args.get("from") or args.get("to") else "30")
+
+
+def _report(slug: str) -> tuple[Funnel, dict[str, Any], dict[str, str]]:
+    rt = runtime()
+    flow = rt.flow(slug)
+    if not isinstance(flow, Funnel):
+        abort(404)
+    params = _report_params()
+    return flow, funnel_report(rt, parse_report_query(slug, params, rt.clock.now().date())), params
 
 
 @admin.get("/funnels/<slug>")
 @login_required
 def funnel(slug: str) -> Any:
     rt = runtime()
-    flow = rt.project.flows.get(slug)
-    if flow is None:
+    if slug not in rt.project.flows:
         abort(404)
-    if not isinstance(flow, Funnel):
-        return render_template("admin/error.html", title=slug, message="This is a sequence: reports are about funnels."), 404
-    today = rt.clock.now().date()
+    if not isinstance(rt.project.flows[slug], Funnel):
+        return redirect(url_for("admin.flow", slug=slug))
     try:
-        params, form = _report_params(today)
-        report = funnel_report(rt, parse_report_query(slug, params, today))
-    except AutofunnelError as exc:
-        return render_template("admin/error.html", title=slug, message=str(exc)), 400
-    if request.args.get("format") == "csv":
-        response = make_response(report_csv(report))
-        response.headers["Content-Type"] = "text/csv; charset=utf-8"
-        response.headers["Content-Disposition"] = f'attachment; filename="{slug}-{report["from"]}-{report["to"]}.csv"'
-        return response
-    groups = [(group, charts.funnel_chart(group["stages"], width=260, bar_height=22, gap=6)) for group in report.get("groups", [])]
-    trend = charts.trend_chart(report["periods"]) if report.get("periods") else None
+        flow, report, params = _report(slug)
+    except InvalidInputError as exc:
+        flash(str(exc))
+        return redirect(url_for("admin.funnel", slug=slug))
+    stages = [(s["stage"], s["reached"]) for s in report["stages"]]
+    groups = [
+        (g["value"], charts.funnel_bars([(s["stage"], s["reached"]) for s in g["stages"]], bar_height=22, gap=6), g)
+        for g in report.get("groups", [])
+    ]
+    trend = None
+    if report.get("periods"):
+        labels = [p["period"] for p in report["periods"]]
+        trend = {
+            "entries": charts.line_chart(labels, [("entries", [p["stages"][0]["reached"] for p in report["periods"]])]),
+            "conversion": charts.line_chart(labels, [("overall conversion", [p["overall_conversion"] for p in report["periods"]])]),
+        }
     return render_template(
-        "admin/funnel.html", flow=flow, report=report, form=form, chart=charts.funnel_chart(report["stages"]),
-        groups=groups, trend=trend, modes=MODES, intervals=INTERVALS, groupings=GROUPINGS, attributions=ATTRIBUTION_MODELS,
-        csv_args={**form, "format": "csv"},
+        "admin/funnel.html", flow=flow, report=report, params=params, args=request.args,
+        bars=charts.funnel_bars(stages), chart_height=charts.funnel_height(len(stages)), groups=groups,
+        group_height=charts.funnel_height(len(stages), 22, 6), trend=trend, periods=PERIODS,
+        csv_url=url_for("admin.funnel_csv", slug=slug, **request.args.to_dict()), days=chosen_days(request.args),
     )
 
 
-# Spend -------------------------------------------------------------------------------------
+@admin.get("/funnels/<slug>.csv")
+@login_required
+def funnel_csv(slug: str) -> Response:
+    _, report, _ = _report(slug)
+    name = f"{slug}-{report['from']}-{report['to']}.csv"
+    return Response(report_csv(report), mimetype="text/csv", headers={"Content-Disposition": f'attachment; filename="{name}"'})
+
+
+# The flow map -------------------------------------------------------------------------
+
+
+@admin.get("/flows/<slug>")
+@login_required
+def flow(slug: str) -> str:
+    rt = runtime()
+    days = request.args.get("days", "30")
+    return render_template("admin/flow.html", map=flow_map(rt, slug, rt.clock.now().date(), int(days) if days.isdigit() else 30))
+
+
+# Leads --------------------------------------------------------------------------------
+
+
+@admin.get("/leads")
+@login_required
+def leads() -> str:
+    args = request.args
+    before = args.get("before", "")
+    wanted = LeadFilter(
+        search=args.get("q", ""), funnel=args.get("funnel", ""), stage=args.get("stage", ""), status=args.get("status", ""),
+        step=args.get("step", ""), before_id=int(before) if before.isdigit() else None,
+    )
+    page = find_leads(runtime(), wanted)
+    next_args = {**args.to_dict(), "before": page.next_before_id} if page.next_before_id else None
+    return render_template("admin/leads.html", page=page, wanted=wanted, statuses=LEAD_STATUSES, next_args=next_args)
+
+
+@admin.get("/leads/<int:lead_id>")
+@login_required
+def lead(lead_id: int) -> str:
+    return render_template("admin/lead.html", lead=lead_view(runtime(), str(lead_id)))
+
+
+@admin.post("/leads/<int:lead_id>/unsubscribe")
+@login_required
+def lead_unsubscribe(lead_id: int) -> Response:
+    rt = runtime()
+    record_events(rt, parse_events({"type": "unsubscribed", "lead_id": lead_id, "properties": {"via": "admin", "by": current_user.info.email}}, rt.clock.now()))
+    flash("Unsubscribed: nothing more is sent to this lead.")
+    return redirect(url_for("admin.lead", lead_id=lead_id))
+
+
+@admin.post("/leads/<int:lead_id>/erase")
+@login_required
+def lead_erase(lead_id: int) -> Response:
+    rt = runtime()
+    view = lead_view(rt, str(lead_id))
+    if request.form.get("confirm", "").strip().lower() != view["email"]:
+        flash("Not erased: type the lead's email address exactly to confirm.")
+        return redirect(url_for("admin.lead", lead_id=lead_id))
+    erase_lead(rt, str(lead_id))
+    flash("Erased: personal data is gone; anonymous counts stay in the reports.")
+    return redirect(url_for("admin.lead", lead_id=lead_id))
+
+
+# Email preview ------------------------------------------------------------------------
+
+
+def _preview_args() -> dict[str, str]:
+    source = request.form if request.method == "POST" else request.args
+    return {key: source.get(key, "").strip() for key in ("flow", "template", "lead", "at")}
+
+
+def _preview(choice: dict[str, str]) -> Preview:
+    rt = runtime()
+    at = None
+    if choice["at"]:
+        try:
+            at = datetime.fromisoformat(choice["at"]).replace(tzinfo=ZoneInfo(rt.settings.timezone))
+        except ValueError:
+            raise InvalidInputError(f"{choice['at']!r} is not a moment such as 2026-03-01T09:00", field="at") from None
+    return preview_email(rt, choice["flow"], choice["template"], choice["lead"] or None, at)
+
+
+@admin.get("/preview")
+@login_required
+def preview() -> str:
+    rt = runtime()
+    choice = _preview_args()
+    choice["flow"] = choice["flow"] if choice["flow"] in rt.project.flows else next(iter(sorted(rt.project.flows)), "")
+    templates = flow_templates(rt, choice["flow"]) if choice["flow"] else []
+    if choice["template"] not in templates:
+        choice["template"] = templates[0] if templates else ""
+    shown, error = None, None
+    if choice["template"]:
+        try:
+            shown = _preview(choice)
+        except AutofunnelError as exc:
+            error = str(exc)
+    return render_template("admin/preview.html", choice=choice, templates=templates, preview=shown, error=error,
+                           raw_url=url_for("admin.preview_raw", **choice))
+
+
+@admin.get("/preview/raw")
+@login_required
+def preview_raw() -> Response:
+    """The email's HTML alone, for the preview's frames: sandboxed, no script, framed only by the admin."""
+    response = Response(_preview(_preview_args()).html, mimetype="text/html")
+    response.headers["Content-Security-Policy"] = (
+        "sandbox; default-src 'none'; img-src * data:; style-src 'unsafe-inline'; font-src *; frame-ancestors 'self'"
+    )
+    response.headers["X-Frame-Options"] = "SAMEORIGIN"
+    return response
+
+
+@admin.post("/preview/send")
+@login_required
+def preview_send() -> Response:
+    choice = _preview_args()
+    to = request.form.get("to", "")
+    try:
+        send_test_email(runtime(), _preview(choice), to)
+    except AutofunnelError as exc:
+        flash(f"Not sent: {exc}")
+    else:
+        flash(f"Test sent to {to.strip()}, marked [TEST]; it counts in no report.")
+    return redirect(url_for("admin.preview", **choice))
+
+
+# Ad spend -----------------------------------------------------------------------------
 
 
 @admin.route("/spend", methods=["GET", "POST"])
 @login_required
 def spend() -> Any:
     rt = runtime()
-    error = None
-    values = {"channel": "", "amount": "", "date": rt.clock.now().date().isoformat(), "currency": "EUR"}
+    form = request.form
     if request.method == "POST":
-        values = {name: request.form.get(name, "") for name in values}
         try:
-            entry = parse_spend(values["channel"], values["amount"], values["date"], values["currency"] or None)
+            entry = parse_spend(form.get("channel"), form.get("amount"), form.get("date"), form.get("currency") or None)
             total = add_spend(rt, entry)
-        except AutofunnelError as exc:
-            error = str(exc)
-        else:
-            flash(f"Added: {entry.channel} {entry.day} now {total} {entry.currency}.")
-            return redirect(url_for("admin.spend"))
-    return render_template("admin/spend.html", entries=list_spend(rt), values=values, error=error), 400 if error else 200
+        except InvalidInputError as exc:
+            return render_template("admin/spend.html", entries=list_spend(rt), error=str(exc), form=form, today=rt.clock.now().date()), 400
+        flash(f"Added: {entry.channel} on {entry.day} now totals {total} {entry.currency}.")
+        return redirect(url_for("admin.spend"))
+    return render_template("admin/spend.html", entries=list_spend(rt), error=None, form={}, today=rt.clock.now().date())
 
 
 @admin.post("/spend/<int:entry_id>")
 @login_required
-def spend_change(entry_id: int) -> Any:
-    rt = runtime()
-    if request.form.get("action") == "delete":
-        found = delete_spend(rt, entry_id)
-        flash("Entry deleted." if found else "That entry was already gone.")
-        return redirect(url_for("admin.spend"))
+def spend_edit(entry_id: int) -> Response:
     try:
-        found = set_spend(rt, entry_id, request.form.get("amount", ""))
+        entry = set_spend(runtime(), entry_id, request.form.get("amount"))
     except AutofunnelError as exc:
         flash(f"Not changed: {exc}")
-        return redirect(url_for("admin.spend"))
-    flash("Amount changed." if found else "That entry was already gone.")
+    else:
+        flash(f"{entry.channel} on {entry.day}: " + ("removed." if entry.amount == 0 else f"now {entry.amount} {entry.currency}."))
     return redirect(url_for("admin.spend"))
 
 
-# Files -------------------------------------------------------------------------------------
+# The project's files ------------------------------------------------------------------
 
 
 @admin.get("/files")
 @login_required
 def files() -> str:
     rt = runtime()
-    root = Path(rt.settings.project_dir)
-    result = validate_project(root)
-    problems = [
-        {"file": _relative(problem.path, root), "line": problem.line, "message": problem.message, "severity": problem.severity}
-        for problem in result.problems
-    ]
-    return render_template("admin/files.html", result=result, problems=problems, root=root.resolve())
-
-
-def _relative(path: Path, root: Path) -> str:
-    try:
-        return str(path.resolve().relative_to(root.resolve()))
-    except ValueError:
-        return str(path)
+    result = validate_project(rt.project.root)
+    return render_template("admin/files.html", result=result, root=rt.project.root)

@@ -1,1 +1,0 @@
-"""Subcommands kept out of cli.py, each module registered there in one line."""
