@@ -113,6 +113,43 @@ def test_the_public_one_click_unsubscribe_stays_free_of_csrf(site: Site) -> None
     assert answer.status_code == 200
 
 
+def test_a_post_to_any_other_blueprint_needs_no_csrf_token(site: Site) -> None:
+    """Webhooks and public forms added by other blueprints are not caught by the admin's CSRF check."""
+    from flask import Blueprint
+
+    from autofunnel.web import create_app
+
+    hooks = Blueprint("hooks_probe", __name__)
+    hooks.add_url_rule("/hooks/probe", "probe", lambda: "received", methods=["POST"])
+    app = create_app(runtime=site.rt)
+    app.register_blueprint(hooks)
+    assert app.test_client().post("/hooks/probe", data={"x": "1"}).get_data(as_text=True) == "received"
+    assert app.test_client().post("/admin/login", data={"email": ADMIN_EMAIL, "password": "x"}).status_code == 400
+
+
+def test_user_and_apikey_commands_and_a_deleted_user_is_logged_out(site: Site, client: FlaskClient) -> None:
+    from click.testing import CliRunner
+
+    from autofunnel.cli import main
+
+    env = {"AUTOFUNNEL_PROJECT_DIR": str(site.rt.settings.project_dir), "AUTOFUNNEL_DATABASE_URL": site.rt.settings.database_url or ""}
+    runner = CliRunner()
+    users = runner.invoke(main, ["user", "list"], env=env)
+    assert users.exit_code == 0 and users.output.startswith(f"{ADMIN_EMAIL}  created ")
+    keys = runner.invoke(main, ["apikey", "list"], env=env)
+    shown = keys.output.split()[0]
+    assert keys.exit_code == 0 and shown.endswith("...") and "live" in keys.output
+    revoked = runner.invoke(main, ["apikey", "revoke", shown], env=env)  # pasted as listed, dots and all
+    assert revoked.exit_code == 0 and revoked.output.startswith("revoked API key 'shop'")
+    assert site.app.test_client().get("/api/v1/reports/yoga", headers=site.api).status_code == 401
+    assert runner.invoke(main, ["apikey", "revoke", shown], env=env).exit_code == 2
+    assert runner.invoke(main, ["user", "delete", "nobody@shop.example"], env=env).exit_code == 2
+    assert client.get("/admin/").status_code == 200
+    deleted = runner.invoke(main, ["user", "delete", ADMIN_EMAIL.upper()], env=env)
+    assert deleted.exit_code == 0 and deleted.output == f"deleted admin user {ADMIN_EMAIL}\n"
+    assert client.get("/admin/").status_code == 302
+
+
 # Home and a funnel --------------------------------------------------------------------
 
 
