@@ -343,3 +343,21 @@ def test_sparkline_and_line_chart_fit_their_box() -> None:
     assert points[0][0] == 2 and points[-1][0] == 98 and points[-1][1] == 2 and points[0][1] == 18
     chart = charts.line_chart(["a", "b", "c"], [("x", [1, None, 3])], width=200, height=100)
     assert chart.y_top == 3 and len(chart.lines[0][1].split()) == 2
+    assert len(chart.dots) == 2
+    lone = charts.line_chart(["a"], [("x", [5])], width=200, height=100)
+    assert lone.dots and lone.lines[0][1].count(",") == 1  # one point: no line, but a dot
+
+
+def test_the_trend_covers_every_period_of_the_range() -> None:
+    from datetime import date
+
+    assert charts.period_starts(date(2026, 3, 1), date(2026, 3, 3), "day") == ["2026-03-01", "2026-03-02", "2026-03-03"]
+    assert charts.period_starts(date(2026, 3, 4), date(2026, 3, 16), "week") == ["2026-03-02", "2026-03-09", "2026-03-16"]
+    assert charts.period_starts(date(2026, 1, 31), date(2026, 3, 1), "month") == ["2026-01-01", "2026-02-01", "2026-03-01"]
+
+
+def test_the_trend_chart_draws_quiet_days_and_the_days_with_leads(client: FlaskClient) -> None:
+    html = client.get("/admin/funnels/yoga", query_string={"days": "7", "interval": "day"}).get_data(as_text=True)
+    entries = html[html.index("Entries"):html.index("Overall conversion</h3>") if "Overall conversion</h3>" in html else None]
+    points = re.search(r'<polyline class="line" points="([^"]+)"', entries)
+    assert points is not None and len(points.group(1).split()) == 7
