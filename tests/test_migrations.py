@@ -24,7 +24,7 @@ from autofunnel.store.migrate import (
     pending,
     upgrade,
 )
-from autofunnel.store.models import ApiKey, Base, Event, Lead, TimelineEntry
+from autofunnel.store.models import ApiKey, Base, Event, Lead, TimelineEntry, on_backend
 from autofunnel.store.types import UTCDateTime
 
 pytestmark = pytest.mark.db
@@ -79,7 +79,9 @@ def test_upgrade_twice_is_harmless(database_url: str) -> None:
 
 def test_models_match_migrations(migrated_db: Database) -> None:
     with migrated_db.engine.connect() as connection:
-        context = MigrationContext.configure(connection, opts={"compare_type": True, "compare_server_default": True})
+        context = MigrationContext.configure(
+            connection, opts={"compare_type": True, "compare_server_default": True, "include_object": on_backend(connection.dialect.name)}
+        )
         assert compare_metadata(context, Base.metadata) == []
 
 

@@ -3,9 +3,13 @@ who waits where now and what each email did.
 
 Klaviyo and ActiveCampaign put counts on their flow builders' nodes; this puts
 them on the seller's own file. Waiting counts are the active enrollments whose
-next step is that step (one grouped query); a funnel's email figures are the
-funnel report's for the period, so the map and `GET /api/v1/reports` agree; a
-sequence has no report, so its emails are counted from their deliveries.
+step pointer is that step — parked on a wait, held by a send window, or due to
+run it next — in one grouped query over `ix_enrollments_waiting`. A funnel's
+email figures (sent, and first human opens and clicks) are added up from the
+report's running tallies for the period's cohort, the rows the report's
+per-email table adds up, so the map and `GET /api/v1/reports` agree; one query
+gives all three figures for every step. A sequence has no report, so its
+emails are counted from their deliveries sent in the period.
 """
 
 from __future__ import annotations
@@ -41,9 +45,9 @@ from autofunnel.domain.model import (
     WaitForEvent,
     WaitUntilDeadline,
 )
-from autofunnel.services.report import DEFAULT_DAYS, funnel_report, parse_report_query
+from autofunnel.services.report import DEFAULT_DAYS
 from autofunnel.services.runtime import Runtime
-from autofunnel.store.models import Delivery, Enrollment
+from autofunnel.store.models import CohortTally, Delivery, Enrollment
 
 
 @dataclass(frozen=True)
@@ -94,8 +98,7 @@ def flow_map(rt: Runtime, slug: str, today: date, days: int = DEFAULT_DAYS) -> F
             )
         }
     if isinstance(flow, Funnel):
-        report = funnel_report(rt, parse_report_query(slug, {"from": start.isoformat(), "to": today.isoformat()}, today))
-        emails = {(row["stage"], row["step"]): (row["sent"], row["opened"], row["clicked"]) for row in report["steps"]}
+        emails = _funnel_emails(rt, slug, start, today)
         stages = [(stage.name, _entry(stage.enter_on, first=index == 0), stage.steps) for index, stage in enumerate(flow.stages)]
     else:
         emails = _sequence_emails(rt, slug, start, today)
@@ -106,6 +109,23 @@ def flow_map(rt: Runtime, slug: str, today: date, days: int = DEFAULT_DAYS) -> F
         elsewhere = sum(n for (stage, step), n in waiting.items() if stage == name and step not in ids)
         nodes.append(StageNode(name, entry, tuple(_node(step, waiting.get((name, step.id), 0), emails.get((name, step.id))) for step in steps), elsewhere))
     return FlowMap(flow.slug, flow.title, flow.kind, start, today, tuple(nodes))
+
+
+EMAIL_FIGURES = ("sent", "opened", "clicked")
+
+
+def _funnel_emails(rt: Runtime, slug: str, start: date, end: date) -> dict[tuple[str, str], tuple[int, int, int]]:
+    """Sent, opened and clicked per step for the cohort that entered in the period: the report's tallies."""
+    t = CohortTally
+    found: dict[tuple[str, str], list[int]] = {}
+    with rt.db.read() as session:
+        for stage, step, figure, n in session.execute(
+            select(t.stage, t.step, t.figure, func.sum(t.n))
+            .where(t.funnel == slug, t.cohort_day >= start, t.cohort_day <= end, t.figure.in_(EMAIL_FIGURES))
+            .group_by(t.stage, t.step, t.figure)
+        ):
+            found.setdefault((stage, step), [0, 0, 0])[EMAIL_FIGURES.index(figure)] += int(n or 0)
+    return {key: (sent, opened, clicked) for key, (sent, opened, clicked) in found.items()}
 
 
 def _sequence_emails(rt: Runtime, slug: str, start: date, end: date) -> dict[tuple[str, str], tuple[int, int, int]]:
@@ -152,7 +172,7 @@ def _describe(action: Any) -> tuple[str, str]:
     if isinstance(action, Notify):
         return "notify", f"notify {action.target} ({action.template})"
     if isinstance(action, Goto):
-        return "goto", f"go to {action.target}"
+        return "goto", f"goto {action.target}"
     if isinstance(action, Exit):
         return "exit", "exit"
     return type(action).__name__.lower(), type(action).__name__

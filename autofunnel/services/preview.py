@@ -17,7 +17,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from autofunnel.domain.model import Flow, Sequence
+from autofunnel.domain.model import Flow, Notify, Send, Sequence
 from autofunnel.errors import AutofunnelError, NotFoundError
 from autofunnel.mail.context import email_context
 from autofunnel.mail.countdown import draw_countdown
@@ -47,6 +47,26 @@ class Preview:
     preheader: str
     html: str
     text: str
+    stage: str | None = None
+    """The stage whose step sends this template (what `funnel.stage` is when it goes out)."""
+    notes: tuple[str, ...] = ()
+    """What the preview had to assume, e.g. a deadline that has not started for this lead yet."""
+
+
+@dataclass(frozen=True)
+class TemplateChoice:
+    name: str
+    stage: str | None
+    steps: tuple[str, ...]
+    """The ids of the steps that send it (a send, a variant of one, or a notify); empty when none does."""
+
+
+@dataclass(frozen=True)
+class FlowTemplates:
+    slug: str
+    title: str
+    kind: str
+    templates: tuple[TemplateChoice, ...]
 
 
 def flow_templates(rt: Runtime, slug: str) -> list[str]:
@@ -56,15 +76,45 @@ def flow_templates(rt: Runtime, slug: str) -> list[str]:
     return sorted(path.stem for path in folder.glob("*.html")) if folder.is_dir() else []
 
 
+def list_templates(rt: Runtime) -> tuple[FlowTemplates, ...]:
+    """Every funnel and sequence with its emails, for the preview's picker; flows by slug, emails by name."""
+    found = []
+    for slug in sorted(rt.project.flows):
+        flow = rt.project.flows[slug]
+        users = _template_users(flow)
+        choices = tuple(
+            TemplateChoice(name, users[name][0] if name in users else None, tuple(users[name][1]) if name in users else ())
+            for name in flow_templates(rt, slug)
+        )
+        found.append(FlowTemplates(slug, flow.title, flow.kind, choices))
+    return tuple(found)
+
+
+def _template_users(flow: Flow) -> dict[str, tuple[str | None, list[str]]]:
+    """Template name → (the stage of the first step sending it, every step id sending it)."""
+    users: dict[str, tuple[str | None, list[str]]] = {}
+    for stage, steps in flow.step_lists:
+        for step in steps:
+            action = step.action
+            names = action.templates if isinstance(action, Send) else (action.template,) if isinstance(action, Notify) else ()
+            for name in names:
+                users.setdefault(name, (stage or None, []))[1].append(step.id)
+    return users
+
+
 def preview_email(rt: Runtime, slug: str, template: str, lead_key: str | None = None, at: datetime | None = None) -> Preview:
     """The email `template` of flow `slug` for a lead (or the sample lead) at moment `at` (default now)."""
     flow = rt.flow(slug)
     if template not in flow_templates(rt, slug):
         raise NotFoundError(f"no template {template!r} in templates/{slug}/", field="template", code="unknown_template")
     moment = at or rt.clock.now()
-    lead, deadlines, event, to = _facts(rt, flow, lead_key, moment)
-    rendered = _render(rt, flow, template, lead, deadlines, event, moment)
-    return Preview(slug, template, to, moment, lead_key is None, rendered.subject, rendered.preheader, rendered.html, rendered.text)
+    stage = _template_users(flow).get(template, (None, []))[0]
+    lead, deadlines, event, to, assumed = _facts(rt, flow, stage, lead_key, moment)
+    notes: list[str] = []
+    rendered = _render(rt, flow, stage, template, lead, _Deadlines(deadlines, assumed, notes), event, moment)
+    return Preview(
+        slug, template, to, moment, lead_key is None, rendered.subject, rendered.preheader, rendered.html, rendered.text, stage, tuple(notes),
+    )
 
 
 def send_test_email(rt: Runtime, preview: Preview, to: str) -> str:
@@ -89,30 +139,57 @@ def send_test_email(rt: Runtime, preview: Preview, to: str) -> str:
     return message_id
 
 
-def _facts(rt: Runtime, flow: Flow, lead_key: str | None, moment: datetime) -> tuple[dict[str, Any], dict[str, datetime], dict[str, Any] | None, str]:
-    """The lead as templates see it, its deadlines in this flow, the event behind its latest enrollment, its address."""
+def _facts(
+    rt: Runtime, flow: Flow, stage: str | None, lead_key: str | None, moment: datetime,
+) -> tuple[dict[str, Any], dict[str, datetime], dict[str, Any], str, set[str]]:
+    """The lead as a sent email's template sees it (`delivery._read_leads`), its deadlines in
+    this flow, the event behind its enrollment in the template's stage, its address, and the
+    deadlines that had to be assumed (not started yet: as if they started at the moment)."""
     if lead_key is None:
         deadlines = {name: moment + spec.duration for name, spec in flow.deadlines.items()}
-        return dict(SAMPLE_LEAD), deadlines, (dict(SAMPLE_CART) if isinstance(flow, Sequence) else {}), SAMPLE_LEAD["email"]
+        return dict(SAMPLE_LEAD), deadlines, (dict(SAMPLE_CART) if isinstance(flow, Sequence) else {}), SAMPLE_LEAD["email"], set(deadlines)
     with rt.db.read() as session:
         row = find_lead(session, lead_key)
-        lead = {"email": row.email, "first_name": row.first_name, "fields": row.fields or {}, "tags": row.tags or []}
+        lead = {"email": row.email, "first_name": row.first_name, "fields": dict(row.fields or {}), "tags": list(row.tags or []), "timezone": row.timezone}
         deadlines = dict(session.execute(select(Deadline.name, Deadline.due_at).where(Deadline.lead_id == row.id, Deadline.flow == flow.slug)).all())
-        event = session.scalar(
-            select(Event.properties).join(Enrollment, Enrollment.event_id == Event.id)
-            .where(Enrollment.lead_id == row.id, Enrollment.flow == flow.slug).order_by(Enrollment.entered_at.desc()).limit(1)
-        )
-    for name, spec in flow.deadlines.items():
-        deadlines.setdefault(name, moment + spec.duration)
-    return lead, deadlines, event or {}, row.email
+        enrollment = select(Event.properties).join(Enrollment, Enrollment.event_id == Event.id).where(Enrollment.lead_id == row.id, Enrollment.flow == flow.slug)
+        if stage is not None and not isinstance(flow, Sequence):
+            enrollment = enrollment.where(Enrollment.stage == stage)
+        event = session.scalar(enrollment.order_by(Enrollment.entered_at.desc(), Enrollment.id.desc()).limit(1))
+    assumed = {name for name in flow.deadlines if name not in deadlines}
+    for name in assumed:
+        deadlines[name] = moment + flow.deadlines[name].duration
+    return lead, deadlines, dict(event or {}), row.email, assumed
 
 
-def _render(rt: Runtime, flow: Flow, template: str, lead: dict[str, Any], deadlines: dict[str, datetime],
+@dataclass
+class _Deadlines:
+    """The deadlines a preview renders with, noting each assumed one the template uses."""
+
+    moments: dict[str, datetime]
+    assumed: set[str]
+    notes: list[str]
+
+    def get(self, name: str) -> datetime | None:
+        if name in self.assumed:
+            note = f"deadline {name!r} has not started for this lead; shown as if it started at the chosen moment"
+            if note not in self.notes:
+                self.notes.append(note)
+        return self.moments.get(name)
+
+
+def preview_unsubscribe_url(rt: Runtime) -> str:
+    """The unsubscribe link of a preview or a test: a page that unsubscribes nobody (its token does not load)."""
+    return f"{rt.settings.base_url}/u/preview-only"
+
+
+def _render(rt: Runtime, flow: Flow, stage: str | None, template: str, lead: dict[str, Any], deadlines: _Deadlines,
             event: dict[str, Any] | None, moment: datetime) -> RenderedEmail:
     def deadline(name: str) -> datetime:
-        if name not in deadlines:
+        due = deadlines.get(name)
+        if due is None:
             raise AutofunnelError(f"deadline {name!r} is not defined in {flow.slug}")
-        return deadlines[name]
+        return due
 
     def offer_url(name: str) -> str:
         offer = flow.offers.get(name)
@@ -125,8 +202,8 @@ def _render(rt: Runtime, flow: Flow, template: str, lead: dict[str, Any], deadli
         return "data:image/gif;base64," + base64.b64encode(draw_countdown(deadline(name) - moment)).decode()
 
     context = email_context(
-        lead=lead, flow_slug=flow.slug, flow_title=flow.title, stage=None, event=event, deadline=deadline,
-        offer_url=offer_url, countdown_url=countdown_url, unsubscribe_url=f"{rt.settings.base_url}/u/preview-only",
+        lead=lead, flow_slug=flow.slug, flow_title=flow.title, stage=stage, event=event, deadline=deadline,
+        offer_url=offer_url, countdown_url=countdown_url, unsubscribe_url=preview_unsubscribe_url(rt),
         postal_address=rt.settings.postal_address,
     )
     return rt.renderer.render(flow.slug, template, context)

@@ -83,7 +83,14 @@ class Lead(Base):
     """A person, keyed by a normalized (trimmed, lower-case) email."""
 
     __tablename__ = "leads"
-    __table_args__ = (CheckConstraint(one_of("status", LEAD_STATUSES), name="status"),)
+    __table_args__ = (
+        CheckConstraint(one_of("status", LEAD_STATUSES), name="status"),
+        # The admin's leads list (services/lead_search.py): a status, a first name, and on
+        # PostgreSQL one exact tag, each answered newest first from an index.
+        Index("ix_leads_status_id", "status", "id"),
+        Index("ix_leads_first_name", "first_name", "id"),
+        Index("ix_leads_tags", "tags", postgresql_using="gin", postgresql_ops={"tags": "jsonb_path_ops"}).ddl_if(dialect="postgresql"),
+    )
 
     id: Mapped[Id]
     email: Mapped[Email] = mapped_column(unique=True)
@@ -150,6 +157,13 @@ class Enrollment(Base):
         Index(
             "ix_enrollments_due",
             "due_at",
+            postgresql_where=text("status = 'active'"),
+            sqlite_where=text("status = 'active'"),
+        ),
+        # Who waits on which step now: the flow map's counts and its "leads waiting here".
+        Index(
+            "ix_enrollments_waiting",
+            "flow", "stage", "step_id", "lead_id",
             postgresql_where=text("status = 'active'"),
             sqlite_where=text("status = 'active'"),
         ),
@@ -257,6 +271,7 @@ class StageEntry(Base):
         UniqueConstraint("lead_id", "funnel", "stage"),
         Index(None, "funnel", "cohort_at"),
         Index(None, "funnel", "stage", "entered_at"),
+        Index("ix_stage_entries_reached", "funnel", "stage", "lead_id"),
         # Time percentiles read the k-th duration of a stage straight off these, in order
         # (see services/report.py): the whole funnel's, and one channel's.
         Index("ix_stage_entries_since_previous", "funnel", "stage", "since_previous_s", "cohort_at", sqlite_where=text("since_previous_s IS NOT NULL"), postgresql_where=text("since_previous_s IS NOT NULL")),
@@ -383,3 +398,14 @@ class User(Base):
     password_hash: Mapped[str] = mapped_column(String(255))
     created_at: Mapped[Moment]
     last_login_at: Mapped[Moment | None]
+
+
+def on_backend(dialect_name: str) -> Any:
+    """An Alembic `include_object` hook that leaves out indexes made only on another backend
+    (`Index(...).ddl_if(dialect=…)`), which autogenerate would otherwise ask to create."""
+
+    def include(obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any) -> bool:
+        condition = getattr(obj, "_ddl_if", None) if type_ == "index" and not reflected else None
+        return condition is None or condition.dialect is None or condition.dialect == dialect_name
+
+    return include

@@ -18,7 +18,7 @@ from sqlalchemy.engine import Connection
 
 from autofunnel.store.db import backend_name, normalize_url
 from autofunnel.store.migrate import migration_connection
-from autofunnel.store.models import Base
+from autofunnel.store.models import Base, on_backend
 from autofunnel.store.types import UTCDateTime
 
 config = context.config
@@ -47,6 +47,7 @@ def _options(dialect_name: str) -> dict[str, Any]:
         "compare_server_default": True,
         "render_as_batch": dialect_name == "sqlite",
         "render_item": _render_item,
+        "include_object": on_backend(dialect_name),
     }
 
 
