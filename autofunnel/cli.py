@@ -333,3 +333,8 @@ def spend_add(state: State, channel: str, amount: str, day: str, currency: str) 
     finally:
         runtime.close()
     click.echo(f"{entry.channel} {entry.day}: {total} {entry.currency}")
+
+
+from autofunnel.commands.leads import leads  # noqa: E402  (registered last: the module uses this one's helpers)
+
+main.add_command(leads)
