@@ -169,16 +169,18 @@ def user_create(state: State, email: str, password_stdin: bool) -> None:
 @main.command()
 @click.option("--now", "at", metavar="ISO", help="Run the pass as if it were this moment (e.g. 2026-03-01T09:00:00Z).")
 @click.option("--dry-run", is_flag=True, help="Show what would happen; write and send nothing.")
+@click.option("--force", is_flag=True, help="With --now more than a minute from the clock and no --dry-run: send anyway.")
 @pass_state
 @friendly_errors
-def tick(state: State, at: str | None, dry_run: bool) -> None:
+def tick(state: State, at: str | None, dry_run: bool, force: bool) -> None:
     """One scheduler pass: run every step that is due and send the emails it queues."""
     from autofunnel.clock import FixedClock, SystemClock
-    from autofunnel.services.inputs import parse_moment
+    from autofunnel.services.inputs import check_tick_moment, parse_moment
     from autofunnel.services.runtime import Runtime
     from autofunnel.services.scheduler import run_tick
 
     clock = FixedClock(parse_moment(at, "--now", SystemClock().now())) if at else SystemClock()
+    check_tick_moment(clock.now(), SystemClock().now(), dry_run=dry_run, force=force)
     runtime = Runtime.open(state.settings, clock)
     try:
         result = run_tick(runtime, dry_run=dry_run)
