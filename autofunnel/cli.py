@@ -337,6 +337,8 @@ def spend_add(state: State, channel: str, amount: str, day: str, currency: str) 
     click.echo(f"{entry.channel} {entry.day}: {total} {entry.currency}")
 
 
-from autofunnel.commands.leads import leads  # noqa: E402  (registered last: the module uses this one's helpers)
+from autofunnel.commands.forecast import forecast  # noqa: E402  (registered last: these modules use this one's helpers)
+from autofunnel.commands.leads import leads  # noqa: E402
 
 main.add_command(leads)
+main.add_command(forecast)
