@@ -24,7 +24,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from sqlalchemy import select
+from sqlalchemy import BigInteger, any_, bindparam, select
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
 from autofunnel.domain.engine import SUPPRESSED
@@ -34,10 +35,10 @@ from autofunnel.services.enrollments import new_enrollment, timeline_row, write_
 from autofunnel.services.inputs import SOURCE_KEYS, normalize_email, parse_timezone
 from autofunnel.services.leads import lead_channel
 from autofunnel.services.runtime import Runtime
-from autofunnel.services.tallies import count_events, count_stage_entries, ids_in, of_lead
+from autofunnel.services.tallies import Scope, count_events, count_stage_entries, ids_in, of_lead
 from autofunnel.services.versions import current_version_ids
 from autofunnel.store.models import Assignment, Enrollment, Event, Lead, StageEntry
-from autofunnel.store.queries import among, bulk_insert, bulk_update, chunks, insert_returning
+from autofunnel.store.queries import among, bulk_insert, bulk_update, chunks, insert_returning, is_postgres
 
 KNOWN_COLUMNS = ("email", "first_name", "timezone", "owner", "tags")
 CHUNK_ROWS = 2000
@@ -351,7 +352,7 @@ def _enter(session: Session, rt: Runtime, flow: Funnel, file_name: str, rows: li
         for lead_id in sorted(entered_leads)
     ], conflict=("lead_id", "flow", "stage", "run"))
     write_timeline(session, timeline)
-    count_stage_entries(session, ids_in([entry_id for entry_id, _ in entered]))
+    count_stage_entries(session, _ids_scope(session, [entry_id for entry_id, _ in entered]))
     # Purchases recorded before the import but made after it count for the funnel now, as in subscribe.
     for _, lead_id, known_lead in lead_rows:
         if known_lead is not None and lead_id in entered_leads:
@@ -359,6 +360,15 @@ def _enter(session: Session, rt: Runtime, flow: Funnel, file_name: str, rows: li
     outcome.imported = len(entered_leads)
     outcome.already += len(lead_rows) - len(entered_leads)
     return outcome
+
+
+def _ids_scope(session: Session, ids: list[int]) -> Scope:
+    """The rows with these ids; on PostgreSQL as one array parameter (`= ANY`), whose plan does not
+    grow with the chunk: 2000 ids as an expanded IN list took the tally insert 0.8 s a chunk."""
+    if not is_postgres(session):
+        return ids_in(ids)
+    values = sorted(set(ids))
+    return Scope("ids_array", lambda entity: entity.id == any_(bindparam("scope_ids", type_=postgresql.ARRAY(BigInteger()))), {"scope_ids": values})
 
 
 def _merged(lead: Any, row: Row, now: datetime) -> dict[str, Any]:
