@@ -80,9 +80,10 @@ def init(state: State, directory: Path | None) -> None:
 
 @main.command()
 @click.argument("directory", required=False, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--plan", is_flag=True, help="Then list what the files would do to the leads waiting in the running flows.")
 @pass_state
 @friendly_errors
-def validate(state: State, directory: Path | None) -> None:
+def validate(state: State, directory: Path | None, plan: bool) -> None:
     """Check funnels and templates; print every problem as file:line: message (exit 1 on errors)."""
     from autofunnel.services.project import summarize, validate_project
 
@@ -96,6 +97,10 @@ def validate(state: State, directory: Path | None) -> None:
         for line in summarize(flow):
             click.echo(line)
     click.echo(f"ok: {len(result.flows)} flow(s), {len(result.warnings)} warning(s)")
+    if plan:
+        from autofunnel.commands.plan import print_plan
+
+        print_plan(state.settings, result.flows)
 
 
 @main.group()
