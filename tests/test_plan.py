@@ -88,3 +88,39 @@ def test_the_plan_counts_the_waiting_leads_and_the_engine_then_moves_them_so(
     assert decided["b1@example.com"] == ["wait-until-tripwire"], decided  # the renamed reminder is passed over
     assert step_of(after, "b1@example.com") == "wait-until-tripwire"
     assert edit_plan(after.db, after.project.flows) == []
+
+
+def test_a_running_process_takes_up_a_valid_edit_and_keeps_the_last_good_one_otherwise(
+    runtime_factory: Any, project_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    rt = runtime_factory(project_dir, f"file://{tmp_path / 'outbox'}", FixedClock(T0))
+    rt.project_watch.every = 0.0
+    assert rt.reload_project() is False  # nothing changed
+    edit(project_dir)
+    assert rt.reload_project() is True
+    steps = [step.id for step in rt.flow("yoga").steps_of("lead")]
+    assert "tripwire-nudge" in steps and "wait-after-welcome" not in steps
+
+    yoga = project_dir / "funnels" / "yoga.yml"
+    good = yoga.read_text()
+    yoga.write_text(good.replace("wait: {until_deadline: tripwire}", "wait: {until_deadline: nowhere}"))
+    with caplog.at_level("ERROR", logger="autofunnel.reload"):
+        assert rt.reload_project() is False
+        assert rt.reload_project() is False  # the same broken files are logged once
+    assert [step.id for step in rt.flow("yoga").steps_of("lead")] == steps
+    refused = [record.getMessage() for record in caplog.records if record.name == "autofunnel.reload"]
+    assert len(refused) == 1 and "still running the last good version" in refused[0] and "nowhere" in refused[0]
+    yoga.write_text(good.replace("send: tripwire-nudge", "send: tripwire-nudge\n        id: nudge"))
+    assert rt.reload_project() is True
+    assert "nudge" in [step.id for step in rt.flow("yoga").steps_of("lead")]
+
+
+def test_the_web_app_looks_at_the_files_before_a_request(runtime_factory: Any, project_dir: Path, tmp_path: Path) -> None:
+    from autofunnel.web import create_app
+
+    rt = runtime_factory(project_dir, f"file://{tmp_path / 'outbox'}", FixedClock(T0))
+    client = create_app(runtime=rt).test_client()
+    rt.project_watch.every = 0.0
+    edit(project_dir)
+    assert client.get("/healthz").status_code in (200, 503)
+    assert "tripwire-nudge" in [step.id for step in rt.flow("yoga").steps_of("lead")]

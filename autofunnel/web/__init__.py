@@ -33,6 +33,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["autofunnel"] = runtime
     register_error_handlers(app)
+    app.before_request(lambda: None if runtime.reload_project() else None)  # at most one look at the files a second
     app.register_blueprint(api)
     app.register_blueprint(health)
     app.register_blueprint(public)
