@@ -86,7 +86,7 @@ def _print(result: dict[str, Any]) -> None:
         best = goal["best"]
         console.print(
             f"goal {goal['customers']:,.0f} customers (expected {goal['expected']:,.0f}): raise {best['stage']} from "
-            f"{best['from']:.1%} to {best['to']:.1%} (+{best['to'] - best['from']:.1%} points)"
+            f"{best['from']:.1%} to {best['to']:.1%} (+{(best['to'] - best['from']) * 100:.1f} points)"
         )
         for option in goal["options"]:
             if option is not None and option["stage"] != best["stage"]:
