@@ -504,7 +504,11 @@ def test_tick_cli_dry_run_writes_nothing(rt: Any, project_dir: Path, smtp_sink: 
     assert smtp_sink.messages == []
     with rt.db.read() as session:
         assert session.scalar(select(func.count()).select_from(Delivery).where(Delivery.kind == "email")) == 0
-    real = CliRunner().invoke(main, ["tick", "--now", "2026-03-02T10:00:00Z"])
+    refused = CliRunner().invoke(main, ["tick", "--now", "2026-03-02T10:00:00Z"])
+    assert refused.exit_code == 2
+    assert "from the clock" in refused.output and "--dry-run" in refused.output and "--force" in refused.output
+    assert smtp_sink.messages == []
+    real = CliRunner().invoke(main, ["tick", "--now", "2026-03-02T10:00:00Z", "--force"])
     assert real.exit_code == 0, real.output
     assert "jo@example.com yoga welcome: sent — handed to the mail server" in real.output
     assert len(smtp_sink.messages) == 1

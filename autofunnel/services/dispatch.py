@@ -99,6 +99,7 @@ def run_scheduler(rt: Runtime, hand_out: HandOut, queue_depth: QueueDepth, *, st
     next_fold = time.monotonic() + FOLD_EVERY
     while not stop.is_set():
         try:
+            rt.reload_project()
             stats = scheduler_pass(rt, hand_out, queue_depth)
             if time.monotonic() >= next_fold:
                 fold_report_tallies(rt)

@@ -90,6 +90,33 @@ def parse_past_moment(value: Any, field_name: str, now: datetime) -> datetime:
     if moment > now + FUTURE_SLACK:
         raise InvalidInputError(f"{value!r} is more than 5 minutes in the future; facts are recorded when they happened", field=field_name)
     return moment
+TICK_TOLERANCE = timedelta(minutes=1)
+
+
+def check_tick_moment(moment: datetime, now: datetime, *, dry_run: bool, force: bool) -> None:
+    """Refuse a real pass (not `--dry-run`) at a moment more than a minute from the clock, unless forced.
+
+    Such a pass sends real emails stamped with a date that is not now, counts
+    them in `status` as sent "in the last minute", and makes the real opens that
+    follow look automated (opened "before" they were sent). `simulate` and
+    `autofunnel.testing` are the way to move time.
+    """
+    if dry_run or force or abs(moment - now) <= TICK_TOLERANCE:
+        return
+    raise InvalidInputError(
+        f"--now {moment.isoformat().replace('+00:00', 'Z')} is {_span(abs(moment - now))} from the clock: a real pass then would send real "
+        "emails dated wrongly, count them in `status` as just sent and make real opens look automated. "
+        "Add --dry-run to see what that pass would do, or --force to send anyway",
+        field="--now",
+    )
+
+
+def _span(delta: timedelta) -> str:
+    seconds = int(delta.total_seconds())
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds >= size:
+            return f"{seconds // size} {unit}(s)" + (f" {seconds % size // 60} minute(s)" if unit == "hour" and seconds % size >= 60 else "")
+    return f"{seconds} second(s)"
 
 
 def _text(value: Any, field_name: str, limit: int) -> str | None:

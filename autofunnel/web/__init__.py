@@ -39,6 +39,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     app.extensions["autofunnel"] = runtime
     app.before_request(_bounded_chunked_body)
     register_error_handlers(app)
+    app.before_request(lambda: None if runtime.reload_project() else None)  # at most one look at the files a second
     app.register_blueprint(api)
     app.register_blueprint(health)
     app.register_blueprint(public)
