@@ -85,9 +85,10 @@ def init(state: State, directory: Path | None) -> None:
 
 @main.command()
 @click.argument("directory", required=False, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--plan", is_flag=True, help="Then list what the files would do to the leads waiting in the running flows.")
 @pass_state
 @friendly_errors
-def validate(state: State, directory: Path | None) -> None:
+def validate(state: State, directory: Path | None, plan: bool) -> None:
     """Check funnels and templates; print every problem as file:line: message (exit 1 on errors)."""
     from autofunnel.services.project import summarize, validate_project
 
@@ -101,6 +102,10 @@ def validate(state: State, directory: Path | None) -> None:
         for line in summarize(flow):
             click.echo(line)
     click.echo(f"ok: {len(result.flows)} flow(s), {len(result.warnings)} warning(s)")
+    if plan:
+        from autofunnel.commands.plan import print_plan
+
+        print_plan(state.settings, result.flows)
 
 
 @main.group()
@@ -249,16 +254,18 @@ def _moment(value: datetime) -> str:
 @main.command()
 @click.option("--now", "at", metavar="ISO", help="Run the pass as if it were this moment (e.g. 2026-03-01T09:00:00Z).")
 @click.option("--dry-run", is_flag=True, help="Show what would happen; write and send nothing.")
+@click.option("--force", is_flag=True, help="With --now more than a minute from the clock and no --dry-run: send anyway.")
 @pass_state
 @friendly_errors
-def tick(state: State, at: str | None, dry_run: bool) -> None:
+def tick(state: State, at: str | None, dry_run: bool, force: bool) -> None:
     """One scheduler pass: run every step that is due and send the emails it queues."""
     from autofunnel.clock import FixedClock, SystemClock
-    from autofunnel.services.inputs import parse_moment
+    from autofunnel.services.inputs import check_tick_moment, parse_moment
     from autofunnel.services.runtime import Runtime
     from autofunnel.services.scheduler import run_tick
 
     clock = FixedClock(parse_moment(at, "--now", SystemClock().now())) if at else SystemClock()
+    check_tick_moment(clock.now(), SystemClock().now(), dry_run=dry_run, force=force)
     runtime = Runtime.open(state.settings, clock)
     try:
         result = run_tick(runtime, dry_run=dry_run)
@@ -413,3 +420,12 @@ def spend_add(state: State, channel: str, amount: str, day: str, currency: str) 
     finally:
         runtime.close()
     click.echo(f"{entry.channel} {entry.day}: {total} {entry.currency}")
+
+
+from autofunnel import cli_simulate  # noqa: E402  (registered last: these modules use this one's helpers)
+from autofunnel.commands.forecast import forecast  # noqa: E402
+from autofunnel.commands.leads import leads  # noqa: E402
+
+cli_simulate.register(main)
+main.add_command(leads)
+main.add_command(forecast)

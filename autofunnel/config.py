@@ -58,6 +58,13 @@ def _positive_number(key: str, raw: Any, unit: str) -> float:
     return value
 
 
+def _non_negative(key: str, raw: Any, unit: str) -> float:
+    """A number of `unit`, where 0 turns the thing off."""
+    if str(raw).strip() in ("0", "0.0"):
+        return 0.0
+    return _positive_number(key, raw, unit)
+
+
 def _rate(key: str, raw: Any) -> float | None:
     if raw in ("", None):
         return None
@@ -144,6 +151,14 @@ class Settings:
     shopify_webhook_secret: str | None = None
     timezone: str = "UTC"
     """The seller's timezone: how the admin shows times."""
+    confirm_link_days: float = 7.0
+    """How long a confirmation link works."""
+    confirm_reminder_hours: float = 24.0
+    """When a still-pending lead gets one reminder of its confirmation (0: never)."""
+    pending_erase_days: float = 30.0
+    """When a lead that never confirmed is erased (0: never)."""
+    postmark_webhook_token: str | None = None
+    mailgun_webhook_signing_key: str | None = None
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     @property
@@ -183,6 +198,11 @@ _PARSERS: dict[str, Callable[[str, Any], Any]] = {
     "stripe_webhook_secret": _optional_text,
     "shopify_webhook_secret": _optional_text,
     "timezone": _timezone,
+    "confirm_link_days": lambda key, raw: _positive_number(key, raw, "days"),
+    "confirm_reminder_hours": lambda key, raw: _non_negative(key, raw, "hours"),
+    "pending_erase_days": lambda key, raw: _non_negative(key, raw, "days"),
+    "postmark_webhook_token": _optional_text,
+    "mailgun_webhook_signing_key": _optional_text,
 }
 
 SETTING_NAMES: tuple[str, ...] = ("project_dir", *_PARSERS)

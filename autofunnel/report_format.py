@@ -13,7 +13,14 @@ from rich.table import Table
 CSV_COLUMNS = (
     "section", "value", "kind", "stage", "step", "reached", "skipped", "conversion_from_previous", "conversion_from_first",
     "median_s", "p90_s", "sent", "opened", "clicked", "unsubscribed", "purchases_7d",
+    "overall_conversion", "currency", "total", "orders", "average_order", "customers",
+    "spend", "cost_per_lead", "cost_per_customer", "return_on_spend",
+    "variant", "leads", "converted", "conversion", "treated_conversion", "held_out_conversion", "lift", "ci95_low", "ci95_high",
+    "channel", "revenue",
 )
+"""Every section of the JSON as rows, told apart by `section`/`value` (all, a group, a period) and
+`kind` (overall, stage, email, revenue, spend, holdout, variant, attribution_channel,
+attribution_email); a row fills the columns of its kind and leaves the others empty."""
 
 
 def percent(value: float | None) -> str:
@@ -94,13 +101,36 @@ def _print_comparisons(report: Mapping[str, Any], console: Console) -> None:
 
 
 def report_csv(report: Mapping[str, Any]) -> str:
-    """One row per stage and per email of every section (all, each group, each period)."""
+    """Everything the JSON holds, one row per figure set: every section's overall figures, stages,
+    emails, revenue and spend per currency; then holdout, variants and attribution."""
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     for section, value, part in _sections(report):
+        where = {"section": section, "value": value}
+        length = part["funnel_length"]
+        writer.writerow({**where, "kind": "overall", "overall_conversion": part["overall_conversion"], **length})
         for row in part["stages"]:
-            writer.writerow({"section": section, "value": value, "kind": "stage", **row, **row["time_to_reach"]})
+            writer.writerow({**where, "kind": "stage", **row, **row["time_to_reach"]})
         for row in part["steps"]:
-            writer.writerow({"section": section, "value": value, "kind": "email", **row})
+            writer.writerow({**where, "kind": "email", **row})
+        for row in part["revenue_by_currency"]:
+            writer.writerow({**where, "kind": "revenue", **row})
+        for row in part.get("spend") or []:
+            writer.writerow({**where, "kind": "spend", **row})
+    where = {"section": "all", "value": ""}
+    holdout = report.get("holdout")
+    for row in (holdout or {}).get("stages", []):
+        writer.writerow({**where, "kind": "holdout", **row, **_interval(row)})
+    for row in report.get("variants", []):
+        writer.writerow({**where, "kind": "variant", **row, "lift": row["lift_vs_first"], **_interval(row)})
+    attribution = report.get("attribution") or {}
+    for name in ("channels", "emails"):
+        for row in attribution.get(name, []):
+            writer.writerow({**where, "kind": f"attribution_{name[:-1]}", **row})
     return out.getvalue()
+
+
+def _interval(row: Mapping[str, Any]) -> dict[str, Any]:
+    low, high = row["ci95"] if row.get("ci95") else (None, None)
+    return {"ci95_low": low, "ci95_high": high}

@@ -113,6 +113,43 @@ def test_the_public_one_click_unsubscribe_stays_free_of_csrf(site: Site) -> None
     assert answer.status_code == 200
 
 
+def test_a_post_to_any_other_blueprint_needs_no_csrf_token(site: Site) -> None:
+    """Webhooks and public forms added by other blueprints are not caught by the admin's CSRF check."""
+    from flask import Blueprint
+
+    from autofunnel.web import create_app
+
+    hooks = Blueprint("hooks_probe", __name__)
+    hooks.add_url_rule("/hooks/probe", "probe", lambda: "received", methods=["POST"])
+    app = create_app(runtime=site.rt)
+    app.register_blueprint(hooks)
+    assert app.test_client().post("/hooks/probe", data={"x": "1"}).get_data(as_text=True) == "received"
+    assert app.test_client().post("/admin/login", data={"email": ADMIN_EMAIL, "password": "x"}).status_code == 400
+
+
+def test_user_and_apikey_commands_and_a_deleted_user_is_logged_out(site: Site, client: FlaskClient) -> None:
+    from click.testing import CliRunner
+
+    from autofunnel.cli import main
+
+    env = {"AUTOFUNNEL_PROJECT_DIR": str(site.rt.settings.project_dir), "AUTOFUNNEL_DATABASE_URL": site.rt.settings.database_url or ""}
+    runner = CliRunner()
+    users = runner.invoke(main, ["user", "list"], env=env)
+    assert users.exit_code == 0 and users.output.startswith(f"{ADMIN_EMAIL}  created ")
+    keys = runner.invoke(main, ["apikey", "list"], env=env)
+    shown = keys.output.split()[0]
+    assert keys.exit_code == 0 and shown.endswith("...") and "live" in keys.output
+    revoked = runner.invoke(main, ["apikey", "revoke", shown], env=env)  # pasted as listed, dots and all
+    assert revoked.exit_code == 0 and revoked.output.startswith("revoked API key 'shop'")
+    assert site.app.test_client().get("/api/v1/reports/yoga", headers=site.api).status_code == 401
+    assert runner.invoke(main, ["apikey", "revoke", shown], env=env).exit_code == 2
+    assert runner.invoke(main, ["user", "delete", "nobody@shop.example"], env=env).exit_code == 2
+    assert client.get("/admin/").status_code == 200
+    deleted = runner.invoke(main, ["user", "delete", ADMIN_EMAIL.upper()], env=env)
+    assert deleted.exit_code == 0 and deleted.output == f"deleted admin user {ADMIN_EMAIL}\n"
+    assert client.get("/admin/").status_code == 302
+
+
 # Home and a funnel --------------------------------------------------------------------
 
 
@@ -306,3 +343,21 @@ def test_sparkline_and_line_chart_fit_their_box() -> None:
     assert points[0][0] == 2 and points[-1][0] == 98 and points[-1][1] == 2 and points[0][1] == 18
     chart = charts.line_chart(["a", "b", "c"], [("x", [1, None, 3])], width=200, height=100)
     assert chart.y_top == 3 and len(chart.lines[0][1].split()) == 2
+    assert len(chart.dots) == 2
+    lone = charts.line_chart(["a"], [("x", [5])], width=200, height=100)
+    assert lone.dots and lone.lines[0][1].count(",") == 1  # one point: no line, but a dot
+
+
+def test_the_trend_covers_every_period_of_the_range() -> None:
+    from datetime import date
+
+    assert charts.period_starts(date(2026, 3, 1), date(2026, 3, 3), "day") == ["2026-03-01", "2026-03-02", "2026-03-03"]
+    assert charts.period_starts(date(2026, 3, 4), date(2026, 3, 16), "week") == ["2026-03-02", "2026-03-09", "2026-03-16"]
+    assert charts.period_starts(date(2026, 1, 31), date(2026, 3, 1), "month") == ["2026-01-01", "2026-02-01", "2026-03-01"]
+
+
+def test_the_trend_chart_draws_quiet_days_and_the_days_with_leads(client: FlaskClient) -> None:
+    html = client.get("/admin/funnels/yoga", query_string={"days": "7", "interval": "day"}).get_data(as_text=True)
+    entries = html[html.index("Entries"):html.index("Overall conversion</h3>") if "Overall conversion</h3>" in html else None]
+    points = re.search(r'<polyline class="line" points="([^"]+)"', entries)
+    assert points is not None and len(points.group(1).split()) == 7

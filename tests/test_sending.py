@@ -3,6 +3,7 @@ SMTP on loopback, a fixed clock. These are the product's promises."""
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,6 +24,7 @@ from autofunnel.clock import FixedClock
 from autofunnel.services.delivery import deliver
 from autofunnel.services.events import record_events
 from autofunnel.services.inputs import parse_events, parse_subscribe
+from autofunnel.services.confirmation import confirm
 from autofunnel.services.leads import lead_view, subscribe
 from autofunnel.services.scheduler import run_tick, sweep, tick
 from autofunnel.services.tallies import rebuild_tallies
@@ -43,6 +45,11 @@ def events(rt: Any, *items: dict[str, Any]) -> Any:
 
 def subjects(sink: SmtpSink, to: str | None = None) -> list[str]:
     return [m.message["Subject"] for m in sink.messages if to is None or to in m.recipients]
+
+
+def emails(view: dict[str, Any]) -> list[dict[str, Any]]:
+    """A lead's funnel and sequence emails, without its double opt-in confirmation."""
+    return [d for d in view["deliveries"] if d["kind"] == "email"]
 
 
 def strict(raw: bytes) -> EmailMessage:
@@ -79,13 +86,20 @@ def rt(runtime_factory: Any, project_dir: Path, smtp_sink: SmtpSink, clock: Fixe
 
 def test_a_lead_walks_the_yoga_funnel(rt: Any, smtp_sink: SmtpSink, clock: FixedClock) -> None:
     sub(rt, "Ann@Example.com", first_name="Ann", timezone="Europe/Berlin")
-    assert run_tick(rt).summary.endswith("0 sent, 0 failed, 0 skipped, 0 to retry")  # double opt-in: nothing yet
-    assert smtp_sink.messages == []
-    events(rt, {"type": "confirmed", "email": "ann@example.com"})
+    assert run_tick(rt).summary.endswith("1 sent, 0 failed, 0 skipped, 0 to retry")  # double opt-in: the confirmation only
+    (confirmation,) = [strict(m.raw) for m in smtp_sink.messages]
+    assert confirmation["Subject"] == "Please confirm your subscription to Yoga for beginners"
+    assert confirmation["To"] == "Ann <ann@example.com>" and confirmation["List-Unsubscribe"] is None
+    confirm_html = confirmation.get_body(("html",)).get_content()
+    assert "/t/o/" not in confirm_html and "/t/c/" not in confirm_html
+    link = re.search(r'href="http://testserver/confirm/([^"]+)"', confirm_html)
+    assert link is not None and "/confirm/" in confirmation.get_body(("plain",)).get_content()
+    assert run_tick(rt).summary.endswith("0 sent, 0 failed, 0 skipped, 0 to retry")  # nothing else until confirmed
+    assert confirm(rt, link.group(1)).state == "confirmed"
     run_tick(rt)
-    assert len(smtp_sink.messages) == 1
-    assert subjects(smtp_sink)[0].startswith("Ann")
-    welcome = strict(smtp_sink.messages[0].raw)
+    assert len(smtp_sink.messages) == 2
+    assert subjects(smtp_sink)[1].startswith("Ann")
+    welcome = strict(smtp_sink.messages[1].raw)
     assert welcome["To"] == "Ann <ann@example.com>"
     assert welcome["Message-ID"].endswith(".autofunnel@yoga.example>")
     assert welcome["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
@@ -96,22 +110,22 @@ def test_a_lead_walks_the_yoga_funnel(rt: Any, smtp_sink: SmtpSink, clock: Fixed
 
     at(clock, timedelta(days=1, minutes=1))
     run_tick(rt)
-    assert len(smtp_sink.messages) == 2  # the tripwire offer, deadline started
+    assert len(smtp_sink.messages) == 3  # the tripwire offer, deadline started
     at(clock, timedelta(days=2, minutes=2))
     run_tick(rt)
-    assert len(smtp_sink.messages) == 3  # the reminder: deadline not passed yet
+    assert len(smtp_sink.messages) == 4  # the reminder: deadline not passed yet
     events(rt, {"type": "purchase", "email": "ann@example.com", "properties": {"product": "mini-course", "amount": 19}})
     run_tick(rt)
     view = lead_view(rt, "ann@example.com")
     assert view["funnels"][0]["stage"] == "tripwire"
-    assert len(smtp_sink.messages) == 3  # thanks-mini waits: frequency_cap is 1 per 16h
+    assert len(smtp_sink.messages) == 4  # thanks-mini waits: frequency_cap is 1 per 16h
     assert view["enrollments"][-1]["due_at"] == "2026-03-05T08:00:00Z"  # 16h later is night in Berlin: 09:00
     at(clock, timedelta(days=2, hours=22, minutes=30))
     run_tick(rt)
-    assert len(smtp_sink.messages) == 4
+    assert len(smtp_sink.messages) == 5
     at(clock, timedelta(days=10))
     run_tick(rt)
-    sent_steps = [d["step"] for d in lead_view(rt, "ann@example.com")["deliveries"] if d["status"] == "sent"]
+    sent_steps = [d["step"] for d in emails(lead_view(rt, "ann@example.com")) if d["status"] == "sent"]
     assert "tripwire-expired" not in sent_steps  # the lead stage ended with the purchase
     assert sent_steps[:4] == ["welcome", "tripwire-offer", "tripwire-reminder", "thanks-mini"]
 
@@ -141,7 +155,7 @@ def test_tick_never_sends_twice(rt: Any, smtp_sink: SmtpSink) -> None:
         run_tick(rt)
     assert len(smtp_sink.messages) == 5
     with rt.db.read() as session:
-        assert session.scalar(select(func.count()).select_from(Delivery)) == 5
+        assert session.scalar(select(func.count()).select_from(Delivery).where(Delivery.kind == "email")) == 5
 
 
 @pytest.mark.postgres
@@ -237,7 +251,7 @@ def test_an_email_refused_at_the_claim_that_records_the_previous_one_is_skipped_
     assert alone == ([None] if rt.db.backend == "postgresql" else [])
 
 
-@pytest.mark.parametrize("kind", ["email", "notify"])
+@pytest.mark.parametrize("kind", ["email", "notify", "confirm"])
 def test_the_claims_sql_check_refuses_exactly_what_the_refusal_rule_refuses(rt: Any, kind: str) -> None:
     """`_allowed` (SQL, in the claim that commits on its own) and `_refusal` (Python) must agree
     on every lead and enrollment state; a looser SQL check would commit a claim it then skips."""
@@ -320,8 +334,8 @@ def test_a_hard_bounce_at_smtp_time_suppresses_the_lead(rt: Any, smtp_sink: Smtp
     run_tick(rt)
     view = lead_view(rt, "gone@example.com")
     assert view["status"] == "bounced"
-    assert view["deliveries"][0]["status"] == "failed"
-    assert view["deliveries"][0]["reason"].startswith("550")
+    assert emails(view)[0]["status"] == "failed"
+    assert emails(view)[0]["reason"].startswith("550")
 
 
 def test_a_hard_bounce_stops_the_next_email_of_the_same_batch(runtime_factory: Any, project_dir: Path, smtp_sink: SmtpSink, clock: FixedClock) -> None:
@@ -343,8 +357,8 @@ def test_a_hard_bounce_stops_the_next_email_of_the_same_batch(runtime_factory: A
     assert len(smtp_sink.messages) == 2
     gone = lead_view(rt, "gone@example.com")
     assert gone["status"] == "bounced"
-    assert sorted((d["status"], d["reason"][:24]) for d in gone["deliveries"]) == [("failed", "550 5.1.1 no such user"), ("skipped", "cancelled: lead bounced")]
-    assert [d["status"] for d in lead_view(rt, "kept@example.com")["deliveries"]] == ["sent", "sent"]
+    assert sorted((d["status"], d["reason"][:24]) for d in emails(gone)) == [("failed", "550 5.1.1 no such user"), ("skipped", "cancelled: lead bounced")]
+    assert [d["status"] for d in emails(lead_view(rt, "kept@example.com"))] == ["sent", "sent"]
 
 
 def test_an_open_and_click_written_before_the_send_is_recorded_count_with_it(rt: Any, smtp_sink: SmtpSink) -> None:
@@ -404,7 +418,7 @@ def test_a_batch_stopped_by_an_error_still_records_the_email_it_had_sent(rt: Any
     with pytest.raises(ConnectionError):
         deliver(rt, queued)
     assert [list(m.recipients) for m in smtp_sink.messages] == [["first@example.com"]]
-    statuses = {lead_view(rt, f"{name}@example.com")["deliveries"][0]["status"] for name in ("first", "second")}
+    statuses = {emails(lead_view(rt, f"{name}@example.com"))[0]["status"] for name in ("first", "second")}
     assert statuses == {"sent", "queued"}
 
 
@@ -413,7 +427,7 @@ def test_a_temporary_failure_is_retried(rt: Any, smtp_sink: SmtpSink, clock: Fix
     sub(rt, "later@example.com", funnel="yoga")
     events(rt, {"type": "confirmed", "email": "later@example.com"})
     run_tick(rt)
-    assert lead_view(rt, "later@example.com")["deliveries"][0]["status"] == "queued"
+    assert emails(lead_view(rt, "later@example.com"))[0]["status"] == "queued"
     smtp_sink.accept("later@example.com")
     at(clock, timedelta(seconds=30))
     run_tick(rt)
@@ -421,7 +435,7 @@ def test_a_temporary_failure_is_retried(rt: Any, smtp_sink: SmtpSink, clock: Fix
     at(clock, timedelta(minutes=2))
     run_tick(rt)
     assert len(smtp_sink.messages) == 1
-    assert lead_view(rt, "later@example.com")["deliveries"][0]["status"] == "sent"
+    assert emails(lead_view(rt, "later@example.com"))[0]["status"] == "sent"
 
 
 def test_an_interrupted_send_is_failed_never_resent(rt: Any, smtp_sink: SmtpSink, clock: FixedClock) -> None:
@@ -432,10 +446,11 @@ def test_an_interrupted_send_is_failed_never_resent(rt: Any, smtp_sink: SmtpSink
         session.execute(update(Delivery).where(Delivery.id == queued[0]).values(status="sending", lease_until=clock.now() + timedelta(minutes=5)))
     at(clock, timedelta(minutes=6))
     swept = sweep(rt)
-    assert (swept.retries, swept.lost, swept.interrupted) == ([], [], 1)
+    (confirmation,) = [d["id"] for d in lead_view(rt, "gus@example.com")["deliveries"] if d["kind"] == "confirm"]
+    assert (swept.retries, swept.lost, swept.interrupted) == ([confirmation], [], 1)  # the confirmation, never handed out yet
     run_tick(rt)
     assert smtp_sink.messages == []
-    delivery = lead_view(rt, "gus@example.com")["deliveries"][0]
+    delivery = emails(lead_view(rt, "gus@example.com"))[0]
     assert delivery["status"] == "failed" and delivery["reason"].startswith("interrupted")
 
 
@@ -454,7 +469,7 @@ def test_editing_a_funnel_moves_waiting_leads_to_the_next_surviving_step(runtime
     at(clock, timedelta(days=1, minutes=1))
     run_tick(edited)
     assert len(smtp_sink.messages) == 2
-    steps = [d["step"] for d in lead_view(edited, "hal@example.com")["deliveries"]]
+    steps = [d["step"] for d in emails(lead_view(edited, "hal@example.com"))]
     assert steps == ["welcome", "tripwire-offer"]
 
 
@@ -488,8 +503,12 @@ def test_tick_cli_dry_run_writes_nothing(rt: Any, project_dir: Path, smtp_sink: 
     assert "nothing written or sent" in dry.output
     assert smtp_sink.messages == []
     with rt.db.read() as session:
-        assert session.scalar(select(func.count()).select_from(Delivery)) == 0
-    real = CliRunner().invoke(main, ["tick", "--now", "2026-03-02T10:00:00Z"])
+        assert session.scalar(select(func.count()).select_from(Delivery).where(Delivery.kind == "email")) == 0
+    refused = CliRunner().invoke(main, ["tick", "--now", "2026-03-02T10:00:00Z"])
+    assert refused.exit_code == 2
+    assert "from the clock" in refused.output and "--dry-run" in refused.output and "--force" in refused.output
+    assert smtp_sink.messages == []
+    real = CliRunner().invoke(main, ["tick", "--now", "2026-03-02T10:00:00Z", "--force"])
     assert real.exit_code == 0, real.output
     assert "jo@example.com yoga welcome: sent — handed to the mail server" in real.output
     assert len(smtp_sink.messages) == 1

@@ -18,6 +18,10 @@ from autofunnel.domain.conditions import EventFact
 from autofunnel.domain.model import Funnel, Project, Sequence as SequenceFlow
 
 STATUS_EVENTS = {"unsubscribed": "unsubscribed", "complained": "complained"}
+SOFT_BOUNCES_AS_HARD = 3
+BOUNCE_STREAK_TYPES = ("bounced", "delivered", "opened", "clicked")
+"""The events that make or break a run of soft bounces: a delivery the relay reported, or a
+person's open or click, shows the mailbox works and starts the count again."""
 
 
 @dataclass(frozen=True)
@@ -74,14 +78,34 @@ def is_automated(properties: Mapping[str, Any]) -> bool:
     return properties.get("bot") is True
 
 
-def status_effect(status: str, event_type: str, properties: Mapping[str, Any]) -> ChangeStatus | None:
-    """Unsubscribes, hard bounces and complaints suppress the lead; a confirmation activates it."""
+def soft_bounces_in_a_row(history: Sequence[EventFact], event: EventFact) -> int:
+    """How many soft bounces end at `event` (itself included), by their `at`: counted back
+    until anything else of BOUNCE_STREAK_TYPES (machine opens and clicks do not count)."""
+    earlier = sorted(
+        (fact for fact in history if fact.type in BOUNCE_STREAK_TYPES and fact.at <= event.at and not is_automated(fact.properties)),
+        key=lambda fact: fact.at,
+    )
+    count = 1
+    for fact in reversed(earlier):
+        if fact.type != "bounced" or fact.properties.get("kind") != "soft":
+            break
+        count += 1
+    return count
+
+
+def status_effect(status: str, event_type: str, properties: Mapping[str, Any], history: Sequence[EventFact] = (), at: datetime | None = None) -> ChangeStatus | None:
+    """Unsubscribes, hard bounces and complaints suppress the lead, and so do three soft
+    bounces in a row (a mailbox full for days is as dead as a missing one); a
+    confirmation activates the lead."""
     if status == "erased":
         return None
     if event_type in STATUS_EVENTS and status != STATUS_EVENTS[event_type]:
         return ChangeStatus(STATUS_EVENTS[event_type], event_type)
-    if event_type == "bounced" and properties.get("kind", "hard") == "hard" and status != "bounced":
-        return ChangeStatus("bounced", "hard bounce")
+    if event_type == "bounced" and status != "bounced":
+        if properties.get("kind", "hard") == "hard":
+            return ChangeStatus("bounced", "hard bounce")
+        if at is not None and soft_bounces_in_a_row(history, EventFact(event_type, properties, at)) >= SOFT_BOUNCES_AS_HARD:
+            return ChangeStatus("bounced", f"{SOFT_BOUNCES_AS_HARD} soft bounces in a row")
     if event_type == "confirmed" and status == "pending":
         return ChangeStatus("active", "confirmed")
     return None
@@ -103,7 +127,7 @@ def route_event(
     if is_automated(event.properties):
         return []
     effects: list[Effect] = []
-    changed = status_effect(status, event.type, event.properties)
+    changed = status_effect(status, event.type, event.properties, history, event.at)
     if changed is not None:
         effects.append(changed)
     for funnel in project.funnels:

@@ -1,9 +1,10 @@
 """Leads run through a project in memory, on a virtual clock.
 
 The same engine and event routing the services use, with plain Python
-dictionaries instead of tables: what `simulate` will show a seller, and what
-property tests hold the engine to (nothing after a stage ends, nothing to a
-suppressed lead, every due step decided with a reason).
+dictionaries instead of tables: what property tests hold the engine to (nothing
+after a stage ends, nothing to a suppressed lead, every due step decided with a
+reason). tests/test_simulate_agrees.py holds it to the real services, which
+`autofunnel simulate` runs.
 """
 
 from __future__ import annotations

@@ -31,6 +31,10 @@ CONTEXT_NAMES = frozenset({
 })
 """What every email may use (SPEC.md, "Email templates"); anything else is an undefined variable."""
 
+CONFIRM_TEMPLATE = "confirm"
+CONFIRM_NAMES = frozenset({"confirm_url"})
+"""What a funnel's double opt-in email (`templates/<funnel>/confirm.html`) may use besides."""
+
 DEADLINE_FUNCTIONS = ("deadline", "countdown_url")
 OFFER_FUNCTIONS = ("offer_url",)
 
@@ -190,7 +194,7 @@ def _check_source(
         line = (exc.lineno or 1) + max(line_offset - 1, 0)
         report.problems.append(Problem(path, line, f"template error: {exc.message}"))
         return
-    known = CONTEXT_NAMES | set(env.globals)
+    known = CONTEXT_NAMES | set(env.globals) | (CONFIRM_NAMES if path.stem == CONFIRM_TEMPLATE else frozenset())
     for variable in sorted(meta.find_undeclared_variables(tree) - known):
         line = _first_use(tree, variable) + max(line_offset - 1, 0)
         report.problems.append(Problem(path, line, f"undefined variable {variable!r}; templates can use {', '.join(sorted(CONTEXT_NAMES))}"))

@@ -175,7 +175,7 @@ def revoke_api_key_by_prefix(db: Database, clock: Clock, prefix: str) -> ApiKeyI
 
     An ambiguous or unknown prefix revokes nothing and says so, rather than guessing.
     """
-    prefix = prefix.strip()
+    prefix = prefix.strip().rstrip(".")  # pasted from `apikey list`, which prints `af_Xy12abCd...`
     if not prefix:
         raise InvalidInputError("give the key's prefix as `autofunnel apikey list` shows it, e.g. af_Xy12abCd")
     live = [key for key in list_api_keys(db) if key.revoked_at is None and key.prefix.startswith(prefix)]

@@ -29,10 +29,8 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from email.utils import parseaddr
-from functools import cache, lru_cache
+from functools import cache
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
 
 from sqlalchemy import ColumnElement, Update, and_, bindparam, func, insert, null, or_, select, update
 from sqlalchemy.engine import Connection
@@ -43,6 +41,8 @@ from autofunnel.mail.context import email_context
 from autofunnel.mail.links import add_open_pixel, rewrite_links
 from autofunnel.mail.message import build_message, format_address, message_id_for, sign_dkim
 from autofunnel.mail.transport import DeliveryError, Session as SmtpSession, Transport
+from autofunnel.services.confirmation import confirmation_email
+from autofunnel.services.senders import address_of, sender_domain, sender_for
 from autofunnel.domain.engine import ended_by_suppression, suppression_reason
 from autofunnel.services.enrollments import (
     active_enrollment_ids,
@@ -267,7 +267,12 @@ def _allowed() -> ColumnElement[bool]:
             and_(e.status == "exited", func.substr(e.end_reason, 1, len(prefix)) == prefix),  # not LIKE: SQLite's ignores case
         ),
     ).exists()
-    return and_(or_(d.kind != "email", lead_status == "active"), ~enrollment_refuses)
+    by_kind = or_(
+        and_(d.kind != "email", d.kind != "confirm"),
+        and_(d.kind == "email", lead_status == "active"),
+        and_(d.kind == "confirm", lead_status == "pending"),
+    )
+    return and_(by_kind, ~enrollment_refuses)
 
 
 def _claim_params(rt: Runtime, delivery_id: int) -> dict[str, Any]:
@@ -386,6 +391,8 @@ def _refusal(kind: str, lead_status: str, enrollment: _EnrollmentState | None) -
     """Why this email must not go now, or None, from what its claim read; `_allowed` is its SQL twin."""
     if kind == "email" and lead_status != "active":
         return "suppressed: lead not confirmed yet" if lead_status == "pending" else f"suppressed: lead {lead_status}"
+    if kind == "confirm" and lead_status != "pending":
+        return "not needed: lead already confirmed" if lead_status == "active" else f"suppressed: lead {lead_status}"
     if enrollment is not None and enrollment.status in ("ended", "stopped"):
         return f"stage ended: {enrollment.end_reason}" if enrollment.status == "ended" else f"sequence stopped: {enrollment.end_reason}"
     if enrollment is not None and ended_by_suppression(enrollment.status, enrollment.end_reason):
@@ -410,28 +417,10 @@ def _send(rt: Runtime, smtp: SmtpSession, claim: _Claim) -> _Outcome:
     return _Outcome(claim, "sent", "handed to the mail server", rt.clock.now(), message_id=message_id)
 
 
-@lru_cache(maxsize=256)
-def address_of(sender: str) -> str:
-    """The addr-spec of a funnel's sender; the same few senders are parsed for every email."""
-    return parseaddr(sender)[1]
-
-
-def sender_domain(address: str) -> str:
-    return address_of(address).rpartition("@")[2] or "localhost"
-
-
-def sender_for(rt: Runtime, flow: Flow) -> str:
-    """The From of a flow's emails: its `from:`, else AUTOFUNNEL_MAIL_FROM, else a noreply at the base URL's host."""
-    if flow.rules.sender:
-        return flow.rules.sender
-    if rt.settings.mail_from:
-        return rt.settings.mail_from
-    host = urlsplit(rt.settings.base_url).hostname or "localhost"
-    return f"autofunnel <noreply@{host if '.' in host else host + '.localdomain'}>"
-
-
 def _compose(rt: Runtime, claim: _Claim, flow: Flow, now: datetime) -> tuple[bytes, str, str]:
     """The message bytes, its sender and its Message-ID."""
+    if claim.kind == "confirm":
+        return _compose_confirmation(rt, claim, flow, now)
     base = rt.settings.base_url
     tokens = rt.tokens
     unsubscribe_url = f"{base}/u/{tokens.sign('unsubscribe', [claim.lead_id, claim.id])}"
@@ -469,10 +458,28 @@ def _compose(rt: Runtime, claim: _Claim, flow: Flow, now: datetime) -> tuple[byt
         sender=sender, to=format_address(claim.lead["first_name"] if claim.kind == "email" else None, claim.to_address), subject=rendered.subject, html=html, text=rendered.text,
         message_id=message_id, date=now, headers=headers, domain=domain,
     )
+    return _signed(rt, message), sender, message_id
+
+
+def _compose_confirmation(rt: Runtime, claim: _Claim, flow: Flow, now: datetime) -> tuple[bytes, str, str]:
+    """A double opt-in email: no pixel, no tracked link, no List-Unsubscribe (there is nothing to leave yet)."""
+    sender = sender_for(rt, flow)
+    rendered = confirmation_email(rt, flow, claim.lead_id, claim.lead, sender)
+    domain = sender_domain(sender)
+    message_id = message_id_for(claim.id, domain)
+    message = build_message(
+        sender=sender, to=format_address(claim.lead["first_name"], claim.to_address), subject=rendered.subject,
+        html=rendered.html, text=rendered.text, message_id=message_id, date=now, domain=domain,
+    )
+    return _signed(rt, message), sender, message_id
+
+
+def _signed(rt: Runtime, message: bytes) -> bytes:
+    """DKIM-signed when AUTOFUNNEL_DKIM_* are set."""
     settings = rt.settings
     if rt.dkim_key is not None and settings.dkim_domain and settings.dkim_selector:
-        message = sign_dkim(message, settings.dkim_domain, settings.dkim_selector, rt.dkim_key)
-    return message, sender, message_id
+        return sign_dkim(message, settings.dkim_domain, settings.dkim_selector, rt.dkim_key)
+    return message
 
 
 def _patience(rt: Runtime) -> float:

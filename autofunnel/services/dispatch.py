@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from autofunnel.services.confirmation import confirmation_upkeep
 from autofunnel.services.runtime import Runtime
 from autofunnel.services.scheduler import BATCH, fold_report_tallies, sweep, tick
 
@@ -63,6 +64,7 @@ def scheduler_pass(rt: Runtime, hand_out: HandOut, queue_depth: QueueDepth, *, b
 
     report = tick(rt, batch=batch, on_batch=hand_out_batch, keep_going=lambda: _has_room(queue_depth))
     stats.due = report.enrollments
+    confirmation_upkeep(rt)
     swept = sweep(rt, now=rt.clock.now(), broker_empty=_is_empty(queue_depth))
     stats.retries, stats.lost, stats.interrupted = len(swept.retries), len(swept.lost), swept.interrupted
     if swept.lost:
@@ -97,6 +99,7 @@ def run_scheduler(rt: Runtime, hand_out: HandOut, queue_depth: QueueDepth, *, st
     next_fold = time.monotonic() + FOLD_EVERY
     while not stop.is_set():
         try:
+            rt.reload_project()
             stats = scheduler_pass(rt, hand_out, queue_depth)
             if time.monotonic() >= next_fold:
                 fold_report_tallies(rt)

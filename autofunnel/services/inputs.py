@@ -13,7 +13,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -25,6 +25,8 @@ MAX_BATCH = 1000
 SOURCE_KEYS = ("channel", "utm_source", "utm_medium", "utm_campaign", "utm_content", "referrer")
 SUBSCRIBE_KEYS = ("email", "funnel", "first_name", "fields", "tags", "timezone", "source", "owner", "at")
 EVENT_KEYS = ("type", "email", "lead_id", "id", "at", "properties")
+FUTURE_SLACK = timedelta(minutes=5)
+"""How far ahead of our clock an `at` may be (a sender's clock running a little fast); beyond, it is refused."""
 
 
 _PLAIN_EMAIL = re.compile(
@@ -80,6 +82,41 @@ def parse_moment(value: Any, field_name: str, default: datetime) -> datetime:
     if moment.tzinfo is None or moment.utcoffset() is None:
         raise InvalidInputError(f"{value!r} has no timezone; add Z or an offset such as +02:00", field=field_name)
     return moment.astimezone(UTC)
+
+
+def parse_past_moment(value: Any, field_name: str, now: datetime) -> datetime:
+    """A fact's moment: default now, at most FUTURE_SLACK ahead (SPEC.md: never more than 5 minutes in the future)."""
+    moment = parse_moment(value, field_name, now)
+    if moment > now + FUTURE_SLACK:
+        raise InvalidInputError(f"{value!r} is more than 5 minutes in the future; facts are recorded when they happened", field=field_name)
+    return moment
+TICK_TOLERANCE = timedelta(minutes=1)
+
+
+def check_tick_moment(moment: datetime, now: datetime, *, dry_run: bool, force: bool) -> None:
+    """Refuse a real pass (not `--dry-run`) at a moment more than a minute from the clock, unless forced.
+
+    Such a pass sends real emails stamped with a date that is not now, counts
+    them in `status` as sent "in the last minute", and makes the real opens that
+    follow look automated (opened "before" they were sent). `simulate` and
+    `autofunnel.testing` are the way to move time.
+    """
+    if dry_run or force or abs(moment - now) <= TICK_TOLERANCE:
+        return
+    raise InvalidInputError(
+        f"--now {moment.isoformat().replace('+00:00', 'Z')} is {_span(abs(moment - now))} from the clock: a real pass then would send real "
+        "emails dated wrongly, count them in `status` as just sent and make real opens look automated. "
+        "Add --dry-run to see what that pass would do, or --force to send anyway",
+        field="--now",
+    )
+
+
+def _span(delta: timedelta) -> str:
+    seconds = int(delta.total_seconds())
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds >= size:
+            return f"{seconds // size} {unit}(s)" + (f" {seconds % size // 60} minute(s)" if unit == "hour" and seconds % size >= 60 else "")
+    return f"{seconds} second(s)"
 
 
 def _text(value: Any, field_name: str, limit: int) -> str | None:
@@ -160,7 +197,7 @@ def parse_subscribe(data: Any, now: datetime) -> SubscribeInput:
     return SubscribeInput(
         email=normalize_email(data.get("email")),
         funnel=funnel,
-        at=parse_moment(data.get("at"), "at", now),
+        at=parse_past_moment(data.get("at"), "at", now),
         first_name=_text(data.get("first_name"), "first_name", 200),
         fields=_object(data.get("fields"), "fields"),
         tags=tuple(dict.fromkeys(t.strip() for t in tags)),
@@ -198,8 +235,10 @@ def parse_event(item: Any, prefix: str, now: datetime) -> EventInput:
         raise InvalidInputError("expected an event object", field=prefix.rstrip(".") or None)
     _unknown(item, EVENT_KEYS, prefix)
     kind = item.get("type")
-    if not isinstance(kind, str) or not kind.strip() or len(kind) > 64:
-        raise InvalidInputError("the event type is required (text, at most 64 characters)", field=f"{prefix}type", code="required")
+    if kind is None or (isinstance(kind, str) and not kind.strip()):
+        raise InvalidInputError("the event type is required", field=f"{prefix}type", code="required")
+    if not isinstance(kind, str) or len(kind) > 64:
+        raise InvalidInputError("the event type must be a string of at most 64 characters", field=f"{prefix}type")
     email = item.get("email")
     lead_id = item.get("lead_id")
     if email is None and lead_id is None:
@@ -213,7 +252,7 @@ def parse_event(item: Any, prefix: str, now: datetime) -> EventInput:
         key = str(key).strip()
     return EventInput(
         type=kind.strip(),
-        at=parse_moment(item.get("at"), f"{prefix}at", now),
+        at=parse_past_moment(item.get("at"), f"{prefix}at", now),
         properties=_object(item.get("properties"), f"{prefix}properties"),
         key=key,
         email=normalize_email(email, f"{prefix}email") if email is not None else None,

@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 from autofunnel.domain.model import Funnel
 from autofunnel.errors import InvalidInputError, NotFoundError
 from autofunnel.domain.engine import ended_by_suppression, suppression_reason
+from autofunnel.services.confirmation import queue_confirmation
 from autofunnel.services.enrollments import (
     active_enrollment_ids,
     end_enrollments,
@@ -43,7 +44,8 @@ def subscribe(rt: Runtime, data: SubscribeInput, *, consent: dict[str, Any]) -> 
     """Put a lead into a funnel's first stage; a second call for the same funnel changes nothing.
 
     The welcome email is not sent here: the enrollment is due at once, and the
-    next scheduler pass (a second or so under `autofunnel run`) sends it.
+    next scheduler pass (a second or so under `autofunnel run`) sends it. A lead
+    left pending by double opt-in gets its confirmation email queued instead.
     """
     flow = rt.flow(data.funnel)
     if not isinstance(flow, Funnel):
@@ -75,10 +77,13 @@ def subscribe(rt: Runtime, data: SubscribeInput, *, consent: dict[str, Any]) -> 
             if held:
                 timeline.append(timeline_row(lead.id, now, "holdout", f"in the {flow.holdout:.0%} holdout: gets none of this funnel's emails", flow=flow.slug))
         version = current_version_ids(session, [flow], now)[flow.slug]
-        session.execute(
-            insert_ignoring(session, Enrollment.__table__, ("lead_id", "flow", "stage", "run")),
+        enrollment = session.execute(
+            insert_ignoring(session, Enrollment.__table__, ("lead_id", "flow", "stage", "run")).returning(Enrollment.id),
             [new_enrollment(lead.id, flow, first.name, run=1, at=data.at, now=now, version_id=version, event_id=event.id)],
-        )
+        ).first()
+        if lead.status == "pending" and enrollment is not None:
+            queue_confirmation(session, lead_id=lead.id, enrollment_id=enrollment.id, funnel=flow.slug, to=lead.email, now=now)
+            timeline.append(timeline_row(lead.id, now, "confirmation", "double opt-in: confirmation email queued", flow=flow.slug))
         write_timeline(session, timeline)
         session.flush()
         count_stage_entries(session, ids_in([entered.id]))
@@ -132,9 +137,16 @@ def _merge(lead: Lead, data: SubscribeInput, now: datetime) -> None:
 
 
 def find_lead(session: Session, key: str) -> Lead:
-    """A lead by id (digits) or by email, case-insensitively."""
+    """A lead by id (ASCII digits, within a 64-bit id) or by email, case-insensitively.
+
+    `'²'.isdigit()` is true and int() refuses it, and an id past 2**63 makes PostgreSQL
+    raise: both are simply no lead (schemathesis found them as 500s).
+    """
     key = key.strip()
-    lead = session.get(Lead, int(key)) if key.isdigit() else session.scalars(select(Lead).where(Lead.email == key.lower())).first()
+    if "\x00" in key:  # PostgreSQL cannot even compare text holding NUL
+        raise NotFoundError(f"no lead {key!r}", field="lead", code="unknown_lead")
+    by_id = key.isascii() and key.isdigit() and len(key) <= 18
+    lead = session.get(Lead, int(key)) if by_id else session.scalars(select(Lead).where(Lead.email == key.lower())).first()
     if lead is None:
         raise NotFoundError(f"no lead {key!r}", field="lead", code="unknown_lead")
     return lead
@@ -224,7 +236,7 @@ def _timeline(rows: Sequence[TimelineEntry], entries: Sequence[Any], enrollments
     return [item for _, _, item in sorted(items, key=lambda item: (item[0], item[1]))]
 
 
-def erase_lead(rt: Runtime, key: str) -> int:
+def erase_lead(rt: Runtime, key: str, *, reason: str = "personal data erased on request") -> int:
     """GDPR erasure: personal data goes, anonymous counts (stages reached, sends, purchase figures) stay.
 
     Everything the lead was in ends and its queued emails are cancelled in the
@@ -254,5 +266,5 @@ def erase_lead(rt: Runtime, key: str) -> int:
         lead.status = "erased"
         lead.status_changed_at = now
         lead.updated_at = now
-        write_timeline(session, [timeline_row(lead_id, now, "erased", "personal data erased on request")])
+        write_timeline(session, [timeline_row(lead_id, now, "erased", reason)])
     return lead_id

@@ -23,7 +23,7 @@ from autofunnel.mail.context import email_context
 from autofunnel.mail.countdown import draw_countdown
 from autofunnel.mail.message import build_message, format_address
 from autofunnel.mail.render import RenderedEmail
-from autofunnel.services.delivery import address_of, sender_domain, sender_for
+from autofunnel.services.senders import address_of, sender_domain, sender_for
 from autofunnel.services.leads import find_lead
 from autofunnel.services.runtime import Runtime
 from autofunnel.store.models import Deadline, Enrollment, Event

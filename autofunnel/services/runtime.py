@@ -22,6 +22,7 @@ from autofunnel.errors import ConfigError, NotFoundError
 from autofunnel.services.database import open_database
 from autofunnel.services.broker import Broker, broker_for
 from autofunnel.services.project import load_project
+from autofunnel.services.reload import ProjectWatch
 from autofunnel.services.send_pace import Pace, pace_for
 from autofunnel.mail.render import Renderer
 from autofunnel.mail.transport import Transport, transport_from_url
@@ -83,6 +84,19 @@ class Runtime:
             return Path(self.settings.dkim_key_file).read_bytes()
         except OSError as exc:
             raise ConfigError(f"AUTOFUNNEL_DKIM_KEY_FILE: cannot read {self.settings.dkim_key_file}: {exc.strerror}") from None
+
+    @cached_property
+    def project_watch(self) -> ProjectWatch:
+        return ProjectWatch(Path(self.settings.project_dir))
+
+    def reload_project(self) -> bool:
+        """Take up edited project files if they changed and validate (see services/reload.py); cheap to call often."""
+        edited = self.project_watch.changed_project()
+        if edited is None:
+            return False
+        self.project = edited
+        self.__dict__.pop("renderer", None)
+        return True
 
     def flow(self, slug: str) -> Flow:
         try:

@@ -462,6 +462,7 @@ def fold_report_tallies(rt: Runtime) -> int:
 def run_tick(rt: Runtime, *, dry_run: bool = False) -> PassResult:
     """`autofunnel tick`: one pass in this process — steps that are due, lost work swept up, emails
     sent, and the report's tallies folded (so a tick from cron keeps them small too)."""
+    from autofunnel.services.confirmation import confirmation_upkeep
     from autofunnel.services.delivery import deliver
 
     report = tick(rt, dry_run=dry_run)
@@ -469,6 +470,8 @@ def run_tick(rt: Runtime, *, dry_run: bool = False) -> PassResult:
     if dry_run:
         more = "; more are due than one dry-run batch shows" if report.more_due else ""
         return PassResult(lines, f"dry run at {report.now.isoformat()}: {report.enrollments} enrollment(s) due, nothing written or sent{more}")
+    upkeep = confirmation_upkeep(rt)
+    lines.extend(f"{report.now.isoformat()} {line}" for line in upkeep.lines())
     swept = sweep(rt, now=report.now)
     interrupted = swept.interrupted
     sent = deliver(rt, sorted(set(report.queued) | set(swept.retries) | set(swept.lost)))

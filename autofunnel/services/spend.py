@@ -18,6 +18,8 @@ from autofunnel.store.queries import is_postgres
 
 DEFAULT_CURRENCY = "EUR"
 _CURRENCY = re.compile(r"^[A-Z]{3}$")
+MAX_AMOUNT = Decimal(10) ** 12
+"""The column holds 14 digits, 2 after the point; a larger amount would make PostgreSQL raise."""
 
 
 @dataclass(frozen=True)
@@ -36,7 +38,7 @@ def parse_spend(channel: Any, amount: Any, day: Any, currency: Any = None) -> Sp
         value = Decimal(str(amount).strip()) if isinstance(amount, (str, int, float)) and not isinstance(amount, bool) else None
     except InvalidOperation:
         value = None
-    if value is None or not value.is_finite() or value < 0 or value != value.quantize(Decimal("0.01")):
+    if value is None or not value.is_finite() or value < 0 or value >= MAX_AMOUNT or value != value.quantize(Decimal("0.01")):
         raise InvalidInputError(f"{amount!r} is not an amount such as 120 or 99.50", field="amount")
     if not isinstance(day, str):
         raise InvalidInputError("a date such as 2026-03-01 is required", field="date", code="required")

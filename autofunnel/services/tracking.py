@@ -145,27 +145,57 @@ def _record_engagement(rt: Runtime, kind: str, delivery_id: int, user_agent: str
 
 
 def _engagement(rt: Runtime, kind: str, delivery_id: int, user_agent: str | None, method: str, extra: dict[str, Any]) -> None:
+    record_engagements(rt, [Engagement(kind, delivery_id, user_agent, method, extra)])
+
+
+@dataclass(frozen=True)
+class Engagement:
+    """One open or click of a tracked email, as its link or pixel was fetched."""
+
+    kind: str
+    delivery_id: int
+    user_agent: str | None
+    method: str = "GET"
+    extra: dict[str, Any] | None = None
+
+
+def record_engagements(rt: Runtime, items: list[Engagement]) -> None:
+    """Opens and clicks, all at the clock's moment: their `opened`/`clicked` events in one batch,
+    then each person's first open or click on its delivery. One fetch of a link is a list of one;
+    a simulation records a virtual half-hour's worth at once."""
     now = rt.clock.now()
     with rt.db.read() as session:
-        delivery = session.execute(
-            select(Delivery.lead_id, Delivery.flow, Delivery.step_id, Delivery.status, Delivery.sent_at).where(Delivery.id == delivery_id)
-        ).first()
-    if delivery is None:  # the row is gone (a database restored from an older backup): nothing to count against
-        return
-    # A delivery still `sending` was handed to SMTP moments ago; its sent_at is not written yet.
-    sent_at = delivery.sent_at or (now if delivery.status == "sending" else None)
-    bot = looks_automated(user_agent, sent_at, now, method)
-    properties = {"delivery": delivery_id, "flow": delivery.flow, "step": delivery.step_id, "bot": bot, **extra}
-    record_events(rt, [EventInput(kind, now, properties, lead_id=delivery.lead_id)])
-    if bot:
+        rows = {
+            row.id: row for row in session.execute(
+                select(Delivery.id, Delivery.lead_id, Delivery.flow, Delivery.step_id, Delivery.status, Delivery.sent_at)
+                .where(Delivery.id.in_(sorted({item.delivery_id for item in items})))
+            )
+        }
+    events: list[EventInput] = []
+    human: list[Engagement] = []
+    for item in items:
+        delivery = rows.get(item.delivery_id)
+        if delivery is None:  # the row is gone (a database restored from an older backup): nothing to count against
+            continue
+        # A delivery still `sending` was handed to SMTP moments ago; its sent_at is not written yet.
+        sent_at = delivery.sent_at or (now if delivery.status == "sending" else None)
+        bot = looks_automated(item.user_agent, sent_at, now, item.method)
+        properties = {"delivery": item.delivery_id, "flow": delivery.flow, "step": delivery.step_id, "bot": bot, **(item.extra or {})}
+        events.append(EventInput(item.kind, now, properties, lead_id=delivery.lead_id))
+        if not bot:
+            human.append(item)
+    if events:
+        record_events(rt, events)
+    if not human:
         return
     # First human open/click only; a click implies the open (the pixel may be blocked).
     with rt.db.transaction() as session:
-        first = {"opened": session.execute(update(Delivery).where(Delivery.id == delivery_id, Delivery.opened_at.is_(None)).values(opened_at=now)).rowcount}
-        if kind == "clicked":
-            first["clicked"] = session.execute(update(Delivery).where(Delivery.id == delivery_id, Delivery.clicked_at.is_(None)).values(clicked_at=now)).rowcount
-        # An email still `sending` gets its opens counted with its send, when it is recorded sent.
-        count_engagement(session, delivery_id, [name for name, changed in first.items() if changed])
+        for item in human:
+            first = {"opened": session.execute(update(Delivery).where(Delivery.id == item.delivery_id, Delivery.opened_at.is_(None)).values(opened_at=now)).rowcount}
+            if item.kind == "clicked":
+                first["clicked"] = session.execute(update(Delivery).where(Delivery.id == item.delivery_id, Delivery.clicked_at.is_(None)).values(clicked_at=now)).rowcount
+            # An email still `sending` gets its opens counted with its send, when it is recorded sent.
+            count_engagement(session, item.delivery_id, [name for name, changed in first.items() if changed])
 
 
 # Offers and countdowns ------------------------------------------------------------

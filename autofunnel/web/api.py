@@ -6,7 +6,10 @@ are raised and turned into `{"error": …}` by `autofunnel.web.errors`.
 
 from __future__ import annotations
 
+import json
 import logging
+from functools import cache
+from importlib.resources import files
 from typing import Any
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
@@ -38,9 +41,26 @@ def json_body() -> Any:
     if not request.is_json:
         raise ApiError(415, "unsupported_media_type", "send the body as JSON, with Content-Type: application/json")
     try:
-        return request.get_json()
+        body = request.get_json()
     except BadRequest:
         raise ApiError(400, "bad_json", "the body is not valid JSON") from None
+    except RecursionError:  # "[[[[…" thousands deep: Python's parser gives up, which is no server error
+        raise ApiError(400, "bad_json", "the body's JSON is nested too deep") from None
+    if b"\\u0000" in request.get_data(cache=True) and _holds_nul(body):
+        raise ApiError(400, "bad_json", "text may not contain the NUL character (\\u0000)")
+    return body
+
+
+def _holds_nul(value: Any) -> bool:
+    """PostgreSQL stores no NUL in text or JSONB; refused here, it is a 400 rather than a 500.
+    Only walked when the raw body has the escape at all, so big batches pay nothing."""
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_holds_nul(k) or _holds_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_holds_nul(item) for item in value)
+    return False
 
 
 @api.before_request
@@ -108,6 +128,22 @@ def post_spend() -> tuple[Response, int]:
     entry = parse_spend(body.get("channel"), body.get("amount"), body.get("date"), body.get("currency"))
     total = add_spend(runtime(), entry)
     return jsonify(channel=entry.channel, date=entry.day.isoformat(), currency=entry.currency, amount=float(total)), 201
+
+
+# The API's own description ------------------------------------------------------------
+
+
+@cache
+def openapi_document() -> dict[str, Any]:
+    """The OpenAPI 3.1 document shipped beside this module; tests hold it to the routes and answers."""
+    document: dict[str, Any] = json.loads(files("autofunnel.web").joinpath("openapi.json").read_text(encoding="utf-8"))
+    return document
+
+
+@health.get("/api/v1/openapi.json")
+def openapi() -> Response:
+    """Served without a key, like any published API description: it holds no data."""
+    return jsonify(openapi_document())
 
 
 # Health ---------------------------------------------------------------------------

@@ -78,7 +78,7 @@ def render_page(title: str, message: str, *, status: int = 200, action: str | No
 
 def wants_json() -> bool:
     path = request.path
-    return path == "/api" or path.startswith("/api/") or path == "/healthz"
+    return path == "/api" or path.startswith(("/api/", "/hooks/")) or path == "/healthz"
 
 
 def error_response(status: int, code: str, message: str, field: str | None = None, headers: Any = None) -> Response:

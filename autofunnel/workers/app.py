@@ -49,7 +49,9 @@ def make_app(settings: Settings) -> Celery:
         """Send a batch; every outcome is in the delivery rows, so there is no result to keep."""
         from autofunnel.services.delivery import deliver
 
-        report = deliver(_worker_runtime(settings), delivery_ids)
+        runtime = _worker_runtime(settings)
+        runtime.reload_project()
+        report = deliver(runtime, delivery_ids)
         if report.sent or report.failed or report.skipped or report.retried:
             log.info("batch of %d: %d sent, %d failed, %d skipped, %d to retry",
                      len(delivery_ids), report.sent, report.failed, report.skipped, report.retried)

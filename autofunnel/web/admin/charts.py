@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import date, timedelta
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,8 @@ class LineChart:
     """(series name, polyline points)."""
     x_labels: tuple[tuple[float, str], ...]
     y_top: float
+    dots: tuple[tuple[float, float], ...] = ()
+    """Every drawn point, so a lone value (a line of one point draws nothing) still shows."""
 
 
 def line_chart(labels: Sequence[str], series: Sequence[tuple[str, Sequence[float | None]]], width: float = 600, height: float = 160,
@@ -78,12 +81,39 @@ def line_chart(labels: Sequence[str], series: Sequence[tuple[str, Sequence[float
     plot_h = height - bottom - top_pad
     step = plot_w / max(len(labels) - 1, 1)
 
+    def xy(index: int, value: float) -> tuple[float, float]:
+        return round(left + index * step, 1), round(top_pad + plot_h - (value / y_top) * plot_h, 1)
+
     def point(index: int, value: float) -> str:
-        return f"{left + index * step:.1f},{top_pad + plot_h - (value / y_top) * plot_h:.1f}"
+        x, y = xy(index, value)
+        return f"{x:.1f},{y:.1f}"
 
     lines = tuple(
         (name, " ".join(point(i, v) for i, v in enumerate(values) if v is not None)) for name, values in series
     )
+    dots = tuple(xy(i, v) for _, values in series for i, v in enumerate(values) if v is not None)
     every = max(1, len(labels) // 6)
     x_labels = tuple((left + i * step, label) for i, label in enumerate(labels) if i % every == 0)
-    return LineChart(width, height, lines, x_labels, y_top)
+    return LineChart(width, height, lines, x_labels, y_top, dots)
+
+
+def period_starts(start: date, end: date, interval: str) -> list[str]:
+    """The first day of every period (`day`, `week` from Monday, `month`) from `start` to `end`,
+    as the report labels them, so a trend shows the quiet periods the report leaves out."""
+    if interval == "week":
+        first = start - timedelta(days=start.weekday())
+    elif interval == "month":
+        first = start.replace(day=1)
+    else:
+        first = start
+    days: list[str] = []
+    current = first
+    while current <= end:
+        days.append(current.isoformat())
+        if interval == "week":
+            current += timedelta(days=7)
+        elif interval == "month":
+            current = (current.replace(day=28) + timedelta(days=4)).replace(day=1)
+        else:
+            current += timedelta(days=1)
+    return days

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -12,6 +12,7 @@ from flask_login import current_user, login_required, login_user, logout_user
 from autofunnel.domain.model import Funnel
 from autofunnel.errors import AutofunnelError, InvalidInputError
 from autofunnel.report_format import duration, percent, report_csv
+from autofunnel.services.confirmation import send_confirmation
 from autofunnel.services.credentials import check_user_password
 from autofunnel.services.events import record_events
 from autofunnel.services.flow_map import flow_map
@@ -60,6 +61,21 @@ def when(value: str | datetime | None) -> str:
 
 admin.add_app_template_filter(percent, "percent")
 admin.add_app_template_filter(duration, "duration")
+
+
+@admin.app_template_filter("fact")
+def fact(value: Any) -> str:
+    """A stored value as a seller reads it: a moment in their timezone, a record as `key: value` pairs."""
+    if isinstance(value, dict):
+        return " · ".join(f"{key}: {fact(item)}" for key, item in value.items())
+    if isinstance(value, list):
+        return ", ".join(fact(item) for item in value)
+    if isinstance(value, str) and len(value) >= 19 and value[4] == "-" and value[10] == "T":
+        try:
+            return when(value)
+        except ValueError:
+            return value
+    return "–" if value is None else str(value)
 
 
 @admin.app_context_processor
@@ -156,11 +172,14 @@ def funnel(slug: str) -> Any:
         for g in report.get("groups", [])
     ]
     trend = None
-    if report.get("periods"):
-        labels = [p["period"] for p in report["periods"]]
+    if report.get("interval"):
+        # Every period of the range, the quiet ones as 0 entries and no conversion (nobody to convert).
+        by_period = {p["period"]: p for p in report.get("periods", [])}
+        labels = charts.period_starts(date.fromisoformat(report["from"]), date.fromisoformat(report["to"]), report["interval"])
+        found = [by_period.get(label) for label in labels]
         trend = {
-            "entries": charts.line_chart(labels, [("entries", [p["stages"][0]["reached"] for p in report["periods"]])]),
-            "conversion": charts.line_chart(labels, [("overall conversion", [p["overall_conversion"] for p in report["periods"]])]),
+            "entries": charts.line_chart(labels, [("entries", [p["stages"][0]["reached"] if p else 0 for p in found])]),
+            "conversion": charts.line_chart(labels, [("overall conversion", [p["overall_conversion"] if p else None for p in found])]),
         }
     return render_template(
         "admin/funnel.html", flow=flow, report=report, params=params, args=request.args,
@@ -218,6 +237,18 @@ def lead_unsubscribe(lead_id: int) -> Response:
     rt = runtime()
     record_events(rt, parse_events({"type": "unsubscribed", "lead_id": lead_id, "properties": {"via": "admin", "by": current_user.info.email}}, rt.clock.now()))
     flash("Unsubscribed: nothing more is sent to this lead.")
+    return redirect(url_for("admin.lead", lead_id=lead_id))
+
+
+@admin.post("/leads/<int:lead_id>/confirmation")
+@login_required
+def lead_confirmation(lead_id: int) -> Response:
+    try:
+        send_confirmation(runtime(), str(lead_id))
+    except InvalidInputError as exc:
+        flash(f"Not sent: {exc}")
+    else:
+        flash("A new confirmation email is queued; it goes out within seconds.")
     return redirect(url_for("admin.lead", lead_id=lead_id))
 
 

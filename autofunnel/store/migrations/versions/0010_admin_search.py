@@ -13,7 +13,7 @@
   cannot index the members of a JSON array; there the tag search reads the table.
 
 Revision ID: 0010_admin_search
-Revises: 0004_report_tallies
+Revises: 0005_confirmations
 Create Date: 2026-12-03
 """
 
@@ -25,7 +25,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0010_admin_search"
-down_revision: str | Sequence[str] | None = "0004_report_tallies"
+down_revision: str | Sequence[str] | None = "0005_confirmations"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
