@@ -333,3 +333,8 @@ def spend_add(state: State, channel: str, amount: str, day: str, currency: str) 
     finally:
         runtime.close()
     click.echo(f"{entry.channel} {entry.day}: {total} {entry.currency}")
+
+
+from autofunnel.commands_forms import form  # noqa: E402  (a command in its own module, see COORDINATION)
+
+main.add_command(form)

@@ -67,6 +67,34 @@ def _seconds(key: str, raw: Any) -> float:
     return _positive_number(key, raw, "seconds")
 
 
+def _days(key: str, raw: Any) -> float:
+    return _positive_number(key, raw, "days")
+
+
+def _hours_or_off(key: str, raw: Any) -> float:
+    """A number of hours; 0 turns the thing off."""
+    if raw in (0, "0", "0.0"):
+        return 0.0
+    return _positive_number(key, raw, "hours (0 for off)")
+
+
+def _days_or_off(key: str, raw: Any) -> float:
+    if raw in (0, "0", "0.0"):
+        return 0.0
+    return _positive_number(key, raw, "days (0 for off)")
+
+
+def _rate_limit(key: str, raw: Any) -> str:
+    from limits import parse_many
+
+    value = _text(key, raw)
+    try:
+        parse_many(value)
+    except ValueError:
+        raise ConfigError(f"{key}: expected a rate such as '10 per minute' or '5/minute;50/day', got {raw!r}") from None
+    return value
+
+
 def _broker_url(key: str, raw: Any) -> str | None:
     value = _optional_text(key, raw)
     if value is None:
@@ -127,6 +155,11 @@ class Settings:
     scheduler_interval: float = 1.0
     double_opt_in: bool = False
     postal_address: str | None = None
+    consent_text: str = "Yes, send me emails about this. I can unsubscribe at any time."
+    confirm_token_days: float = 7.0
+    confirm_reminder_hours: float = 24.0
+    pending_erase_days: float = 30.0
+    form_rate_limit: str = "10 per minute;100 per day"
     dkim_domain: str | None = None
     dkim_selector: str | None = None
     dkim_key_file: str | None = None
@@ -165,6 +198,11 @@ _PARSERS: dict[str, Callable[[str, Any], Any]] = {
     "scheduler_interval": _seconds,
     "double_opt_in": _bool,
     "postal_address": _optional_text,
+    "consent_text": _text,
+    "confirm_token_days": _days,
+    "confirm_reminder_hours": _hours_or_off,
+    "pending_erase_days": _days_or_off,
+    "form_rate_limit": _rate_limit,
     "dkim_domain": _optional_text,
     "dkim_selector": _optional_text,
     "dkim_key_file": _optional_text,

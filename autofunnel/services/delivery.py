@@ -43,6 +43,8 @@ from autofunnel.mail.links import add_open_pixel, rewrite_links
 from autofunnel.mail.message import build_message, format_address, message_id_for, sign_dkim
 from autofunnel.mail.transport import DeliveryError, Session as SmtpSession, Transport
 from autofunnel.domain.engine import ended_by_suppression, suppression_reason
+from autofunnel.services.leads import REMINDER_STEP
+from autofunnel.services.optin import render_confirmation
 from autofunnel.services.enrollments import (
     active_enrollment_ids,
     cancel_queued_for_leads,
@@ -266,7 +268,10 @@ def _allowed() -> ColumnElement[bool]:
             and_(e.status == "exited", func.substr(e.end_reason, 1, len(prefix)) == prefix),  # not LIKE: SQLite's ignores case
         ),
     ).exists()
-    return and_(or_(d.kind != "email", lead_status == "active"), ~enrollment_refuses)
+    lead_allows = or_(
+        d.kind == "notify", and_(d.kind == "email", lead_status == "active"), and_(d.kind == "confirm", lead_status == "pending"),
+    )
+    return and_(lead_allows, ~enrollment_refuses)
 
 
 def _claim_params(rt: Runtime, delivery_id: int) -> dict[str, Any]:
@@ -385,6 +390,9 @@ def _refusal(kind: str, lead_status: str, enrollment: _EnrollmentState | None) -
     """Why this email must not go now, or None, from what its claim read; `_allowed` is its SQL twin."""
     if kind == "email" and lead_status != "active":
         return "suppressed: lead not confirmed yet" if lead_status == "pending" else f"suppressed: lead {lead_status}"
+    if kind == "confirm" and lead_status != "pending":
+        # The one email a pending lead may get, and only while pending.
+        return "not needed: lead already confirmed" if lead_status == "active" else f"suppressed: lead {lead_status}"
     if enrollment is not None and enrollment.status in ("ended", "stopped"):
         return f"stage ended: {enrollment.end_reason}" if enrollment.status == "ended" else f"sequence stopped: {enrollment.end_reason}"
     if enrollment is not None and ended_by_suppression(enrollment.status, enrollment.end_reason):
@@ -457,7 +465,10 @@ def _compose(rt: Runtime, claim: _Claim, flow: Flow, now: datetime) -> tuple[byt
         "unsubscribe_url": unsubscribe_url,
         "postal_address": rt.settings.postal_address,
     }
-    rendered = rt.renderer.render(flow.slug, claim.template, context)
+    if claim.kind == "confirm":
+        rendered = render_confirmation(rt, claim.lead_id, flow, claim.lead, reminder=claim.step_id == REMINDER_STEP)
+    else:
+        rendered = rt.renderer.render(flow.slug, claim.template, context)
     sender = _sender(rt, flow)
     html = rendered.html
     headers: list[tuple[str, str]] = []

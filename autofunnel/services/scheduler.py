@@ -469,6 +469,9 @@ def run_tick(rt: Runtime, *, dry_run: bool = False) -> PassResult:
     if dry_run:
         more = "; more are due than one dry-run batch shows" if report.more_due else ""
         return PassResult(lines, f"dry run at {report.now.isoformat()}: {report.enrollments} enrollment(s) due, nothing written or sent{more}")
+    from autofunnel.services.optin import opt_in_pass
+
+    chores = opt_in_pass(rt, report.now)
     swept = sweep(rt, now=report.now)
     interrupted = swept.interrupted
     sent = deliver(rt, sorted(set(report.queued) | set(swept.retries) | set(swept.lost)))
@@ -478,5 +481,7 @@ def run_tick(rt: Runtime, *, dry_run: bool = False) -> PassResult:
         f"tick at {report.now.isoformat()}: {report.enrollments} enrollment(s) due; "
         f"{sent.sent} sent, {sent.failed} failed, {sent.skipped} skipped, {sent.retried} to retry"
         + (f"; {interrupted} interrupted delivery(ies) marked failed" if interrupted else "")
+        + (f"; {chores.reminded} confirmation reminder(s) queued" if chores.reminded else "")
+        + (f"; {chores.erased} never-confirmed lead(s) erased" if chores.erased else "")
     )
     return PassResult(lines, summary)

@@ -47,7 +47,7 @@ NAMING_CONVENTION = {
 LEAD_STATUSES = ("pending", "active", "unsubscribed", "bounced", "complained", "erased")
 ENROLLMENT_KINDS = ("funnel", "sequence")
 ENROLLMENT_STATUSES = ("active", "done", "ended", "stopped", "exited")
-DELIVERY_KINDS = ("email", "notify")
+DELIVERY_KINDS = ("email", "notify", "confirm")
 DELIVERY_STATUSES = ("queued", "sending", "sent", "failed", "skipped")
 
 

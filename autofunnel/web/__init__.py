@@ -14,6 +14,8 @@ from autofunnel.config import Settings, load_settings
 from autofunnel.services.runtime import Runtime
 from autofunnel.web.api import api, health
 from autofunnel.web.errors import register_error_handlers
+from autofunnel.web.forms import forms
+from autofunnel.web.limits import init_limiter
 from autofunnel.web.public import public
 
 MAX_BODY = 5 * 1024 * 1024
@@ -36,4 +38,6 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     app.register_blueprint(api)
     app.register_blueprint(health)
     app.register_blueprint(public)
+    app.register_blueprint(forms)
+    init_limiter(app, runtime.settings)
     return app
