@@ -66,9 +66,11 @@ def clock() -> FixedClock:
 
 @pytest.fixture
 def project_dir(project_dir: Path) -> Path:
-    """The starter project without its random 10 % holdout, so counts of emails are exact."""
+    """The starter project without its random 10 % holdout, so counts of emails are exact, and
+    without double opt-in, so the emails counted are the funnel's (tests/test_forms.py covers
+    the confirmation email)."""
     yoga = project_dir / "funnels/yoga.yml"
-    yoga.write_text(yoga.read_text().replace("holdout: 10%", "holdout: 0%"))
+    yoga.write_text(yoga.read_text().replace("holdout: 10%", "holdout: 0%").replace("double_opt_in: true", "double_opt_in: false"))
     return project_dir
 
 
@@ -79,9 +81,6 @@ def rt(runtime_factory: Any, project_dir: Path, smtp_sink: SmtpSink, clock: Fixe
 
 def test_a_lead_walks_the_yoga_funnel(rt: Any, smtp_sink: SmtpSink, clock: FixedClock) -> None:
     sub(rt, "Ann@Example.com", first_name="Ann", timezone="Europe/Berlin")
-    assert run_tick(rt).summary.endswith("0 sent, 0 failed, 0 skipped, 0 to retry")  # double opt-in: nothing yet
-    assert smtp_sink.messages == []
-    events(rt, {"type": "confirmed", "email": "ann@example.com"})
     run_tick(rt)
     assert len(smtp_sink.messages) == 1
     assert subjects(smtp_sink)[0].startswith("Ann")
