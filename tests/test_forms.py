@@ -297,3 +297,17 @@ def test_a_confirmation_queued_for_a_lead_who_confirmed_meanwhile_is_not_sent(cl
     again = [d for d in view["deliveries"] if d["step"] == "confirm-again"]
     assert again[0]["status"] == "skipped" and again[0]["reason"] == "not needed: lead already confirmed"
     assert [m.message["Subject"] for m in smtp_sink.messages][-1].startswith("Anna")  # the welcome, not the confirmation
+
+
+def test_the_limiter_counts_in_redis_when_the_broker_is_redis() -> None:
+    from flask import Flask
+
+    from autofunnel.config import Settings
+    from autofunnel.web.limits import init_limiter
+
+    app = Flask("t")
+    init_limiter(app, Settings(broker_url="redis://127.0.0.1:6379/3"))
+    assert app.config["RATELIMIT_STORAGE_URI"] == "redis://127.0.0.1:6379/3"
+    other = Flask("u")
+    init_limiter(other, Settings(broker_url="filesystem:///tmp/broker"))
+    assert other.config["RATELIMIT_STORAGE_URI"] == "memory://"
