@@ -425,7 +425,9 @@ def spend_add(state: State, channel: str, amount: str, day: str, currency: str) 
 from autofunnel import cli_simulate  # noqa: E402  (registered last: these modules use this one's helpers)
 from autofunnel.commands.forecast import forecast  # noqa: E402
 from autofunnel.commands.leads import leads  # noqa: E402
+from autofunnel.commands_forms import form  # noqa: E402
 
 cli_simulate.register(main)
 main.add_command(leads)
 main.add_command(forecast)
+main.add_command(form)

@@ -58,13 +58,6 @@ def _positive_number(key: str, raw: Any, unit: str) -> float:
     return value
 
 
-def _non_negative(key: str, raw: Any, unit: str) -> float:
-    """A number of `unit`, where 0 turns the thing off."""
-    if str(raw).strip() in ("0", "0.0"):
-        return 0.0
-    return _positive_number(key, raw, unit)
-
-
 def _rate(key: str, raw: Any) -> float | None:
     if raw in ("", None):
         return None
@@ -73,6 +66,34 @@ def _rate(key: str, raw: Any) -> float | None:
 
 def _seconds(key: str, raw: Any) -> float:
     return _positive_number(key, raw, "seconds")
+
+
+def _days(key: str, raw: Any) -> float:
+    return _positive_number(key, raw, "days")
+
+
+def _hours_or_off(key: str, raw: Any) -> float:
+    """A number of hours; 0 turns the thing off."""
+    if raw in (0, "0", "0.0"):
+        return 0.0
+    return _positive_number(key, raw, "hours (0 for off)")
+
+
+def _days_or_off(key: str, raw: Any) -> float:
+    if raw in (0, "0", "0.0"):
+        return 0.0
+    return _positive_number(key, raw, "days (0 for off)")
+
+
+def _rate_limit(key: str, raw: Any) -> str:
+    from limits import parse_many
+
+    value = _text(key, raw)
+    try:
+        parse_many(value)
+    except ValueError:
+        raise ConfigError(f"{key}: expected a rate such as '10 per minute' or '5/minute;50/day', got {raw!r}") from None
+    return value
 
 
 def _broker_url(key: str, raw: Any) -> str | None:
@@ -144,6 +165,11 @@ class Settings:
     scheduler_interval: float = 1.0
     double_opt_in: bool = False
     postal_address: str | None = None
+    consent_text: str = "Yes, send me emails about this. I can unsubscribe at any time."
+    confirm_token_days: float = 7.0
+    confirm_reminder_hours: float = 24.0
+    pending_erase_days: float = 30.0
+    form_rate_limit: str = "10 per minute;100 per day"
     dkim_domain: str | None = None
     dkim_selector: str | None = None
     dkim_key_file: str | None = None
@@ -151,12 +177,6 @@ class Settings:
     shopify_webhook_secret: str | None = None
     timezone: str = "UTC"
     """The seller's timezone: how the admin shows times."""
-    confirm_link_days: float = 7.0
-    """How long a confirmation link works."""
-    confirm_reminder_hours: float = 24.0
-    """When a still-pending lead gets one reminder of its confirmation (0: never)."""
-    pending_erase_days: float = 30.0
-    """When a lead that never confirmed is erased (0: never)."""
     postmark_webhook_token: str | None = None
     mailgun_webhook_signing_key: str | None = None
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
@@ -192,15 +212,17 @@ _PARSERS: dict[str, Callable[[str, Any], Any]] = {
     "scheduler_interval": _seconds,
     "double_opt_in": _bool,
     "postal_address": _optional_text,
+    "consent_text": _text,
+    "confirm_token_days": _days,
+    "confirm_reminder_hours": _hours_or_off,
+    "pending_erase_days": _days_or_off,
+    "form_rate_limit": _rate_limit,
     "dkim_domain": _optional_text,
     "dkim_selector": _optional_text,
     "dkim_key_file": _optional_text,
     "stripe_webhook_secret": _optional_text,
     "shopify_webhook_secret": _optional_text,
     "timezone": _timezone,
-    "confirm_link_days": lambda key, raw: _positive_number(key, raw, "days"),
-    "confirm_reminder_hours": lambda key, raw: _non_negative(key, raw, "hours"),
-    "pending_erase_days": lambda key, raw: _non_negative(key, raw, "days"),
     "postmark_webhook_token": _optional_text,
     "mailgun_webhook_signing_key": _optional_text,
 }

@@ -7,6 +7,7 @@ where mail goes (the SMTP sink): that is the one-machine promise.
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -46,13 +47,24 @@ def test_run_with_nothing_configured_sends_the_welcome_email(project_dir: Path, 
         key = created.stdout.strip().splitlines()[-1]
         base = f"http://127.0.0.1:{port}/api/v1"
         assert _post(f"{base}/subscribe", key, {"email": "new@reader.example", "funnel": "yoga", "first_name": "Ida"})["status"] == "pending"
-        _post(f"{base}/events", key, {"type": "confirmed", "email": "new@reader.example"})
 
         try:
-            wait_until(lambda: smtp_sink.messages, timeout=60, what="the welcome email")
+            wait_until(lambda: smtp_sink.messages, timeout=60, what="the confirmation email")
         except AssertionError as exc:
             raise AssertionError(f"{exc}\n{run.output()}") from None
-        received = smtp_sink.messages[0]
+        confirmation = smtp_sink.messages[0]
+        assert confirmation.message["Subject"] == "Please confirm your subscription to Yoga for beginners"
+        link = re.search(r'href="(http://localhost:8000/confirm/[^"]+)"', confirmation.message.get_body(("html",)).get_content())
+        assert link is not None
+        local = link.group(1).replace("http://localhost:8000", f"http://127.0.0.1:{port}")
+        with urllib.request.urlopen(urllib.request.Request(local, data=b"", method="POST"), timeout=10) as answer:
+            assert answer.status == 200
+
+        try:
+            wait_until(lambda: len(smtp_sink.messages) >= 2, timeout=60, what="the welcome email")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{run.output()}") from None
+        received = smtp_sink.messages[1]
         assert received.recipients == ("new@reader.example",)
         assert received.message["Subject"] == "Ida, your yoga guide is inside"
         assert (project_dir / ".autofunnel-broker").is_dir() and (project_dir / "autofunnel.db").exists()
@@ -60,6 +72,6 @@ def test_run_with_nothing_configured_sends_the_welcome_email(project_dir: Path, 
         assert run.process is not None
         run.process.send_signal(signal.SIGINT)
         assert run.process.wait(timeout=30) == 0, run.output()
-        assert len(smtp_sink.messages) == 1
+        assert len(smtp_sink.messages) == 2
     finally:
         run.stop()

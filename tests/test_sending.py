@@ -24,7 +24,7 @@ from autofunnel.clock import FixedClock
 from autofunnel.services.delivery import deliver
 from autofunnel.services.events import record_events
 from autofunnel.services.inputs import parse_events, parse_subscribe
-from autofunnel.services.confirmation import confirm
+from autofunnel.services.optin import confirm
 from autofunnel.services.leads import lead_view, subscribe
 from autofunnel.services.scheduler import run_tick, sweep, tick
 from autofunnel.services.tallies import rebuild_tallies
@@ -95,7 +95,7 @@ def test_a_lead_walks_the_yoga_funnel(rt: Any, smtp_sink: SmtpSink, clock: Fixed
     link = re.search(r'href="http://testserver/confirm/([^"]+)"', confirm_html)
     assert link is not None and "/confirm/" in confirmation.get_body(("plain",)).get_content()
     assert run_tick(rt).summary.endswith("0 sent, 0 failed, 0 skipped, 0 to retry")  # nothing else until confirmed
-    assert confirm(rt, link.group(1)).state == "confirmed"
+    assert confirm(rt, link.group(1)).status == "active"
     run_tick(rt)
     assert len(smtp_sink.messages) == 2
     assert subjects(smtp_sink)[1].startswith("Ann")

@@ -35,7 +35,6 @@ def import_command(state: State, file: Path, funnel: str, dry_run: bool, rejects
     from autofunnel.services.runtime import Runtime
 
     console = Console(stderr=True)
-    size = file.stat().st_size
     runtime = Runtime.open(state.settings)
     rejects = rejects_path.open("w", encoding="utf-8", newline="") if rejects_path else None
     try:

@@ -68,7 +68,7 @@ PERCENT = re.compile(r"^(\d+(?:\.\d+)?)\s*%$")
 
 FUNNEL_KEYS = (
     "funnel", "title", "from", "send_window", "quiet_days", "frequency_cap", "holdout",
-    "double_opt_in", "offers", "stages",
+    "double_opt_in", "form_thanks", "form_redirect", "consent_text", "offers", "stages",
 )
 SEQUENCE_KEYS = (
     "sequence", "title", "from", "send_window", "quiet_days", "frequency_cap", "offers",
@@ -190,6 +190,14 @@ class _FlowParser:
             if not isinstance(double_opt_in, bool):
                 self.p.error(data.line_of("double_opt_in"), f"double_opt_in: expected true or false, got {_show(double_opt_in)}")
                 double_opt_in = None
+        form_thanks = self.text(data, "form_thanks") if "form_thanks" in data else None
+        consent_text = self.text(data, "consent_text") if "consent_text" in data else None
+        form_redirect = None
+        if "form_redirect" in data:
+            form_redirect = self.text(data, "form_redirect")
+            if form_redirect is not None and not re.match(r"^https?://[^\s/?#]+[^\s]*$", form_redirect):
+                self.p.error(data.line_of("form_redirect"), f"form_redirect: expected an http:// or https:// URL, got {_show(form_redirect)}")
+                form_redirect = None
         stages = self.stages(data)
         flow_steps = [(stage.name, stage.steps) for stage in stages]
         deadlines = defined_deadlines(flow_steps)
@@ -199,7 +207,8 @@ class _FlowParser:
             return None
         return Funnel(
             slug=slug, title=title or slug, stages=tuple(stages), rules=rules, offers=offers,
-            holdout=holdout, double_opt_in=double_opt_in, path=self.p.path, line=data.line_of("funnel"),
+            holdout=holdout, double_opt_in=double_opt_in, form_thanks=form_thanks or None, form_redirect=form_redirect,
+            consent_text=consent_text or None, path=self.p.path, line=data.line_of("funnel"),
         )
 
     def sequence(self, data: LocatedDict) -> Sequence | None:

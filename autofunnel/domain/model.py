@@ -274,6 +274,12 @@ class Funnel:
     offers: Mapping[str, Offer] = field(default_factory=dict)
     holdout: float = 0.0
     double_opt_in: bool | None = None
+    form_thanks: str | None = None
+    """The thank-you page's text after the subscribe form (`/f/<funnel>`), else a default."""
+    form_redirect: str | None = None
+    """Where the subscribe form sends the browser instead of the thank-you page."""
+    consent_text: str | None = None
+    """What a lead agrees to on the form and in the confirmation email, else AUTOFUNNEL_CONSENT_TEXT."""
     path: Path = Path()
     line: int = 1
 

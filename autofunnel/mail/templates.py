@@ -31,10 +31,6 @@ CONTEXT_NAMES = frozenset({
 })
 """What every email may use (SPEC.md, "Email templates"); anything else is an undefined variable."""
 
-CONFIRM_TEMPLATE = "confirm"
-CONFIRM_NAMES = frozenset({"confirm_url"})
-"""What a funnel's double opt-in email (`templates/<funnel>/confirm.html`) may use besides."""
-
 DEADLINE_FUNCTIONS = ("deadline", "countdown_url")
 OFFER_FUNCTIONS = ("offer_url",)
 
@@ -130,6 +126,14 @@ def _in_zone(value: datetime, timezone: str | None) -> datetime:
     return value
 
 
+PAGE_NAMES: dict[str, frozenset[str]] = {
+    "confirm.html": frozenset({"confirm_url", "consent_text", "reminder", "erase_days"}),
+    "form.html": frozenset({"action", "consent_text", "error", "values", "hidden_fields"}),
+}
+"""What the double opt-in email (`confirm.html`) and the subscribe form page (`form.html`,
+not an email: no front matter) of a funnel can use beside the usual names."""
+
+
 def make_environment(templates_dir: Path) -> SandboxedEnvironment:
     """The sandbox every email renders in: StrictUndefined, HTML autoescaped, our filters."""
     env = SandboxedEnvironment(
@@ -166,7 +170,7 @@ def inspect_template(env: SandboxedEnvironment, templates_dir: Path, path: Path)
     except (OSError, UnicodeDecodeError) as exc:
         report.problems.append(Problem(path, 1, f"cannot read the template: {exc}"))
         return report
-    is_email = path.suffix == ".html" and path.parent.name != "layouts"
+    is_email = path.suffix == ".html" and path.parent.name != "layouts" and path.name != "form.html"
     try:
         front, body = split_front_matter(source)
     except FrontMatterError as exc:
@@ -194,7 +198,7 @@ def _check_source(
         line = (exc.lineno or 1) + max(line_offset - 1, 0)
         report.problems.append(Problem(path, line, f"template error: {exc.message}"))
         return
-    known = CONTEXT_NAMES | set(env.globals) | (CONFIRM_NAMES if path.stem == CONFIRM_TEMPLATE else frozenset())
+    known = CONTEXT_NAMES | set(env.globals) | (PAGE_NAMES.get(path.name, frozenset()) if path.parent.name != "layouts" else frozenset())
     for variable in sorted(meta.find_undeclared_variables(tree) - known):
         line = _first_use(tree, variable) + max(line_offset - 1, 0)
         report.problems.append(Problem(path, line, f"undefined variable {variable!r}; templates can use {', '.join(sorted(CONTEXT_NAMES))}"))

@@ -41,9 +41,10 @@ from autofunnel.mail.context import email_context
 from autofunnel.mail.links import add_open_pixel, rewrite_links
 from autofunnel.mail.message import build_message, format_address, message_id_for, sign_dkim
 from autofunnel.mail.transport import DeliveryError, Session as SmtpSession, Transport
-from autofunnel.services.confirmation import confirmation_email
 from autofunnel.services.senders import address_of, sender_domain, sender_for
 from autofunnel.domain.engine import ended_by_suppression, suppression_reason
+from autofunnel.services.leads import REMINDER_STEP
+from autofunnel.services.optin import render_confirmation
 from autofunnel.services.enrollments import (
     active_enrollment_ids,
     cancel_queued_for_leads,
@@ -267,12 +268,10 @@ def _allowed() -> ColumnElement[bool]:
             and_(e.status == "exited", func.substr(e.end_reason, 1, len(prefix)) == prefix),  # not LIKE: SQLite's ignores case
         ),
     ).exists()
-    by_kind = or_(
-        and_(d.kind != "email", d.kind != "confirm"),
-        and_(d.kind == "email", lead_status == "active"),
-        and_(d.kind == "confirm", lead_status == "pending"),
+    lead_allows = or_(
+        d.kind == "notify", and_(d.kind == "email", lead_status == "active"), and_(d.kind == "confirm", lead_status == "pending"),
     )
-    return and_(by_kind, ~enrollment_refuses)
+    return and_(lead_allows, ~enrollment_refuses)
 
 
 def _claim_params(rt: Runtime, delivery_id: int) -> dict[str, Any]:
@@ -392,6 +391,7 @@ def _refusal(kind: str, lead_status: str, enrollment: _EnrollmentState | None) -
     if kind == "email" and lead_status != "active":
         return "suppressed: lead not confirmed yet" if lead_status == "pending" else f"suppressed: lead {lead_status}"
     if kind == "confirm" and lead_status != "pending":
+        # The one email a pending lead may get, and only while pending.
         return "not needed: lead already confirmed" if lead_status == "active" else f"suppressed: lead {lead_status}"
     if enrollment is not None and enrollment.status in ("ended", "stopped"):
         return f"stage ended: {enrollment.end_reason}" if enrollment.status == "ended" else f"sequence stopped: {enrollment.end_reason}"
@@ -455,7 +455,7 @@ def _compose(rt: Runtime, claim: _Claim, flow: Flow, now: datetime) -> tuple[byt
     domain = sender_domain(sender)
     message_id = message_id_for(claim.id, domain)
     message = build_message(
-        sender=sender, to=format_address(claim.lead["first_name"] if claim.kind == "email" else None, claim.to_address), subject=rendered.subject, html=html, text=rendered.text,
+        sender=sender, to=format_address(claim.lead["first_name"] if claim.kind != "notify" else None, claim.to_address), subject=rendered.subject, html=html, text=rendered.text,
         message_id=message_id, date=now, headers=headers, domain=domain,
     )
     return _signed(rt, message), sender, message_id
@@ -464,7 +464,7 @@ def _compose(rt: Runtime, claim: _Claim, flow: Flow, now: datetime) -> tuple[byt
 def _compose_confirmation(rt: Runtime, claim: _Claim, flow: Flow, now: datetime) -> tuple[bytes, str, str]:
     """A double opt-in email: no pixel, no tracked link, no List-Unsubscribe (there is nothing to leave yet)."""
     sender = sender_for(rt, flow)
-    rendered = confirmation_email(rt, flow, claim.lead_id, claim.lead, sender)
+    rendered = render_confirmation(rt, claim.lead_id, flow, claim.lead, reminder=claim.step_id == REMINDER_STEP)
     domain = sender_domain(sender)
     message_id = message_id_for(claim.id, domain)
     message = build_message(

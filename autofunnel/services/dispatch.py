@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from autofunnel.services.confirmation import confirmation_upkeep
 from autofunnel.services.runtime import Runtime
+from autofunnel.services.optin import opt_in_pass
 from autofunnel.services.scheduler import BATCH, fold_report_tallies, sweep, tick
 
 log = logging.getLogger(__name__)
@@ -34,6 +34,9 @@ waits in the database, where the schedule lives, not as 20,000 messages in Redis
 
 FOLD_EVERY = 60.0
 """Seconds between folds of the report's tally rows (see `services/tallies.py`)."""
+
+OPT_IN_EVERY = 60.0
+"""Seconds between two double opt-in chores (confirmation reminders due, never-confirmed leads erased)."""
 
 HandOut = Callable[[list[int]], None]
 QueueDepth = Callable[[], int]
@@ -64,7 +67,6 @@ def scheduler_pass(rt: Runtime, hand_out: HandOut, queue_depth: QueueDepth, *, b
 
     report = tick(rt, batch=batch, on_batch=hand_out_batch, keep_going=lambda: _has_room(queue_depth))
     stats.due = report.enrollments
-    confirmation_upkeep(rt)
     swept = sweep(rt, now=rt.clock.now(), broker_empty=_is_empty(queue_depth))
     stats.retries, stats.lost, stats.interrupted = len(swept.retries), len(swept.lost), swept.interrupted
     if swept.lost:
@@ -97,9 +99,13 @@ def run_scheduler(rt: Runtime, hand_out: HandOut, queue_depth: QueueDepth, *, st
     """
     failing = False
     next_fold = time.monotonic() + FOLD_EVERY
+    next_chores = time.monotonic()
     while not stop.is_set():
         try:
             rt.reload_project()
+            if time.monotonic() >= next_chores:
+                opt_in_pass(rt)  # its emails are queued rows: the sweep below hands them out
+                next_chores = time.monotonic() + OPT_IN_EVERY
             stats = scheduler_pass(rt, hand_out, queue_depth)
             if time.monotonic() >= next_fold:
                 fold_report_tallies(rt)

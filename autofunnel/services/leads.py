@@ -14,7 +14,6 @@ from sqlalchemy.orm import Session
 from autofunnel.domain.model import Funnel
 from autofunnel.errors import InvalidInputError, NotFoundError
 from autofunnel.domain.engine import ended_by_suppression, suppression_reason
-from autofunnel.services.confirmation import queue_confirmation
 from autofunnel.services.enrollments import (
     active_enrollment_ids,
     end_enrollments,
@@ -77,19 +76,40 @@ def subscribe(rt: Runtime, data: SubscribeInput, *, consent: dict[str, Any]) -> 
             if held:
                 timeline.append(timeline_row(lead.id, now, "holdout", f"in the {flow.holdout:.0%} holdout: gets none of this funnel's emails", flow=flow.slug))
         version = current_version_ids(session, [flow], now)[flow.slug]
-        enrollment = session.execute(
-            insert_ignoring(session, Enrollment.__table__, ("lead_id", "flow", "stage", "run")).returning(Enrollment.id),
+        session.execute(
+            insert_ignoring(session, Enrollment.__table__, ("lead_id", "flow", "stage", "run")),
             [new_enrollment(lead.id, flow, first.name, run=1, at=data.at, now=now, version_id=version, event_id=event.id)],
-        ).first()
-        if lead.status == "pending" and enrollment is not None:
-            queue_confirmation(session, lead_id=lead.id, enrollment_id=enrollment.id, funnel=flow.slug, to=lead.email, now=now)
-            timeline.append(timeline_row(lead.id, now, "confirmation", "double opt-in: confirmation email queued", flow=flow.slug))
+        )
+        if lead.status == "pending":
+            queue_confirmation(session, lead.id, flow.slug, lead.email, now)
+            timeline.append(timeline_row(lead.id, now, "queued", "confirmation email: the lead is pending until they confirm", flow=flow.slug, step_id=CONFIRM_STEP))
         write_timeline(session, timeline)
         session.flush()
         count_stage_entries(session, ids_in([entered.id]))
         # Purchases recorded before the subscription but made after it (a late import) count for the funnel now.
         count_events(session, of_lead(lead.id), funnel=flow.slug)
         return SubscribeResult(lead.id, lead.status, True)
+
+
+CONFIRM_STEP = "confirm"
+REMINDER_STEP = "confirm-reminder"
+RESENT_STEP = "confirm-again"
+
+
+def queue_confirmation(session: Session, lead_id: int, funnel: str, to_address: str, now: datetime, step: str = CONFIRM_STEP) -> int:
+    """A double opt-in email queued as a delivery of its own kind, `confirm`.
+
+    It is due at once and belongs to no enrollment, so no send window, quiet day
+    or frequency cap holds it; the claim sends a `confirm` delivery only to a
+    lead still `pending`, and the worker sends it exactly once like any email.
+    """
+    delivery = Delivery(
+        lead_id=lead_id, enrollment_id=None, flow=funnel, stage="", step_id=step, occurrence=1, kind="confirm",
+        template="confirm", variant=None, to_address=to_address, status="queued", created_at=now,
+    )
+    session.add(delivery)
+    session.flush()
+    return delivery.id
 
 
 def lead_channel(source: dict[str, Any] | None) -> str | None:

@@ -462,7 +462,6 @@ def fold_report_tallies(rt: Runtime) -> int:
 def run_tick(rt: Runtime, *, dry_run: bool = False) -> PassResult:
     """`autofunnel tick`: one pass in this process — steps that are due, lost work swept up, emails
     sent, and the report's tallies folded (so a tick from cron keeps them small too)."""
-    from autofunnel.services.confirmation import confirmation_upkeep
     from autofunnel.services.delivery import deliver
 
     report = tick(rt, dry_run=dry_run)
@@ -470,8 +469,9 @@ def run_tick(rt: Runtime, *, dry_run: bool = False) -> PassResult:
     if dry_run:
         more = "; more are due than one dry-run batch shows" if report.more_due else ""
         return PassResult(lines, f"dry run at {report.now.isoformat()}: {report.enrollments} enrollment(s) due, nothing written or sent{more}")
-    upkeep = confirmation_upkeep(rt)
-    lines.extend(f"{report.now.isoformat()} {line}" for line in upkeep.lines())
+    from autofunnel.services.optin import opt_in_pass
+
+    chores = opt_in_pass(rt, report.now)
     swept = sweep(rt, now=report.now)
     interrupted = swept.interrupted
     sent = deliver(rt, sorted(set(report.queued) | set(swept.retries) | set(swept.lost)))
@@ -481,5 +481,7 @@ def run_tick(rt: Runtime, *, dry_run: bool = False) -> PassResult:
         f"tick at {report.now.isoformat()}: {report.enrollments} enrollment(s) due; "
         f"{sent.sent} sent, {sent.failed} failed, {sent.skipped} skipped, {sent.retried} to retry"
         + (f"; {interrupted} interrupted delivery(ies) marked failed" if interrupted else "")
+        + (f"; {chores.reminded} confirmation reminder(s) queued" if chores.reminded else "")
+        + (f"; {chores.erased} never-confirmed lead(s) erased" if chores.erased else "")
     )
     return PassResult(lines, summary)

@@ -19,6 +19,8 @@ from autofunnel.web.admin import install_admin
 from autofunnel.web.api import api, health
 from autofunnel.web.errors import register_error_handlers
 from autofunnel.web.hooks import hooks
+from autofunnel.web.forms import forms
+from autofunnel.web.limits import init_limiter
 from autofunnel.web.public import public
 
 MAX_BODY = 5 * 1024 * 1024
@@ -44,6 +46,8 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     app.register_blueprint(health)
     app.register_blueprint(public)
     app.register_blueprint(hooks)
+    app.register_blueprint(forms)
+    init_limiter(app, runtime.settings)
     install_admin(app, runtime)
     return app
 

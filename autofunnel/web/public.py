@@ -9,7 +9,6 @@ from __future__ import annotations
 from flask import Blueprint, Response, redirect, request, url_for
 from werkzeug.urls import iri_to_uri
 
-from autofunnel.services.confirmation import ConfirmState, confirm, confirm_state, resend
 from autofunnel.services.tracking import (
     countdown_image,
     offer_target,
@@ -96,42 +95,3 @@ def unsubscribe_post(token: str) -> Response:
         return _no_store(Response("unsubscribed\n", mimetype="text/plain"))
     return _no_store(render_page("You are unsubscribed", f"{result.masked_email} gets no more emails from us."))
 
-
-# Double opt-in -------------------------------------------------------------------------
-
-
-def _confirm_page(token: str, state: ConfirmState) -> Response:
-    if state.state == "pending":
-        return _no_store(render_page(
-            "Confirm your subscription",
-            f"Press the button to confirm that {state.masked_email} wants emails from {state.funnel_title}.",
-            action=url_for("public.confirm_post", token=token), button="Confirm",
-        ))
-    if state.state == "confirmed":
-        return _no_store(render_page("You are subscribed", f"Thank you: {state.masked_email} will get emails from {state.funnel_title}."))
-    if state.state == "expired":
-        return _no_store(render_page(
-            "This link has expired",
-            f"Confirmation links work for a limited time. We can send a new one to {state.masked_email}.",
-            action=url_for("public.confirm_resend", token=token), button="Send me a new link",
-        ))
-    return _no_store(render_page("Nothing to confirm", "This subscription is no longer active. Nothing was done."))
-
-
-@public.get("/confirm/<token>")
-def confirm_page(token: str) -> Response:
-    """Shows a Confirm button; changes nothing (mail scanners GET every link)."""
-    return _confirm_page(token, confirm_state(runtime(), token))
-
-
-@public.post("/confirm/<token>")
-def confirm_post(token: str) -> Response:
-    return _confirm_page(token, confirm(runtime(), token))
-
-
-@public.post("/confirm/<token>/resend")
-def confirm_resend(token: str) -> Response:
-    state = resend(runtime(), token)
-    if state.state == "pending":
-        return _no_store(render_page("A new link is on its way", f"Check the inbox of {state.masked_email} in a minute or two."))
-    return _confirm_page(token, state)

@@ -12,7 +12,7 @@ from flask_login import current_user, login_required, login_user, logout_user
 from autofunnel.domain.model import Funnel
 from autofunnel.errors import AutofunnelError, InvalidInputError
 from autofunnel.report_format import duration, percent, report_csv
-from autofunnel.services.confirmation import send_confirmation
+from autofunnel.services.optin import send_confirmation
 from autofunnel.services.credentials import check_user_password
 from autofunnel.services.events import record_events
 from autofunnel.services.flow_map import flow_map
@@ -244,11 +244,12 @@ def lead_unsubscribe(lead_id: int) -> Response:
 @login_required
 def lead_confirmation(lead_id: int) -> Response:
     try:
-        send_confirmation(runtime(), str(lead_id))
+        queued = send_confirmation(runtime(), str(lead_id))
     except InvalidInputError as exc:
         flash(f"Not sent: {exc}")
     else:
-        flash("A new confirmation email is queued; it goes out within seconds.")
+        flash("A new confirmation email is queued; it goes out within seconds." if queued is not None
+              else "Not sent: a confirmation email went to this lead a few minutes ago.")
     return redirect(url_for("admin.lead", lead_id=lead_id))
 
 
