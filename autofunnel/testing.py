@@ -175,7 +175,6 @@ class FunnelTest:
         """None: each pass runs at the exact moment work falls due. A duration: passes run on that
         grid (a scheduler waking every 15 minutes), far fewer of them for a long simulation."""
         self._passes_since_fold = 0
-        self._retrying = 0
         self.outbox: list[Email] = []
         self.sent_ids: list[int] = []
         """Every delivery id sent, in order (cheaper than `outbox` for counting)."""
@@ -365,25 +364,19 @@ class FunnelTest:
 
     def run_due(self) -> None:
         """One scheduler pass at the current moment and the delivery of what it queued, as
-        `autofunnel tick` does, with the in-memory transport; emails whose retry back-off
-        ended are swept up and sent too."""
-        from sqlalchemy import select
-
+        `autofunnel tick` does, with the in-memory transport: due steps, the double opt-in's
+        chores (reminders, erasure), and every queued email not yet handed out (confirmations,
+        retries whose back-off ended)."""
         from autofunnel.services.delivery import deliver
-        from autofunnel.services.enrollments import ready_to_send
+        from autofunnel.services.optin import opt_in_pass
         from autofunnel.services.scheduler import sweep, tick
-        from autofunnel.store.models import Delivery
 
         queued = tick(self.runtime).queued
-        if queued:
-            self._retrying += deliver(self.runtime, sorted(queued)).retried
-        if self._retrying:
-            with self.runtime.db.read() as session:
-                waiting = session.scalar(select(Delivery.id).where(ready_to_send(self.now)).limit(1))
-            if waiting is not None:
-                swept = sweep(self.runtime)
-                report = deliver(self.runtime, sorted(set(swept.retries) | set(swept.lost)))
-                self._retrying = max(0, self._retrying - report.sent - report.failed - report.skipped) + report.retried
+        opt_in_pass(self.runtime, self.now)
+        swept = sweep(self.runtime)
+        ids = sorted(set(queued) | set(swept.retries) | set(swept.lost))
+        if ids:
+            deliver(self.runtime, ids)
         self._passes_since_fold += 1
         if self._passes_since_fold >= 200:
             self.fold()

@@ -43,15 +43,17 @@ def test_the_readme_example_fails_when_the_purchase_does_not_stop_the_reminder(p
         test()  # type: ignore[operator]
 
 
-def test_nothing_goes_before_confirmation_and_the_holdout_gets_nothing(project_dir: Path) -> None:
+def test_only_the_confirmation_goes_before_confirming_and_the_holdout_gets_nothing(project_dir: Path) -> None:
     with FunnelTest(project_dir) as t:
         pending = t.subscribe("pending@example.com", "yoga", held_out=False)
         held = t.subscribe("held@example.com", "yoga", held_out=True, confirm=True)
         t.advance("2d")
-        assert t.templates(pending) == [] and t.templates(held) == []
+        assert t.templates(pending) == ["confirm", "confirm"], "the confirmation and its one reminder, nothing else"
+        assert [e.kind for e in t.outbox if e.lead == "pending@example.com"] == ["confirm", "confirm"]
+        assert t.templates(held) == []
         assert t.lead(pending)["status"] == "pending"
         t.confirm(pending)
-        assert t.templates(pending) == ["welcome"]
+        assert t.templates(pending) == ["confirm", "confirm", "welcome"]
         assert t.lead(held)["status"] == "active"
 
 
