@@ -187,6 +187,9 @@ def tick(state: State, at: str | None, dry_run: bool) -> None:
     for line in result.lines:
         click.echo(line)
     click.echo(result.summary)
+    if result.render_failures:
+        click.echo(f"error: {len(result.render_failures)} email(s) failed to render: template {', '.join(sorted(set(result.render_failures)))}; run `autofunnel validate`", err=True)
+        sys.exit(1)
 
 
 @main.command()
@@ -242,7 +245,8 @@ def scheduler(state: State) -> None:
 def status(state: State, as_json: bool) -> None:
     """Queue depth, work due now and how late, sends and failures in the last minute and hour.
 
-    Exits 1 when work is overdue and nothing finished within a lease (nobody is working)."""
+    Exits 1 when work is overdue and nothing finished within a lease (nobody is working),
+    or when an email's template failed to render in the last hour."""
     import json
 
     from autofunnel.services.runtime import Runtime
@@ -257,7 +261,7 @@ def status(state: State, as_json: bool) -> None:
         click.echo(json.dumps({"broker": broker, **work.as_dict()}))
     else:
         _print_status(broker, work)
-    if work.stalled:
+    if work.stalled or work.render_failed:
         sys.exit(1)
 
 
@@ -269,7 +273,7 @@ def _print_status(broker: str, work: Any) -> None:
     click.echo(f"due now:       {work.due_now} (oldest due {age} ago)")
     click.echo(f"sent:          {work.sent_last_minute} in the last minute, {work.sent_last_hour} in the last hour")
     click.echo(f"failed:        {work.failed_last_minute} in the last minute, {work.failed_last_hour} in the last hour")
-    click.echo(f"work:          {work.stalled or 'ok'}")
+    click.echo(f"work:          {work.stalled or work.render_failed or 'ok'}")
 
 
 @main.command()

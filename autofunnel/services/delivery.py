@@ -40,6 +40,8 @@ from sqlalchemy.engine import Connection
 from autofunnel.domain.model import Flow
 from autofunnel.errors import AutofunnelError
 from autofunnel.mail.links import add_open_pixel, rewrite_links
+from autofunnel.mail.render import TemplateRenderError
+from autofunnel.mail.templates import funnel_context, lead_context
 from autofunnel.mail.message import build_message, format_address, message_id_for, sign_dkim
 from autofunnel.mail.transport import DeliveryError, Session as SmtpSession, Transport
 from autofunnel.domain.engine import ended_by_suppression, suppression_reason
@@ -68,6 +70,10 @@ RETRY_AFTER = (timedelta(minutes=1), timedelta(minutes=5), timedelta(minutes=15)
 T = TypeVar("T")
 
 
+RENDER_FAILED = "template failed to render"
+"""How the reason of an email whose template raised begins; `status` and `/healthz` count them by it."""
+
+
 @dataclass
 class DeliveryReport:
     sent: int = 0
@@ -75,6 +81,8 @@ class DeliveryReport:
     skipped: int = 0
     retried: int = 0
     lines: list[str] = field(default_factory=list)
+    render_failures: list[str] = field(default_factory=list)
+    """`flow/template` of each email that failed because its template did not render."""
 
 
 @dataclass(frozen=True)
@@ -214,7 +222,7 @@ def _read_leads(connection: Connection, delivery_ids: Sequence[int]) -> dict[int
         deadlines.setdefault((lead_id, flow), {})[name] = due_at
     return {
         row.id: _Lead(
-            {"email": row.email, "first_name": row.first_name, "fields": dict(row.fields or {}), "tags": list(row.tags or []), "timezone": row.timezone},
+            lead_context(email=row.email, first_name=row.first_name, fields=dict(row.fields or {}), tags=list(row.tags or []), timezone=row.timezone),
             deadlines.get((row.lead_id, row.flow), {}), dict(row.event or {}),
             Cohort(row.cohort_at, row.channel, row.entered_at) if row.cohort_at is not None else None,
         )
@@ -335,7 +343,7 @@ def _refuse(connection: Connection, row: Any, reason: str, now: datetime) -> lis
 
 def _claimed(batch: _Batch, row: Any) -> _Claim:
     """The claimed email with what its template needs, read once for the batch."""
-    lead = batch.leads.get(row.id) or _Lead({"email": row.to_address, "first_name": None, "fields": {}, "tags": [], "timezone": None}, {}, {}, None)
+    lead = batch.leads.get(row.id) or _Lead(lead_context(email=row.to_address, first_name=None, fields={}, tags=[], timezone=None), {}, {}, None)
     cohort = lead.cohort
     if cohort is not None:
         cohort = Cohort(cohort.cohort_at, cohort.channel, cohort.entered_at, bool(row.may_follow))
@@ -358,6 +366,9 @@ def _record_alone(batch: _Batch) -> None:
 def _bounce_and_count(batch: _Batch, outcome: _Outcome, recorded: list[tuple[str, str]]) -> None:
     if outcome.hard_bounce:
         _suppress_bounced(batch.rt, outcome.claim)
+    if outcome.reason.startswith(RENDER_FAILED) and any(status == "failed" for status, _ in recorded):
+        log.error("%s/%s: %s", outcome.claim.flow, outcome.claim.template, outcome.reason)
+        batch.report.render_failures.append(f"{outcome.claim.flow}/{outcome.claim.template}")
     _count(batch.report, recorded)
 
 
@@ -400,6 +411,8 @@ def _send(rt: Runtime, smtp: SmtpSession, claim: _Claim) -> _Outcome:
         if flow is None:
             raise AutofunnelError(f"{claim.flow!r} is no longer in the project")
         message, sender, message_id = _compose(rt, claim, flow, now)
+    except TemplateRenderError as exc:
+        return _Outcome(claim, "failed", f"{RENDER_FAILED}: {exc}", rt.clock.now())
     except AutofunnelError as exc:
         return _Outcome(claim, "failed", f"could not build the email: {exc}", rt.clock.now())
     try:
@@ -449,7 +462,7 @@ def _compose(rt: Runtime, claim: _Claim, flow: Flow, now: datetime) -> tuple[byt
 
     context = {
         "lead": claim.lead,
-        "funnel": {"slug": flow.slug, "title": flow.title, "stage": claim.stage or None},
+        "funnel": funnel_context(slug=flow.slug, title=flow.title, stage=claim.stage or None),
         "event": claim.event,
         "deadline": deadline,
         "offer_url": offer_url,
