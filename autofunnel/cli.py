@@ -85,8 +85,12 @@ def init(state: State, directory: Path | None) -> None:
 def validate(state: State, directory: Path | None) -> None:
     """Check funnels and templates; print every problem as file:line: message (exit 1 on errors)."""
     from autofunnel.services.project import summarize, validate_project
+    from autofunnel.services.setup_checks import setup_warnings
 
-    result = validate_project(directory or state.project_dir or Path("."))
+    root = directory or state.project_dir or Path(".")
+    result = validate_project(root)
+    if result.flows:
+        result.problems.extend(setup_warnings(load_settings(root), result.flows))
     for problem in result.problems:
         click.echo(str(problem))
     if not result.ok:

@@ -4,6 +4,8 @@ before they fail at send time, and a template failure at send time that nobody c
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -161,3 +163,76 @@ def test_a_clean_tick_exits_zero(database_url: str, runtime_factory: Any, projec
     env = {"AUTOFUNNEL_DATABASE_URL": database_url, "AUTOFUNNEL_SMTP_URL": smtp_sink.url(), "AUTOFUNNEL_SECRET_KEY": "test-secret-key-0123456789"}
     ticked = CliRunner().invoke(main, ["--project-dir", str(project_dir), "tick"], env=env)
     assert ticked.exit_code == 0, ticked.output
+
+
+# validate: settings that send mail badly ---------------------------------------------------
+
+CLEAN = {
+    "AUTOFUNNEL_BASE_URL": "https://shop.example", "AUTOFUNNEL_MAIL_FROM": "Shop <hello@shop.example>",
+    "AUTOFUNNEL_POSTAL_ADDRESS": "1 Main St, Springfield",
+}
+
+
+def warnings_of(project: Path, **env: str | None) -> list[str]:
+    code, lines = validate(project, {**CLEAN, **env})  # type: ignore[dict-item]
+    assert code == 0, lines
+    return [line for line in lines if ": warning: " in line]
+
+
+def test_a_production_setup_has_no_setup_warnings(project_dir: Path) -> None:
+    assert warnings_of(project_dir) == []
+
+
+def test_no_sender_anywhere_is_a_warning_naming_the_address(project_dir: Path) -> None:
+    found = warnings_of(project_dir, AUTOFUNNEL_MAIL_FROM=None, AUTOFUNNEL_BASE_URL=None)
+    assert f"{project_dir}/funnels/abandoned-cart.yml:1: warning: abandoned-cart has no from: and AUTOFUNNEL_MAIL_FROM is not set: its emails go out as noreply@localhost.localdomain" in found
+    assert not any("yoga has no from:" in line for line in found)  # yoga has its own from:
+
+
+def test_a_base_url_at_localhost_or_plain_http_is_a_warning(project_dir: Path) -> None:
+    assert any("base_url is http://localhost:8000: every link in emails" in line for line in warnings_of(project_dir, AUTOFUNNEL_BASE_URL=None))
+    assert any("base_url http://shop.example is not https" in line for line in warnings_of(project_dir, AUTOFUNNEL_BASE_URL="http://shop.example"))
+
+
+def test_dkim_half_configured_or_not_aligned_is_a_warning(project_dir: Path, tmp_path: Path) -> None:
+    key = tmp_path / "dkim.pem"
+    key.write_text("not read by validate")
+    half = warnings_of(project_dir, AUTOFUNNEL_DKIM_DOMAIN="shop.example", AUTOFUNNEL_DKIM_KEY_FILE=str(key))
+    assert any("DKIM is half configured (AUTOFUNNEL_DKIM_DOMAIN, AUTOFUNNEL_DKIM_KEY_FILE set, AUTOFUNNEL_DKIM_SELECTOR missing): no email is signed" in line for line in half), half
+    full = warnings_of(project_dir, AUTOFUNNEL_DKIM_DOMAIN="shop.example", AUTOFUNNEL_DKIM_SELECTOR="s1", AUTOFUNNEL_DKIM_KEY_FILE=str(key))
+    assert [line for line in full if "DMARC" in line] == [
+        f"{project_dir}/funnels/yoga.yml:1: warning: yoga sends from yoga.example but DKIM signs for shop.example: DMARC alignment fails; sign for the From domain or send from it"
+    ]  # abandoned-cart sends from AUTOFUNNEL_MAIL_FROM, hello@shop.example: aligned
+
+
+def test_a_marketing_email_without_the_layout_has_no_unsubscribe_link(project_dir: Path) -> None:
+    (project_dir / "templates/yoga/welcome.html").write_text("---\nsubject: Hi\n---\n<p>Hello {{ lead.first_name }}</p>\n")
+    (project_dir / "templates/yoga/welcome.txt").unlink()
+    found = warnings_of(project_dir)
+    assert found == [f"{project_dir}/templates/yoga/welcome.html:1: warning: a marketing email without a visible unsubscribe link: use {{{{ unsubscribe_url }}}} in a link (the example layout has one); Gmail and Yahoo require it"]
+
+
+def test_a_layout_showing_an_unset_postal_address_is_one_warning(project_dir: Path) -> None:
+    found = warnings_of(project_dir, AUTOFUNNEL_POSTAL_ADDRESS=None)
+    assert found == [f"{project_dir}/templates/layouts/base.html:1: warning: shows postal_address but AUTOFUNNEL_POSTAL_ADDRESS is not set: anti-spam law (CAN-SPAM, the EU) asks for your postal address in marketing email"]
+
+
+def test_web_logs_the_same_warnings_once_at_start(project_dir: Path, tmp_path: Path) -> None:
+    from services_at_hand import Part, clean_environment, free_port, http_status, wait_until
+
+    from autofunnel.config import load_settings
+    from autofunnel.services.project import load_project
+    from autofunnel.services.setup_checks import setup_warnings
+
+    env = clean_environment(database_url=f"sqlite:///{tmp_path / 'web.db'}")
+    subprocess.run([sys.executable, "-m", "autofunnel", "db", "upgrade"], env=env, cwd=project_dir, check=True, capture_output=True)
+    expected = [str(problem) for problem in setup_warnings(load_settings(project_dir, environ=env), load_project(project_dir).flows)]
+    assert len(expected) == 3
+    port = free_port()
+    web = Part(["web", "--port", str(port)], env=env, cwd=project_dir, log=tmp_path / "web.log").start()
+    try:
+        wait_until(lambda: http_status(f"http://127.0.0.1:{port}/healthz") == 200, timeout=60, what=f"/healthz\n{web.output()}")
+    finally:
+        web.stop()
+    for warning in expected:
+        assert web.output().count(warning.replace(str(project_dir) + "/", "")) == 1, web.output()

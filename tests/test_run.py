@@ -61,5 +61,6 @@ def test_run_with_nothing_configured_sends_the_welcome_email(project_dir: Path, 
         run.process.send_signal(signal.SIGINT)
         assert run.process.wait(timeout=30) == 0, run.output()
         assert len(smtp_sink.messages) == 1
+        assert run.output().count("warning: base_url is http://localhost:") == 1, run.output()  # once, not once per part
     finally:
         run.stop()

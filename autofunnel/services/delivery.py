@@ -32,7 +32,6 @@ from datetime import datetime, timedelta
 from email.utils import parseaddr
 from functools import cache, lru_cache
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
 
 from sqlalchemy import ColumnElement, Update, and_, bindparam, func, insert, null, or_, select, update
 from sqlalchemy.engine import Connection
@@ -55,6 +54,7 @@ from autofunnel.services.enrollments import (
 )
 from autofunnel.services.database import through_outage
 from autofunnel.services.runtime import Runtime
+from autofunnel.services.setup_checks import dkim_ready, sender_of
 from autofunnel.services.tallies import Cohort, count_sent_email, may_follow, sent_email_tally, sent_email_tally_params
 from autofunnel.store.db import HeldConnection
 from autofunnel.store.models import Deadline, Delivery, Enrollment, Event, Lead, StageEntry, TimelineEntry
@@ -433,12 +433,7 @@ def _domain(address: str) -> str:
 
 
 def _sender(rt: Runtime, flow: Flow) -> str:
-    if flow.rules.sender:
-        return flow.rules.sender
-    if rt.settings.mail_from:
-        return rt.settings.mail_from
-    host = urlsplit(rt.settings.base_url).hostname or "localhost"
-    return f"autofunnel <noreply@{host if '.' in host else host + '.localdomain'}>"
+    return sender_of(rt.settings, flow)
 
 
 def _compose(rt: Runtime, claim: _Claim, flow: Flow, now: datetime) -> tuple[bytes, str, str]:
@@ -486,7 +481,7 @@ def _compose(rt: Runtime, claim: _Claim, flow: Flow, now: datetime) -> tuple[byt
         message_id=message_id, date=now, headers=headers, domain=domain,
     )
     settings = rt.settings
-    if rt.dkim_key is not None and settings.dkim_domain and settings.dkim_selector:
+    if rt.dkim_key is not None and dkim_ready(settings):  # half configured: warned at start (setup_checks)
         message = sign_dkim(message, settings.dkim_domain, settings.dkim_selector, rt.dkim_key)
     return message, sender, message_id
 
