@@ -126,6 +126,7 @@ class Settings:
     delivery_lease: float = 60.0
     scheduler_interval: float = 1.0
     double_opt_in: bool = False
+    track_opens: bool = True
     postal_address: str | None = None
     dkim_domain: str | None = None
     dkim_selector: str | None = None
@@ -164,6 +165,7 @@ _PARSERS: dict[str, Callable[[str, Any], Any]] = {
     "delivery_lease": _seconds,
     "scheduler_interval": _seconds,
     "double_opt_in": _bool,
+    "track_opens": _bool,
     "postal_address": _optional_text,
     "dkim_domain": _optional_text,
     "dkim_selector": _optional_text,

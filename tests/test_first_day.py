@@ -236,3 +236,86 @@ def test_web_logs_the_same_warnings_once_at_start(project_dir: Path, tmp_path: P
         web.stop()
     for warning in expected:
         assert web.output().count(warning.replace(str(project_dir) + "/", "")) == 1, web.output()
+
+
+# mail that scores clean ---------------------------------------------------------------------
+
+
+def _welcome_html(runtime_factory: Any, project_dir: Path, smtp_sink: SmtpSink, **settings: str) -> str:
+    from email import policy
+    from email.parser import BytesParser
+
+    rt = runtime_factory(project_dir, smtp_sink.url(), FixedClock(T0), **settings)
+    subscribe(rt, parse_subscribe({"email": "ann@example.com", "funnel": "yoga", "first_name": "Ann"}, T0), consent={"via": "test"})
+    run_tick(rt)
+    message = BytesParser(policy=policy.default).parsebytes(smtp_sink.messages[-1].raw)
+    return str(message.get_body(("html",)).get_content())  # type: ignore[union-attr]
+
+
+def test_opens_are_tracked_by_default(runtime_factory: Any, project_dir: Path, smtp_sink: SmtpSink) -> None:
+    assert "http://testserver/t/o/" in _welcome_html(runtime_factory, project_dir, smtp_sink)
+
+
+def test_open_tracking_off_for_the_project(runtime_factory: Any, project_dir: Path, smtp_sink: SmtpSink) -> None:
+    html = _welcome_html(runtime_factory, project_dir, smtp_sink, track_opens="false")
+    assert "/t/o/" not in html and "http://testserver/t/c/" in html  # clicks still tracked
+
+
+def test_open_tracking_off_for_one_funnel(runtime_factory: Any, project_dir: Path, smtp_sink: SmtpSink) -> None:
+    edit(project_dir / "funnels/yoga.yml", "title: Yoga for beginners\n", "title: Yoga for beginners\ntrack_opens: false\n")
+    assert validate(project_dir, CLEAN)[0] == 0
+    assert "/t/o/" not in _welcome_html(runtime_factory, project_dir, smtp_sink)
+
+
+def test_track_opens_must_be_true_or_false(project_dir: Path) -> None:
+    edit(project_dir / "funnels/yoga.yml", "title: Yoga for beginners\n", "title: Yoga for beginners\ntrack_opens: sometimes\n")
+    code, lines = validate(project_dir, CLEAN)
+    assert code == 1
+    assert f"{project_dir}/funnels/yoga.yml:3: track_opens: expected true or false, got 'sometimes'" in lines
+
+
+def _starter_html(project_dir: Path) -> str:
+    from autofunnel.mail.render import Renderer
+
+    context = {
+        "lead": {"email": "a@b.example", "first_name": "Ann", "fields": {}, "tags": [], "timezone": None},
+        "funnel": {"slug": "yoga", "title": "Yoga", "stage": "lead"}, "event": {}, "unsubscribe_url": "https://x.example/u/1",
+        "postal_address": "1 Main St", "deadline": lambda name: T0, "offer_url": lambda name: "https://x.example/o",
+        "countdown_url": lambda name: "https://x.example/c.gif",
+    }
+    return Renderer(project_dir / "templates").render("yoga", "welcome", context).html
+
+
+def test_the_preheader_is_hidden_without_transparent_text(project_dir: Path) -> None:
+    import re
+
+    html = _starter_html(project_dir)
+    span = re.search(r'<span class="preheader" style="([^"]*)"', html)
+    assert span, html
+    style = span.group(1).replace(" ", "")
+    assert "transparent" not in html and "opacity:0" not in style and "visibility:hidden" not in style
+    for rule in ("display:none", "max-height:0", "overflow:hidden", "mso-hide:all"):
+        assert rule in style, style
+
+
+def _contrast(foreground: str, background: str) -> float:
+    def luminance(colour: str) -> float:
+        channels = [int(colour.lstrip("#")[i:i + 2], 16) / 255 for i in (0, 2, 4)]
+        linear = [c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in channels]
+        return 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
+
+    high, low = sorted((luminance(foreground), luminance(background)), reverse=True)
+    return (high + 0.05) / (low + 0.05)
+
+
+def test_the_footer_text_meets_wcag_aa_contrast(project_dir: Path) -> None:
+    import re
+
+    html = _starter_html(project_dir)
+    footer_at = html.index('class="footer"')
+    background = re.findall(r"background-color:\s*(#[0-9a-fA-F]{6})", html[:footer_at])[-1]  # the footer table's own
+    footer_colour = re.search(r"color:\s*(#[0-9a-fA-F]{6})", html[footer_at:].split(">", 1)[0].replace("background-color", "bg"))
+    link_colour = re.search(r'<a href="https://x.example/u/1"[^>]*style="[^"]*color:\s*(#[0-9a-fA-F]{6})', html)
+    assert footer_colour and link_colour, html[footer_at:footer_at + 600]
+    assert _contrast(footer_colour.group(1), background) >= 4.5
+    assert _contrast(link_colour.group(1), background) >= 4.5

@@ -67,11 +67,11 @@ WINDOW = re.compile(r"^(\d{2}):(\d{2})-(\d{2}):(\d{2})$")
 PERCENT = re.compile(r"^(\d+(?:\.\d+)?)\s*%$")
 
 FUNNEL_KEYS = (
-    "funnel", "title", "from", "send_window", "quiet_days", "frequency_cap", "holdout",
+    "funnel", "title", "from", "send_window", "quiet_days", "frequency_cap", "track_opens", "holdout",
     "double_opt_in", "offers", "stages",
 )
 SEQUENCE_KEYS = (
-    "sequence", "title", "from", "send_window", "quiet_days", "frequency_cap", "offers",
+    "sequence", "title", "from", "send_window", "quiet_days", "frequency_cap", "track_opens", "offers",
     "start_on", "restart", "stop_on", "steps",
 )
 STAGE_KEYS = ("stage", "enter_on", "steps")
@@ -261,7 +261,13 @@ class _FlowParser:
         cap = None
         if "frequency_cap" in data:
             cap = self.cap(data)
-        return SendingRules(sender=sender, send_window=window, quiet_days=quiet, frequency_cap=cap)
+        track_opens = None
+        if "track_opens" in data:
+            track_opens = data["track_opens"]
+            if not isinstance(track_opens, bool):
+                self.p.error(data.line_of("track_opens"), f"track_opens: expected true or false, got {_show(track_opens)}")
+                track_opens = None
+        return SendingRules(sender=sender, send_window=window, quiet_days=quiet, frequency_cap=cap, track_opens=track_opens)
 
     def sender(self, data: LocatedDict) -> str | None:
         value = self.text(data, "from")

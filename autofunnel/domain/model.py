@@ -263,6 +263,8 @@ class SendingRules:
     send_window: SendWindow | None = None
     quiet_days: frozenset[str] = frozenset()
     frequency_cap: FrequencyCap | None = None
+    track_opens: bool | None = None
+    """Whether emails carry the open pixel; None: AUTOFUNNEL_TRACK_OPENS decides."""
 
 
 @dataclass(frozen=True)

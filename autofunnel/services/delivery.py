@@ -54,7 +54,7 @@ from autofunnel.services.enrollments import (
 )
 from autofunnel.services.database import through_outage
 from autofunnel.services.runtime import Runtime
-from autofunnel.services.setup_checks import dkim_ready, sender_of
+from autofunnel.services.setup_checks import dkim_ready, sender_of, tracks_opens
 from autofunnel.services.tallies import Cohort, count_sent_email, may_follow, sent_email_tally, sent_email_tally_params
 from autofunnel.store.db import HeldConnection
 from autofunnel.store.models import Deadline, Delivery, Enrollment, Event, Lead, StageEntry, TimelineEntry
@@ -471,7 +471,8 @@ def _compose(rt: Runtime, claim: _Claim, flow: Flow, now: datetime) -> tuple[byt
     headers: list[tuple[str, str]] = []
     if claim.kind == "email":
         html = rewrite_links(html, lambda url: f"{base}/t/c/{tokens.sign('click', [claim.id, url])}", keep={unsubscribe_url})
-        html = add_open_pixel(html, f"{base}/t/o/{tokens.sign('open', [claim.id])}")
+        if tracks_opens(rt.settings, flow):
+            html = add_open_pixel(html, f"{base}/t/o/{tokens.sign('open', [claim.id])}")
         mailto = f"mailto:{_address_of(sender)}?subject=unsubscribe"
         headers = [("List-Unsubscribe", f"<{unsubscribe_url}>, <{mailto}>"), ("List-Unsubscribe-Post", "List-Unsubscribe=One-Click")]
     domain = _domain(sender)

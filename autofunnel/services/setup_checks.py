@@ -40,6 +40,11 @@ def sender_of(settings: Settings, flow: Flow) -> str:
     return f"autofunnel <noreply@{host if '.' in host else host + '.localdomain'}>"
 
 
+def tracks_opens(settings: Settings, flow: Flow) -> bool:
+    """Whether a flow's emails carry the open pixel: its `track_opens:`, else AUTOFUNNEL_TRACK_OPENS."""
+    return settings.track_opens if flow.rules.track_opens is None else flow.rules.track_opens
+
+
 def dkim_ready(settings: Settings) -> bool:
     """Whether every email is signed: all three DKIM settings are given (else none is signed)."""
     return bool(settings.dkim_domain and settings.dkim_selector and settings.dkim_key_file)
