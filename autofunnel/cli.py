@@ -124,7 +124,7 @@ def apikey() -> None:
 
 
 @apikey.command("create")
-@click.option("--name", default="default", show_default=True, help="A label to tell keys apart in listings.")
+@click.option("--name", default="default", show_default=True, help="A label stored with the key, to tell keys apart.")
 @pass_state
 @friendly_errors
 def apikey_create(state: State, name: str) -> None:
@@ -198,7 +198,7 @@ def tick(state: State, at: str | None, dry_run: bool) -> None:
 
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0 for every interface).")
-@click.option("--port", default=8000, show_default=True, type=int, help="Port of the web app, the API and the links in emails.")
+@click.option("--port", default=8000, show_default=True, type=int, help="Port of the web app and the API; also of the links in emails when AUTOFUNNEL_BASE_URL is not set.")
 @pass_state
 @friendly_errors
 def run(state: State, host: str, port: int) -> None:

@@ -319,3 +319,18 @@ def test_the_footer_text_meets_wcag_aa_contrast(project_dir: Path) -> None:
     assert footer_colour and link_colour, html[footer_at:footer_at + 600]
     assert _contrast(footer_colour.group(1), background) >= 4.5
     assert _contrast(link_colour.group(1), background) >= 4.5
+
+
+# the first hour -----------------------------------------------------------------------------
+
+
+def test_init_gitignores_everything_run_makes(tmp_path: Path) -> None:
+    from autofunnel.config import BROKER_FOLDER
+    from autofunnel.services.runtime import SECRET_FILE
+    from autofunnel.services.starter import init_project
+
+    init_project(tmp_path / "shop")
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path / "shop", check=True)
+    made = ["autofunnel.db", "autofunnel.db-wal", "autofunnel.db-shm", "autofunnel.db-lock", "outbox/d1.eml", SECRET_FILE, f"{BROKER_FOLDER}/data_in/1.msg"]
+    ignored = subprocess.run(["git", "check-ignore", *made], cwd=tmp_path / "shop", capture_output=True, text=True)
+    assert sorted(ignored.stdout.split()) == sorted(made)

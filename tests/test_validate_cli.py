@@ -60,7 +60,7 @@ def test_unknown_key_with_did_you_mean(project: Path) -> None:
 
 
 def test_unknown_key_in_a_step(project: Path) -> None:
-    edit(project / "funnels/yoga.yml", "      - send: welcome-core\n", "      - send: welcome-core\n        iff: {has_tag: x}\n")
+    edit(project / "funnels/yoga.yml", "      - {send: welcome-core, capped: false}\n", "      - send: welcome-core\n        iff: {has_tag: x}\n")
     code, lines = validate(project)
     assert code == 1
     assert f"{YOGA}:40: unknown key 'iff' in a send step (did you mean 'if'?)" in lines
@@ -176,8 +176,8 @@ def test_duplicate_slugs(project: Path) -> None:
 
 
 def test_duplicate_step_ids(project: Path) -> None:
-    edit(project / "funnels/yoga.yml", "      - send: thanks-mini\n", "      - send: thanks-mini\n        id: hello\n")
-    edit(project / "funnels/yoga.yml", "      - send: welcome-core\n", "      - send: welcome-core\n        id: hello\n")
+    edit(project / "funnels/yoga.yml", "      - {send: thanks-mini, capped: false}", "      - send: thanks-mini\n        id: hello")
+    edit(project / "funnels/yoga.yml", "      - {send: welcome-core, capped: false}\n", "      - send: welcome-core\n        id: hello\n")
     code, lines = validate(project)
     assert code == 1
     assert f"{YOGA}:41: duplicate step id 'hello'" in lines

@@ -78,7 +78,7 @@ STAGE_KEYS = ("stage", "enter_on", "steps")
 OFFER_KEYS = ("url", "expired_url", "deadline")
 ACTIONS = ("send", "wait", "tag", "untag", "set", "notify", "goto", "exit")
 STEP_MODIFIERS: dict[str, tuple[str, ...]] = {
-    "send": ("id", "if", "deadline", "variants"),
+    "send": ("id", "if", "deadline", "variants", "capped"),
     "wait": ("id",),
     "tag": ("id", "if"),
     "untag": ("id", "if"),
@@ -489,9 +489,15 @@ class _FlowParser:
         deadline = None
         if "deadline" in item:
             deadline = self.deadline_spec(item["deadline"], item.line_of("deadline"))
+        capped = True
+        if "capped" in item:
+            if isinstance(item["capped"], bool):
+                capped = item["capped"]
+            else:
+                self.p.error(item.line_of("capped"), f"capped: expected true or false, got {_show(item['capped'])}")
         if name is None:
             return None
-        return Send(name=name, variants=variants, deadline=deadline), name
+        return Send(name=name, variants=variants, deadline=deadline, capped=capped), name
 
     def variants(self, raw: Any, line: int) -> tuple[Variant, ...]:
         pairs: list[tuple[Any, Any, int]] = []

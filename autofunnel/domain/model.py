@@ -129,6 +129,8 @@ class Send:
     name: str
     variants: tuple[Variant, ...] = ()
     deadline: DeadlineSpec | None = None
+    capped: bool = True
+    """False: this email ignores the frequency cap (a purchase's thank-you); it still counts towards it."""
 
     @property
     def templates(self) -> tuple[str, ...]:

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 from collections.abc import Mapping
 from pathlib import Path
 from types import FrameType
@@ -123,8 +124,11 @@ def run_all(settings: Settings, host: str, port: int) -> int:
     setup_logging()
     status = upgrade_database(settings.resolved_database_url)
     log.info("database at %s (%s); broker: %s", status.revision, status.backend, broker_for(settings.resolved_broker_url).describe())
-    _announce(settings, load_project(Path(settings.project_dir)).flows)
     environ = {**os.environ, "AUTOFUNNEL_PROJECT_DIR": str(Path(settings.project_dir).resolve()), _ANNOUNCED: "1"}
+    if "base_url" not in settings.sources:  # links in emails point at the port this run listens on
+        settings = replace(settings, base_url=f"http://localhost:{port}")
+        environ["AUTOFUNNEL_BASE_URL"] = settings.base_url
+    _announce(settings, load_project(Path(settings.project_dir)).flows)
     base = [sys.executable, "-m", "autofunnel"]
     commands = {
         "web": [*base, "web", "--host", host, "--port", str(port)],
