@@ -334,3 +334,26 @@ def test_init_gitignores_everything_run_makes(tmp_path: Path) -> None:
     made = ["autofunnel.db", "autofunnel.db-wal", "autofunnel.db-shm", "autofunnel.db-lock", "outbox/d1.eml", SECRET_FILE, f"{BROKER_FOLDER}/data_in/1.msg"]
     ignored = subprocess.run(["git", "check-ignore", *made], cwd=tmp_path / "shop", capture_output=True, text=True)
     assert sorted(ignored.stdout.split()) == sorted(made)
+
+
+# the plain-text part ------------------------------------------------------------------------
+
+
+def test_the_text_part_is_wrapped_at_78_with_urls_whole() -> None:
+    from autofunnel.mail.render import html_to_text
+
+    url = "https://shop.example/checkout/" + "a" * 80
+    text = html_to_text(f"<body><p>{'Breathe in slowly and hold it. ' * 8}<a href='{url}'>Check out</a> now.</p><ul><li>{'one pose a day ' * 9}</li></ul></body>")
+    lines = text.splitlines()
+    assert all(len(line) <= 78 for line in lines if url not in line), lines
+    assert any(url in line for line in lines)  # the URL whole, on one line
+    assert " ".join(text.split()).count("Breathe in slowly") == 8
+    item = [line for line in lines if "one pose" in line]
+    assert item[0].startswith("- ") and all(line.startswith("  one") or line.startswith("  pose") or line.startswith("  a day") for line in item[1:]), item
+
+
+def test_table_cells_stay_apart_in_the_text_part() -> None:
+    from autofunnel.mail.render import html_to_text
+
+    text = html_to_text("<body><table><tr><td>1 × Yoga mat</td><td>29.00 EUR</td></tr><tr><td>Total</td><td>29.00 EUR</td></tr></table></body>")
+    assert text.splitlines() == ["1 × Yoga mat | 29.00 EUR", "Total | 29.00 EUR"]
