@@ -357,3 +357,90 @@ def test_table_cells_stay_apart_in_the_text_part() -> None:
 
     text = html_to_text("<body><table><tr><td>1 × Yoga mat</td><td>29.00 EUR</td></tr><tr><td>Total</td><td>29.00 EUR</td></tr></table></body>")
     assert text.splitlines() == ["1 × Yoga mat | 29.00 EUR", "Total | 29.00 EUR"]
+
+
+# production by the README -------------------------------------------------------------------
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _docker_ignored(patterns: list[str], path: str) -> bool:
+    """Docker's .dockerignore rules (moby/patternmatcher): `*` and `?` stay within one path
+    element, `**` spans any number; a pattern matching a folder covers what is in it; the last
+    pattern that matches decides, and `!` re-includes."""
+    import re
+
+    def regex(pattern: str) -> re.Pattern[str]:
+        out, i = "", 0
+        while i < len(pattern):
+            if pattern.startswith("**", i):
+                out, i = out + ".*", i + 2
+                if pattern.startswith("/", i):
+                    out, i = out + "(?:/)?", i + 1
+                    out = out[: -len(".*(?:/)?")] + "(?:.*/)?"
+                continue
+            char = pattern[i]
+            out += "[^/]*" if char == "*" else "[^/]" if char == "?" else re.escape(char) if char not in "[]" else char
+            i += 1
+        return re.compile(f"^{out}$")
+
+    parts = path.split("/")
+    prefixes = ["/".join(parts[: n + 1]) for n in range(len(parts))]
+    ignored = False
+    for raw in patterns:
+        negated = raw.startswith("!")
+        pattern = raw[1:] if negated else raw
+        compiled = regex(pattern.strip("/"))
+        if any(compiled.match(prefix) for prefix in prefixes):
+            ignored = not negated
+    return ignored
+
+
+def test_the_docker_build_context_holds_no_project_state(tmp_path: Path) -> None:
+    from autofunnel.services.starter import init_project
+
+    checkout = tmp_path / "checkout"
+    tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    for name in tracked:
+        (checkout / name).parent.mkdir(parents=True, exist_ok=True)
+        (checkout / name).write_bytes(b"")
+    init_project(checkout / "shop")
+    private = ["shop/autofunnel.db", "shop/autofunnel.db-wal", "shop/autofunnel.db-lock", "shop/outbox/d1.eml",
+               "shop/.autofunnel-secret", "shop/.autofunnel-broker/data_in/1.msg", ".env", "autofunnel/__pycache__/cli.cpython-311.pyc"]
+    for name in private:
+        (checkout / name).parent.mkdir(parents=True, exist_ok=True)
+        (checkout / name).write_text("secret")
+    patterns = [line.strip() for line in (REPO / ".dockerignore").read_text().splitlines() if line.strip() and not line.startswith("#")]
+    every = sorted(p.relative_to(checkout).as_posix() for p in checkout.rglob("*") if p.is_file())
+    sent = [name for name in every if not _docker_ignored(patterns, name)]
+    assert not [name for name in sent if name.startswith("shop/") or name in private], sent
+    needed = [name for name in tracked if name.startswith(("autofunnel/", "templates/")) or name in ("pyproject.toml", "README.md")]
+    assert needed and set(needed) <= set(sent), sorted(set(needed) - set(sent))
+    assert not [name for name in sent if name.startswith(("tests/", "bench/", ".git"))], sent
+
+
+def test_the_matcher_follows_dockers_rules() -> None:
+    assert _docker_ignored(["*.db"], "a.db") and not _docker_ignored(["*.db"], "shop/a.db")  # `*` stays at the top
+    assert _docker_ignored(["**/*.db"], "shop/a.db") and _docker_ignored(["outbox"], "outbox/x.eml")
+    assert not _docker_ignored(["*", "!autofunnel"], "autofunnel/cli.py")
+    assert _docker_ignored(["*", "!autofunnel", "**/__pycache__"], "autofunnel/__pycache__/x.pyc")
+
+
+def test_compose_needs_the_project_folder_and_base_url() -> None:
+    import yaml
+
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    app = compose["services"]["web"]
+    assert app["volumes"] == ["${AUTOFUNNEL_PROJECT:?set AUTOFUNNEL_PROJECT to your project folder, e.g. ./shop}:/project:ro"]
+    assert app["environment"]["AUTOFUNNEL_BASE_URL"].startswith("${AUTOFUNNEL_BASE_URL:?")
+    readme = (REPO / "README.md").read_text()
+    assert "AUTOFUNNEL_PROJECT=./shop AUTOFUNNEL_BASE_URL=https://" in readme
+
+
+def test_a_folder_without_funnels_stops_at_start_with_a_clear_message(tmp_path: Path, database_url: str) -> None:
+    from autofunnel.config import load_settings
+    from autofunnel.errors import ProjectError
+    from autofunnel.services.runtime import Runtime
+
+    with pytest.raises(ProjectError, match=r"is not an autofunnel project: it has no funnels/ folder\. Point AUTOFUNNEL_PROJECT_DIR"):
+        Runtime.open(load_settings(tmp_path, environ={"AUTOFUNNEL_DATABASE_URL": database_url}))

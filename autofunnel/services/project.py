@@ -144,6 +144,11 @@ def trigger_properties(flow: Flow) -> frozenset[str] | None:
 
 def load_project(root: Path) -> Project:
     """The project the system runs; any error refuses the whole project."""
+    if not (root / FUNNELS_DIR).is_dir():
+        raise ProjectError(
+            f"{root.resolve()} is not an autofunnel project: it has no {FUNNELS_DIR}/ folder. Point AUTOFUNNEL_PROJECT_DIR "
+            "(or --project-dir; AUTOFUNNEL_PROJECT in docker compose) at your project folder, or run `autofunnel init` there"
+        )
     result = validate_project(root)
     if not result.ok:
         shown = "\n".join(str(p) for p in result.errors[:10])
