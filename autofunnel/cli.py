@@ -91,8 +91,12 @@ def init(state: State, directory: Path | None) -> None:
 def validate(state: State, directory: Path | None, plan: bool) -> None:
     """Check funnels and templates; print every problem as file:line: message (exit 1 on errors)."""
     from autofunnel.services.project import summarize, validate_project
+    from autofunnel.services.setup_checks import setup_warnings
 
-    result = validate_project(directory or state.project_dir or Path("."))
+    root = directory or state.project_dir or Path(".")
+    result = validate_project(root)
+    if result.flows:
+        result.problems.extend(setup_warnings(load_settings(root), result.flows))
     for problem in result.problems:
         click.echo(str(problem))
     if not result.ok:
@@ -274,11 +278,14 @@ def tick(state: State, at: str | None, dry_run: bool, force: bool) -> None:
     for line in result.lines:
         click.echo(line)
     click.echo(result.summary)
+    if result.render_failures:
+        click.echo(f"error: {len(result.render_failures)} email(s) failed to render: template {', '.join(sorted(set(result.render_failures)))}; run `autofunnel validate`", err=True)
+        sys.exit(1)
 
 
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0 for every interface).")
-@click.option("--port", default=8000, show_default=True, type=int, help="Port of the web app, the API and the links in emails.")
+@click.option("--port", default=8000, show_default=True, type=int, help="Port of the web app and the API; also of the links in emails when AUTOFUNNEL_BASE_URL is not set.")
 @pass_state
 @friendly_errors
 def run(state: State, host: str, port: int) -> None:
@@ -329,7 +336,8 @@ def scheduler(state: State) -> None:
 def status(state: State, as_json: bool) -> None:
     """Queue depth, work due now and how late, sends and failures in the last minute and hour.
 
-    Exits 1 when work is overdue and nothing finished within a lease (nobody is working)."""
+    Exits 1 when work is overdue and nothing finished within a lease (nobody is working),
+    or when an email's template failed to render in the last hour."""
     import json
 
     from autofunnel.services.runtime import Runtime
@@ -344,7 +352,7 @@ def status(state: State, as_json: bool) -> None:
         click.echo(json.dumps({"broker": broker, **work.as_dict()}))
     else:
         _print_status(broker, work)
-    if work.stalled:
+    if work.stalled or work.render_failed:
         sys.exit(1)
 
 
@@ -356,7 +364,7 @@ def _print_status(broker: str, work: Any) -> None:
     click.echo(f"due now:       {work.due_now} (oldest due {age} ago)")
     click.echo(f"sent:          {work.sent_last_minute} in the last minute, {work.sent_last_hour} in the last hour")
     click.echo(f"failed:        {work.failed_last_minute} in the last minute, {work.failed_last_hour} in the last hour")
-    click.echo(f"work:          {work.stalled or 'ok'}")
+    click.echo(f"work:          {work.stalled or work.render_failed or 'ok'}")
 
 
 @main.command()

@@ -164,6 +164,7 @@ class Settings:
     delivery_lease: float = 60.0
     scheduler_interval: float = 1.0
     double_opt_in: bool = False
+    track_opens: bool = True
     postal_address: str | None = None
     consent_text: str = "Yes, send me emails about this. I can unsubscribe at any time."
     confirm_token_days: float = 7.0
@@ -211,6 +212,7 @@ _PARSERS: dict[str, Callable[[str, Any], Any]] = {
     "delivery_lease": _seconds,
     "scheduler_interval": _seconds,
     "double_opt_in": _bool,
+    "track_opens": _bool,
     "postal_address": _optional_text,
     "consent_text": _text,
     "confirm_token_days": _days,

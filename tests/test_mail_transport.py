@@ -178,7 +178,8 @@ def test_starter_emails_arrive_over_smtp_as_rendered(
 
     # text part: paragraphs and the links' URLs (original, not tracked)
     assert "Hi Zoë," in text
-    assert f"Unsubscribe ({unsubscribe})" in text or f"Unsubscribe: {unsubscribe}" in text
+    flowing = " ".join(text.split())  # the text part is wrapped at 78 characters, the URL kept whole
+    assert f"Unsubscribe ({unsubscribe})" in flowing or f"Unsubscribe: {unsubscribe}" in flowing
     assert "Anna Yoga, 1 rue de la Paix, 75002 Paris" in text
     assert "<p" not in text
 
@@ -206,13 +207,13 @@ def test_starter_emails_arrive_over_smtp_as_rendered(
         [offer] = targets
         assert offer.startswith(f"{BASE_URL}/o/")
         assert pipeline.tokens.load("offer", offer.rsplit("/", 1)[1]) == [delivery_id, "mini-course"]
-        assert f"Start the mini-course ({offer})" in text
+        assert f"Start the mini-course ({offer})" in " ".join(text.split())
         countdown = [image["src"] for image in tags.images if image["src"] and "/countdown/" in image["src"]]
         assert len(countdown) == 1
     if name == "cart-1":
         assert targets == ["https://shop.example/checkout?cart=c-9&step=pay"]
         assert "Complete your order (https://shop.example/checkout?cart=c-9&step=pay)" in text
-        assert "1 × Cork yoga mat 39.00 EUR" in text
+        assert "1 × Cork yoga mat | 39.00 EUR" in text
     if name == "welcome":
         assert targets == ["https://yoga.example/guide.pdf"]
         assert "Download your free guide:\nhttps://yoga.example/guide.pdf" in text.replace("\r\n", "\n")

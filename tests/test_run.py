@@ -17,6 +17,8 @@ from pathlib import Path
 from services_at_hand import Part, clean_environment, free_port, http_status, wait_until
 from smtp_sink import SmtpSink
 
+from autofunnel.services.starter import starter_files
+
 
 def _post(url: str, key: str, body: object) -> dict[str, object]:
     request = urllib.request.Request(
@@ -67,11 +69,17 @@ def test_run_with_nothing_configured_sends_the_welcome_email(project_dir: Path, 
         received = smtp_sink.messages[1]
         assert received.recipients == ("new@reader.example",)
         assert received.message["Subject"] == "Ida, your yoga guide is inside"
+        assert f"http://localhost:{port}/t/c/".encode() in received.raw  # links follow --port when no base URL is set
         assert (project_dir / ".autofunnel-broker").is_dir() and (project_dir / "autofunnel.db").exists()
 
         assert run.process is not None
         run.process.send_signal(signal.SIGINT)
         assert run.process.wait(timeout=30) == 0, run.output()
         assert len(smtp_sink.messages) == 2
+        subprocess.run(["git", "init", "-q"], cwd=project_dir, check=True)
+        untracked = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=project_dir, capture_output=True, text=True, check=True)
+        made = sorted(line[3:] for line in untracked.stdout.splitlines())
+        assert made == sorted(starter_files()), made  # init's .gitignore covers everything run made
+        assert run.output().count("warning: base_url is http://localhost:") == 1, run.output()  # once, not once per part
     finally:
         run.stop()

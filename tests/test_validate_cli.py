@@ -27,8 +27,15 @@ def edit(path: Path, old: str, new: str) -> None:
     path.write_text(text.replace(old, new))
 
 
+CONFIGURED = {
+    "AUTOFUNNEL_BASE_URL": "https://shop.example", "AUTOFUNNEL_MAIL_FROM": "Shop <hello@shop.example>",
+    "AUTOFUNNEL_POSTAL_ADDRESS": "1 Main St, Springfield",
+}
+"""A production-like setup, so only the files' own problems show (the setup's: tests/test_first_day.py)."""
+
+
 def validate(project: Path) -> tuple[int, list[str]]:
-    result = CliRunner().invoke(main, ["validate", str(project)])
+    result = CliRunner().invoke(main, ["validate", str(project)], env=CONFIGURED)
     assert result.exception is None or isinstance(result.exception, SystemExit), result.output
     return result.exit_code, result.stdout.splitlines()
 
@@ -53,7 +60,7 @@ def test_unknown_key_with_did_you_mean(project: Path) -> None:
 
 
 def test_unknown_key_in_a_step(project: Path) -> None:
-    edit(project / "funnels/yoga.yml", "      - send: welcome-core\n", "      - send: welcome-core\n        iff: {has_tag: x}\n")
+    edit(project / "funnels/yoga.yml", "      - {send: welcome-core, capped: false}\n", "      - send: welcome-core\n        iff: {has_tag: x}\n")
     code, lines = validate(project)
     assert code == 1
     assert f"{YOGA}:40: unknown key 'iff' in a send step (did you mean 'if'?)" in lines
@@ -169,8 +176,8 @@ def test_duplicate_slugs(project: Path) -> None:
 
 
 def test_duplicate_step_ids(project: Path) -> None:
-    edit(project / "funnels/yoga.yml", "      - send: thanks-mini\n", "      - send: thanks-mini\n        id: hello\n")
-    edit(project / "funnels/yoga.yml", "      - send: welcome-core\n", "      - send: welcome-core\n        id: hello\n")
+    edit(project / "funnels/yoga.yml", "      - {send: thanks-mini, capped: false}", "      - send: thanks-mini\n        id: hello")
+    edit(project / "funnels/yoga.yml", "      - {send: welcome-core, capped: false}\n", "      - send: welcome-core\n        id: hello\n")
     code, lines = validate(project)
     assert code == 1
     assert f"{YOGA}:41: duplicate step id 'hello'" in lines

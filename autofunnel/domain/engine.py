@@ -358,7 +358,7 @@ class _Run:
         deferred = self.gate(step)
         if deferred is not None:
             return deferred
-        verdict = check_cap(self.now, self.flow.rules.frequency_cap, self.lead.recent_sends)
+        verdict = check_cap(self.now, self.flow.rules.frequency_cap if action.capped else None, self.lead.recent_sends)
         if not verdict.ok:
             if verdict.defer_until is not None:
                 resume = next_allowed(verdict.defer_until, self.flow.rules, self.lead.timezone)

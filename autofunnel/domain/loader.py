@@ -67,18 +67,18 @@ WINDOW = re.compile(r"^(\d{2}):(\d{2})-(\d{2}):(\d{2})$")
 PERCENT = re.compile(r"^(\d+(?:\.\d+)?)\s*%$")
 
 FUNNEL_KEYS = (
-    "funnel", "title", "from", "send_window", "quiet_days", "frequency_cap", "holdout",
+    "funnel", "title", "from", "send_window", "quiet_days", "frequency_cap", "track_opens", "holdout",
     "double_opt_in", "form_thanks", "form_redirect", "consent_text", "offers", "stages",
 )
 SEQUENCE_KEYS = (
-    "sequence", "title", "from", "send_window", "quiet_days", "frequency_cap", "offers",
+    "sequence", "title", "from", "send_window", "quiet_days", "frequency_cap", "track_opens", "offers",
     "start_on", "restart", "stop_on", "steps",
 )
 STAGE_KEYS = ("stage", "enter_on", "steps")
 OFFER_KEYS = ("url", "expired_url", "deadline")
 ACTIONS = ("send", "wait", "tag", "untag", "set", "notify", "goto", "exit")
 STEP_MODIFIERS: dict[str, tuple[str, ...]] = {
-    "send": ("id", "if", "deadline", "variants"),
+    "send": ("id", "if", "deadline", "variants", "capped"),
     "wait": ("id",),
     "tag": ("id", "if"),
     "untag": ("id", "if"),
@@ -270,7 +270,13 @@ class _FlowParser:
         cap = None
         if "frequency_cap" in data:
             cap = self.cap(data)
-        return SendingRules(sender=sender, send_window=window, quiet_days=quiet, frequency_cap=cap)
+        track_opens = None
+        if "track_opens" in data:
+            track_opens = data["track_opens"]
+            if not isinstance(track_opens, bool):
+                self.p.error(data.line_of("track_opens"), f"track_opens: expected true or false, got {_show(track_opens)}")
+                track_opens = None
+        return SendingRules(sender=sender, send_window=window, quiet_days=quiet, frequency_cap=cap, track_opens=track_opens)
 
     def sender(self, data: LocatedDict) -> str | None:
         value = self.text(data, "from")
@@ -492,9 +498,15 @@ class _FlowParser:
         deadline = None
         if "deadline" in item:
             deadline = self.deadline_spec(item["deadline"], item.line_of("deadline"))
+        capped = True
+        if "capped" in item:
+            if isinstance(item["capped"], bool):
+                capped = item["capped"]
+            else:
+                self.p.error(item.line_of("capped"), f"capped: expected true or false, got {_show(item['capped'])}")
         if name is None:
             return None
-        return Send(name=name, variants=variants, deadline=deadline), name
+        return Send(name=name, variants=variants, deadline=deadline, capped=capped), name
 
     def variants(self, raw: Any, line: int) -> tuple[Variant, ...]:
         pairs: list[tuple[Any, Any, int]] = []

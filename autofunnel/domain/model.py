@@ -129,6 +129,8 @@ class Send:
     name: str
     variants: tuple[Variant, ...] = ()
     deadline: DeadlineSpec | None = None
+    capped: bool = True
+    """False: this email ignores the frequency cap (a purchase's thank-you); it still counts towards it."""
 
     @property
     def templates(self) -> tuple[str, ...]:
@@ -263,6 +265,8 @@ class SendingRules:
     send_window: SendWindow | None = None
     quiet_days: frozenset[str] = frozenset()
     frequency_cap: FrequencyCap | None = None
+    track_opens: bool | None = None
+    """Whether emails carry the open pixel; None: AUTOFUNNEL_TRACK_OPENS decides."""
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,8 @@ from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
+from autofunnel.mail.templates import funnel_context
+
 
 def email_context(
     *,
@@ -26,7 +28,7 @@ def email_context(
 ) -> dict[str, Any]:
     return {
         "lead": lead,
-        "funnel": {"slug": flow_slug, "title": flow_title, "stage": stage or None},
+        "funnel": funnel_context(slug=flow_slug, title=flow_title, stage=stage or None),
         "event": event,
         "deadline": deadline,
         "offer_url": offer_url,

@@ -278,12 +278,13 @@ def _attribute(raw: str, wanted: str) -> str | None:
 class _Text:
     """Accumulates plain text as a reader sees the HTML."""
 
-    __slots__ = ("bullet", "line_start", "links", "lists", "parts", "pending", "space", "started")
+    __slots__ = ("bullet", "cell", "line_start", "links", "lists", "parts", "pending", "space", "started")
 
     def __init__(self) -> None:
         self.parts: list[str] = []
         self.pending = 0  # newlines owed before the next text
         self.space = False  # a space owed before the next text
+        self.cell = False  # a cell separator owed before the next text of the same row
         self.line_start = True
         self.started = False
         self.lists: list[list[Any]] = []  # [tag, counter]
@@ -301,15 +302,19 @@ class _Text:
             self.pending = 0
             self.line_start = True
             self.space = False
+            self.cell = False
         if self.line_start:
             if self.lists:
                 parts.append("  " * (len(self.lists) - 1))
             if self.bullet is not None:
                 parts.append(self.bullet)
                 self.bullet = None
+        elif self.cell:
+            parts.append(" | ")
         elif self.space:
             parts.append(" ")
         self.space = False
+        self.cell = False
         parts.append(text)
         self.line_start = False
         self.started = True
@@ -353,7 +358,39 @@ class _Text:
         text = "".join(self.parts)
         text = _TRAILING_SPACE.sub("\n", text)
         text = _MANY_NEWLINES.sub("\n\n", text).strip("\n")
+        if _LONG_LINE.search(text):
+            text = "\n".join(line if len(line) <= TEXT_WIDTH else _wrap(line) for line in text.split("\n"))
         return text + "\n" if text else ""
+
+
+TEXT_WIDTH = 78
+"""Plain-text lines are wrapped at this many characters (RFC 5322's "should"), words and URLs kept whole."""
+_LONG_LINE = re.compile(rf"[^\n]{{{TEXT_WIDTH + 1}}}")
+_HANGING = re.compile(r"^(\s*(?:- |\d+\. )?)")
+
+
+def _wrap(line: str) -> str:
+    """One long line broken at spaces into lines of at most TEXT_WIDTH characters.
+
+    A word longer than the width (a URL) stands alone on its line, unbroken, so it
+    stays clickable; list items continue under their text, not under the bullet.
+    """
+    indent = " " * len(_HANGING.match(line).group(1))  # type: ignore[union-attr]
+    lines: list[str] = []
+    current = ""
+    for word in line.split(" "):
+        if not word:
+            continue
+        if not current:
+            current = (indent if lines else line[: len(line) - len(line.lstrip())]) + word
+        elif len(current) + 1 + len(word) <= TEXT_WIDTH:
+            current += " " + word
+        else:
+            lines.append(current)
+            current = indent + word
+    if current:
+        lines.append(current)
+    return "\n".join(lines)
 
 
 def html_to_text(html: str) -> str:
@@ -441,7 +478,7 @@ def html_to_text(html: str) -> str:
                     out.bullet = "- "
         elif tag in _CELLS:
             if not out.line_start:
-                out.space = True
+                out.cell = True  # the next cell's text comes after " | ", not run into this one's
         elif tag == "a":
             href = _attribute(attributes, "href")
             out.links.append((href.strip() if href else None, len(out.parts), []))

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from jinja2 import FileSystemLoader, StrictUndefined, TemplateSyntaxError, meta, nodes, pass_context
@@ -31,10 +32,36 @@ CONTEXT_NAMES = frozenset({
 })
 """What every email may use (SPEC.md, "Email templates"); anything else is an undefined variable."""
 
+LEAD_ATTRIBUTES = ("email", "first_name", "fields", "tags", "timezone")
+"""What `lead` holds in a template; `lead_context` builds it, `validate` checks against it."""
+
+FUNNEL_ATTRIBUTES = ("slug", "title", "stage")
+"""What `funnel` holds in a template; `funnel_context` builds it, `validate` checks against it."""
+
+EVENT_PROPERTIES: dict[str, frozenset[str]] = {
+    "subscribed": frozenset({"funnel", "source"}),
+    "purchase": frozenset({"product", "amount", "currency", "order_id"}),
+    "refund": frozenset({"product", "amount", "currency", "order_id"}),
+    "cart_updated": frozenset({"cart_id", "items", "value", "checkout_url", "currency"}),
+    "checkout_started": frozenset({"cart_id", "items", "value", "checkout_url", "currency"}),
+    "cart_emptied": frozenset({"cart_id"}),
+}
+"""The properties the known event types carry (SPEC.md "Event types"); a custom type's are unknown."""
+
 DEADLINE_FUNCTIONS = ("deadline", "countdown_url")
 OFFER_FUNCTIONS = ("offer_url",)
 
 _FENCE = re.compile(r"^---\s*$")
+
+
+def lead_context(*, email: str, first_name: str | None, fields: dict[str, Any], tags: list[str], timezone: str | None) -> dict[str, Any]:
+    """The `lead` an email sees; keyword-only so it cannot drift from LEAD_ATTRIBUTES unnoticed."""
+    return {"email": email, "first_name": first_name, "fields": fields, "tags": tags, "timezone": timezone}
+
+
+def funnel_context(*, slug: str, title: str, stage: str | None) -> dict[str, Any]:
+    """The `funnel` an email sees (`stage` is None in a sequence)."""
+    return {"slug": slug, "title": title, "stage": stage}
 
 
 @dataclass(frozen=True)
@@ -159,6 +186,8 @@ class TemplateReport:
     problems: list[Problem] = field(default_factory=list)
     deadlines: list[tuple[str, int]] = field(default_factory=list)
     offers: list[tuple[str, int]] = field(default_factory=list)
+    event_properties: list[tuple[str, int]] = field(default_factory=list)
+    """`event.NAME` / `event['NAME']` uses: checked against the flow's triggers, which only the flow knows."""
     subject: str | None = None
 
 
@@ -202,6 +231,16 @@ def _check_source(
     for variable in sorted(meta.find_undeclared_variables(tree) - known):
         line = _first_use(tree, variable) + max(line_offset - 1, 0)
         report.problems.append(Problem(path, line, f"undefined variable {variable!r}; templates can use {', '.join(sorted(CONTEXT_NAMES))}"))
+    offset = max(line_offset - 1, 0)
+    for name, attribute, line in _attribute_uses(tree):
+        known = _KNOWN_ATTRIBUTES.get(name)
+        if known is not None and attribute not in known:
+            report.problems.append(Problem(
+                path, line + offset,
+                f"{name}.{attribute}: {name} has no {attribute!r}{did_you_mean(attribute, known)}; it has {', '.join(known)}",
+            ))
+        elif name == "event" and attribute != "get":  # event.get('x', default) is how to read an optional one
+            report.event_properties.append((attribute, line + offset))
     for call in tree.find_all(nodes.Call):
         if not isinstance(call.node, nodes.Name) or not call.args:
             continue
@@ -213,6 +252,28 @@ def _check_source(
             report.deadlines.append((argument.value, at))
         elif call.node.name in OFFER_FUNCTIONS:
             report.offers.append((argument.value, at))
+
+
+_KNOWN_ATTRIBUTES: dict[str, tuple[str, ...]] = {"lead": LEAD_ATTRIBUTES, "funnel": FUNNEL_ATTRIBUTES}
+
+
+def _attribute_uses(tree: nodes.Template) -> Iterator[tuple[str, str, int]]:
+    """(lead|funnel|event, attribute, line) for every `x.attr` and `x['attr']` on those context names.
+
+    A name the template assigns itself (`{% set lead = … %}`, a loop variable) is its own,
+    not the context's, and is left alone.
+    """
+    assigned = {node.name for node in tree.find_all(nodes.Name) if node.ctx in ("store", "param")}
+    for node in tree.find_all((nodes.Getattr, nodes.Getitem)):
+        target = node.node
+        if not isinstance(target, nodes.Name) or target.ctx != "load" or target.name in assigned:
+            continue
+        if target.name not in ("lead", "funnel", "event"):
+            continue
+        if isinstance(node, nodes.Getattr):
+            yield target.name, node.attr, node.lineno
+        elif isinstance(node.arg, nodes.Const) and isinstance(node.arg.value, str):
+            yield target.name, node.arg.value, node.lineno
 
 
 def _first_use(tree: nodes.Template, variable: str) -> int:

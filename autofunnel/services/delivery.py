@@ -39,9 +39,11 @@ from autofunnel.domain.model import Flow
 from autofunnel.errors import AutofunnelError
 from autofunnel.mail.context import email_context
 from autofunnel.mail.links import add_open_pixel, rewrite_links
+from autofunnel.mail.render import TemplateRenderError
+from autofunnel.mail.templates import lead_context
 from autofunnel.mail.message import build_message, format_address, message_id_for, sign_dkim
 from autofunnel.mail.transport import DeliveryError, Session as SmtpSession, Transport
-from autofunnel.services.senders import address_of, sender_domain, sender_for
+from autofunnel.services.senders import address_of, dkim_ready, sender_domain, sender_of, tracks_opens
 from autofunnel.domain.engine import ended_by_suppression, suppression_reason
 from autofunnel.services.leads import REMINDER_STEP
 from autofunnel.services.optin import render_confirmation
@@ -70,6 +72,10 @@ RETRY_AFTER = (timedelta(minutes=1), timedelta(minutes=5), timedelta(minutes=15)
 T = TypeVar("T")
 
 
+RENDER_FAILED = "template failed to render"
+"""How the reason of an email whose template raised begins; `status` and `/healthz` count them by it."""
+
+
 @dataclass
 class DeliveryReport:
     sent: int = 0
@@ -77,6 +83,8 @@ class DeliveryReport:
     skipped: int = 0
     retried: int = 0
     lines: list[str] = field(default_factory=list)
+    render_failures: list[str] = field(default_factory=list)
+    """`flow/template` of each email that failed because its template did not render."""
 
 
 @dataclass(frozen=True)
@@ -216,7 +224,7 @@ def _read_leads(connection: Connection, delivery_ids: Sequence[int]) -> dict[int
         deadlines.setdefault((lead_id, flow), {})[name] = due_at
     return {
         row.id: _Lead(
-            {"email": row.email, "first_name": row.first_name, "fields": dict(row.fields or {}), "tags": list(row.tags or []), "timezone": row.timezone},
+            lead_context(email=row.email, first_name=row.first_name, fields=dict(row.fields or {}), tags=list(row.tags or []), timezone=row.timezone),
             deadlines.get((row.lead_id, row.flow), {}), dict(row.event or {}),
             Cohort(row.cohort_at, row.channel, row.entered_at) if row.cohort_at is not None else None,
         )
@@ -340,7 +348,7 @@ def _refuse(connection: Connection, row: Any, reason: str, now: datetime) -> lis
 
 def _claimed(batch: _Batch, row: Any) -> _Claim:
     """The claimed email with what its template needs, read once for the batch."""
-    lead = batch.leads.get(row.id) or _Lead({"email": row.to_address, "first_name": None, "fields": {}, "tags": [], "timezone": None}, {}, {}, None)
+    lead = batch.leads.get(row.id) or _Lead(lead_context(email=row.to_address, first_name=None, fields={}, tags=[], timezone=None), {}, {}, None)
     cohort = lead.cohort
     if cohort is not None:
         cohort = Cohort(cohort.cohort_at, cohort.channel, cohort.entered_at, bool(row.may_follow))
@@ -363,6 +371,9 @@ def _record_alone(batch: _Batch) -> None:
 def _bounce_and_count(batch: _Batch, outcome: _Outcome, recorded: list[tuple[str, str]]) -> None:
     if outcome.hard_bounce:
         _suppress_bounced(batch.rt, outcome.claim)
+    if outcome.reason.startswith(RENDER_FAILED) and any(status == "failed" for status, _ in recorded):
+        log.error("%s/%s: %s", outcome.claim.flow, outcome.claim.template, outcome.reason)
+        batch.report.render_failures.append(f"{outcome.claim.flow}/{outcome.claim.template}")
     _count(batch.report, recorded)
 
 
@@ -408,6 +419,8 @@ def _send(rt: Runtime, smtp: SmtpSession, claim: _Claim) -> _Outcome:
         if flow is None:
             raise AutofunnelError(f"{claim.flow!r} is no longer in the project")
         message, sender, message_id = _compose(rt, claim, flow, now)
+    except TemplateRenderError as exc:
+        return _Outcome(claim, "failed", f"{RENDER_FAILED}: {exc}", rt.clock.now())
     except AutofunnelError as exc:
         return _Outcome(claim, "failed", f"could not build the email: {exc}", rt.clock.now())
     try:
@@ -444,12 +457,13 @@ def _compose(rt: Runtime, claim: _Claim, flow: Flow, now: datetime) -> tuple[byt
         postal_address=rt.settings.postal_address,
     )
     rendered = rt.renderer.render(flow.slug, claim.template, context)
-    sender = sender_for(rt, flow)
+    sender = sender_of(rt.settings, flow)
     html = rendered.html
     headers: list[tuple[str, str]] = []
     if claim.kind == "email":
         html = rewrite_links(html, lambda url: f"{base}/t/c/{tokens.sign('click', [claim.id, url])}", keep={unsubscribe_url})
-        html = add_open_pixel(html, f"{base}/t/o/{tokens.sign('open', [claim.id])}")
+        if tracks_opens(rt.settings, flow):
+            html = add_open_pixel(html, f"{base}/t/o/{tokens.sign('open', [claim.id])}")
         mailto = f"mailto:{address_of(sender)}?subject=unsubscribe"
         headers = [("List-Unsubscribe", f"<{unsubscribe_url}>, <{mailto}>"), ("List-Unsubscribe-Post", "List-Unsubscribe=One-Click")]
     domain = sender_domain(sender)
@@ -463,7 +477,7 @@ def _compose(rt: Runtime, claim: _Claim, flow: Flow, now: datetime) -> tuple[byt
 
 def _compose_confirmation(rt: Runtime, claim: _Claim, flow: Flow, now: datetime) -> tuple[bytes, str, str]:
     """A double opt-in email: no pixel, no tracked link, no List-Unsubscribe (there is nothing to leave yet)."""
-    sender = sender_for(rt, flow)
+    sender = sender_of(rt.settings, flow)
     rendered = render_confirmation(rt, claim.lead_id, flow, claim.lead, reminder=claim.step_id == REMINDER_STEP)
     domain = sender_domain(sender)
     message_id = message_id_for(claim.id, domain)
@@ -477,7 +491,7 @@ def _compose_confirmation(rt: Runtime, claim: _Claim, flow: Flow, now: datetime)
 def _signed(rt: Runtime, message: bytes) -> bytes:
     """DKIM-signed when AUTOFUNNEL_DKIM_* are set."""
     settings = rt.settings
-    if rt.dkim_key is not None and settings.dkim_domain and settings.dkim_selector:
+    if rt.dkim_key is not None and dkim_ready(settings):  # half configured: warned at start (setup_checks)
         return sign_dkim(message, settings.dkim_domain, settings.dkim_selector, rt.dkim_key)
     return message
 

@@ -23,7 +23,7 @@ from autofunnel.mail.context import email_context
 from autofunnel.mail.countdown import draw_countdown
 from autofunnel.mail.message import build_message, format_address
 from autofunnel.mail.render import RenderedEmail
-from autofunnel.services.senders import address_of, sender_domain, sender_for
+from autofunnel.services.senders import address_of, sender_domain, sender_of
 from autofunnel.services.leads import find_lead
 from autofunnel.services.runtime import Runtime
 from autofunnel.store.models import Deadline, Enrollment, Event
@@ -127,7 +127,7 @@ def send_test_email(rt: Runtime, preview: Preview, to: str) -> str:
     if "@" not in address or any(c in address for c in "\r\n<>,; "):
         raise AutofunnelError(f"{to!r} is not one email address")
     flow = rt.flow(preview.flow)
-    sender = sender_for(rt, flow)
+    sender = sender_of(rt.settings, flow)
     domain = sender_domain(sender)
     message_id = f"<test.{secrets.token_hex(8)}.autofunnel@{domain}>"
     message = build_message(

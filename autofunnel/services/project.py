@@ -16,7 +16,7 @@ from autofunnel.domain.durations import format_duration
 from autofunnel.domain.model import EventMatcher, Flow, Funnel, Notify, Project, Send
 from autofunnel.domain.problems import Problem, did_you_mean
 from autofunnel.errors import ProjectError
-from autofunnel.mail.templates import TemplateReport, inspect_template, make_environment, template_files
+from autofunnel.mail.templates import EVENT_PROPERTIES, TemplateReport, inspect_template, make_environment, template_files
 
 FUNNELS_DIR = "funnels"
 TEMPLATES_DIR = "templates"
@@ -104,6 +104,19 @@ def _check_flow_templates(flow: Flow, templates_dir: Path, reports: list[Templat
                 problems.append(Problem(report.path, line, f"undefined offer {name!r} in {flow.slug}{did_you_mean(name, flow.offers)}"))
             else:
                 mentioned.add(offer.deadline)
+    properties = trigger_properties(flow)
+    if properties is not None:
+        for report in reports:
+            for name, line in report.event_properties:
+                if name not in properties:
+                    triggers = ", ".join(sorted({m.event for m in _triggers(flow)}))
+                    problems.append(Problem(
+                        report.path, line,
+                        f"event.{name}: the events that start {flow.slug} ({triggers}) are not known to carry {name!r}"
+                        f"{did_you_mean(name, properties)}; an email whose event lacks it fails to render "
+                        f"(known: {', '.join(sorted(properties))}; `event.get('{name}')` reads an optional one)",
+                        "warning",
+                    ))
     for name, spec in deadlines.items():
         if name not in mentioned:
             problems.append(
@@ -112,8 +125,30 @@ def _check_flow_templates(flow: Flow, templates_dir: Path, reports: list[Templat
     return problems
 
 
+def _triggers(flow: Flow) -> list[EventMatcher]:
+    """The matchers of the events whose properties a flow's emails see as `event`."""
+    if isinstance(flow, Funnel):
+        return [EventMatcher("subscribed")] + [stage.enter_on for stage in flow.stages[1:] if stage.enter_on is not None]
+    return [flow.start_on]
+
+
+def trigger_properties(flow: Flow) -> frozenset[str] | None:
+    """The properties every trigger of `flow` may carry; None when one is a custom event (unknowable)."""
+    known: set[str] = set()
+    for matcher in _triggers(flow):
+        if matcher.event not in EVENT_PROPERTIES:
+            return None
+        known |= EVENT_PROPERTIES[matcher.event] | set(matcher.properties)
+    return frozenset(known)
+
+
 def load_project(root: Path) -> Project:
     """The project the system runs; any error refuses the whole project."""
+    if not (root / FUNNELS_DIR).is_dir():
+        raise ProjectError(
+            f"{root.resolve()} is not an autofunnel project: it has no {FUNNELS_DIR}/ folder. Point AUTOFUNNEL_PROJECT_DIR "
+            "(or --project-dir; AUTOFUNNEL_PROJECT in docker compose) at your project folder, or run `autofunnel init` there"
+        )
     result = validate_project(root)
     if not result.ok:
         shown = "\n".join(str(p) for p in result.errors[:10])

@@ -451,6 +451,8 @@ def _hand_out(session: Session, condition: Any, now: datetime) -> list[int]:
 class PassResult:
     lines: list[str]
     summary: str
+    render_failures: list[str] = field(default_factory=list)
+    """`flow/template` of each email of this pass whose template did not render."""
 
 
 def fold_report_tallies(rt: Runtime) -> int:
@@ -484,4 +486,4 @@ def run_tick(rt: Runtime, *, dry_run: bool = False) -> PassResult:
         + (f"; {chores.reminded} confirmation reminder(s) queued" if chores.reminded else "")
         + (f"; {chores.erased} never-confirmed lead(s) erased" if chores.erased else "")
     )
-    return PassResult(lines, summary)
+    return PassResult(lines, summary, sent.render_failures)

@@ -13,7 +13,10 @@ from pathlib import Path
 
 from autofunnel.errors import AutofunnelError
 
-PROJECT_GITIGNORE = "autofunnel.db\nautofunnel.db-*\noutbox/\n.autofunnel-secret\n"
+PROJECT_GITIGNORE = (
+    "# What `autofunnel run` makes in the project folder: none of it belongs in version control.\n"
+    "autofunnel.db\nautofunnel.db-*\noutbox/\n.autofunnel-secret\n.autofunnel-broker/\n"
+)
 
 
 class ProjectExistsError(AutofunnelError):

@@ -6,6 +6,8 @@ runs. So besides "database and broker answer", the work itself is checked:
 emails or steps overdue by more than two leases while no email was sent or
 failed at the server within a lease means nobody is working, however healthy
 every process looks (skips and the sweep's own `interrupted` marks are not work).
+And an email whose template failed to render in the last hour is work that
+cannot be done until someone fixes the template: it fails `work` as well.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from autofunnel.errors import AutofunnelError
 from autofunnel.services.broker import broker_problem, queue_depth
+from autofunnel.services.delivery import RENDER_FAILED
 from autofunnel.services.enrollments import ready_to_send
 from autofunnel.services.runtime import Runtime
 from autofunnel.store.models import Delivery, Enrollment
@@ -40,6 +43,8 @@ class WorkStatus:
     failed_last_hour: int
     stalled: str | None
     """Why work looks abandoned, or None."""
+    render_failed: str | None = None
+    """Emails whose template did not render in the last hour, and which templates; or None."""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -70,6 +75,16 @@ def work_status(rt: Runtime, *, broker_depth: int | None) -> WorkStatus:
                 Delivery.reason.is_(None) | Delivery.reason.not_like("interrupted%"),
             )
         ) or 0
+        broken = session.execute(
+            select(Delivery.flow, Delivery.template, func.count())
+            .where(Delivery.finished_at > now - timedelta(hours=1), Delivery.status == "failed", Delivery.reason.like(f"{RENDER_FAILED}%"))
+            .group_by(Delivery.flow, Delivery.template).order_by(Delivery.flow, Delivery.template)
+        ).all()
+    render_failed = None
+    if broken:
+        count = sum(row[2] for row in broken)
+        names = ", ".join(f"{flow}/{template}" for flow, template, _ in broken)
+        render_failed = f"{count} email(s) failed to render in the last hour: template {names} (see the leads' timelines; run `autofunnel validate`)"
     oldest = min((moment for moment in (oldest_step, oldest_email) if moment is not None), default=None)
     age = max(0.0, (now - oldest).total_seconds()) if oldest is not None else None
     stalled = None
@@ -79,7 +94,7 @@ def work_status(rt: Runtime, *, broker_depth: int | None) -> WorkStatus:
         queue_depth=broker_depth, due_now=steps_due + emails_due, oldest_due_age_s=round(age, 1) if age is not None else None,
         sent_last_minute=finished.get(("sent", "minute"), 0), sent_last_hour=finished.get(("sent", "hour"), 0),
         failed_last_minute=finished.get(("failed", "minute"), 0), failed_last_hour=finished.get(("failed", "hour"), 0),
-        stalled=stalled,
+        stalled=stalled, render_failed=render_failed,
     )
 
 
@@ -108,7 +123,8 @@ def health(rt: Runtime) -> Health:
         database = "unavailable"
     if database == "ok":
         try:
-            work = work_status(rt, broker_depth=None).stalled or "ok"
+            status = work_status(rt, broker_depth=None)
+            work = status.stalled or status.render_failed or "ok"
         except SQLAlchemyError:
             log.exception("health check: the work status could not be read")
             work = "unknown"

@@ -15,13 +15,28 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
+from collections.abc import Mapping
 from pathlib import Path
 from types import FrameType
 
 from autofunnel.config import Settings
+from autofunnel.domain.model import Flow
 from autofunnel.services.broker import QUEUE, broker_for, queue_depth
 
 log = logging.getLogger("autofunnel")
+
+
+_ANNOUNCED = "_AUTOFUNNEL_SETUP_WARNED"
+"""Set by `run` for its children: it printed the setup warnings once already."""
+
+
+def _announce(settings: Settings, flows: Mapping[str, Flow]) -> None:
+    """The setup warnings (`validate`'s), logged once per start: by `run`, or by a part started alone."""
+    from autofunnel.services.setup_checks import announce_setup_warnings
+
+    if not os.environ.get(_ANNOUNCED):
+        announce_setup_warnings(settings, flows)
 
 
 def setup_logging() -> None:
@@ -33,7 +48,10 @@ def run_worker(settings: Settings, *, concurrency: int | None, pool: str) -> Non
     from autofunnel.services.runtime import Runtime
     from autofunnel.workers.app import make_app
 
-    Runtime.open(settings).close()
+    runtime = Runtime.open(settings)
+    runtime.close()
+    setup_logging()
+    _announce(settings, runtime.project.flows)
     app = make_app(settings)
     argv = [
         "worker", "--loglevel=INFO", f"--pool={pool}", "-Q", QUEUE, "-n", f"autofunnel-{os.getpid()}@{socket.gethostname()}",
@@ -70,7 +88,9 @@ def serve_web(settings: Settings, host: str, port: int) -> None:
     from autofunnel.web import create_app
 
     setup_logging()
-    server = make_server(host, port, create_app(settings), threaded=True)
+    app = create_app(settings)
+    _announce(settings, app.extensions["autofunnel"].project.flows)
+    server = make_server(host, port, app, threaded=True)
     _stop_on_signals(lambda: threading.Thread(target=server.shutdown, daemon=True).start())
     log.info("web: listening on http://%s:%d", host, server.server_port)
     server.serve_forever()
@@ -99,11 +119,16 @@ def run_all(settings: Settings, host: str, port: int) -> int:
     system that looks alive is worse than one that says it stopped.
     """
     from autofunnel.services.database import upgrade_database
+    from autofunnel.services.project import load_project
 
     setup_logging()
     status = upgrade_database(settings.resolved_database_url)
     log.info("database at %s (%s); broker: %s", status.revision, status.backend, broker_for(settings.resolved_broker_url).describe())
-    environ = {**os.environ, "AUTOFUNNEL_PROJECT_DIR": str(Path(settings.project_dir).resolve())}
+    environ = {**os.environ, "AUTOFUNNEL_PROJECT_DIR": str(Path(settings.project_dir).resolve()), _ANNOUNCED: "1"}
+    if "base_url" not in settings.sources:  # links in emails point at the port this run listens on
+        settings = replace(settings, base_url=f"http://localhost:{port}")
+        environ["AUTOFUNNEL_BASE_URL"] = settings.base_url
+    _announce(settings, load_project(Path(settings.project_dir)).flows)
     base = [sys.executable, "-m", "autofunnel"]
     commands = {
         "web": [*base, "web", "--host", host, "--port", str(port)],

@@ -191,6 +191,13 @@ def test_frequency_cap_skips() -> None:
     assert result.decisions[:2] == (Skip("one", "capped: frequency cap reached"), Skip("two", "capped: frequency cap reached"))
 
 
+def test_a_send_step_with_capped_false_ignores_the_cap() -> None:
+    seq = flow(CAPPED.replace("WHEN", "skip").replace("  - send: one\n", "  - send: one\n    capped: false\n"))
+    recent = [T0 - timedelta(hours=20), T0 - timedelta(hours=2)]
+    result = run(seq, Cursor("one"), active(recent_sends=recent), T0)
+    assert result.decisions[:2] == (SendEmail("one", 1, "one"), Skip("two", "capped: frequency cap reached"))
+
+
 def test_holdout_gets_no_email_but_keeps_its_deadlines() -> None:
     yoga = flow(YOGA)
     result = run(yoga, Cursor("tripwire-offer"), active(held_out=True), T0)
