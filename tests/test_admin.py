@@ -298,6 +298,20 @@ def test_spend_is_added_listed_and_corrected(site: Site, client: FlaskClient) ->
         assert session.scalar(select(func.count()).select_from(Spend)) == 0
 
 
+def test_files_show_the_plan_for_leads_waiting_on_a_removed_step(site: Site, client: FlaskClient) -> None:
+    assert "No waiting lead is affected" in client.get("/admin/files").get_data(as_text=True)
+    waiting = site.api_get("/api/v1/leads/google3@example.com")["enrollments"][0]
+    assert (waiting["stage"], waiting["step"], waiting["status"]) == ("lead", "wait-after-tripwire-offer", "active")
+    path = site.rt.project.root / "funnels" / "yoga.yml"
+    path.write_text(path.read_text().replace("      - wait: 1d\n      - send: tripwire-reminder", "      - send: tripwire-reminder", 1))
+    html = client.get("/admin/files").get_data(as_text=True)
+    row = re.search(r"<td>yoga</td><td>lead</td><td>wait-after-tripwire-offer</td><td class=\"num\">(\d+)</td><td class=\"wrap\">([^<]+)</td>", html)
+    assert row is not None, html[html.index("<h2>Plan"):][:800]
+    waiting_there = [lead for lead in ("google2", "google3", "instagram3", "instagram4", "instagram5", "newsletter1")
+                     if site.api_get(f"/api/v1/leads/{lead}@example.com")["enrollments"][0]["step"] == "wait-after-tripwire-offer"]
+    assert int(row.group(1)) == len(waiting_there) and "tripwire-reminder" in row.group(2)
+
+
 def test_files_show_validate_problems_with_file_and_line(site: Site, client: FlaskClient) -> None:
     assert "No errors" in client.get("/admin/files").get_data(as_text=True)
     path = site.rt.project.root / "funnels" / "yoga.yml"

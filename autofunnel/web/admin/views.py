@@ -20,6 +20,7 @@ from autofunnel.services.inputs import parse_events
 from autofunnel.services.lead_search import LeadFilter, find_leads
 from autofunnel.services.leads import erase_lead, lead_view
 from autofunnel.services.overview import flow_summaries
+from autofunnel.services.plan import edit_plan
 from autofunnel.services.preview import Preview, flow_templates, preview_email, send_test_email
 from autofunnel.services.project import validate_project
 from autofunnel.services.report import PARAMETERS, funnel_report, parse_report_query
@@ -369,4 +370,5 @@ def spend_edit(entry_id: int) -> Response:
 def files() -> str:
     rt = runtime()
     result = validate_project(rt.project.root)
-    return render_template("admin/files.html", result=result, root=rt.project.root)
+    plan = edit_plan(rt.db, dict(result.flows)) if result.ok else None
+    return render_template("admin/files.html", result=result, root=rt.project.root, plan=plan)
