@@ -15,20 +15,13 @@ from __future__ import annotations
 import argparse
 import re
 import statistics
-import tempfile
 import time
-from datetime import timedelta
-from pathlib import Path
 
-from gen_report_data import DAYS, EPOCH
+from common import history_runtime
 from sqlalchemy import func, select
 
-from autofunnel.clock import FixedClock
-from autofunnel.config import load_settings
 from autofunnel.errors import DuplicateError
 from autofunnel.services.credentials import create_user
-from autofunnel.services.runtime import Runtime
-from autofunnel.services.starter import init_project
 from autofunnel.store.db import backend_name
 from autofunnel.store.models import Lead
 from autofunnel.web import create_app
@@ -41,10 +34,7 @@ def main() -> None:
     parser.add_argument("--database-url", required=True)
     parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()
-    project = Path(tempfile.mkdtemp(prefix="af-admin-bench-")) / "shop"
-    init_project(project)
-    settings = load_settings(project, environ={"AUTOFUNNEL_DATABASE_URL": args.database_url, "AUTOFUNNEL_SECRET_KEY": "bench-secret-0123456789"})
-    rt = Runtime.open(settings, FixedClock(EPOCH + timedelta(days=DAYS - 1, hours=12)))
+    rt = history_runtime(args.database_url, "af-admin-bench-")
     try:
         create_user(rt.db, rt.clock, USER, PASSWORD)
     except DuplicateError:

@@ -17,23 +17,17 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import tempfile
 import time
 from collections.abc import Callable
-from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
-from gen_report_data import DAYS, EPOCH
+from common import history_runtime
 from sqlalchemy import func, select, text
 
-from autofunnel.clock import FixedClock
-from autofunnel.config import load_settings
 from autofunnel.services.flow_map import flow_map
 from autofunnel.services.lead_search import LeadFilter, find_leads
 from autofunnel.services.leads import lead_view
 from autofunnel.services.runtime import Runtime
-from autofunnel.services.starter import init_project
 from autofunnel.store.db import backend_name
 from autofunnel.store.models import Enrollment, Lead
 
@@ -87,10 +81,7 @@ def main() -> None:
     parser.add_argument("--database-url", required=True)
     parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()
-    project = Path(tempfile.mkdtemp(prefix="af-lead-search-bench-")) / "shop"
-    init_project(project)
-    settings = load_settings(project, environ={"AUTOFUNNEL_DATABASE_URL": args.database_url, "AUTOFUNNEL_SECRET_KEY": "bench-secret-0123456789"})
-    rt = Runtime.open(settings, FixedClock(EPOCH + timedelta(days=DAYS - 1, hours=12)))
+    rt = history_runtime(args.database_url, "af-lead-search-bench-")
     fill(rt)
     with rt.db.read() as session:
         leads = session.scalar(select(func.count()).select_from(Lead)) or 0

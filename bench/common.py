@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import create_engine, make_url, text
 
@@ -42,3 +43,20 @@ def create_database_if_missing(url: str) -> None:
                 connection.exec_driver_sql(f'CREATE DATABASE "{target.database}"')
     finally:
         maintenance.dispose()
+
+
+def history_runtime(database_url: str, prefix: str) -> Any:
+    """The starter project over a database `gen_report_data.py` filled, on a clock stopped at its last day,
+    so "the last 30 days" hold the history's latest cohorts."""
+    from datetime import timedelta
+
+    from gen_report_data import DAYS, EPOCH
+
+    from autofunnel.clock import FixedClock
+    from autofunnel.config import load_settings
+    from autofunnel.services.runtime import Runtime
+
+    project = Path(tempfile.mkdtemp(prefix=prefix)) / "shop"
+    init_project(project)
+    settings = load_settings(project, environ={"AUTOFUNNEL_DATABASE_URL": database_url, "AUTOFUNNEL_SECRET_KEY": "bench-secret-0123456789"})
+    return Runtime.open(settings, FixedClock(EPOCH + timedelta(days=DAYS - 1, hours=12)))
