@@ -230,7 +230,8 @@ def test_the_preview_is_the_email_a_real_send_put_on_the_wire_less_its_tracking(
     assert re.sub(r'src="data:image/gif;base64,[^"]+"', 'src="COUNTDOWN"', shown.html) == _as_previewed(site, html, moment).replace("\r\n", "\n")
     text = sent.message.get_body(("plain",)).get_content()  # type: ignore[union-attr]
     text = re.sub(r"http://testserver/[ou]/[A-Za-z0-9_.-]+", lambda m: _destination(site, m.group(0), moment), text.replace("\r\n", "\n"))
-    assert shown.text.strip() == text.strip()
+    # The same words in the same order; where lines wrap at 78 differs, since a tracked URL is longer than its destination.
+    assert shown.text.split() == text.split()
 
     later = preview_email(site.rt, "yoga", "tripwire-offer", "tokyo@example.com", moment + timedelta(days=3))
     assert "https://shop.example/mini\"" in later.html and "coupon=EARLY" not in later.html, "after the deadline the offer leads to its expired page"
@@ -275,8 +276,8 @@ def test_project_problems_are_validates_as_data(project_dir: Path) -> None:
 
     assert project_problems(project_dir) == ()
     flow = project_dir / "funnels" / "yoga.yml"
-    flow.write_text(flow.read_text().replace("      - send: thanks-mini\n", "      - send: thanks-mni\n"))
+    flow.write_text(flow.read_text().replace("{send: thanks-mini,", "{send: thanks-mni,"))
     (problem,) = [p for p in project_problems(project_dir) if p.severity == "error"]
     assert problem == FileProblem("funnels/yoga.yml", problem.line, problem.message, "error")
     assert "unknown template 'thanks-mni'" in problem.message and "did you mean 'thanks-mini'" in problem.message
-    assert flow.read_text().splitlines()[problem.line - 1].strip() == "- send: thanks-mni"
+    assert flow.read_text().splitlines()[problem.line - 1].strip().startswith("- {send: thanks-mni,")

@@ -56,9 +56,9 @@ def test_run_with_nothing_configured_sends_the_welcome_email(project_dir: Path, 
             raise AssertionError(f"{exc}\n{run.output()}") from None
         confirmation = smtp_sink.messages[0]
         assert confirmation.message["Subject"] == "Please confirm your subscription to Yoga for beginners"
-        link = re.search(r'href="(http://localhost:8000/confirm/[^"]+)"', confirmation.message.get_body(("html",)).get_content())
-        assert link is not None
-        local = link.group(1).replace("http://localhost:8000", f"http://127.0.0.1:{port}")
+        link = re.search(rf'href="http://localhost:{port}(/confirm/[^"]+)"', confirmation.message.get_body(("html",)).get_content())
+        assert link is not None, "the confirmation link follows --port when no base URL is set"
+        local = f"http://127.0.0.1:{port}{link.group(1)}"
         with urllib.request.urlopen(urllib.request.Request(local, data=b"", method="POST"), timeout=10) as answer:
             assert answer.status == 200
 
