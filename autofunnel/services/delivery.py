@@ -469,7 +469,7 @@ def _compose(rt: Runtime, claim: _Claim, flow: Flow, now: datetime) -> tuple[byt
     domain = sender_domain(sender)
     message_id = message_id_for(claim.id, domain)
     message = build_message(
-        sender=sender, to=format_address(claim.lead["first_name"] if claim.kind != "notify" else None, claim.to_address), subject=rendered.subject, html=html, text=rendered.text,
+        sender=sender, to=format_address(claim.lead["first_name"] if claim.kind == "email" else None, claim.to_address), subject=rendered.subject, html=html, text=rendered.text,
         message_id=message_id, date=now, headers=headers, domain=domain,
     )
     return _signed(rt, message), sender, message_id
