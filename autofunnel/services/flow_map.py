@@ -45,6 +45,7 @@ from autofunnel.domain.model import (
     WaitForEvent,
     WaitUntilDeadline,
 )
+from autofunnel.services.project import matcher_text
 from autofunnel.services.report import DEFAULT_DAYS
 from autofunnel.services.runtime import Runtime
 from autofunnel.services.lead_search import ACTIVE
@@ -183,12 +184,6 @@ def _entry(matcher: EventMatcher | None, *, first: bool) -> str:
     if first or matcher is None:
         return "entered by subscribing"
     return f"entered on {matcher_text(matcher)}"
-
-
-def matcher_text(matcher: EventMatcher) -> str:
-    """`purchase (product=mini-course)`: an event matcher as a seller wrote it."""
-    props = ", ".join(f"{key}={value}" for key, value in matcher.properties.items())
-    return matcher.event + (f" ({props})" if props else "")
 
 
 def condition_text(condition: Any) -> str:

@@ -166,19 +166,20 @@ def summarize(flow: Flow) -> list[str]:
         emails = sum(1 for stage in flow.stages for step in stage.steps if isinstance(step.action, Send))
         lines.append(f"{flow.slug} — funnel \"{flow.title}\": {len(flow.stages)} stages, {steps} steps, {emails} emails; deadlines: {deadlines}")
         for index, stage in enumerate(flow.stages):
-            entry = "on subscribe" if index == 0 or stage.enter_on is None else _matcher_text(stage.enter_on)
+            entry = "on subscribe" if index == 0 or stage.enter_on is None else f"on {matcher_text(stage.enter_on)}"
             sends = [step.id for step in stage.steps if isinstance(step.action, Send)]
             lines.append(f"  {index + 1}. {stage.name:<12} enters {entry}; {len(stage.steps)} steps; emails: {', '.join(sends) or '—'}")
     else:
         emails = sum(1 for step in flow.steps if isinstance(step.action, Send))
-        stops = ", ".join(_matcher_text(m) for m in flow.stop_on) or "nothing"
-        lines.append(f"{flow.slug} — sequence \"{flow.title}\": starts {_matcher_text(flow.start_on)}, stops {stops}; {len(flow.steps)} steps, {emails} emails; deadlines: {deadlines}")
+        stops = ", ".join(f"on {matcher_text(m)}" for m in flow.stop_on) or "nothing"
+        lines.append(f"{flow.slug} — sequence \"{flow.title}\": starts on {matcher_text(flow.start_on)}, stops {stops}; {len(flow.steps)} steps, {emails} emails; deadlines: {deadlines}")
     return lines
 
 
-def _matcher_text(matcher: EventMatcher) -> str:
+def matcher_text(matcher: EventMatcher) -> str:
+    """`purchase (product=mini-course)`: an event matcher as a seller wrote it (the summary and the admin's flow map)."""
     props = " ".join(f"{key}={value}" for key, value in matcher.properties.items())
-    return f"on {matcher.event}" + (f" ({props})" if props else "")
+    return matcher.event + (f" ({props})" if props else "")
 
 
 @dataclass(frozen=True)
