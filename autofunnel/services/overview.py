@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
-from sqlalchemy import String, func, select
+from sqlalchemy import func, select
 
 from autofunnel.domain.model import Funnel
-from autofunnel.services.report import DEFAULT_DAYS, funnel_report, parse_report_query
+from autofunnel.services.report import DEFAULT_DAYS, funnel_report, parse_report_query, period_start
 from autofunnel.services.runtime import Runtime
 from autofunnel.store.models import Enrollment
 from autofunnel.store.queries import is_postgres
@@ -62,10 +62,7 @@ def _sequence_starts(rt: Runtime, slug: str, start: date, end: date) -> dict[str
     begin = datetime.combine(start, time(0), UTC)
     stop = datetime.combine(end + timedelta(days=1), time(0), UTC)
     with rt.db.read() as session:
-        day = (
-            func.to_char(func.timezone("UTC", Enrollment.entered_at), "YYYY-MM-DD")
-            if is_postgres(session) else func.date(Enrollment.entered_at, type_=String)
-        )
+        day = period_start(Enrollment.entered_at, "day", pg=is_postgres(session))
         rows = session.execute(
             select(day, func.count())
             .where(Enrollment.flow == slug, Enrollment.kind == "sequence", Enrollment.entered_at >= begin, Enrollment.entered_at < stop)

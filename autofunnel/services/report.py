@@ -200,6 +200,17 @@ def _period_start(day: date, unit: str) -> str:
     return day.isoformat()
 
 
+def period_start(moment: Any, unit: str, *, pg: bool) -> ColumnElement[str]:
+    """The first day of the day, week or month a moment falls in, as 'YYYY-MM-DD', in SQL (weeks start on Monday)."""
+    if pg:
+        return func.to_char(func.date_trunc(unit, func.timezone("UTC", moment)), "YYYY-MM-DD")
+    if unit == "day":
+        return func.date(moment, type_=String)
+    if unit == "week":
+        return func.date(moment, "weekday 0", "-6 days", type_=String)
+    return func.strftime("%Y-%m-01", moment, type_=String)
+
+
 class _Report:
     def __init__(self, session: Session, funnel: Funnel, query: ReportQuery, *, count_facts: bool = False) -> None:
         self.session = session
@@ -294,15 +305,7 @@ class _Report:
         return and_(moment >= self.start, moment < self.stop)
 
     def _period(self, moment: Any) -> ColumnElement[str]:
-        """The first day of the period (`interval`) a moment falls in, as 'YYYY-MM-DD' (weeks start on Monday)."""
-        unit = self.q.interval or "day"
-        if self.pg:
-            return func.to_char(func.date_trunc(unit, func.timezone("UTC", moment)), "YYYY-MM-DD")
-        if unit == "day":
-            return func.date(moment, type_=String)
-        if unit == "week":
-            return func.date(moment, "weekday 0", "-6 days", type_=String)
-        return func.strftime("%Y-%m-01", moment, type_=String)
+        return period_start(moment, self.q.interval or "day", pg=self.pg)
 
     def _lead_group(self) -> Any:
         """The value a lead is grouped by: a lead field, or its owner (channels are kept on stage entries)."""
