@@ -83,9 +83,40 @@ def test_bot_rules_by_time_since_delivery() -> None:
 def test_masking_and_countdown_text() -> None:
     assert mask_email("anna@example.com") == "a***@example.com"
     assert mask_email("x@example.com") == "x***@example.com"
-    assert format_remaining(timedelta(days=1, hours=23, minutes=59, seconds=12, microseconds=900)) == "1d 23:59:12"
-    assert format_remaining(timedelta(hours=5, minutes=12, seconds=44)) == "05:12:44"
-    assert format_remaining(timedelta(seconds=-3)) == "00:00:00"
+    assert format_remaining(timedelta(days=2, hours=14, minutes=5, seconds=9, microseconds=900)) == "2d 14h 05m 09s"
+    assert format_remaining(timedelta(days=1, seconds=4)) == "1d 00h 00m 04s"
+    assert format_remaining(timedelta(hours=5, minutes=12, seconds=44)) == "5h 12m 44s"
+    assert format_remaining(timedelta(seconds=30)) == "0m 30s"
+    assert format_remaining(timedelta(seconds=-3)) == "0m 00s"
+
+
+def _frames(data: bytes) -> list[Image.Image]:
+    image = Image.open(BytesIO(data))
+    frames = []
+    for index in range(getattr(image, "n_frames", 1)):
+        image.seek(index)
+        frames.append(image.convert("RGB"))
+    return frames
+
+
+def test_the_countdown_counts_down_a_minute_then_holds_and_ends_on_expired() -> None:
+    data = draw_countdown(timedelta(days=2, hours=14, minutes=5, seconds=9))
+    image = Image.open(BytesIO(data))
+    assert image.format == "GIF" and image.size == (600, 140)  # drawn at 2x, shown at 300x70
+    assert "loop" not in image.info  # no NETSCAPE2.0 loop: played once, the last frame stays
+    frames = _frames(data)
+    assert len(frames) == 60
+    assert all(a.tobytes() != b.tobytes() for a, b in zip(frames, frames[1:]))  # a new time each second
+    assert [Image.open(BytesIO(data)).info["duration"]] == [1000]
+    assert draw_countdown(timedelta(days=2, hours=14, minutes=5, seconds=9, milliseconds=700)) is data  # cached per second
+
+    expired = draw_countdown(timedelta(seconds=-1))
+    assert len(_frames(expired)) == 1 and expired == draw_countdown(timedelta(0))
+    ending = _frames(draw_countdown(timedelta(seconds=30)))
+    assert len(ending) == 31  # 30 s counted, then the expired frame held
+    assert ending[-1].tobytes() == _frames(expired)[0].tobytes()
+    not_started = _frames(draw_countdown(None))
+    assert len(not_started) == 1 and not_started[0].tobytes() != _frames(expired)[0].tobytes()
 
 
 # The app over a real database -------------------------------------------------------
@@ -380,13 +411,13 @@ def test_the_countdown_shows_the_time_left_then_expired(web: Web, offer_email: d
     assert before.status_code == 200 and before.mimetype == "image/gif"
     assert before.headers["Cache-Control"] == "no-store"
     image = Image.open(BytesIO(before.data))
-    assert image.format == "GIF" and image.size == (300, 70)
-    assert getattr(image, "n_frames", 1) == 1
-    assert before.data == draw_countdown(timedelta(hours=48))  # "2d 00:00:00"
+    assert image.format == "GIF" and image.size == (600, 140)
+    assert getattr(image, "n_frames", 1) == 60
+    assert before.data == draw_countdown(timedelta(hours=48))  # "2d 00h 00m 00s", counting down
 
     web.clock.advance(timedelta(hours=48, seconds=1))
     after = web.client.get(countdown)
     assert after.status_code == 200
     assert Image.open(BytesIO(after.data)).format == "GIF"
     assert after.data != before.data
-    assert after.data == draw_countdown(timedelta(0))  # "offer expired"
+    assert after.data == draw_countdown(timedelta(0))  # "Offer expired", one frame
