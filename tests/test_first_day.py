@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from docker_context import docker_ignored, dockerignore_patterns
 from smtp_sink import SmtpSink
 
 from autofunnel.cli import main
@@ -364,38 +365,6 @@ def test_table_cells_stay_apart_in_the_text_part() -> None:
 REPO = Path(__file__).resolve().parent.parent
 
 
-def _docker_ignored(patterns: list[str], path: str) -> bool:
-    """Docker's .dockerignore rules (moby/patternmatcher): `*` and `?` stay within one path
-    element, `**` spans any number; a pattern matching a folder covers what is in it; the last
-    pattern that matches decides, and `!` re-includes."""
-    import re
-
-    def regex(pattern: str) -> re.Pattern[str]:
-        out, i = "", 0
-        while i < len(pattern):
-            if pattern.startswith("**", i):
-                out, i = out + ".*", i + 2
-                if pattern.startswith("/", i):
-                    out, i = out + "(?:/)?", i + 1
-                    out = out[: -len(".*(?:/)?")] + "(?:.*/)?"
-                continue
-            char = pattern[i]
-            out += "[^/]*" if char == "*" else "[^/]" if char == "?" else re.escape(char) if char not in "[]" else char
-            i += 1
-        return re.compile(f"^{out}$")
-
-    parts = path.split("/")
-    prefixes = ["/".join(parts[: n + 1]) for n in range(len(parts))]
-    ignored = False
-    for raw in patterns:
-        negated = raw.startswith("!")
-        pattern = raw[1:] if negated else raw
-        compiled = regex(pattern.strip("/"))
-        if any(compiled.match(prefix) for prefix in prefixes):
-            ignored = not negated
-    return ignored
-
-
 def test_the_docker_build_context_holds_no_project_state(tmp_path: Path) -> None:
     from autofunnel.services.starter import init_project
 
@@ -410,9 +379,9 @@ def test_the_docker_build_context_holds_no_project_state(tmp_path: Path) -> None
     for name in private:
         (checkout / name).parent.mkdir(parents=True, exist_ok=True)
         (checkout / name).write_text("secret")
-    patterns = [line.strip() for line in (REPO / ".dockerignore").read_text().splitlines() if line.strip() and not line.startswith("#")]
+    patterns = dockerignore_patterns(REPO)
     every = sorted(p.relative_to(checkout).as_posix() for p in checkout.rglob("*") if p.is_file())
-    sent = [name for name in every if not _docker_ignored(patterns, name)]
+    sent = [name for name in every if not docker_ignored(patterns, name)]
     assert not [name for name in sent if name.startswith("shop/") or name in private], sent
     needed = [name for name in tracked if name.startswith(("autofunnel/", "templates/")) or name in ("pyproject.toml", "README.md")]
     assert needed and set(needed) <= set(sent), sorted(set(needed) - set(sent))
@@ -420,10 +389,10 @@ def test_the_docker_build_context_holds_no_project_state(tmp_path: Path) -> None
 
 
 def test_the_matcher_follows_dockers_rules() -> None:
-    assert _docker_ignored(["*.db"], "a.db") and not _docker_ignored(["*.db"], "shop/a.db")  # `*` stays at the top
-    assert _docker_ignored(["**/*.db"], "shop/a.db") and _docker_ignored(["outbox"], "outbox/x.eml")
-    assert not _docker_ignored(["*", "!autofunnel"], "autofunnel/cli.py")
-    assert _docker_ignored(["*", "!autofunnel", "**/__pycache__"], "autofunnel/__pycache__/x.pyc")
+    assert docker_ignored(["*.db"], "a.db") and not docker_ignored(["*.db"], "shop/a.db")  # `*` stays at the top
+    assert docker_ignored(["**/*.db"], "shop/a.db") and docker_ignored(["outbox"], "outbox/x.eml")
+    assert not docker_ignored(["*", "!autofunnel"], "autofunnel/cli.py")
+    assert docker_ignored(["*", "!autofunnel", "**/__pycache__"], "autofunnel/__pycache__/x.pyc")
 
 
 def test_compose_needs_the_project_folder_and_base_url() -> None:
