@@ -164,7 +164,7 @@ class Settings:
     delivery_lease: float = 60.0
     scheduler_interval: float = 1.0
     double_opt_in: bool = False
-    track_opens: bool = True
+    track_opens: bool = False
     postal_address: str | None = None
     consent_text: str = "Yes, send me emails about this. I can unsubscribe at any time."
     confirm_token_days: float = 7.0

@@ -1,4 +1,4 @@
-"""Usage: python bench/render_starter_emails.py OUTDIR [true|false for AUTOFUNNEL_TRACK_OPENS]; then sh bench/spam_score.sh OUTDIR/outbox.
+"""Usage: python bench/render_starter_emails.py OUTDIR [true|false for AUTOFUNNEL_TRACK_OPENS, default: the product default]; then sh bench/spam_score.sh OUTDIR/outbox.
 Render every starter email through the real pipeline into a file outbox (for SpamAssassin)."""
 import shutil, sys
 from datetime import UTC, datetime, timedelta
@@ -30,6 +30,7 @@ def at(hours): clock.current = t0 + timedelta(hours=hours); run_tick(rt)
 for who in ("ann", "bob"):
     subscribe(rt, parse_subscribe({"email": f"{who}@example.com", "funnel": "yoga", "first_name": who.title(), "timezone": "Europe/Berlin", "owner": "manager@yoga.example"}, t0), consent={"via": "t"})
     ev({"type": "confirmed", "email": f"{who}@example.com"})
+subscribe(rt, parse_subscribe({"email": "dora@example.com", "funnel": "yoga", "first_name": "Dora"}, t0), consent={"via": "t"})  # stays pending: the confirmation email
 at(0)
 for h in (24.1, 48.2, 72.3): at(h)       # ann & bob: tripwire-offer, reminder, expired
 ev({"type": "purchase", "email": "bob@example.com", "properties": {"product": "mini-course", "amount": 19, "currency": "EUR"}})

@@ -137,6 +137,9 @@ def project_dir(tmp_path: Path) -> Path:
 def runtime_factory(database_url: str) -> Iterator[Any]:
     """Build Runtimes on one migrated database: `make(project_dir, smtp_url, clock, **settings)`.
 
+    Open tracking is on, since most tests follow opens; a setting given as None is left
+    unset, so its default applies (`track_opens=None`: the product's default, off).
+
     Several runtimes on the same database stand for several processes (each has
     its own engine and connections).
     """
@@ -147,14 +150,12 @@ def runtime_factory(database_url: str) -> Iterator[Any]:
     upgrade(database_url)
     made: list[Any] = []
 
-    def make(project: Path, smtp_url: str, clock: Any, **extra: str) -> Any:
-        environ = {
-            "AUTOFUNNEL_DATABASE_URL": database_url,
-            "AUTOFUNNEL_SMTP_URL": smtp_url,
-            "AUTOFUNNEL_BASE_URL": "http://testserver",
-            "AUTOFUNNEL_SECRET_KEY": "test-secret-key-0123456789",
-            **{f"AUTOFUNNEL_{key.upper()}": value for key, value in extra.items()},
+    def make(project: Path, smtp_url: str, clock: Any, **extra: str | None) -> Any:
+        settings = {
+            "database_url": database_url, "smtp_url": smtp_url, "base_url": "http://testserver",
+            "secret_key": "test-secret-key-0123456789", "track_opens": "true", **extra,
         }
+        environ = {f"AUTOFUNNEL_{key.upper()}": value for key, value in settings.items() if value is not None}
         runtime = Runtime.open(load_settings(project, environ=environ), clock)
         made.append(runtime)
         return runtime

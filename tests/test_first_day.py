@@ -218,6 +218,15 @@ def test_a_layout_showing_an_unset_postal_address_is_one_warning(project_dir: Pa
     assert found == [f"{project_dir}/templates/layouts/base.html:1: warning: shows postal_address but AUTOFUNNEL_POSTAL_ADDRESS is not set: anti-spam law (CAN-SPAM, the EU) asks for your postal address in marketing email"]
 
 
+def test_an_opened_condition_without_open_tracking_is_a_warning(project_dir: Path) -> None:
+    edit(project_dir / "funnels/yoga.yml", "        if: {not: {deadline_passed: tripwire}}\n",
+         "        if: {all: [{not: {deadline_passed: tripwire}}, {not: {opened: offer}}]}\n")
+    edit(project_dir / "funnels/yoga.yml", "      - send: tripwire-offer\n", "      - send: tripwire-offer\n        id: offer\n")
+    line = next(n for n, text in enumerate((project_dir / "funnels/yoga.yml").read_text().splitlines(), 1) if "opened: offer" in text)
+    assert warnings_of(project_dir) == [f"{project_dir}/funnels/yoga.yml:{line}: warning: opened: offer is never true: yoga does not track opens (set track_opens: true in it, or AUTOFUNNEL_TRACK_OPENS=true)"]
+    assert warnings_of(project_dir, AUTOFUNNEL_TRACK_OPENS="true") == []
+
+
 def test_web_logs_the_same_warnings_once_at_start(project_dir: Path, tmp_path: Path) -> None:
     from services_at_hand import Part, clean_environment, free_port, http_status, wait_until
 
@@ -242,7 +251,7 @@ def test_web_logs_the_same_warnings_once_at_start(project_dir: Path, tmp_path: P
 # mail that scores clean ---------------------------------------------------------------------
 
 
-def _welcome_html(runtime_factory: Any, project_dir: Path, smtp_sink: SmtpSink, **settings: str) -> str:
+def _welcome_html(runtime_factory: Any, project_dir: Path, smtp_sink: SmtpSink, **settings: str | None) -> str:
     from email import policy
     from email.parser import BytesParser
 
@@ -253,8 +262,13 @@ def _welcome_html(runtime_factory: Any, project_dir: Path, smtp_sink: SmtpSink, 
     return str(message.get_body(("html",)).get_content())  # type: ignore[union-attr]
 
 
-def test_opens_are_tracked_by_default(runtime_factory: Any, project_dir: Path, smtp_sink: SmtpSink) -> None:
-    assert "http://testserver/t/o/" in _welcome_html(runtime_factory, project_dir, smtp_sink)
+def test_opens_are_not_tracked_by_default(runtime_factory: Any, project_dir: Path, smtp_sink: SmtpSink) -> None:
+    html = _welcome_html(runtime_factory, project_dir, smtp_sink, track_opens=None)
+    assert "/t/o/" not in html and "http://testserver/t/c/" in html  # no pixel; clicks still tracked
+
+
+def test_open_tracking_on_for_the_project(runtime_factory: Any, project_dir: Path, smtp_sink: SmtpSink) -> None:
+    assert "http://testserver/t/o/" in _welcome_html(runtime_factory, project_dir, smtp_sink, track_opens="true")
 
 
 def test_open_tracking_off_for_the_project(runtime_factory: Any, project_dir: Path, smtp_sink: SmtpSink) -> None:

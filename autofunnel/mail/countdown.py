@@ -130,9 +130,14 @@ def _palette() -> list[int]:
     return palette
 
 
+@lru_cache(maxsize=2)
+def _shade_table(offset: int) -> list[int]:
+    return [offset + value * _SHADES // 256 for value in range(256)]
+
+
 def _paletted(coverage: Image.Image, offset: int) -> Image.Image:
     """A grey-scale drawing (0 = ink, 255 = paper) as palette indices of one ink."""
-    indices = coverage.point([offset + value * _SHADES // 256 for value in range(256)])
+    indices = coverage.point(_shade_table(offset))
     frame = Image.frombytes("P", coverage.size, indices.tobytes())
     frame.putpalette(_palette())
     return frame

@@ -21,6 +21,7 @@ from typing import Any
 from sqlalchemy import func, select
 
 from autofunnel.clock import SystemClock
+from autofunnel.config import CONFIG_FILE
 from autofunnel.domain.model import Funnel
 from autofunnel.services.simulate import CHANNELS, Behaviour, Rates
 from autofunnel.testing import FunnelTest
@@ -65,6 +66,7 @@ def make_demo(directory: Path, *, leads: int = 800, seed: int = 0, console: Any 
 
     started = time.perf_counter()
     init_project(directory)
+    _track_opens(directory)
     settings = load_settings(directory, environ={})
     database_url = settings.resolved_database_url
     database = Path(database_url[len("sqlite:///"):])
@@ -99,6 +101,14 @@ def make_demo(directory: Path, *, leads: int = 800, seed: int = 0, console: Any 
             t.fold()
         summary = _summary(t, len(t.sent_ids), time.perf_counter() - started, begin.date())
     return summary
+
+
+def _track_opens(directory: Path) -> None:
+    """The demo's readers open their emails and its admin shows opens, so its project tracks them."""
+    config = directory / CONFIG_FILE
+    text = config.read_text()
+    assert "# track_opens = false\n" in text, "the starter's autofunnel.toml names track_opens"
+    config.write_text(text.replace("# track_opens = false\n", "track_opens = true\n"))
 
 
 def _arrivals(behaviour: Behaviour, rng: random.Random, begin: datetime, end: datetime, leads: int) -> None:

@@ -6,7 +6,8 @@ From address at `localhost.localdomain`, links and the one-click unsubscribe
 pointing at localhost, a DKIM signature whose domain does not align with the From
 (DMARC fails) or no signature at all because one of its three settings is missing,
 a marketing email without a visible unsubscribe link (Gmail and Yahoo require one),
-a layout that shows a postal address nobody set.
+a layout that shows a postal address nobody set, an `opened:` condition in a flow
+that does not track opens (never true).
 """
 
 from __future__ import annotations
@@ -21,10 +22,10 @@ from jinja2 import TemplateError, nodes
 from jinja2.sandbox import SandboxedEnvironment
 
 from autofunnel.config import CONFIG_FILE, Settings
-from autofunnel.domain.model import Flow, Send
+from autofunnel.domain.model import Flow, Opened, Send, walk_condition
 from autofunnel.domain.problems import Problem
 from autofunnel.mail.templates import make_environment
-from autofunnel.services.senders import dkim_ready, sender_of
+from autofunnel.services.senders import dkim_ready, sender_of, tracks_opens
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,11 @@ def setup_warnings(settings: Settings, flows: Mapping[str, Flow]) -> list[Proble
             problems.append(Problem(flow.path, flow.line, f"{flow.slug} has no from: and AUTOFUNNEL_MAIL_FROM is not set: its emails go out as {parseaddr(sender)[1]}", "warning"))
         if dkim_ready(settings) and settings.dkim_domain and not _aligned(domain, settings.dkim_domain):
             problems.append(Problem(flow.path, flow.line, f"{flow.slug} sends from {domain} but DKIM signs for {settings.dkim_domain}: DMARC alignment fails; sign for the From domain or send from it", "warning"))
+        if not tracks_opens(settings, flow):
+            for step in (step for _, steps in flow.step_lists for step in steps):
+                for node in walk_condition(step.condition):
+                    if isinstance(node, Opened):
+                        problems.append(Problem(flow.path, node.line or step.line, f"opened: {node.step_id} is never true: {flow.slug} does not track opens (set track_opens: true in it, or AUTOFUNNEL_TRACK_OPENS=true)", "warning"))
         if env is None:
             env = make_environment(templates)
         names = sorted({name for _, steps in flow.step_lists for step in steps if isinstance(step.action, Send) for name in step.action.templates})

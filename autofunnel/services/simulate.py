@@ -36,6 +36,7 @@ from autofunnel.clock import ensure_utc
 from autofunnel.domain.durations import parse_duration
 from autofunnel.domain.model import Funnel
 from autofunnel.errors import AutofunnelError, InvalidInputError
+from autofunnel.services.senders import tracks_opens
 from autofunnel.services.tracking import Engagement, record_engagements
 from autofunnel.testing import HUMAN_AGENT, FunnelTest
 
@@ -171,6 +172,8 @@ class Behaviour:
 
     def __init__(self, test: FunnelTest, funnel: Funnel, rates: Rates, rng: random.Random, *, currency: str = "EUR") -> None:
         self.t, self.funnel, self.rates, self.rng, self.currency = test, funnel, rates, rng, currency
+        # A reader reads (and may click) either way; the open is only recorded where a pixel could see it.
+        self.records_opens = tracks_opens(test.runtime.settings, funnel)
         self._queue: list[tuple[datetime, int, str, Any]] = []
         self._seq = 0
         self._seen_sent = 0
@@ -209,7 +212,8 @@ class Behaviour:
                 if kind == "subscribe":
                     self._subscribe(payload)
                 elif kind == "open":
-                    engagements.append(Engagement("opened", payload, HUMAN_AGENT))
+                    if self.records_opens:
+                        engagements.append(Engagement("opened", payload, HUMAN_AGENT))
                     if self.rng.random() < self.rates.click:
                         self.at(moment + timedelta(minutes=self.rng.uniform(1, 120)), "click", payload)
                 elif kind == "click":

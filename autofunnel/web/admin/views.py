@@ -25,6 +25,7 @@ from autofunnel.services.preview import Preview, flow_templates, preview_email, 
 from autofunnel.services.project import validate_project
 from autofunnel.services.report import PARAMETERS, funnel_report, parse_report_query
 from autofunnel.services.runtime import Runtime
+from autofunnel.services.senders import tracks_opens
 from autofunnel.services.spend import add_spend, list_spend, parse_spend, set_spend
 from autofunnel.services.status import system_status
 from autofunnel.store.models import LEAD_STATUSES
@@ -187,6 +188,7 @@ def funnel(slug: str) -> Any:
         bars=charts.funnel_bars(stages), chart_height=charts.funnel_height(len(stages)), groups=groups,
         group_height=charts.funnel_height(len(stages), 22, 6), trend=trend, periods=PERIODS,
         csv_url=url_for("admin.funnel_csv", slug=slug, **request.args.to_dict()), days=chosen_days(request.args),
+        tracks_opens=tracks_opens(rt.settings, rt.project.flows[slug]),
     )
 
 
