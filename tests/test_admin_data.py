@@ -272,12 +272,24 @@ def test_list_templates_names_every_flows_emails_and_the_steps_sending_them(site
 
 
 def test_project_problems_are_validates_as_data(project_dir: Path) -> None:
-    from autofunnel.services.project import FileProblem, project_problems
+    from autofunnel.services.project import FileProblem, project_problems, validate_project
 
-    assert project_problems(project_dir) == ()
+    assert project_problems(validate_project(project_dir)) == ()
     flow = project_dir / "funnels" / "yoga.yml"
     flow.write_text(flow.read_text().replace("{send: thanks-mini,", "{send: thanks-mni,"))
-    (problem,) = [p for p in project_problems(project_dir) if p.severity == "error"]
+    (problem,) = [p for p in project_problems(validate_project(project_dir)) if p.severity == "error"]
     assert problem == FileProblem("funnels/yoga.yml", problem.line, problem.message, "error")
     assert "unknown template 'thanks-mni'" in problem.message and "did you mean 'thanks-mini'" in problem.message
     assert flow.read_text().splitlines()[problem.line - 1].strip().startswith("- {send: thanks-mni,")
+
+
+def test_the_files_validation_is_done_again_only_after_an_edit(project_dir: Path) -> None:
+    from autofunnel.services.reload import validation_of
+
+    first = validation_of(project_dir)
+    assert validation_of(project_dir) is first and first.ok
+    flow = project_dir / "funnels" / "yoga.yml"
+    flow.write_text(flow.read_text().replace("wait: 1d", "wait: 1 day", 1))
+    edited = validation_of(project_dir)
+    assert edited is not first and not edited.ok
+    assert validation_of(project_dir) is edited

@@ -194,10 +194,11 @@ class FileProblem:
     """`error` or `warning`."""
 
 
-def project_problems(root: Path) -> tuple[FileProblem, ...]:
-    """`autofunnel validate`'s errors and warnings for the project folder as it is on disk, in file order."""
+def project_problems(result: ValidationResult) -> tuple[FileProblem, ...]:
+    """A validation's errors and warnings in file order, each file named from the project folder."""
+    root = result.root
     found = []
-    for problem in validate_project(root).problems:
+    for problem in result.problems:
         path = Path(problem.path)
         try:
             shown = path.relative_to(root).as_posix()

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from autofunnel.domain.model import Project
-from autofunnel.services.project import validate_project
+from autofunnel.services.project import ValidationResult, validate_project
 
 log = logging.getLogger("autofunnel.reload")
 
@@ -39,6 +39,25 @@ def fingerprint(root: Path) -> Fingerprint:
                     continue
                 seen.append((os.path.join(folder, file), info.st_size, info.st_mtime_ns))
     return tuple(sorted(seen))
+
+
+_validated: dict[Path, tuple[Fingerprint, ValidationResult]] = {}
+
+
+def validation_of(root: Path) -> ValidationResult:
+    """`validate_project(root)`, done again only when a watched file changed.
+
+    The admin's Files page shows it on every visit, and validating renders every
+    template (a third of a second for the starter); a few `stat` calls say whether
+    the last answer still holds. The result is shared: read it, never change it.
+    """
+    current = fingerprint(root)
+    known = _validated.get(root)
+    if known is not None and known[0] == current:
+        return known[1]
+    result = validate_project(root)
+    _validated[root] = (current, result)
+    return result
 
 
 @dataclass

@@ -22,7 +22,8 @@ from autofunnel.services.leads import erase_lead, lead_view
 from autofunnel.services.overview import flow_summaries
 from autofunnel.services.plan import edit_plan
 from autofunnel.services.preview import Preview, flow_templates, preview_email, send_test_email
-from autofunnel.services.project import validate_project
+from autofunnel.services.project import project_problems
+from autofunnel.services.reload import validation_of
 from autofunnel.services.report import PARAMETERS, funnel_report, parse_report_query
 from autofunnel.services.runtime import Runtime
 from autofunnel.services.senders import tracks_opens
@@ -371,6 +372,6 @@ def spend_edit(entry_id: int) -> Response:
 @login_required
 def files() -> str:
     rt = runtime()
-    result = validate_project(rt.project.root)
+    result = validation_of(rt.project.root)
     plan = edit_plan(rt.db, dict(result.flows)) if result.ok else None
-    return render_template("admin/files.html", result=result, root=rt.project.root, plan=plan)
+    return render_template("admin/files.html", result=result, problems=project_problems(result), root=rt.project.root, plan=plan)
