@@ -124,3 +124,33 @@ def test_the_web_app_looks_at_the_files_before_a_request(runtime_factory: Any, p
     edit(project_dir)
     assert client.get("/healthz").status_code in (200, 503)
     assert "tripwire-nudge" in [step.id for step in rt.flow("yoga").steps_of("lead")]
+
+
+def test_a_step_changed_under_its_id_is_in_the_plan_and_its_leads_keep_their_time(
+    runtime_factory: Any, project_dir: Path, smtp_sink: SmtpSink,
+) -> None:
+    clock = FixedClock(T0)
+    rt = runtime_factory(project_dir, smtp_sink.url(), clock)
+    join(rt, "a1@example.com", "a2@example.com")
+    run_tick(rt)
+    assert step_of(rt, "a1@example.com") == step_of(rt, "a2@example.com") == "wait-after-welcome"
+
+    yoga = project_dir / "funnels" / "yoga.yml"
+    longer = yoga.read_text().replace("      - wait: 1d                  # durations", "      - wait: 2d                  # durations")
+    assert longer != yoga.read_text()
+    yoga.write_text(longer)
+    edited = validate_project(project_dir)
+    assert edited.ok, [str(p) for p in edited.problems]
+    assert edit_plan(rt.db, edited.flows) == [PlanRow(
+        "yoga", "lead", "wait-after-welcome", 2,
+        "step changed from “wait 1d” to “wait 2d”: they wake at the time set when they started waiting, then go on as now written; later arrivals get the new step",
+    )]
+
+    after = runtime_factory(project_dir, smtp_sink.url(), clock)
+    join(after, "late@example.com")
+    run_tick(after)
+    clock.advance(timedelta(days=1, minutes=1))
+    run_tick(after)
+    assert step_of(after, "a1@example.com") == step_of(after, "a2@example.com") == "wait-after-tripwire-offer"  # woke after 1d
+    assert step_of(after, "late@example.com") == "wait-after-welcome"  # waits the new 2d
+    assert [row.leads for row in edit_plan(after.db, after.project.flows)] == []

@@ -21,7 +21,7 @@ def print_plan(settings: Settings, flows: dict[str, Flow]) -> None:
     if not rows:
         click.echo("plan: no waiting lead is affected by these files")
         return
-    click.echo("plan: leads waiting on steps these files remove or rename")
+    click.echo("plan: leads waiting on steps these files remove, rename or change")
     for row in rows:
         where = "/".join(part for part in (row.flow, row.stage, row.step) if part)
         click.echo(f"  {where}: {row.leads} lead(s) — {row.outcome}")

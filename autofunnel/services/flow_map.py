@@ -16,36 +16,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
-from typing import Any
 
 from sqlalchemy import func, select
 
-from autofunnel.domain.durations import format_duration
-from autofunnel.domain.model import (
-    AddTag,
-    AllOf,
-    AnyOf,
-    Clicked,
-    DeadlinePassed,
-    EventMatcher,
-    Exit,
-    FieldIs,
-    Funnel,
-    Goto,
-    HasEvent,
-    HasTag,
-    Not,
-    Notify,
-    Opened,
-    RemoveTag,
-    Send,
-    SetFields,
-    Step,
-    Wait,
-    WaitForEvent,
-    WaitUntilDeadline,
-)
-from autofunnel.services.project import matcher_text
+from autofunnel.domain.model import EventMatcher, Funnel, Step
+from autofunnel.domain.words import action_text, condition_text, deadline_text, matcher_text
 from autofunnel.services.report import DEFAULT_DAYS
 from autofunnel.services.runtime import Runtime
 from autofunnel.services.lead_search import ACTIVE
@@ -143,67 +118,14 @@ def _sequence_emails(rt: Runtime, slug: str, start: date, end: date) -> dict[tup
 
 
 def _node(step: Step, waiting: int, emails: tuple[int, int, int] | None) -> StepNode:
-    action = step.action
-    kind, label = _describe(action)
-    deadline = None
-    if isinstance(action, Send) and action.deadline is not None:
-        deadline = f"starts deadline {action.deadline.name} ({format_duration(action.deadline.duration)})"
     condition = condition_text(step.condition) if step.condition is not None else None
-    if kind == "send":
+    if step.kind == "send":
         sent, opened, clicked = emails or (0, 0, 0)
-        return StepNode(step.id, kind, label, condition, deadline, waiting, sent, opened, clicked)
-    return StepNode(step.id, kind, label, condition, deadline, waiting)
-
-
-def _describe(action: Any) -> tuple[str, str]:
-    if isinstance(action, Send):
-        variants = f" (variants {', '.join(v.template for v in action.variants)})" if action.variants else ""
-        return "send", f"send {action.name}{variants}"
-    if isinstance(action, Wait):
-        return "wait", f"wait {format_duration(action.duration)}"
-    if isinstance(action, WaitUntilDeadline):
-        return "wait", f"wait until deadline {action.deadline}"
-    if isinstance(action, WaitForEvent):
-        return "wait", f"wait for {matcher_text(action.matcher)}, at most {format_duration(action.timeout)}"
-    if isinstance(action, AddTag):
-        return "tag", f"tag {action.tag}"
-    if isinstance(action, RemoveTag):
-        return "untag", f"untag {action.tag}"
-    if isinstance(action, SetFields):
-        return "set", "set " + ", ".join(f"{k} = {v!r}" for k, v in action.values.items())
-    if isinstance(action, Notify):
-        return "notify", f"notify {action.target} ({action.template})"
-    if isinstance(action, Goto):
-        return "goto", f"goto {action.target}"
-    if isinstance(action, Exit):
-        return "exit", "exit"
-    return type(action).__name__.lower(), type(action).__name__
+        return StepNode(step.id, step.kind, action_text(step.action), condition, deadline_text(step.action), waiting, sent, opened, clicked)
+    return StepNode(step.id, step.kind, action_text(step.action), condition, deadline_text(step.action), waiting)
 
 
 def _entry(matcher: EventMatcher | None, *, first: bool) -> str:
     if first or matcher is None:
         return "entered by subscribing"
     return f"entered on {matcher_text(matcher)}"
-
-
-def condition_text(condition: Any) -> str:
-    """An `if:` condition in words, short enough for a node of the map."""
-    if isinstance(condition, DeadlinePassed):
-        return f"deadline {condition.name} passed"
-    if isinstance(condition, HasTag):
-        return f"has tag {condition.tag}"
-    if isinstance(condition, FieldIs):
-        return f"field {condition.field} exists" if condition.op == "exists" else f"field {condition.field} {condition.op} {condition.value!r}"
-    if isinstance(condition, HasEvent):
-        return f"had {matcher_text(condition.matcher)}"
-    if isinstance(condition, Opened):
-        return f"opened {condition.step_id}"
-    if isinstance(condition, Clicked):
-        return f"clicked {condition.step_id}"
-    if isinstance(condition, AllOf):
-        return " and ".join(f"({condition_text(c)})" for c in condition.conditions)
-    if isinstance(condition, AnyOf):
-        return " or ".join(f"({condition_text(c)})" for c in condition.conditions)
-    if isinstance(condition, Not):
-        return f"not ({condition_text(condition.condition)})"
-    return type(condition).__name__

@@ -4,7 +4,10 @@ The leads waiting on each step are counted where they are stored (active
 enrollments, with the flow version each was last scheduled with), and each
 group's fate is decided by the rule the engine applies when it meets them:
 `resume_after_removed` for a step whose id is gone, and the scheduler's
-ending of enrollments whose stage, funnel or sequence is gone.
+ending of enrollments whose stage, funnel or sequence is gone. A step kept
+under its id but written differently (compared in words, `domain.words`, with
+the version the leads were scheduled with) keeps its leads where they are,
+at the due time they already have, and runs as it is now written.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from sqlalchemy import func, select
 
 from autofunnel.domain.engine import resume_after_removed
 from autofunnel.domain.model import Flow
-from autofunnel.services.versions import layouts_by_id, step_layout
+from autofunnel.services.versions import layouts_by_id, step_layout, step_texts, texts_by_id
 from autofunnel.store.db import Database
 from autofunnel.store.models import Enrollment
 
@@ -37,24 +40,33 @@ def edit_plan(db: Database, flows: dict[str, Flow]) -> list[PlanRow]:
             .where(Enrollment.status == "active")
             .group_by(Enrollment.flow, Enrollment.stage, Enrollment.step_id, Enrollment.version_id)
         ).all()
-        layouts = layouts_by_id(session, {version for _, _, _, version, _ in groups if version})
+        versions = {version for _, _, _, version, _ in groups if version}
+        layouts, texts = layouts_by_id(session, versions), texts_by_id(session, versions)
     counted: dict[tuple[str, str, str | None, str], int] = {}
     for slug, stage, step_id, version, leads in groups:
-        outcome = _outcome(flows.get(slug), stage, step_id, (layouts.get(version) or {}).get(stage, []) if version else [])
+        before = (texts.get(version) or {}).get(stage, {}).get(step_id or "") if version else None
+        outcome = _outcome(flows.get(slug), stage, step_id, (layouts.get(version) or {}).get(stage, []) if version else [], before)
         if outcome is not None:
             key = (slug, stage, step_id, outcome)
             counted[key] = counted.get(key, 0) + leads
     return [PlanRow(slug, stage, step, leads, outcome) for (slug, stage, step, outcome), leads in sorted(counted.items(), key=lambda item: item[0][:3] + (item[0][3],))]
 
 
-def _outcome(flow: Flow | None, stage: str, step_id: str | None, previous_ids: list[str]) -> str | None:
+def _outcome(flow: Flow | None, stage: str, step_id: str | None, previous_ids: list[str], before: str | None) -> str | None:
     if flow is None:
         return "funnel or sequence removed from the project: their enrollments end; nothing more is sent from it"
     current = step_layout(flow)
     if stage not in current:
         return "stage removed from the project: their enrollments end; nothing more is sent from it"
-    if step_id is None or step_id in current[stage]:
+    if step_id is None:
         return None
+    if step_id in current[stage]:
+        now = step_texts(flow)[stage][step_id]
+        if before is None or before == now:
+            return None
+        if before.startswith("wait"):
+            return f"step changed from “{before}” to “{now}”: they wake at the time set when they started waiting, then go on as now written; later arrivals get the new step"
+        return f"step changed from “{before}” to “{now}”: it runs as now written at their due time"
     following = resume_after_removed(step_id, previous_ids, current[stage])
     if following is None:
         return "step removed or renamed, no later step of theirs left: done with the stage at their due time"

@@ -15,6 +15,7 @@ from autofunnel.domain.loader import load_flow_file
 from autofunnel.domain.durations import format_duration
 from autofunnel.domain.model import EventMatcher, Flow, Funnel, Notify, Project, Send
 from autofunnel.domain.problems import Problem, did_you_mean
+from autofunnel.domain.words import matcher_text
 from autofunnel.errors import ProjectError
 from autofunnel.mail.templates import EVENT_PROPERTIES, TemplateReport, inspect_template, make_environment, template_files
 
@@ -174,12 +175,6 @@ def summarize(flow: Flow) -> list[str]:
         stops = ", ".join(f"on {matcher_text(m)}" for m in flow.stop_on) or "nothing"
         lines.append(f"{flow.slug} — sequence \"{flow.title}\": starts on {matcher_text(flow.start_on)}, stops {stops}; {len(flow.steps)} steps, {emails} emails; deadlines: {deadlines}")
     return lines
-
-
-def matcher_text(matcher: EventMatcher) -> str:
-    """`purchase (product=mini-course)`: an event matcher as a seller wrote it (the summary and the admin's flow map)."""
-    props = " ".join(f"{key}={value}" for key, value in matcher.properties.items())
-    return matcher.event + (f" ({props})" if props else "")
 
 
 @dataclass(frozen=True)

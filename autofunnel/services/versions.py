@@ -1,8 +1,11 @@
-"""Recording which step ids each flow had, so edits never strand a lead.
+"""Recording which steps each flow had, so edits never strand a lead.
 
 Each enrollment points at the flow version it was last scheduled with. When
 the seller removes or renames the step a lead waits on, the engine resumes the
-lead at the next step of that version which still exists.
+lead at the next step of that version which still exists. Each version also
+keeps every step in words (`domain.words.step_text`), so `validate --plan` can
+say which waiting leads sit on a step whose content an edit changes under the
+same id, and how it read before.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from autofunnel.domain.model import Flow
+from autofunnel.domain.words import step_text
 from autofunnel.store.models import FlowVersion
 from autofunnel.store.queries import insert_ignoring
 
@@ -24,19 +28,28 @@ def step_layout(flow: Flow) -> dict[str, list[str]]:
     return {stage: [step.id for step in steps] for stage, steps in flow.step_lists}
 
 
-def _digest(layout: dict[str, list[str]]) -> str:
-    return hashlib.sha256(json.dumps(layout, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+def step_texts(flow: Flow) -> dict[str, dict[str, str]]:
+    """Stage name ('' for a sequence) → step id → the step in words."""
+    return {stage: {step.id: step_text(step) for step in steps} for stage, steps in flow.step_lists}
+
+
+def _digest(layout: dict[str, list[str]], texts: dict[str, dict[str, str]]) -> str:
+    shape = {"steps": layout, "texts": texts}
+    return hashlib.sha256(json.dumps(shape, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def current_version_ids(session: Session, flows: list[Flow], now: datetime) -> dict[str, int]:
-    """The version row of each flow's current layout, created when new."""
-    wanted = {flow.slug: (step_layout(flow), _digest(step_layout(flow))) for flow in flows}
+    """The version row of each flow as it is now, created when new."""
+    wanted = {}
+    for flow in flows:
+        layout, texts = step_layout(flow), step_texts(flow)
+        wanted[flow.slug] = (layout, texts, _digest(layout, texts))
     if not wanted:
         return {}
     found = _existing(session, wanted)
     missing = [
-        {"flow": slug, "digest": digest, "steps": layout, "created_at": now}
-        for slug, (layout, digest) in wanted.items()
+        {"flow": slug, "digest": digest, "steps": layout, "texts": texts, "created_at": now}
+        for slug, (layout, texts, digest) in wanted.items()
         if slug not in found
     ]
     if missing:
@@ -45,16 +58,23 @@ def current_version_ids(session: Session, flows: list[Flow], now: datetime) -> d
     return found
 
 
-def _existing(session: Session, wanted: dict[str, tuple[dict[str, list[str]], str]]) -> dict[str, int]:
+def _existing(session: Session, wanted: dict[str, tuple[dict[str, list[str]], dict[str, dict[str, str]], str]]) -> dict[str, int]:
     rows = session.execute(
         select(FlowVersion.flow, FlowVersion.digest, FlowVersion.id).where(
-            FlowVersion.flow.in_(list(wanted)), FlowVersion.digest.in_([digest for _, digest in wanted.values()])
+            FlowVersion.flow.in_(list(wanted)), FlowVersion.digest.in_([digest for _, _, digest in wanted.values()])
         )
     )
-    return {flow: id_ for flow, digest, id_ in rows if wanted[flow][1] == digest}
+    return {flow: id_ for flow, digest, id_ in rows if wanted[flow][2] == digest}
 
 
 def layouts_by_id(session: Session, ids: set[int]) -> dict[int, dict[str, list[str]]]:
     if not ids:
         return {}
     return {row.id: row.steps for row in session.execute(select(FlowVersion.id, FlowVersion.steps).where(FlowVersion.id.in_(ids)))}
+
+
+def texts_by_id(session: Session, ids: set[int]) -> dict[int, dict[str, dict[str, str]]]:
+    """Each version's steps in words; versions recorded before the words were kept have none."""
+    if not ids:
+        return {}
+    return {row.id: row.texts or {} for row in session.execute(select(FlowVersion.id, FlowVersion.texts).where(FlowVersion.id.in_(ids)))}

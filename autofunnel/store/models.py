@@ -126,10 +126,11 @@ class Event(Base):
 
 
 class FlowVersion(Base):
-    """The step ids of a flow as they were when leads were scheduled with them.
+    """The steps of a flow as they were when leads were scheduled with them.
 
     When a seller removes or renames a step, a lead parked on it resumes at the
-    next step of the version it was scheduled with that still exists.
+    next step of the version it was scheduled with that still exists; `texts`
+    lets the plan of an edit say which steps changed under the same id.
     """
 
     __tablename__ = "flow_versions"
@@ -139,6 +140,8 @@ class FlowVersion(Base):
     flow: Mapped[FlowName]
     digest: Mapped[str] = mapped_column(String(64))
     steps: Mapped[dict[str, Any]]
+    texts: Mapped[dict[str, Any] | None]
+    """Stage → step id → the step in words, for `validate --plan`; None on versions recorded before 0014."""
     created_at: Mapped[Moment]
 
 
