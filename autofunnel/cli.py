@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from functools import wraps
+from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -54,7 +55,31 @@ def friendly_errors(func: F) -> F:
 pass_state = click.make_pass_decorator(State)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "AUTOFUNNEL"})
+class CommandGroup(click.Group):
+    """The commands here, plus those declared as `autofunnel.commands` entry points.
+
+    The commands that run the long-lived processes (`run`, `web`, `worker`, `scheduler`)
+    live with the Celery shell in the top-level `workers` package, which nothing under
+    autofunnel/ imports (imports point one way, DESIGN.md); the package declares them in
+    its metadata and they are loaded by name when asked for, click's lazy-command pattern.
+    """
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *(entry.name for entry in _declared_commands())})
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        command = super().get_command(ctx, name)
+        if command is None:
+            entry = next((entry for entry in _declared_commands() if entry.name == name), None)
+            command = entry.load() if entry is not None else None
+        return command
+
+
+def _declared_commands() -> list[EntryPoint]:
+    return list(entry_points(group="autofunnel.commands"))
+
+
+@click.group(cls=CommandGroup, context_settings={"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "AUTOFUNNEL"})
 @click.option(
     "--project-dir",
     type=click.Path(file_okay=False, path_type=Path),
@@ -281,52 +306,6 @@ def tick(state: State, at: str | None, dry_run: bool, force: bool) -> None:
     if result.render_failures:
         click.echo(f"error: {len(result.render_failures)} email(s) failed to render: template {', '.join(sorted(set(result.render_failures)))}; run `autofunnel validate`", err=True)
         sys.exit(1)
-
-
-@main.command()
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0 for every interface).")
-@click.option("--port", default=8000, show_default=True, type=int, help="Port of the web app and the API; also of the links in emails when AUTOFUNNEL_BASE_URL is not set.")
-@pass_state
-@friendly_errors
-def run(state: State, host: str, port: int) -> None:
-    """Everything on one machine: migrations, then web, a worker and the scheduler until Ctrl-C."""
-    from autofunnel.workers.processes import run_all
-
-    sys.exit(run_all(state.settings, host, port))
-
-
-@main.command()
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--port", default=8000, show_default=True, type=int, help="Port to listen on.")
-@pass_state
-@friendly_errors
-def web(state: State, host: str, port: int) -> None:
-    """The web app alone (API, public links, admin). In production run it under gunicorn instead."""
-    from autofunnel.workers.processes import serve_web
-
-    serve_web(state.settings, host, port)
-
-
-@main.command()
-@click.option("--concurrency", type=int, help="Sending processes (default: one per CPU core).")
-@click.option("--pool", default="prefork", show_default=True, type=click.Choice(["prefork", "solo", "threads"]), help="Celery pool.")
-@pass_state
-@friendly_errors
-def worker(state: State, concurrency: int | None, pool: str) -> None:
-    """A Celery worker sending the emails the scheduler hands out; run as many as you like."""
-    from autofunnel.workers.processes import run_worker
-
-    run_worker(state.settings, concurrency=concurrency, pool=pool)
-
-
-@main.command()
-@pass_state
-@friendly_errors
-def scheduler(state: State) -> None:
-    """Scheduler passes every AUTOFUNNEL_SCHEDULER_INTERVAL seconds: due steps decided, emails handed out, lost work swept up."""
-    from autofunnel.workers.processes import run_scheduler_process
-
-    run_scheduler_process(state.settings)
 
 
 @main.command()

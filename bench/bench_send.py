@@ -274,7 +274,7 @@ def _print_breakdown(backend: str, count: int, total: float, timers: Timers, sta
 
 def celery_cost(tasks: int, pool: str) -> None:
     """CPU per task of a worker consuming empty batches from Redis, and the publisher's time per task."""
-    from autofunnel.workers.app import hand_out_with, make_app
+    from workers.tasks import hand_out_with, make_app
 
     work, project, url = sending_project("af-celery-", PG_URL)
     with processes(work) as group:

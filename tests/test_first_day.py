@@ -397,7 +397,7 @@ def test_the_docker_build_context_holds_no_project_state(tmp_path: Path) -> None
     every = sorted(p.relative_to(checkout).as_posix() for p in checkout.rglob("*") if p.is_file())
     sent = [name for name in every if not docker_ignored(patterns, name)]
     assert not [name for name in sent if name.startswith("shop/") or name in private], sent
-    needed = [name for name in tracked if name.startswith(("autofunnel/", "templates/")) or name in ("pyproject.toml", "README.md")]
+    needed = [name for name in tracked if name.startswith(("autofunnel/", "workers/", "templates/")) or name in ("pyproject.toml", "README.md")]
     assert needed and set(needed) <= set(sent), sorted(set(needed) - set(sent))
     assert not [name for name in sent if name.startswith(("tests/", "bench/", ".git"))], sent
 

@@ -46,7 +46,7 @@ def setup_logging() -> None:
 def run_worker(settings: Settings, *, concurrency: int | None, pool: str) -> None:
     """A Celery worker on the delivery queue; refuses to start on a broken project or an old schema."""
     from autofunnel.services.runtime import Runtime
-    from autofunnel.workers.app import make_app
+    from workers.tasks import make_app
 
     runtime = Runtime.open(settings)
     runtime.close()
@@ -66,7 +66,7 @@ def run_scheduler_process(settings: Settings) -> None:
     """Scheduler passes every AUTOFUNNEL_SCHEDULER_INTERVAL seconds until SIGTERM or Ctrl-C."""
     from autofunnel.services.dispatch import run_scheduler
     from autofunnel.services.runtime import Runtime
-    from autofunnel.workers.app import hand_out_with, make_app
+    from workers.tasks import hand_out_with, make_app
 
     setup_logging()
     runtime = Runtime.open(settings)
