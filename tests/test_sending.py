@@ -249,10 +249,11 @@ def test_an_email_refused_at_the_claim_that_records_the_previous_one_is_skipped_
 
 @pytest.mark.parametrize("kind", ["email", "notify", "confirm"])
 def test_the_claims_sql_check_refuses_exactly_what_the_refusal_rule_refuses(rt: Any, kind: str) -> None:
-    """`_allowed` (SQL, in the claim that commits on its own) and `_refusal` (Python) must agree
+    """`_allowed` (SQL, in the claim that commits on its own) and `refusal` (the domain's rule) must agree
     on every lead and enrollment state; a looser SQL check would commit a claim it then skips."""
     from autofunnel.domain.engine import suppression_reason
-    from autofunnel.services.delivery import _allowed, _EnrollmentState, _refusal
+    from autofunnel.domain.delivery import refusal
+    from autofunnel.services.delivery import _allowed
     from autofunnel.store.models import ENROLLMENT_STATUSES, LEAD_STATUSES
 
     sub(rt, "ida@example.com")
@@ -270,8 +271,7 @@ def test_the_claims_sql_check_refuses_exactly_what_the_refusal_rule_refuses(rt: 
                     session.execute(update(Enrollment).where(Enrollment.id == enrollment_id).values(status=enrollment_status or "active", end_reason=reason))
                     session.execute(update(Delivery).where(Delivery.id == delivery_id).values(enrollment_id=enrollment_id if enrollment_status else None))
                     allowed = session.scalar(select(func.count()).select_from(Delivery).where(Delivery.id == delivery_id, _allowed())) == 1
-                    enrollment = _EnrollmentState(enrollment_status, reason) if enrollment_status is not None else None
-                    if allowed != (_refusal(kind, lead_status, enrollment) is None):
+                    if allowed != (refusal(kind, lead_status, enrollment_status, reason) is None):
                         disagreements.append((lead_status, enrollment_status, reason, allowed))
         session.rollback()
     assert disagreements == []

@@ -44,7 +44,8 @@ from autofunnel.mail.templates import lead_context
 from autofunnel.mail.message import build_message, format_address, message_id_for, sign_dkim
 from autofunnel.mail.transport import DeliveryError, Session as SmtpSession, Transport
 from autofunnel.services.senders import address_of, dkim_ready, sender_domain, sender_of, tracks_opens
-from autofunnel.domain.engine import ended_by_suppression, suppression_reason
+from autofunnel.domain.delivery import CLOSED_ENROLLMENT, RECIPIENT_STATUS, Retry, after_failure, refusal
+from autofunnel.domain.engine import suppression_reason
 from autofunnel.services.leads import REMINDER_STEP
 from autofunnel.services.optin import render_confirmation
 from autofunnel.services.enrollments import (
@@ -64,10 +65,6 @@ from autofunnel.store.queries import among
 from autofunnel.store.types import UTCDateTime
 
 log = logging.getLogger(__name__)
-
-MAX_ATTEMPTS = 5
-RETRY_AFTER = (timedelta(minutes=1), timedelta(minutes=5), timedelta(minutes=15), timedelta(hours=1))
-"""Back-off after a temporary (4xx) SMTP answer; after MAX_ATTEMPTS the delivery fails."""
 
 T = TypeVar("T")
 
@@ -237,7 +234,7 @@ def _claim_statement(only_if_allowed: bool = False) -> Update:
     """`queued` → `sending` for one delivery, returning it with what decides whether it may go:
     its lead's status and its enrollment's, read in the same statement.
 
-    `only_if_allowed` claims only an email `_refusal` would let go (`_allowed`), so a
+    `only_if_allowed` claims only an email `domain.delivery.refusal` would let go (`_allowed`), so a
     statement that commits on its own never leaves a refused email `sending`.
     """
     d = Delivery
@@ -259,26 +256,25 @@ def _claim_statement(only_if_allowed: bool = False) -> Update:
 
 
 def _allowed() -> ColumnElement[bool]:
-    """`_refusal(...) is None` in SQL, for the delivery being claimed.
+    """`refusal(...) is None` in SQL, for the delivery being claimed, built from the rule's own tables.
 
-    `_refusal` stays the rule: this only keeps a refused email queued, where the
-    transaction that writes why finds it. A lead that cannot be found compares
-    as NULL and refuses, as `_refusal` does; a missing enrollment refuses
+    `domain.delivery.refusal` stays the rule: this only keeps a refused email queued,
+    where the transaction that writes why finds it. A lead that cannot be found
+    compares as NULL and refuses, as `refusal` does; a missing enrollment refuses
     nothing, as there.
     """
     d, e = Delivery, Enrollment
     prefix = suppression_reason("")
     lead_status = select(Lead.status).where(Lead.id == d.lead_id).scalar_subquery()
+    closed = [e.status == status for status in CLOSED_ENROLLMENT]  # not IN: its list would be expanded at every run
     enrollment_refuses = select(e.id).where(
         e.id == d.enrollment_id,
-        or_(
-            e.status == "ended", e.status == "stopped",  # not IN: its list would be expanded at every run
-            and_(e.status == "exited", func.substr(e.end_reason, 1, len(prefix)) == prefix),  # not LIKE: SQLite's ignores case
-        ),
+        or_(*closed, and_(e.status == "exited", func.substr(e.end_reason, 1, len(prefix)) == prefix)),  # not LIKE: SQLite's ignores case
     ).exists()
-    lead_allows = or_(
-        d.kind == "notify", and_(d.kind == "email", lead_status == "active"), and_(d.kind == "confirm", lead_status == "pending"),
-    )
+    lead_allows = or_(*(
+        d.kind == kind if wanted is None else and_(d.kind == kind, lead_status == wanted)
+        for kind, wanted in RECIPIENT_STATUS.items()
+    ))
     return and_(lead_allows, ~enrollment_refuses)
 
 
@@ -330,8 +326,7 @@ def _claim(batch: _Batch, delivery_id: int) -> _Claim | None:
 
 
 def _refusal_of(row: Any) -> str | None:
-    enrollment = _EnrollmentState(row.enrollment_status, row.end_reason) if row.enrollment_status is not None else None
-    return _refusal(row.kind, row.lead_status, enrollment)
+    return refusal(row.kind, row.lead_status, row.enrollment_status, row.end_reason)
 
 
 def _refuse(connection: Connection, row: Any, reason: str, now: datetime) -> list[tuple[str, str]]:
@@ -389,26 +384,6 @@ def _count(report: DeliveryReport, recorded: list[tuple[str, str]]) -> None:
         else:
             report.skipped += 1
         report.lines.append(line)
-
-
-@dataclass(frozen=True)
-class _EnrollmentState:
-    status: str
-    end_reason: str | None
-
-
-def _refusal(kind: str, lead_status: str, enrollment: _EnrollmentState | None) -> str | None:
-    """Why this email must not go now, or None, from what its claim read; `_allowed` is its SQL twin."""
-    if kind == "email" and lead_status != "active":
-        return "suppressed: lead not confirmed yet" if lead_status == "pending" else f"suppressed: lead {lead_status}"
-    if kind == "confirm" and lead_status != "pending":
-        # The one email a pending lead may get, and only while pending.
-        return "not needed: lead already confirmed" if lead_status == "active" else f"suppressed: lead {lead_status}"
-    if enrollment is not None and enrollment.status in ("ended", "stopped"):
-        return f"stage ended: {enrollment.end_reason}" if enrollment.status == "ended" else f"sequence stopped: {enrollment.end_reason}"
-    if enrollment is not None and ended_by_suppression(enrollment.status, enrollment.end_reason):
-        return f"suppressed: {enrollment.end_reason}"
-    return None
 
 
 def _send(rt: Runtime, smtp: SmtpSession, claim: _Claim) -> _Outcome:
@@ -610,12 +585,11 @@ def _failed_send(rt: Runtime, claim: _Claim, error: DeliveryError) -> _Outcome:
     """A refused or broken handoff: failed for good, or queued again after a back-off."""
     now = rt.clock.now()
     answer = f"{error.code} {error.text}".strip() if error.code else str(error)
-    if error.maybe_sent:
-        return _Outcome(claim, "failed", f"interrupted: the server may have taken it ({answer}); not sent again", now)
-    if error.permanent or claim.attempts >= MAX_ATTEMPTS:
-        return _Outcome(claim, "failed", answer, now, hard_bounce=error.hard_bounce and claim.kind == "email")
-    retry_at = now + RETRY_AFTER[min(claim.attempts, len(RETRY_AFTER)) - 1]
-    return _Outcome(claim, "retry", answer, now, retry_at=retry_at)
+    decided = after_failure(answer=answer, maybe_sent=error.maybe_sent, permanent=error.permanent, hard_bounce=error.hard_bounce,
+                            kind=claim.kind, attempts=claim.attempts, now=now)
+    if isinstance(decided, Retry):
+        return _Outcome(claim, "retry", decided.reason, now, retry_at=decided.at)
+    return _Outcome(claim, "failed", decided.reason, now, hard_bounce=decided.suppress)
 
 
 def _suppress_bounced(rt: Runtime, claim: _Claim) -> None:
