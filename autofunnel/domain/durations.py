@@ -5,13 +5,11 @@ from __future__ import annotations
 import re
 from datetime import timedelta
 
+from autofunnel.errors import DurationError
+
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _PART = re.compile(r"(\d+)([smhdw])")
 _WHOLE = re.compile(r"^(?:\d+[smhdw])+$")
-
-
-class DurationError(ValueError):
-    """A duration is not written as a number followed by s, m, h, d or w."""
 
 
 def parse_duration(text: object) -> timedelta:

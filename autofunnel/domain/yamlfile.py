@@ -11,6 +11,8 @@ from typing import Any
 
 import yaml
 
+from autofunnel.errors import YamlSyntaxError
+
 
 class LocatedDict(dict[Any, Any]):
     line: int
@@ -60,13 +62,6 @@ def _sequence(loader: _Loader, node: yaml.SequenceNode) -> LocatedList:
 
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping)
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _sequence)
-
-
-class YamlSyntaxError(ValueError):
-    def __init__(self, line: int, message: str) -> None:
-        super().__init__(message)
-        self.line = line
-        self.message = message
 
 
 def load_located(text: str) -> Any:

@@ -50,7 +50,7 @@ from email.utils import format_datetime
 from functools import lru_cache
 from typing import Final
 
-from autofunnel.errors import AutofunnelError
+from autofunnel.errors import AddressError, AutofunnelError
 
 __all__ = [
     "AddressError",
@@ -60,10 +60,6 @@ __all__ = [
     "message_id_for",
     "sign_dkim",
 ]
-
-
-class AddressError(AutofunnelError):
-    """the email address cannot be written in an email header"""
 
 
 _ADDRESS_HEADERS: Final = {"reply-to": "Reply-To", "sender": "Sender"}

@@ -49,20 +49,11 @@ from typing import Any
 import css_inline
 from jinja2 import Template, TemplateError, TemplateNotFound, TemplateSyntaxError
 
-from autofunnel.errors import AutofunnelError
+from autofunnel.errors import TemplateRenderError
 from autofunnel.mail.templates import FrontMatterError, make_environment, split_front_matter
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _LINE_BREAKS = re.compile(r"\s*[\r\n]+\s*")
-
-
-class TemplateRenderError(AutofunnelError):
-    """an email template could not be rendered"""
-
-    def __init__(self, message: str | None = None, *, path: str | None = None, line: int | None = None) -> None:
-        super().__init__(message)
-        self.path = path
-        self.line = line
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,6 +23,7 @@ from jinja2.sandbox import SandboxedEnvironment
 
 from autofunnel.domain.problems import Problem, did_you_mean
 from autofunnel.domain.yamlfile import LocatedDict, YamlSyntaxError, load_located
+from autofunnel.errors import FrontMatterError
 
 FRONT_MATTER_KEYS = ("subject", "preheader")
 
@@ -69,13 +70,6 @@ class FrontMatter:
     values: dict[str, str]
     lines: dict[str, int]
     body_start: int
-
-
-class FrontMatterError(ValueError):
-    def __init__(self, line: int, message: str) -> None:
-        super().__init__(message)
-        self.line = line
-        self.message = message
 
 
 def split_front_matter(source: str) -> tuple[FrontMatter | None, str]:

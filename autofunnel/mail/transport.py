@@ -77,58 +77,10 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from autofunnel.errors import AutofunnelError, ConfigError
+from autofunnel.errors import ConfigError, DeliveryError, PermanentDeliveryError, TransientDeliveryError
 
 DEFAULT_TIMEOUT = 30.0
 _DEFAULT_PORTS = {"smtp": 25, "smtp+starttls": 587, "smtps": 465}
-_HARD_BOUNCE_CODES = frozenset({550, 551, 553})
-
-
-# Errors ---------------------------------------------------------------------------------
-
-
-class DeliveryError(AutofunnelError):
-    """the email could not be handed to the mail server"""
-
-    permanent: bool = False
-
-    def __init__(
-        self,
-        message: str | None = None,
-        *,
-        code: int | None = None,
-        text: str | None = None,
-        stage: str | None = None,
-        recipient: str | None = None,
-        maybe_sent: bool = False,
-    ) -> None:
-        super().__init__(message)
-        self.code = code
-        """The SMTP reply code, when the server answered (550, 451 …)."""
-        self.text = text
-        """The server's reply text, as it said it."""
-        self.stage = stage
-        """Where it failed: connect, tls, auth, mail, rcpt, data, write."""
-        self.recipient = recipient
-        self.maybe_sent = maybe_sent
-        """True when the failure came after DATA was sent: the server may have taken the message."""
-
-    @property
-    def hard_bounce(self) -> bool:
-        """The server refused this recipient for good (550/551/553 at RCPT): suppress the lead."""
-        return self.permanent and self.stage == "rcpt" and self.code in _HARD_BOUNCE_CODES
-
-
-class PermanentDeliveryError(DeliveryError):
-    """the mail server refused the email for good"""
-
-    permanent = True
-
-
-class TransientDeliveryError(DeliveryError):
-    """the mail server could not take the email now; it may later"""
-
-    permanent = False
 
 
 _ENVELOPE_ADDRESS = re.compile(r"^[\x21-\x7e]*$")

@@ -11,16 +11,12 @@ from importlib.resources import files
 from importlib.resources.abc import Traversable
 from pathlib import Path
 
-from autofunnel.errors import AutofunnelError
+from autofunnel.errors import ProjectExistsError
 
 PROJECT_GITIGNORE = (
     "# What `autofunnel run` makes in the project folder: none of it belongs in version control.\n"
     "autofunnel.db\nautofunnel.db-*\noutbox/\n.autofunnel-secret\n.autofunnel-broker/\n"
 )
-
-
-class ProjectExistsError(AutofunnelError):
-    """The folder already holds project files; nothing was written."""
 
 
 def _starter() -> Traversable:
