@@ -155,7 +155,10 @@ def test_the_worked_examples_through_the_api(shop: Shop) -> None:
     assert yoga["stages"][1]["time_to_reach"] == {"median_s": 86400, "p90_s": 86400}
     assert yoga["funnel_length"] == {"median_s": 3 * 86400, "p90_s": 3 * 86400}
     # every purchase its leads made after entering the funnel, the webinar's included
-    assert yoga["revenue"] == {"total": 11750.0, "orders": 1175, "average_order": 10.0, "currency": "EUR", "customers": 520}
+    assert yoga["revenue"] == {
+        "total": 11750.0, "orders": 1175, "average_order": 10.0, "currency": "EUR", "customers": 520,
+        "gross": 11750.0, "refunded": 0.0, "refunds": 0, "refunded_orders": 0, "unmatched_refunded": 0.0,
+    }
     assert (yoga["from"], yoga["to"], yoga["mode"]) == ("2026-03-01", "2026-03-31", "cohort")
 
     webinar = shop.report("webinar", **{"from": "2026-03-02", "to": "2026-03-02"})

@@ -50,7 +50,7 @@ from autofunnel.domain.durations import DurationError, parse_duration
 from autofunnel.domain.model import Funnel, Send
 from autofunnel.errors import InvalidInputError
 from autofunnel.services.runtime import Runtime
-from autofunnel.services.tallies import PURCHASE_WINDOW, amount_of, before
+from autofunnel.services.tallies import PURCHASE_WINDOW, amount_of, before, currency_of, order_key, order_of, refund_of
 from autofunnel.store.models import Assignment, CohortTally, Delivery, Event, Lead, Spend, StageEntry
 from autofunnel.store.queries import is_postgres
 
@@ -150,7 +150,9 @@ class _Figures:
     counts: dict[Key, dict[str, list[int]]] = field(default_factory=lambda: defaultdict(dict))
     times: dict[Key, dict[str, tuple[float | None, float | None]]] = field(default_factory=lambda: defaultdict(dict))
     revenue: dict[Key, dict[str, list[float]]] = field(default_factory=lambda: defaultdict(dict))
-    steps: dict[Key, dict[tuple[str, str], list[int]]] = field(default_factory=lambda: defaultdict(dict))
+    """Per currency: `_REVENUE_FIGURES`."""
+    steps: dict[Key, dict[tuple[str, str], list[float]]] = field(default_factory=lambda: defaultdict(dict))
+    """Per stage and step: `_STEP_FIGURES`."""
 
     def slices(self) -> list[Key]:
         found = set(self.counts) | set(self.revenue) | set(self.steps)
@@ -174,21 +176,34 @@ def _add_up(source: Mapping[Key, Mapping[Any, list[Any]]], target: dict[Key, Any
                 into[index] += value
 
 
-_STEP_FIGURES: Final = ("sent", "opened", "clicked", "unsubscribed", "purchases_7d")
+_STEP_FIGURES: Final = ("sent", "opened", "clicked", "unsubscribed", "purchases_7d", "gross_7d", "refunded_7d")
+_REVENUE_FIGURES: Final = ("gross", "orders", "customers", "refunded", "refunds", "refunded_orders")
 
 
 def _tally_into(figures: _Figures, key: Key, figure: str, stage: str, step: str, detail: str, n: int, amount: float) -> None:
     """Add one tally row to the figures of one slice, in the shape the fact-counting queries give."""
     if figure in ("reached", "skipped"):
         figures.counts[key].setdefault(stage, [0, 0])[figure == "skipped"] += n
-    elif figure in _STEP_FIGURES:
-        figures.steps[key].setdefault((stage, step), [0] * len(_STEP_FIGURES))[_STEP_FIGURES.index(figure)] += n
-    elif figure == "revenue":
-        into = figures.revenue[key].setdefault(detail, [0.0, 0, 0])
-        into[0] += amount
-        into[1] += n
-    elif figure == "customers":
-        figures.revenue[key].setdefault(detail, [0.0, 0, 0])[2] += n
+    elif figure in _STEP_FIGURES or figure == "refunds_7d":
+        into = figures.steps[key].setdefault((stage, step), [0] * len(_STEP_FIGURES))
+        if figure == "refunds_7d":
+            into[6] += amount
+        else:
+            into[_STEP_FIGURES.index(figure)] += n
+        if figure == "purchases_7d":
+            into[5] += amount
+    elif figure in ("revenue", "customers", "refunded", "refunded_orders"):
+        into = figures.revenue[key].setdefault(detail, [0.0] + [0] * (len(_REVENUE_FIGURES) - 1))
+        if figure == "revenue":
+            into[0] += amount
+            into[1] += n
+        elif figure == "customers":
+            into[2] += n
+        elif figure == "refunded":
+            into[3] += amount
+            into[4] += n
+        else:
+            into[5] += n
 
 
 def _period_start(day: date, unit: str) -> str:
@@ -242,16 +257,18 @@ class _Report:
                 whole.times = self._times(grouped=False, periodic=False)
             else:
                 whole = self._figures(grouped=False, periodic=False)
+        unmatched = self._unmatched_refunds()
         body: dict[str, Any] = {
             "funnel": self.funnel.slug, "mode": q.mode, "from": q.start.isoformat(), "to": q.end.isoformat(),
             "by": q.by, "interval": q.interval,
-            **self._section(whole, ()),
+            **self._section(whole, (), unmatched),
+            "unmatched_refunds": unmatched,
             "holdout": self._holdout(),
             "variants": self._variants(),
             "spend": self._spend(whole, ()),
         }
         if q.attribution:
-            body["attribution"] = self._attribution()
+            body["attribution"] = self._attribution(whole)
         if grouped is not None:
             body["groups"] = [
                 {"by": q.by, "value": key[0], **self._section(grouped, key), **({"spend": self._spend(grouped, key)} if q.by == "channel" else {})}
@@ -261,7 +278,7 @@ class _Report:
             body["periods"] = [{"period": key[0], **self._section(periods, key)} for key in periods.slices()]
         return body
 
-    def _section(self, figures: _Figures, key: Key) -> dict[str, Any]:
+    def _section(self, figures: _Figures, key: Key, unmatched: list[dict[str, Any]] | None = None) -> dict[str, Any]:
         counts = figures.counts.get(key, {})
         times = figures.times.get(key, {})
         stages = math.funnel_stages(
@@ -272,9 +289,18 @@ class _Report:
         )
         length = times.get(_LENGTH, (None, None))
         revenue = figures.revenue.get(key, {})
+        given_back: dict[str | None, float] = defaultdict(float)
+        for row in unmatched or []:
+            given_back[row["currency"]] += row["amount"]
         by_currency = [
-            {**math.revenue_summary(total, int(orders), currency or None), "customers": int(customers)}
-            for currency, (total, orders, customers) in sorted(revenue.items(), key=lambda item: -item[1][0])
+            {
+                **math.revenue_summary(
+                    gross, int(orders), currency or None, refunded=refunded, refunds=int(refunds), refunded_orders=int(orders_refunded),
+                    unmatched=given_back[currency or None],
+                ),
+                "customers": int(customers),
+            }
+            for currency, (gross, orders, customers, refunded, refunds, orders_refunded) in sorted(revenue.items(), key=lambda item: -item[1][0])
         ]
         return {
             "stages": stages,
@@ -285,16 +311,16 @@ class _Report:
             "steps": self._steps_json(figures.steps.get(key, {})),
         }
 
-    def _steps_json(self, steps: Mapping[tuple[str, str], list[int]]) -> list[dict[str, Any]]:
+    def _steps_json(self, steps: Mapping[tuple[str, str], list[float]]) -> list[dict[str, Any]]:
         """One row per `send` step of the funnel, in the funnel's order, then any step no longer in it."""
         order = [(stage.name, step.id) for stage in self.funnel.stages for step in stage.steps if isinstance(step.action, Send)]
         order += sorted(set(steps) - set(order))
         rows = []
         for stage, step in order:
-            sent, opened, clicked, unsubscribed, purchases = steps.get((stage, step), [0, 0, 0, 0, 0])
+            sent, opened, clicked, unsubscribed, purchases, gross, refunded = steps.get((stage, step), [0] * len(_STEP_FIGURES))
             rows.append({
-                "stage": stage, "step": step, "sent": sent, "opened": opened, "clicked": clicked,
-                "unsubscribed": unsubscribed, "purchases_7d": purchases,
+                "stage": stage, "step": step, "sent": int(sent), "opened": int(opened), "clicked": int(clicked),
+                "unsubscribed": int(unsubscribed), "purchases_7d": int(purchases), "revenue_7d": math.money(math.net_revenue(gross, refunded)),
                 "open_rate": math.fraction(opened, sent), "click_rate": math.fraction(clicked, sent),
             })
         return rows
@@ -538,7 +564,42 @@ class _Report:
         stmt, keys = self._keyed(stmt, p, moment, grouped=grouped, periodic=periodic, product=p.properties["product"].as_string())
         for row in self.session.execute(stmt):
             key = tuple(row._mapping[k.name] for k in keys)
-            figures.revenue[key][row.currency] = [float(row.total or 0), int(row.orders), int(row.customers)]
+            figures.revenue[key][row.currency] = [float(row.total or 0), int(row.orders), int(row.customers), 0.0, 0, 0]
+        # Refunds by the same leads, counted by their own moment like a purchase: whether or not
+        # the order they give money back for was ever recorded.
+        r = self._refunds()
+        stmt = select(
+            currency_of(r).label("currency"), func.sum(amount_of(self.session, r)).label("total"), func.count().label("refunds"),
+            func.count(order_key(r).distinct()).label("orders"),
+        ).select_from(r).where(r.type == "refund").group_by(currency_of(r))
+        stmt, moment = self._joined_first(stmt, r, r.at)
+        stmt, keys = self._keyed(stmt, r, moment, grouped=grouped, periodic=periodic, product=r.properties["product"].as_string())
+        for row in self.session.execute(stmt):
+            key = tuple(row._mapping[k.name] for k in keys)
+            into = figures.revenue[key].setdefault(row.currency, [0.0, 0, 0, 0.0, 0, 0])
+            into[3:] = [float(row.total or 0), int(row.refunds), int(row.orders)]
+
+    def _refunds(self) -> Any:
+        return aliased(Event, name="r")
+
+    def _unmatched_refunds(self) -> list[dict[str, Any]]:
+        """The report's refunds of orders never recorded (no purchase of the lead has that
+        `order_id`): they count against the revenue all the same, and are listed here."""
+        r, p = self._refunds(), self._purchases()
+        stmt = (
+            select(r.id, r.lead_id, r.at, order_of(r).label("order_id"), amount_of(self.session, r).label("amount"), currency_of(r).label("currency"))
+            .select_from(r)
+            .where(r.type == "refund", ~select(p.id).where(p.type == "purchase", refund_of(r, p)).exists())
+            .order_by(r.at, r.id)
+        )
+        stmt, _ = self._joined_first(stmt, r, r.at)
+        return [
+            {
+                "lead_id": row.lead_id, "order_id": None if row.order_id is None else str(row.order_id), "at": row.at.astimezone(UTC).isoformat(),
+                "amount": math.money(float(row.amount or 0)), "currency": row.currency or None,
+            }
+            for row in self.session.execute(stmt)
+        ]
 
     def _sent(self, columns: Iterable[Any], grouped: bool, periodic: bool, join: Callable[[Select[Any]], Select[Any]] | None = None) -> Any:
         """Emails of this funnel that were sent to the report's leads, with `columns` per step."""
@@ -557,18 +618,23 @@ class _Report:
 
     def _count_steps(self, figures: _Figures, grouped: bool, periodic: bool) -> None:
         # Sent, opened and clicked by people (bots never set opened_at/clicked_at), the
-        # unsubscribes made from each email, and purchases within 7 days of it.
+        # unsubscribes made from each email, and purchases within 7 days of it with their
+        # amount and the refunds of those purchases (revenue_7d is net).
         d = Delivery
         for key, step, row in self._sent([func.count().label("sent"), func.count(d.opened_at).label("opened"), func.count(d.clicked_at).label("clicked")], grouped, periodic):
-            figures.steps[key][step] = [int(row.sent), int(row.opened), int(row.clicked), 0, 0]
-        u, p = aliased(Event, name="u"), self._purchases()
-        followed = (
-            (3, lambda stmt: stmt.join_from(d, u, and_(u.lead_id == d.lead_id, u.type == "unsubscribed", u.properties["delivery"].as_integer() == d.id))),
-            (4, lambda stmt: stmt.join_from(d, p, and_(p.lead_id == d.lead_id, p.type == "purchase", p.at >= d.sent_at, before(self.session, p.at, d.sent_at, PURCHASE_WINDOW)))),
-        )
-        for index, join in followed:
-            for key, step, row in self._sent([func.count().label("n")], grouped, periodic, join):
-                figures.steps[key].setdefault(step, [0] * 5)[index] = int(row.n)
+            figures.steps[key][step] = [int(row.sent), int(row.opened), int(row.clicked), 0, 0, 0.0, 0.0]
+        u, p, r = aliased(Event, name="u"), self._purchases(), self._refunds()
+        after = and_(p.lead_id == d.lead_id, p.type == "purchase", p.at >= d.sent_at, before(self.session, p.at, d.sent_at, PURCHASE_WINDOW))
+        followed: list[tuple[list[int], list[Any], Callable[[Select[Any]], Select[Any]]]] = [
+            ([3], [func.count()], lambda stmt: stmt.join_from(d, u, and_(u.lead_id == d.lead_id, u.type == "unsubscribed", u.properties["delivery"].as_integer() == d.id))),
+            ([4, 5], [func.count(), func.sum(amount_of(self.session, p))], lambda stmt: stmt.join_from(d, p, after)),
+            ([6], [func.sum(amount_of(self.session, r))], lambda stmt: stmt.join_from(d, p, after).join(r, refund_of(r, p))),
+        ]
+        for indexes, columns, join in followed:
+            for key, step, row in self._sent([column.label(f"f{index}") for index, column in zip(indexes, columns, strict=True)], grouped, periodic, join):
+                into = figures.steps[key].setdefault(step, [0, 0, 0, 0, 0, 0.0, 0.0])
+                for index in indexes:
+                    into[index] = row._mapping[f"f{index}"] or 0
 
     # Holdout and variants -------------------------------------------------------------
 
@@ -649,26 +715,29 @@ class _Report:
         leads = figures.counts.get(key, {}).get(self.stages[0], [0, 0])[0]
         revenue = figures.revenue.get(key, {})
         customers = sum(int(values[2]) for values in revenue.values())
+        net = {cur: math.net_revenue(values[0], values[3]) for cur, values in revenue.items()}
         return [
-            {"currency": currency, **math.spend_figures(amount, leads, customers, revenue.get(currency, [0.0])[0])}
+            {"currency": currency, **math.spend_figures(amount, leads, customers, net.get(currency, 0.0))}
             for currency, amount in sorted(spent.items())
         ]
 
-    def _attribution(self) -> dict[str, Any]:
-        """Revenue shared out to channels and to emails under the asked model; each total is the revenue.
+    def _attribution(self, whole: _Figures) -> dict[str, Any]:
+        """Net revenue shared out to channels and to emails under the asked model; each total is the net revenue.
 
         Channels: every source the lead was seen with (its subscriptions) before the
         purchase. Emails: every email of this funnel a person clicked within `window`
-        before it. Revenue with no touch is shown against `null`.
+        before it. Each purchase is shared at its net amount (less the refunds of its
+        order); revenue with no touch, and refunds of orders outside the report, are
+        shown against `null`.
         """
-        p = self._purchases()
+        p, r = self._purchases(), self._refunds()
         currency = func.coalesce(p.properties["currency"].as_string(), "")
-        purchases = select(p.id.label("pid"), p.lead_id, p.at, amount_of(self.session, p).label("amount"), currency.label("currency")).where(p.type == "purchase")
+        refunded = select(func.coalesce(func.sum(amount_of(self.session, r)), 0.0)).where(refund_of(r, p)).scalar_subquery()
+        net = (amount_of(self.session, p) - refunded).label("amount")
+        purchases = select(p.id.label("pid"), p.lead_id, p.at, net, currency.label("currency")).where(p.type == "purchase")
         purchases, _ = self._joined_first(purchases, p, p.at)
         bought = purchases.subquery("bought")
-        totals: dict[str, float] = defaultdict(float)
-        for row in self.session.execute(select(bought.c.currency, func.sum(bought.c.amount)).group_by(bought.c.currency)):
-            totals[row[0]] += float(row[1] or 0)
+        totals = {cur: math.net_revenue(figures[0], figures[3]) for cur, figures in whole.revenue.get((), {}).items()}
 
         s = aliased(Event, name="s")
         channel = func.coalesce(s.properties["source"]["channel"].as_string(), s.properties["source"]["utm_source"].as_string())
