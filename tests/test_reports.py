@@ -37,7 +37,7 @@ from autofunnel.services.runtime import Runtime
 from autofunnel.services.scheduler import run_tick
 from autofunnel.services.tallies import fold_tallies, rebuild_tallies
 from autofunnel.store.migrate import downgrade, upgrade
-from autofunnel.store.models import CohortTally, StageEntry
+from autofunnel.store.models import CohortTally, Delivery, Lead, StageEntry
 from autofunnel.web import create_app
 
 pytestmark = pytest.mark.db
@@ -126,6 +126,10 @@ def purchase(email: str, product: str, at: datetime, amount: float = 10.0, **ext
     return {"type": "purchase", "email": email, "at": iso(at), "properties": {"product": product, "amount": amount, "currency": "EUR", **extra}}
 
 
+def refund(email: str, order_id: str, at: datetime, amount: float) -> dict[str, Any]:
+    return {"type": "refund", "email": email, "at": iso(at), "properties": {"order_id": order_id, "amount": amount, "currency": "EUR"}}
+
+
 def reached(report: dict[str, Any]) -> list[int]:
     return [stage["reached"] for stage in report["stages"]]
 
@@ -200,10 +204,14 @@ def test_cohort_keeps_april_purchases_with_march_leads_and_calendar_counts_them_
 
 # Random leads and out-of-order events ------------------------------------------------------
 
+refund_plan = st.lists(st.tuples(st.integers(1, 100), st.integers(0, 300)), max_size=2)
+"""Refunds of one purchase: (percent of its amount, hours after it); partial and repeated."""
 lead_plan = st.tuples(
     st.sampled_from(["instagram", "google", None]),
-    st.lists(st.tuples(st.sampled_from(sorted(PRODUCTS)), st.integers(-2, 200), st.integers(1, 500)), max_size=4),
+    st.lists(st.tuples(st.sampled_from(sorted(PRODUCTS)), st.integers(-2, 200), st.integers(1, 500), refund_plan), max_size=4),
+    st.lists(st.tuples(st.integers(1, 50), st.integers(-3, 100)), max_size=1),
 )
+"""A lead: its channel, its purchases with their refunds, and refunds of orders never recorded (amount, hours after joining)."""
 
 
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
@@ -211,19 +219,39 @@ lead_plan = st.tuples(
 def test_the_report_matches_a_plain_count_whatever_order_events_arrive_in(shop: Shop, plans: list[Any], batches: int, seed: int) -> None:
     day = START + timedelta(days=10 * next(EXAMPLE))  # each example is its own cohort day
     expected_reach, expected_by_channel = Counter[int](), Counter[tuple[str | None, int]]()
-    revenue, orders = 0.0, 0
+    gross, refunded, refunds, orders = 0.0, 0.0, 0, 0
+    refunded_orders: set[str] = set()
+    unmatched: list[tuple[str, float]] = []
+    net_by_channel: Counter[str | None] = Counter()
     items = []
-    for number, (channel, buys) in enumerate(plans):
+    for number, (channel, buys, strays) in enumerate(plans):
         email = f"p{day:%Y%m%d}-{number}@example.com"
         joined = day + timedelta(minutes=number)
         shop.subscribe(email, at=joined, **({"source": {"channel": channel}} if channel else {}))
         furthest = 0
-        for product, hours, amount in buys:
+        for index, (product, hours, amount, given_back) in enumerate(buys):
             at = joined + timedelta(hours=hours)
-            items.append(purchase(email, product, at, amount=amount))
+            order = f"{email}#{index}"
+            items.append(purchase(email, product, at, amount=amount, order_id=order))
             if at >= joined:  # a purchase before the lead entered the funnel moves nothing and is not its revenue
                 furthest = max(furthest, PRODUCTS[product])
-                revenue, orders = revenue + amount, orders + 1
+                gross, orders = gross + amount, orders + 1
+                net_by_channel[channel] += amount
+            for percent, later in given_back:
+                back = round(amount * percent / 100, 2)
+                items.append(refund(email, order, at + timedelta(hours=later), back))
+                if at + timedelta(hours=later) >= joined:  # a refund counts like a purchase: once the lead is in the funnel
+                    refunded, refunds = refunded + back, refunds + 1
+                    refunded_orders.add(order)
+                    net_by_channel[channel] -= back
+        for stray, (amount, hours) in enumerate(strays):
+            order = f"ghost-{email}-{stray}"
+            items.append(refund(email, order, joined + timedelta(hours=hours), amount))
+            if hours >= 0:
+                refunded, refunds = refunded + amount, refunds + 1
+                refunded_orders.add(order)
+                unmatched.append((order, float(amount)))
+                net_by_channel[channel] -= amount
         for position in range(furthest + 1):
             expected_reach[position] += 1
             expected_by_channel[(channel, position)] += 1
@@ -232,14 +260,25 @@ def test_the_report_matches_a_plain_count_whatever_order_events_arrive_in(shop: 
     for low in range(0, len(items), size):
         shop.events(items[low : low + size])
 
-    report = shop.report(**{"from": f"{day:%Y-%m-%d}", "to": f"{day:%Y-%m-%d}"}, by="channel")
+    period = {"from": f"{day:%Y-%m-%d}", "to": f"{day:%Y-%m-%d}"}
+    report = shop.report(**period, by="channel")
     assert reached(report) == [expected_reach[p] for p in range(4)]
     first = expected_reach[0]
     assert report["overall_conversion"] == pytest.approx(expected_reach[3] / first)
-    assert report["revenue"]["total"] == pytest.approx(revenue) and report["revenue"]["orders"] == orders
+    money = report["revenue"]
+    assert money["orders"] == orders and money["refunds"] == refunds and money["refunded_orders"] == len(refunded_orders)
+    assert money["gross"] == pytest.approx(gross) and money["refunded"] == pytest.approx(refunded)
+    assert money["total"] == pytest.approx(gross - refunded)  # net
+    assert sorted((row["order_id"], row["amount"]) for row in report["unmatched_refunds"]) == sorted(unmatched)
+    assert money["unmatched_refunded"] == pytest.approx(sum(amount for _, amount in unmatched))
     groups = {group["value"]: reached(group) for group in report["groups"]}
-    channels = {channel for channel, _ in plans}
+    channels = {channel for channel, _, _ in plans}
     assert groups == {channel: [expected_by_channel[(channel, p)] for p in range(4)] for channel in channels}
+    assert {group["value"]: group["revenue"]["total"] for group in report["groups"]} == pytest.approx({channel: net_by_channel[channel] for channel in channels})
+    # counted from the facts instead of the tallies: the same report
+    assert report == funnel_report(shop.rt, parse_report_query("yoga", {**period, "by": "channel"}, day.date()), count_facts=True)
+    linear = shop.report(**period, attribution="linear")["attribution"]
+    assert sum(row["revenue"] for row in linear["channels"]) == pytest.approx(gross - refunded, abs=0.05)
 
 
 EXAMPLE = itertools.count()
@@ -263,9 +302,29 @@ def unfolded(rt: Runtime) -> int:
 
 email_plan = st.tuples(
     st.sampled_from(["instagram", "google", None]),
-    st.lists(st.tuples(st.sampled_from(sorted(PRODUCTS)), st.integers(-2, 200), st.integers(1, 500)), max_size=3),
+    st.lists(st.tuples(st.sampled_from(sorted(PRODUCTS)), st.integers(-2, 200), st.integers(1, 500), refund_plan), max_size=3),
     st.sampled_from(["none", "click", "bot", "unsubscribe"]),
 )
+
+
+def per_email(rt: Runtime, prefix: str, bought: list[tuple[str, datetime, float, float]]) -> dict[tuple[str, str], tuple[int, float]]:
+    """Purchases within 7 days after each sent email of the yoga funnel to leads whose address starts with
+    `prefix`, and their net amount, counted in Python from the stored emails and the purchases made
+    (email, moment, amount, refunded)."""
+    with rt.db.read() as session:
+        sent = session.execute(
+            select(Lead.email, Delivery.stage, Delivery.step_id, Delivery.sent_at)
+            .join(Lead, Lead.id == Delivery.lead_id)
+            .where(Delivery.flow == "yoga", Delivery.status == "sent", Delivery.kind == "email", Lead.email.startswith(prefix))
+        ).all()
+    found: dict[tuple[str, str], list[float]] = {}
+    for email, stage, step, sent_at in sent:
+        into = found.setdefault((stage, step), [0, 0.0])
+        for buyer, at, amount, given_back in bought:
+            if buyer == email and sent_at <= at < sent_at + timedelta(days=7):
+                into[0] += 1
+                into[1] += amount - given_back
+    return {key: (int(n), round(amount, 2)) for key, (n, amount) in found.items()}
 
 
 @settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
@@ -273,13 +332,20 @@ email_plan = st.tuples(
 def test_the_running_tallies_equal_a_recount_and_give_the_report_counted_from_the_facts(shop: Shop, plans: list[Any], batches: int, seed: int) -> None:
     day = START + timedelta(days=10 * next(EXAMPLE))
     shop.clock.advance(max(day - shop.clock.now(), timedelta(0)))
-    items = []
+    items, late, bought = [], [], []
     for number, (channel, buys, reader) in enumerate(plans):
         email = f"t{day:%Y%m%d}-{number}@example.com"
         joined = day + timedelta(minutes=number)
         lead = shop.subscribe(email, at=joined, **({"source": {"channel": channel}} if channel else {}))
         shop.post("/api/v1/events", {"type": "confirmed", "lead_id": lead}, 202)
-        items += [purchase(email, product, joined + timedelta(hours=hours), amount=amount) for product, hours, amount in buys]
+        for index, (product, hours, amount, given_back) in enumerate(buys):
+            at, order = joined + timedelta(hours=hours), f"{email}#{index}"
+            items.append(purchase(email, product, at, amount=amount, order_id=order))
+            backs = [(round(amount * percent / 100, 2), at + timedelta(hours=later)) for percent, later in given_back]
+            # some refunds come in with the purchases, in any order; others only after the later emails went out
+            for number_back, (back, back_at) in enumerate(backs):
+                (items if number_back % 2 == 0 else late).append(refund(email, order, back_at, back))
+            bought.append((email, at, float(amount), sum(back for back, _ in backs)))
     run_tick(shop.rt)
     shop.clock.advance(timedelta(minutes=3))
     for number, (_, _, reader) in enumerate(plans):
@@ -297,6 +363,9 @@ def test_the_running_tallies_equal_a_recount_and_give_the_report_counted_from_th
         shop.events(items[low : low + size])
     shop.clock.advance(timedelta(days=1))
     run_tick(shop.rt)  # the tripwire and later stages' emails, to leads who bought, and a fold
+    shop.catch_up(late)
+    shop.events(late)
+    run_tick(shop.rt)
     assert unfolded(shop.rt) == 0
 
     running = tallies(shop.rt)
@@ -304,6 +373,11 @@ def test_the_running_tallies_equal_a_recount_and_give_the_report_counted_from_th
     for params in ({}, {"by": "channel"}, {"interval": "week"}):
         query = parse_report_query("yoga", {**period, **params}, day.date())
         assert shop.report(**period, **params) == funnel_report(shop.rt, query, count_facts=True)
+    steps = {(row["stage"], row["step"]): (row["purchases_7d"], row["revenue_7d"]) for row in shop.report(**period)["steps"] if row["sent"]}
+    expected = per_email(shop.rt, f"t{day:%Y%m%d}-", bought)
+    assert set(steps) == set(expected)
+    for key, (purchases, revenue) in expected.items():
+        assert steps[key][0] == purchases and steps[key][1] == pytest.approx(revenue), key
     shop.events([purchase(f"t{day:%Y%m%d}-0@example.com", "coaching", day + timedelta(days=1), amount=5)])
     running = tallies(shop.rt)
     assert unfolded(shop.rt) > 0

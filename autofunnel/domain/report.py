@@ -111,9 +111,9 @@ def revenue_summary(
     `refunded_orders` (distinct orders) and `unmatched_refunded`, the part of `refunded`
     given back for orders never recorded, which still counts against the revenue.
     """
-    net = net_revenue(gross, refunded)
+    net = money(net_revenue(gross, refunded))  # to the cent first: sums added in another order give the same average
     return {
-        "total": money(net),
+        "total": net,
         "orders": orders,
         "average_order": money(net / orders) if orders else None,
         "currency": currency,

@@ -568,10 +568,11 @@ class _Report:
         # Refunds by the same leads, counted by their own moment like a purchase: whether or not
         # the order they give money back for was ever recorded.
         r = self._refunds()
+        refund_currency = currency_of(r)
         stmt = select(
-            currency_of(r).label("currency"), func.sum(amount_of(self.session, r)).label("total"), func.count().label("refunds"),
+            refund_currency.label("currency"), func.sum(amount_of(self.session, r)).label("total"), func.count().label("refunds"),
             func.count(order_key(r).distinct()).label("orders"),
-        ).select_from(r).where(r.type == "refund").group_by(currency_of(r))
+        ).select_from(r).where(r.type == "refund").group_by(refund_currency)
         stmt, moment = self._joined_first(stmt, r, r.at)
         stmt, keys = self._keyed(stmt, r, moment, grouped=grouped, periodic=periodic, product=r.properties["product"].as_string())
         for row in self.session.execute(stmt):
