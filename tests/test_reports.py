@@ -15,11 +15,12 @@ import random
 import re
 from collections import Counter
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from email import message_from_bytes, policy
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo
 
 import pytest
 from click.testing import CliRunner
@@ -74,6 +75,14 @@ class Shop:
     headers: dict[str, str]
     environ: dict[str, str]
     outbox: Path
+    open_runtime: Any
+    zoned: dict[str, Runtime]
+
+    def in_zone(self, zone: str) -> Runtime:
+        """Another process on the same database, with AUTOFUNNEL_TIMEZONE set to `zone`."""
+        if zone not in self.zoned:
+            self.zoned[zone] = self.open_runtime(timezone=zone)
+        return self.zoned[zone]
 
     def post(self, path: str, body: Any, status: int | tuple[int, ...] = (200, 201, 202)) -> Any:
         self.catch_up(body)
@@ -119,7 +128,8 @@ def shop(project_dir: Path, runtime_factory: Any, tmp_path: Path) -> Shop:
         "AUTOFUNNEL_PROJECT_DIR": str(project_dir), "AUTOFUNNEL_DATABASE_URL": rt.settings.database_url or "",
         "AUTOFUNNEL_SECRET_KEY": "test-secret-key-0123456789", "AUTOFUNNEL_SMTP_URL": f"file://{outbox}",
     }
-    return Shop(client, rt, clock, {"Authorization": f"Bearer {key}"}, environ, outbox)
+    return Shop(client, rt, clock, {"Authorization": f"Bearer {key}"}, environ, outbox,
+                lambda **settings: runtime_factory(project_dir, f"file://{outbox}", clock, **settings), {})
 
 
 def purchase(email: str, product: str, at: datetime, amount: float = 10.0, **extra: Any) -> dict[str, Any]:
@@ -282,6 +292,82 @@ def test_the_report_matches_a_plain_count_whatever_order_events_arrive_in(shop: 
 
 
 EXAMPLE = itertools.count()
+
+
+zone_plan = st.tuples(
+    st.integers(-20 * 60, 40 * 60),
+    st.sampled_from(["instagram", None]),
+    st.lists(st.tuples(st.integers(0, 30 * 60), st.integers(1, 300), st.lists(st.tuples(st.integers(1, 100), st.integers(0, 20 * 60)), max_size=2)), max_size=2),
+)
+"""A webinar lead: minutes after a UTC midnight it registers, its channel, its course purchases
+(minutes after registering, amount, refunds as percent and minutes after the purchase)."""
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(
+    zone=st.sampled_from(["America/New_York", "Asia/Kolkata", "Pacific/Chatham", "UTC"]),
+    plans=st.lists(zone_plan, min_size=1, max_size=8), seed=st.integers(0, 1000), shift=st.integers(0, 5),
+)
+def test_days_weeks_and_months_are_the_sellers(shop: Shop, zone: str, plans: list[Any], seed: int, shift: int) -> None:
+    """AUTOFUNNEL_TIMEZONE sets where the report's days, weeks and months begin: `from`/`to`, cohorts and
+    `interval`, in both modes, counted here in plain Python from the moments the events happened."""
+    midnight = datetime(2029, 3, 1, tzinfo=UTC) + timedelta(days=45 * next(EXAMPLE) + shift)  # around DST changes, apart from the other tests
+    local = ZoneInfo(zone)
+
+    def day(moment: datetime) -> str:
+        return moment.astimezone(local).date().isoformat()
+
+    cohort_leads, cohort_bought, cohort_net = Counter[str](), Counter[str](), Counter[str]()
+    calendar_leads, calendar_bought, calendar_net = Counter[str](), Counter[str](), Counter[str]()
+    items = []
+    for number, (minutes, channel, buys) in enumerate(plans):
+        email = f"z{midnight:%Y%m%d}-{number}@example.com"
+        joined = midnight + timedelta(minutes=minutes)
+        shop.subscribe(email, "webinar", at=joined, **({"source": {"channel": channel}} if channel else {}))
+        cohort_leads[day(joined)] += 1
+        calendar_leads[day(joined)] += 1
+        first_buy = None
+        for index, (after, amount, backs) in enumerate(buys):
+            at, order = joined + timedelta(minutes=after), f"{email}#{index}"
+            items.append(purchase(email, "course", at, amount=amount, order_id=order))
+            first_buy = min(first_buy or at, at)
+            cohort_net[day(joined)] += amount
+            calendar_net[day(at)] += amount
+            for percent, later in backs:
+                back = round(amount * percent / 100, 2)
+                items.append(refund(email, order, at + timedelta(minutes=later), back))
+                cohort_net[day(joined)] -= back
+                calendar_net[day(at + timedelta(minutes=later))] -= back
+        if first_buy is not None:
+            cohort_bought[day(joined)] += 1
+            calendar_bought[day(first_buy)] += 1
+    random.Random(seed).shuffle(items)
+    shop.events(items)
+
+    rt = shop.in_zone(zone)
+    first, last = (midnight - timedelta(days=1)).date(), (midnight + timedelta(days=3)).date()
+    period = {"from": first.isoformat(), "to": last.isoformat()}
+    today = shop.clock.now().date()
+    for mode, leads, bought, net in (("cohort", cohort_leads, cohort_bought, cohort_net), ("calendar", calendar_leads, calendar_bought, calendar_net)):
+        for by in (None, "channel"):
+            params = {**period, "mode": mode, "interval": "day", **({"by": by} if by else {})}
+            report = funnel_report(rt, parse_report_query("webinar", params, today))
+            assert report == funnel_report(rt, parse_report_query("webinar", params, today), count_facts=True)
+            periods = {row["period"]: row for row in report["periods"]}
+            assert {p: row["stages"][0]["reached"] for p, row in periods.items() if row["stages"][0]["reached"]} == {d: n for d, n in leads.items() if first.isoformat() <= d <= last.isoformat()}, mode
+            assert {p: row["stages"][3]["reached"] for p, row in periods.items() if row["stages"][3]["reached"]} == {d: n for d, n in bought.items() if n and first.isoformat() <= d <= last.isoformat()}, mode
+            assert {p: row["revenue"]["total"] for p, row in periods.items() if row["revenue"]["total"]} == pytest.approx(
+                {d: round(v, 2) for d, v in net.items() if round(v, 2) and first.isoformat() <= d <= last.isoformat()}
+            ), mode
+        one_day = day(midnight + timedelta(hours=12))
+        whole = funnel_report(rt, parse_report_query("webinar", {"from": one_day, "to": one_day, "mode": mode}, today))
+        assert whole["stages"][0]["reached"] == leads[one_day] and whole["revenue"]["total"] == pytest.approx(round(net[one_day], 2))
+        week = funnel_report(rt, parse_report_query("webinar", {**period, "mode": mode, "interval": "week"}, today))
+        mondays = Counter[str]()
+        for d, n in leads.items():
+            if first.isoformat() <= d <= last.isoformat():
+                mondays[(date.fromisoformat(d) - timedelta(days=date.fromisoformat(d).weekday())).isoformat()] += n
+        assert {row["period"]: row["stages"][0]["reached"] for row in week["periods"] if row["stages"][0]["reached"]} == dict(mondays)
 
 
 def tallies(rt: Runtime) -> dict[tuple[Any, ...], tuple[int, float]]:
