@@ -233,12 +233,16 @@ def test_the_report_matches_a_plain_count_whatever_order_events_arrive_in(shop: 
     refunded_orders: set[str] = set()
     unmatched: list[tuple[str, float]] = []
     net_by_channel: Counter[str | None] = Counter()
+    leads_by_product: Counter[str | None] = Counter()
+    gross_by_product: Counter[str] = Counter()
     items = []
     for number, (channel, buys, strays) in enumerate(plans):
         email = f"p{day:%Y%m%d}-{number}@example.com"
         joined = day + timedelta(minutes=number)
         shop.subscribe(email, at=joined, **({"source": {"channel": channel}} if channel else {}))
         furthest = 0
+        for product in {product for product, _, _, _ in buys} or {None}:
+            leads_by_product[product] += 1  # a lead is in the group of every product it ever bought
         for index, (product, hours, amount, given_back) in enumerate(buys):
             at = joined + timedelta(hours=hours)
             order = f"{email}#{index}"
@@ -247,6 +251,7 @@ def test_the_report_matches_a_plain_count_whatever_order_events_arrive_in(shop: 
                 furthest = max(furthest, PRODUCTS[product])
                 gross, orders = gross + amount, orders + 1
                 net_by_channel[channel] += amount
+                gross_by_product[product] += amount
             for percent, later in given_back:
                 back = round(amount * percent / 100, 2)
                 items.append(refund(email, order, at + timedelta(hours=later), back))
@@ -285,6 +290,11 @@ def test_the_report_matches_a_plain_count_whatever_order_events_arrive_in(shop: 
     channels = {channel for channel, _, _ in plans}
     assert groups == {channel: [expected_by_channel[(channel, p)] for p in range(4)] for channel in channels}
     assert {group["value"]: group["revenue"]["total"] for group in report["groups"]} == pytest.approx({channel: net_by_channel[channel] for channel in channels})
+    by_product = shop.report(**period, by="product")
+    assert {group["value"]: group["stages"][0]["reached"] for group in by_product["groups"] if group["stages"][0]["reached"]} == dict(leads_by_product)
+    assert {group["value"]: group["revenue"]["gross"] for group in by_product["groups"] if group["revenue"]["gross"]} == pytest.approx(
+        {product: amount for product, amount in gross_by_product.items() if amount}
+    )
     # counted from the facts instead of the tallies: the same report
     assert report == funnel_report(shop.rt, parse_report_query("yoga", {**period, "by": "channel"}, day.date()), count_facts=True)
     linear = shop.report(**period, attribution="linear")["attribution"]
