@@ -434,8 +434,10 @@ from autofunnel import cli_simulate  # noqa: E402  (registered last: these modul
 from autofunnel.commands.forecast import forecast  # noqa: E402
 from autofunnel.commands.leads import leads  # noqa: E402
 from autofunnel.commands_forms import form  # noqa: E402
+from autofunnel.commands.report_recount import report_recount  # noqa: E402
 
 cli_simulate.register(main)
 main.add_command(leads)
 main.add_command(forecast)
 main.add_command(form)
+main.add_command(report_recount)

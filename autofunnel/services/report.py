@@ -53,7 +53,7 @@ from autofunnel.domain.durations import DurationError, parse_duration
 from autofunnel.domain.model import Funnel, Send
 from autofunnel.errors import InvalidInputError
 from autofunnel.services.runtime import Runtime
-from autofunnel.services.tallies import PURCHASE_WINDOW, amount_of, before, currency_of, order_key, order_of, refund_of
+from autofunnel.services.tallies import PURCHASE_WINDOW, amount_of, before, currency_of, order_key, order_of, refund_of, tallies_current
 from autofunnel.store.models import Assignment, CohortTally, Delivery, Event, Lead, Spend, StageEntry
 from autofunnel.store.queries import is_postgres
 
@@ -268,7 +268,7 @@ class _Report:
         # A cohort report, whole or by channel, is added up from the running tallies, which are
         # kept per UTC day; other slicings (calendar days, lead fields, products), and every
         # report in another zone than UTC, count the stored facts.
-        self.tallied = query.mode == "cohort" and query.by in (None, "channel") and not count_facts and zone == "UTC"
+        self.tallied = query.mode == "cohort" and query.by in (None, "channel") and not count_facts and zone == "UTC" and tallies_current(session)
 
     # Assembling -------------------------------------------------------------------
 

@@ -77,7 +77,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session, aliased
 
-from autofunnel.store.models import Assignment, CohortTally, Delivery, Event, StageEntry
+from autofunnel.store.models import Assignment, CohortTally, Delivery, Event, StageEntry, TallyState
 from autofunnel.store.queries import Executor, chunks, is_postgres
 from autofunnel.store.types import UTCDateTime
 
@@ -457,6 +457,24 @@ def rebuild_tallies(session: Session) -> None:
     count_emails(session, everything)
     count_events(session, everything)
     fold_tallies(session)
+
+
+def tallies_current(session: Session) -> bool:
+    """Whether the tallies count every figure of this version (see migration 0013): if not, the
+    report counts the stored facts until `recount_tallies` has run."""
+    return not session.scalar(select(TallyState.recount_needed).where(TallyState.id == 1))
+
+
+def recount_tallies(session: Session, progress: Callable[[str], None] = lambda _: None) -> None:
+    """`rebuild_tallies`, telling `progress` each part as it starts, then marked current."""
+    session.execute(delete(CohortTally))
+    for name, count in (("stage entries", count_stage_entries), ("emails", count_emails), ("purchases, refunds and unsubscribes", count_events)):
+        progress(name)
+        count(session, everything)
+    progress("folding")
+    fold_tallies(session)
+    session.execute(delete(TallyState))
+    session.execute(insert(TallyState), [{"id": 1, "recount_needed": False}])
 
 
 def fold_tallies(session: Session, *, limit: int = 100_000) -> int:
