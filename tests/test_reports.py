@@ -27,10 +27,11 @@ from click.testing import CliRunner
 from flask.testing import FlaskClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from rich.console import Console
 from sqlalchemy import func, select
 
 from autofunnel.cli import main
-from autofunnel.report_format import report_csv
+from autofunnel.report_format import print_report, report_csv
 from autofunnel.clock import FixedClock
 from autofunnel.services.credentials import create_api_key
 from autofunnel.services.report import funnel_report, parse_report_query
@@ -550,23 +551,49 @@ def test_cli_json_is_the_api_json_and_the_table_and_csv_draw_it(shop: Shop) -> N
 def test_the_csv_carries_every_section_of_the_json(shop: Shop) -> None:
     for i, channel in enumerate(["google", "google", "instagram"]):
         shop.subscribe(f"c{i}@example.com", source={"channel": channel})
-    shop.events([purchase("c0@example.com", "mini-course", START + timedelta(hours=2), amount=30)])
+    shop.events([
+        purchase("c0@example.com", "mini-course", START + timedelta(hours=2), amount=30, order_id="A1"),
+        refund("c0@example.com", "A1", START + timedelta(hours=3), 10), refund("c1@example.com", "never-seen", START + timedelta(hours=4), 5),
+    ])
     shop.post("/api/v1/spend", {"channel": "google", "amount": 60, "date": "2026-03-02"}, 201)
     report = shop.report(**{"from": "2026-03-02", "to": "2026-03-02", "by": "channel", "interval": "day", "attribution": "linear"})
+    assert {k: report["revenue"][k] for k in ("total", "gross", "refunded", "refunds", "refunded_orders", "unmatched_refunded")} == {
+        "total": 15.0, "gross": 30.0, "refunded": 15.0, "refunds": 2, "refunded_orders": 2, "unmatched_refunded": 5.0,
+    }
     rows = list(csv.DictReader(io.StringIO(report_csv(report))))
     kinds = {(r["section"], r["kind"]) for r in rows}
     for section in ("all", "by channel", "period"):
         assert {(section, kind) for kind in ("overall", "stage", "email", "revenue")} <= kinds
     assert {("all", "spend"), ("by channel", "spend"), ("all", "holdout"), ("all", "attribution_channel"), ("all", "attribution_email")} <= kinds
     (revenue,) = [r for r in rows if (r["section"], r["kind"]) == ("all", "revenue")]
-    assert float(revenue["total"]) == report["revenue"]["total"] == 30.0 and revenue["currency"] == "EUR"
+    assert float(revenue["total"]) == report["revenue"]["total"] == 15.0 and revenue["currency"] == "EUR"
+    assert (float(revenue["gross"]), float(revenue["refunded"]), revenue["refunded_orders"], float(revenue["unmatched_refunded"])) == (30.0, 15.0, "2", 5.0)
+    (unknown,) = [r for r in rows if r["kind"] == "unmatched_refund"]
+    assert (unknown["order_id"], float(unknown["amount"]), unknown["currency"]) == ("never-seen", 5.0, "EUR")
+    assert all(r["revenue_7d"] != "" for r in rows if r["kind"] == "email")
     (spend,) = [r for r in rows if (r["section"], r["kind"]) == ("all", "spend")]
     assert float(spend["spend"]) == 60.0 and float(spend["cost_per_lead"]) == report["spend"][0]["cost_per_lead"]
     google = [r for r in rows if (r["section"], r["value"], r["kind"]) == ("by channel", "google", "overall")]
     assert len(google) == 1
     channels = {r["channel"]: float(r["revenue"]) for r in rows if r["kind"] == "attribution_channel"}
-    assert channels["google"] == 30.0
+    assert sum(channels.values()) == pytest.approx(15.0)  # attribution shares the net revenue
     assert len([r for r in rows if r["kind"] == "holdout"]) == len(report["holdout"]["stages"])
+
+
+def test_the_table_folds_long_names_and_shows_net_revenue_at_80_columns(shop: Shop) -> None:
+    shop.subscribe("t0@example.com")
+    shop.events([purchase("t0@example.com", "mini-course", START + timedelta(hours=2), amount=30, order_id="A1"), refund("t0@example.com", "A1", START + timedelta(hours=3), 10)])
+    report = shop.report(**{"from": "2026-03-02", "to": "2026-03-02"})
+    long_step = "welcome-email-with-a-really-long-identifier-that-no-column-holds"
+    report["steps"][0]["step"] = long_step
+    console = Console(width=80, record=True)
+    print_report(report, console)
+    printed = console.export_text()
+    assert max(len(line) for line in printed.splitlines()) <= 80
+    emails = printed[printed.index("All leads: emails"):]
+    steps = "".join(line.split("│")[2].strip() for line in emails.splitlines() if line.startswith("│"))  # the step column, line after line
+    assert long_step in steps
+    assert "revenue 20.00 EUR net (gross 30.00, refunded 10.00 on 1 orders) from 1 orders" in " ".join(printed.split())
 
 
 # Bad requests ------------------------------------------------------------------------------
