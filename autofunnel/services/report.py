@@ -288,7 +288,7 @@ class _Report:
                 whole.times = self._times(grouped=False, periodic=False)
             else:
                 whole = self._figures(grouped=False, periodic=False)
-        unmatched = self._unmatched_refunds()
+        unmatched = self._unmatched_refunds() if any(figures[4] for figures in whole.revenue.get((), {}).values()) else []
         body: dict[str, Any] = {
             "funnel": self.funnel.slug, "mode": q.mode, "from": q.start.isoformat(), "to": q.end.isoformat(),
             "by": q.by, "interval": q.interval,
