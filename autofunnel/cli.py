@@ -366,13 +366,13 @@ def report(state: State, funnel: str, mode: str, by: str | None, start: str | No
     from rich.console import Console
 
     from autofunnel.report_format import print_report, report_csv
-    from autofunnel.services.report import funnel_report, parse_report_query
+    from autofunnel.services.report import funnel_report, parse_report_query, seller_today
     from autofunnel.services.runtime import Runtime
 
     runtime = Runtime.open(state.settings)
     try:
         params = {"mode": mode, "by": by, "from": start, "to": end, "interval": interval, "attribution": attribution, "window": window}
-        result = funnel_report(runtime, parse_report_query(funnel, params, runtime.clock.now().date()))
+        result = funnel_report(runtime, parse_report_query(funnel, params, seller_today(runtime)))
     finally:
         runtime.close()
     if output == "json":
@@ -413,8 +413,10 @@ from autofunnel import cli_simulate  # noqa: E402  (registered last: these modul
 from autofunnel.commands.forecast import forecast  # noqa: E402
 from autofunnel.commands.leads import leads  # noqa: E402
 from autofunnel.commands_forms import form  # noqa: E402
+from autofunnel.commands.report_recount import report_recount  # noqa: E402
 
 cli_simulate.register(main)
 main.add_command(leads)
 main.add_command(forecast)
 main.add_command(form)
+main.add_command(report_recount)

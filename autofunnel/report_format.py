@@ -12,15 +12,17 @@ from rich.table import Table
 
 CSV_COLUMNS = (
     "section", "value", "kind", "stage", "step", "reached", "skipped", "conversion_from_previous", "conversion_from_first",
-    "median_s", "p90_s", "sent", "opened", "clicked", "unsubscribed", "purchases_7d",
+    "median_s", "p90_s", "sent", "opened", "clicked", "unsubscribed", "purchases_7d", "revenue_7d",
     "overall_conversion", "currency", "total", "orders", "average_order", "customers",
+    "gross", "refunded", "refunds", "refunded_orders", "unmatched_refunded", "lead_id", "order_id", "at", "amount",
     "spend", "cost_per_lead", "cost_per_customer", "return_on_spend",
     "variant", "leads", "converted", "conversion", "treated_conversion", "held_out_conversion", "lift", "ci95_low", "ci95_high",
     "channel", "revenue",
 )
 """Every section of the JSON as rows, told apart by `section`/`value` (all, a group, a period) and
 `kind` (overall, stage, email, revenue, spend, holdout, variant, attribution_channel,
-attribution_email); a row fills the columns of its kind and leaves the others empty."""
+attribution_email, unmatched_refund); a row fills the columns of its kind and leaves the others
+empty. In a revenue row `total` is net of refunds, beside `gross` and `refunded`."""
 
 
 def percent(value: float | None) -> str:
@@ -53,8 +55,9 @@ def print_report(report: Mapping[str, Any], console: Console) -> None:
     for section, value, part in _sections(report):
         title = "All leads" if section == "all" else f"{section}: {value}"
         stages = Table(title=title, title_justify="left")
-        for name in ("stage", "reached", "skipped", "from previous", "from first", "median time", "p90 time"):
-            stages.add_column(name, justify="left" if name == "stage" else "right")
+        _name_column(stages, "stage")
+        for name in ("reached", "skipped", "from previous", "from first", "median time", "p90 time"):
+            _number_column(stages, name)
         for row in part["stages"]:
             stages.add_row(
                 row["stage"], str(row["reached"]), str(row["skipped"]), percent(row["conversion_from_previous"]),
@@ -64,17 +67,46 @@ def print_report(report: Mapping[str, Any], console: Console) -> None:
         length = part["funnel_length"]
         console.print(f"overall conversion {percent(part['overall_conversion'])}; funnel length median {duration(length['median_s'])}, p90 {duration(length['p90_s'])}")
         for revenue in part["revenue_by_currency"]:
-            console.print(f"revenue {revenue['total']:.2f} {revenue['currency'] or ''} from {revenue['orders']} orders (average {revenue['average_order']:.2f}), {revenue['customers']} customers")
+            console.print(revenue_line(revenue))
         for spend in part.get("spend") or []:
             console.print(f"spend {spend['spend']:.2f} {spend['currency']}: per lead {spend['cost_per_lead']}, per customer {spend['cost_per_customer']}, return {spend['return_on_spend']}")
         if part["steps"]:
             emails = Table(title=f"{title}: emails", title_justify="left")
-            for name in ("stage", "step", "sent", "opened", "clicked", "unsubscribed", "purchases in 7 d"):
-                emails.add_column(name, justify="left" if name in ("stage", "step") else "right")
+            _name_column(emails, "stage")
+            _name_column(emails, "step")
+            for name in ("sent", "opened", "clicked", "unsub- scribed", "buys in 7 d", "revenue in 7 d"):
+                _number_column(emails, name)
             for row in part["steps"]:
-                emails.add_row(row["stage"], row["step"], *(str(row[k]) for k in ("sent", "opened", "clicked", "unsubscribed", "purchases_7d")))
+                emails.add_row(
+                    row["stage"], row["step"], *(str(row[k]) for k in ("sent", "opened", "clicked", "unsubscribed", "purchases_7d")),
+                    f"{row['revenue_7d']:.2f}",
+                )
             console.print(emails)
     _print_comparisons(report, console)
+
+
+def revenue_line(revenue: Mapping[str, Any]) -> str:
+    """`revenue 4870.00 EUR net (gross 5000.00, refunded 130.00 on 3 orders) from 180 orders …`."""
+    currency = revenue["currency"] or ""
+    average = "–" if revenue["average_order"] is None else f"{revenue['average_order']:.2f}"
+    refunds = ""
+    if revenue["refunds"]:
+        unmatched = f", {revenue['unmatched_refunded']:.2f} of it for orders never recorded" if revenue["unmatched_refunded"] else ""
+        refunds = f" (gross {revenue['gross']:.2f}, refunded {revenue['refunded']:.2f} on {revenue['refunded_orders']} orders{unmatched})"
+    return (
+        f"revenue {revenue['total']:.2f} {currency} net{refunds} from {revenue['orders']} orders "
+        f"(average {average}), {revenue['customers']} customers"
+    )
+
+
+def _name_column(table: Table, header: str) -> None:
+    """Stage and step names are never cut: a name too long for its column folds onto the next line."""
+    table.add_column(header, justify="left", overflow="fold", ratio=1)
+
+
+def _number_column(table: Table, header: str) -> None:
+    """Figures keep their width; their headers wrap between words."""
+    table.add_column(header, justify="right", no_wrap=False, min_width=4)
 
 
 def _print_comparisons(report: Mapping[str, Any], console: Console) -> None:
@@ -90,6 +122,8 @@ def _print_comparisons(report: Mapping[str, Any], console: Console) -> None:
     for row in report.get("variants", []):
         interval = "" if row["ci95"] is None else f", lift {percent(row['lift_vs_first'])} ({percent(row['ci95'][0])} … {percent(row['ci95'][1])})"
         console.print(f"variant {row['step']} = {row['variant']}: {row['converted']}/{row['leads']} → {percent(row['conversion'])}{interval}")
+    for row in report.get("unmatched_refunds", []):
+        console.print(f"refund of an order never recorded: {row['order_id'] or '(no order id)'}, lead {row['lead_id']}, {row['at']}: {row['amount']:.2f} {row['currency'] or ''}")
     attribution = report.get("attribution")
     if attribution:
         console.print(f"attribution ({attribution['model']}, window {attribution['window']}):")
@@ -124,6 +158,8 @@ def report_csv(report: Mapping[str, Any]) -> str:
         writer.writerow({**where, "kind": "holdout", **row, **_interval(row)})
     for row in report.get("variants", []):
         writer.writerow({**where, "kind": "variant", **row, "lift": row["lift_vs_first"], **_interval(row)})
+    for row in report.get("unmatched_refunds", []):
+        writer.writerow({**where, "kind": "unmatched_refund", **row})
     attribution = report.get("attribution") or {}
     for name in ("channels", "emails"):
         for row in attribution.get(name, []):

@@ -97,6 +97,9 @@ def lead_rows(rng: random.Random, rows: Rows, lead_id: int, delivery_base: int) 
         if not skip:
             product = STAGE_PRODUCTS[stage]
             events.append(("purchase", {"product": product, "amount": PRICES[product], "currency": "EUR", "order_id": f"o{lead_id}-{position}"}, at))
+            if rng.random() < 0.03:  # refunded, a third of them in part
+                back = PRICES[product] if rng.random() < 0.67 else round(PRICES[product] * 0.3, 2)
+                events.append(("refund", {"product": product, "amount": back, "currency": "EUR", "order_id": f"o{lead_id}-{position}"}, at + timedelta(days=rng.randrange(1, 14))))
 
     sends = [] if held_out else [("lead", step, entered + timedelta(days=index)) for index, step in enumerate(LEAD_STEPS[: 2 if reached else 4])]
     if reached >= 1 and not held_out:

@@ -75,10 +75,12 @@ def build_site(project_dir: Path, runtime_factory: Any, outbox: Path, **settings
     for channel, count in CHANNELS.items():
         for i in range(count // 2):
             purchases.append({"type": "purchase", "email": f"{channel}{i}@example.com", "id": f"order-{channel}-{i}",
-                              "properties": {"product": "mini-course", "amount": 19, "currency": "EUR"}})
+                              "properties": {"product": "mini-course", "amount": 19, "currency": "EUR", "order_id": f"order-{channel}-{i}"}})
         purchases.append({"type": "purchase", "email": f"{channel}0@example.com", "id": f"order-{channel}-full",
-                          "properties": {"product": "full-course", "amount": 199, "currency": "EUR"}})
+                          "properties": {"product": "full-course", "amount": 199, "currency": "EUR", "order_id": f"order-{channel}-full"}})
     site.api_post("/api/v1/events", purchases)
+    site.api_post("/api/v1/events", {"type": "refund", "email": f"{next(iter(CHANNELS))}0@example.com", "id": "refund-1",
+                                      "properties": {"amount": 49.5, "currency": "EUR", "order_id": f"order-{next(iter(CHANNELS))}-full"}})
     clock.current = NOW
     run_tick(rt)  # the tripwire offers and thanks that fell due meanwhile
     return site

@@ -175,6 +175,11 @@ def test_a_funnel_page_shows_the_apis_numbers(site: Site, client: FlaskClient) -
     emails = text_of(html[html.index('class="steps-table"'):])
     welcome = next(s for s in report["steps"] if s["step"] == "welcome")
     assert f"welcome {welcome['sent']} " in emails and welcome["sent"] == 12
+    assert f" {welcome['purchases_7d']} {welcome['revenue_7d']:.2f}" in emails and welcome["revenue_7d"] > 0
+    money = report["revenue"]
+    assert money["refunded"] == 49.5 and money["total"] == money["gross"] - 49.5 and money["refunded_orders"] == 1
+    for figure, value in (("net", money["total"]), ("gross", money["gross"]), ("refunded", money["refunded"])):
+        assert re.search(rf'id="revenue-{figure}">{value:.2f}\b', html), figure
     assert f"{report['overall_conversion'] * 100:.1f} %" in html
 
 

@@ -15,29 +15,31 @@ import random
 import re
 from collections import Counter
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from email import message_from_bytes, policy
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo
 
 import pytest
 from click.testing import CliRunner
 from flask.testing import FlaskClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from rich.console import Console
 from sqlalchemy import func, select
 
 from autofunnel.cli import main
-from autofunnel.report_format import report_csv
+from autofunnel.report_format import print_report, report_csv
 from autofunnel.clock import FixedClock
 from autofunnel.services.credentials import create_api_key
 from autofunnel.services.report import funnel_report, parse_report_query
 from autofunnel.services.runtime import Runtime
 from autofunnel.services.scheduler import run_tick
-from autofunnel.services.tallies import fold_tallies, rebuild_tallies
+from autofunnel.services.tallies import fold_tallies, rebuild_tallies, tallies_current
 from autofunnel.store.migrate import downgrade, upgrade
-from autofunnel.store.models import CohortTally, StageEntry
+from autofunnel.store.models import CohortTally, Delivery, Lead, StageEntry
 from autofunnel.web import create_app
 
 pytestmark = pytest.mark.db
@@ -74,6 +76,14 @@ class Shop:
     headers: dict[str, str]
     environ: dict[str, str]
     outbox: Path
+    open_runtime: Any
+    zoned: dict[str, Runtime]
+
+    def in_zone(self, zone: str) -> Runtime:
+        """Another process on the same database, with AUTOFUNNEL_TIMEZONE set to `zone`."""
+        if zone not in self.zoned:
+            self.zoned[zone] = self.open_runtime(timezone=zone)
+        return self.zoned[zone]
 
     def post(self, path: str, body: Any, status: int | tuple[int, ...] = (200, 201, 202)) -> Any:
         self.catch_up(body)
@@ -119,11 +129,16 @@ def shop(project_dir: Path, runtime_factory: Any, tmp_path: Path) -> Shop:
         "AUTOFUNNEL_PROJECT_DIR": str(project_dir), "AUTOFUNNEL_DATABASE_URL": rt.settings.database_url or "",
         "AUTOFUNNEL_SECRET_KEY": "test-secret-key-0123456789", "AUTOFUNNEL_SMTP_URL": f"file://{outbox}",
     }
-    return Shop(client, rt, clock, {"Authorization": f"Bearer {key}"}, environ, outbox)
+    return Shop(client, rt, clock, {"Authorization": f"Bearer {key}"}, environ, outbox,
+                lambda **settings: runtime_factory(project_dir, f"file://{outbox}", clock, **settings), {})
 
 
 def purchase(email: str, product: str, at: datetime, amount: float = 10.0, **extra: Any) -> dict[str, Any]:
     return {"type": "purchase", "email": email, "at": iso(at), "properties": {"product": product, "amount": amount, "currency": "EUR", **extra}}
+
+
+def refund(email: str, order_id: str, at: datetime, amount: float) -> dict[str, Any]:
+    return {"type": "refund", "email": email, "at": iso(at), "properties": {"order_id": order_id, "amount": amount, "currency": "EUR"}}
 
 
 def reached(report: dict[str, Any]) -> list[int]:
@@ -155,7 +170,10 @@ def test_the_worked_examples_through_the_api(shop: Shop) -> None:
     assert yoga["stages"][1]["time_to_reach"] == {"median_s": 86400, "p90_s": 86400}
     assert yoga["funnel_length"] == {"median_s": 3 * 86400, "p90_s": 3 * 86400}
     # every purchase its leads made after entering the funnel, the webinar's included
-    assert yoga["revenue"] == {"total": 11750.0, "orders": 1175, "average_order": 10.0, "currency": "EUR", "customers": 520}
+    assert yoga["revenue"] == {
+        "total": 11750.0, "orders": 1175, "average_order": 10.0, "currency": "EUR", "customers": 520,
+        "gross": 11750.0, "refunded": 0.0, "refunds": 0, "refunded_orders": 0, "unmatched_refunded": 0.0,
+    }
     assert (yoga["from"], yoga["to"], yoga["mode"]) == ("2026-03-01", "2026-03-31", "cohort")
 
     webinar = shop.report("webinar", **{"from": "2026-03-02", "to": "2026-03-02"})
@@ -197,10 +215,14 @@ def test_cohort_keeps_april_purchases_with_march_leads_and_calendar_counts_them_
 
 # Random leads and out-of-order events ------------------------------------------------------
 
+refund_plan = st.lists(st.tuples(st.integers(1, 100), st.integers(0, 300)), max_size=2)
+"""Refunds of one purchase: (percent of its amount, hours after it); partial and repeated."""
 lead_plan = st.tuples(
     st.sampled_from(["instagram", "google", None]),
-    st.lists(st.tuples(st.sampled_from(sorted(PRODUCTS)), st.integers(-2, 200), st.integers(1, 500)), max_size=4),
+    st.lists(st.tuples(st.sampled_from(sorted(PRODUCTS)), st.integers(-2, 200), st.integers(1, 500), refund_plan), max_size=4),
+    st.lists(st.tuples(st.integers(1, 50), st.integers(-3, 100)), max_size=1),
 )
+"""A lead: its channel, its purchases with their refunds, and refunds of orders never recorded (amount, hours after joining)."""
 
 
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
@@ -208,19 +230,44 @@ lead_plan = st.tuples(
 def test_the_report_matches_a_plain_count_whatever_order_events_arrive_in(shop: Shop, plans: list[Any], batches: int, seed: int) -> None:
     day = START + timedelta(days=10 * next(EXAMPLE))  # each example is its own cohort day
     expected_reach, expected_by_channel = Counter[int](), Counter[tuple[str | None, int]]()
-    revenue, orders = 0.0, 0
+    gross, refunded, refunds, orders = 0.0, 0.0, 0, 0
+    refunded_orders: set[str] = set()
+    unmatched: list[tuple[str, float]] = []
+    net_by_channel: Counter[str | None] = Counter()
+    leads_by_product: Counter[str | None] = Counter()
+    gross_by_product: Counter[str] = Counter()
     items = []
-    for number, (channel, buys) in enumerate(plans):
+    for number, (channel, buys, strays) in enumerate(plans):
         email = f"p{day:%Y%m%d}-{number}@example.com"
         joined = day + timedelta(minutes=number)
         shop.subscribe(email, at=joined, **({"source": {"channel": channel}} if channel else {}))
         furthest = 0
-        for product, hours, amount in buys:
+        for product in {product for product, _, _, _ in buys} or {None}:
+            leads_by_product[product] += 1  # a lead is in the group of every product it ever bought
+        for index, (product, hours, amount, given_back) in enumerate(buys):
             at = joined + timedelta(hours=hours)
-            items.append(purchase(email, product, at, amount=amount))
+            order = f"{email}#{index}"
+            items.append(purchase(email, product, at, amount=amount, order_id=order))
             if at >= joined:  # a purchase before the lead entered the funnel moves nothing and is not its revenue
                 furthest = max(furthest, PRODUCTS[product])
-                revenue, orders = revenue + amount, orders + 1
+                gross, orders = gross + amount, orders + 1
+                net_by_channel[channel] += amount
+                gross_by_product[product] += amount
+            for percent, later in given_back:
+                back = round(amount * percent / 100, 2)
+                items.append(refund(email, order, at + timedelta(hours=later), back))
+                if at + timedelta(hours=later) >= joined:  # a refund counts like a purchase: once the lead is in the funnel
+                    refunded, refunds = refunded + back, refunds + 1
+                    refunded_orders.add(order)
+                    net_by_channel[channel] -= back
+        for stray, (amount, hours) in enumerate(strays):
+            order = f"ghost-{email}-{stray}"
+            items.append(refund(email, order, joined + timedelta(hours=hours), amount))
+            if hours >= 0:
+                refunded, refunds = refunded + amount, refunds + 1
+                refunded_orders.add(order)
+                unmatched.append((order, float(amount)))
+                net_by_channel[channel] -= amount
         for position in range(furthest + 1):
             expected_reach[position] += 1
             expected_by_channel[(channel, position)] += 1
@@ -229,17 +276,109 @@ def test_the_report_matches_a_plain_count_whatever_order_events_arrive_in(shop: 
     for low in range(0, len(items), size):
         shop.events(items[low : low + size])
 
-    report = shop.report(**{"from": f"{day:%Y-%m-%d}", "to": f"{day:%Y-%m-%d}"}, by="channel")
+    period = {"from": f"{day:%Y-%m-%d}", "to": f"{day:%Y-%m-%d}"}
+    report = shop.report(**period, by="channel")
     assert reached(report) == [expected_reach[p] for p in range(4)]
     first = expected_reach[0]
     assert report["overall_conversion"] == pytest.approx(expected_reach[3] / first)
-    assert report["revenue"]["total"] == pytest.approx(revenue) and report["revenue"]["orders"] == orders
+    money = report["revenue"]
+    assert money["orders"] == orders and money["refunds"] == refunds and money["refunded_orders"] == len(refunded_orders)
+    assert money["gross"] == pytest.approx(gross) and money["refunded"] == pytest.approx(refunded)
+    assert money["total"] == pytest.approx(gross - refunded)  # net
+    assert sorted((row["order_id"], row["amount"]) for row in report["unmatched_refunds"]) == sorted(unmatched)
+    assert money["unmatched_refunded"] == pytest.approx(sum(amount for _, amount in unmatched))
     groups = {group["value"]: reached(group) for group in report["groups"]}
-    channels = {channel for channel, _ in plans}
+    channels = {channel for channel, _, _ in plans}
     assert groups == {channel: [expected_by_channel[(channel, p)] for p in range(4)] for channel in channels}
+    assert {group["value"]: group["revenue"]["total"] for group in report["groups"]} == pytest.approx({channel: net_by_channel[channel] for channel in channels})
+    by_product = shop.report(**period, by="product")
+    assert {group["value"]: group["stages"][0]["reached"] for group in by_product["groups"] if group["stages"][0]["reached"]} == dict(leads_by_product)
+    assert {group["value"]: group["revenue"]["gross"] for group in by_product["groups"] if group["revenue"]["gross"]} == pytest.approx(
+        {product: amount for product, amount in gross_by_product.items() if amount}
+    )
+    # counted from the facts instead of the tallies: the same report
+    assert report == funnel_report(shop.rt, parse_report_query("yoga", {**period, "by": "channel"}, day.date()), count_facts=True)
+    linear = shop.report(**period, attribution="linear")["attribution"]
+    assert sum(row["revenue"] for row in linear["channels"]) == pytest.approx(gross - refunded, abs=0.05)
 
 
 EXAMPLE = itertools.count()
+
+
+zone_plan = st.tuples(
+    st.integers(-20 * 60, 40 * 60),
+    st.sampled_from(["instagram", None]),
+    st.lists(st.tuples(st.integers(0, 30 * 60), st.integers(1, 300), st.lists(st.tuples(st.integers(1, 100), st.integers(0, 20 * 60)), max_size=2)), max_size=2),
+)
+"""A webinar lead: minutes after a UTC midnight it registers, its channel, its course purchases
+(minutes after registering, amount, refunds as percent and minutes after the purchase)."""
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(
+    zone=st.sampled_from(["America/New_York", "Asia/Kolkata", "Pacific/Chatham", "UTC"]),
+    plans=st.lists(zone_plan, min_size=1, max_size=8), seed=st.integers(0, 1000), shift=st.integers(0, 5),
+)
+def test_days_weeks_and_months_are_the_sellers(shop: Shop, zone: str, plans: list[Any], seed: int, shift: int) -> None:
+    """AUTOFUNNEL_TIMEZONE sets where the report's days, weeks and months begin: `from`/`to`, cohorts and
+    `interval`, in both modes, counted here in plain Python from the moments the events happened."""
+    midnight = datetime(2029, 3, 1, tzinfo=UTC) + timedelta(days=45 * next(EXAMPLE) + shift)  # around DST changes, apart from the other tests
+    local = ZoneInfo(zone)
+
+    def day(moment: datetime) -> str:
+        return moment.astimezone(local).date().isoformat()
+
+    cohort_leads, cohort_bought, cohort_net = Counter[str](), Counter[str](), Counter[str]()
+    calendar_leads, calendar_bought, calendar_net = Counter[str](), Counter[str](), Counter[str]()
+    items = []
+    for number, (minutes, channel, buys) in enumerate(plans):
+        email = f"z{midnight:%Y%m%d}-{number}@example.com"
+        joined = midnight + timedelta(minutes=minutes)
+        shop.subscribe(email, "webinar", at=joined, **({"source": {"channel": channel}} if channel else {}))
+        cohort_leads[day(joined)] += 1
+        calendar_leads[day(joined)] += 1
+        first_buy = None
+        for index, (after, amount, backs) in enumerate(buys):
+            at, order = joined + timedelta(minutes=after), f"{email}#{index}"
+            items.append(purchase(email, "course", at, amount=amount, order_id=order))
+            first_buy = min(first_buy or at, at)
+            cohort_net[day(joined)] += amount
+            calendar_net[day(at)] += amount
+            for percent, later in backs:
+                back = round(amount * percent / 100, 2)
+                items.append(refund(email, order, at + timedelta(minutes=later), back))
+                cohort_net[day(joined)] -= back
+                calendar_net[day(at + timedelta(minutes=later))] -= back
+        if first_buy is not None:
+            cohort_bought[day(joined)] += 1
+            calendar_bought[day(first_buy)] += 1
+    random.Random(seed).shuffle(items)
+    shop.events(items)
+
+    rt = shop.in_zone(zone)
+    first, last = (midnight - timedelta(days=1)).date(), (midnight + timedelta(days=3)).date()
+    period = {"from": first.isoformat(), "to": last.isoformat()}
+    today = shop.clock.now().date()
+    for mode, leads, bought, net in (("cohort", cohort_leads, cohort_bought, cohort_net), ("calendar", calendar_leads, calendar_bought, calendar_net)):
+        for by in (None, "channel"):
+            params = {**period, "mode": mode, "interval": "day", **({"by": by} if by else {})}
+            report = funnel_report(rt, parse_report_query("webinar", params, today))
+            assert report == funnel_report(rt, parse_report_query("webinar", params, today), count_facts=True)
+            periods = {row["period"]: row for row in report["periods"]}
+            assert {p: row["stages"][0]["reached"] for p, row in periods.items() if row["stages"][0]["reached"]} == {d: n for d, n in leads.items() if first.isoformat() <= d <= last.isoformat()}, mode
+            assert {p: row["stages"][3]["reached"] for p, row in periods.items() if row["stages"][3]["reached"]} == {d: n for d, n in bought.items() if n and first.isoformat() <= d <= last.isoformat()}, mode
+            assert {p: row["revenue"]["total"] for p, row in periods.items() if row["revenue"]["total"]} == pytest.approx(
+                {d: round(v, 2) for d, v in net.items() if round(v, 2) and first.isoformat() <= d <= last.isoformat()}
+            ), mode
+        one_day = day(midnight + timedelta(hours=12))
+        whole = funnel_report(rt, parse_report_query("webinar", {"from": one_day, "to": one_day, "mode": mode}, today))
+        assert whole["stages"][0]["reached"] == leads[one_day] and whole["revenue"]["total"] == pytest.approx(round(net[one_day], 2))
+        week = funnel_report(rt, parse_report_query("webinar", {**period, "mode": mode, "interval": "week"}, today))
+        mondays = Counter[str]()
+        for d, n in leads.items():
+            if first.isoformat() <= d <= last.isoformat():
+                mondays[(date.fromisoformat(d) - timedelta(days=date.fromisoformat(d).weekday())).isoformat()] += n
+        assert {row["period"]: row["stages"][0]["reached"] for row in week["periods"] if row["stages"][0]["reached"]} == dict(mondays)
 
 
 def tallies(rt: Runtime) -> dict[tuple[Any, ...], tuple[int, float]]:
@@ -260,9 +399,29 @@ def unfolded(rt: Runtime) -> int:
 
 email_plan = st.tuples(
     st.sampled_from(["instagram", "google", None]),
-    st.lists(st.tuples(st.sampled_from(sorted(PRODUCTS)), st.integers(-2, 200), st.integers(1, 500)), max_size=3),
+    st.lists(st.tuples(st.sampled_from(sorted(PRODUCTS)), st.integers(-2, 200), st.integers(1, 500), refund_plan), max_size=3),
     st.sampled_from(["none", "click", "bot", "unsubscribe"]),
 )
+
+
+def per_email(rt: Runtime, prefix: str, bought: list[tuple[str, datetime, float, float]]) -> dict[tuple[str, str], tuple[int, float]]:
+    """Purchases within 7 days after each sent email of the yoga funnel to leads whose address starts with
+    `prefix`, and their net amount, counted in Python from the stored emails and the purchases made
+    (email, moment, amount, refunded)."""
+    with rt.db.read() as session:
+        sent = session.execute(
+            select(Lead.email, Delivery.stage, Delivery.step_id, Delivery.sent_at)
+            .join(Lead, Lead.id == Delivery.lead_id)
+            .where(Delivery.flow == "yoga", Delivery.status == "sent", Delivery.kind == "email", Lead.email.startswith(prefix))
+        ).all()
+    found: dict[tuple[str, str], list[float]] = {}
+    for email, stage, step, sent_at in sent:
+        into = found.setdefault((stage, step), [0, 0.0])
+        for buyer, at, amount, given_back in bought:
+            if buyer == email and sent_at <= at < sent_at + timedelta(days=7):
+                into[0] += 1
+                into[1] += amount - given_back
+    return {key: (int(n), round(amount, 2)) for key, (n, amount) in found.items()}
 
 
 @settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
@@ -270,13 +429,20 @@ email_plan = st.tuples(
 def test_the_running_tallies_equal_a_recount_and_give_the_report_counted_from_the_facts(shop: Shop, plans: list[Any], batches: int, seed: int) -> None:
     day = START + timedelta(days=10 * next(EXAMPLE))
     shop.clock.advance(max(day - shop.clock.now(), timedelta(0)))
-    items = []
+    items, late, bought = [], [], []
     for number, (channel, buys, reader) in enumerate(plans):
         email = f"t{day:%Y%m%d}-{number}@example.com"
         joined = day + timedelta(minutes=number)
         lead = shop.subscribe(email, at=joined, **({"source": {"channel": channel}} if channel else {}))
         shop.post("/api/v1/events", {"type": "confirmed", "lead_id": lead}, 202)
-        items += [purchase(email, product, joined + timedelta(hours=hours), amount=amount) for product, hours, amount in buys]
+        for index, (product, hours, amount, given_back) in enumerate(buys):
+            at, order = joined + timedelta(hours=hours), f"{email}#{index}"
+            items.append(purchase(email, product, at, amount=amount, order_id=order))
+            backs = [(round(amount * percent / 100, 2), at + timedelta(hours=later)) for percent, later in given_back]
+            # some refunds come in with the purchases, in any order; others only after the later emails went out
+            for number_back, (back, back_at) in enumerate(backs):
+                (items if number_back % 2 == 0 else late).append(refund(email, order, back_at, back))
+            bought.append((email, at, float(amount), sum(back for back, _ in backs)))
     run_tick(shop.rt)
     shop.clock.advance(timedelta(minutes=3))
     for number, (_, _, reader) in enumerate(plans):
@@ -294,6 +460,9 @@ def test_the_running_tallies_equal_a_recount_and_give_the_report_counted_from_th
         shop.events(items[low : low + size])
     shop.clock.advance(timedelta(days=1))
     run_tick(shop.rt)  # the tripwire and later stages' emails, to leads who bought, and a fold
+    shop.catch_up(late)
+    shop.events(late)
+    run_tick(shop.rt)
     assert unfolded(shop.rt) == 0
 
     running = tallies(shop.rt)
@@ -301,6 +470,11 @@ def test_the_running_tallies_equal_a_recount_and_give_the_report_counted_from_th
     for params in ({}, {"by": "channel"}, {"interval": "week"}):
         query = parse_report_query("yoga", {**period, **params}, day.date())
         assert shop.report(**period, **params) == funnel_report(shop.rt, query, count_facts=True)
+    steps = {(row["stage"], row["step"]): (row["purchases_7d"], row["revenue_7d"]) for row in shop.report(**period)["steps"] if row["sent"]}
+    expected = per_email(shop.rt, f"t{day:%Y%m%d}-", bought)
+    assert set(steps) == set(expected)
+    for key, (purchases, revenue) in expected.items():
+        assert steps[key][0] == purchases and steps[key][1] == pytest.approx(revenue), key
     shop.events([purchase(f"t{day:%Y%m%d}-0@example.com", "coaching", day + timedelta(days=1), amount=5)])
     running = tallies(shop.rt)
     assert unfolded(shop.rt) > 0
@@ -333,6 +507,15 @@ def test_the_upgrade_that_brings_tallies_counts_what_was_already_stored(shop: Sh
     upgrade(url)
     with shop.rt.db.read() as session:
         assert set(session.execute(select(*columns)).all()) == entries
+        assert not tallies_current(session)  # purchases were stored: 0013 asks for a recount of refunds and revenue_7d
+    assert tallies(shop.rt) == running
+    assert shop.report(**{"from": "2026-03-02", "to": "2026-03-02"}, by="channel") == report  # counted from the facts meanwhile
+
+    recounted = CliRunner().invoke(main, ["report-recount"], env=shop.environ)
+    assert recounted.exit_code == 0, recounted.output
+    assert "recounted" in recounted.output
+    with shop.rt.db.read() as session:
+        assert tallies_current(session)
     assert tallies(shop.rt) == running
     assert shop.report(**{"from": "2026-03-02", "to": "2026-03-02"}, by="channel") == report
 
@@ -368,23 +551,49 @@ def test_cli_json_is_the_api_json_and_the_table_and_csv_draw_it(shop: Shop) -> N
 def test_the_csv_carries_every_section_of_the_json(shop: Shop) -> None:
     for i, channel in enumerate(["google", "google", "instagram"]):
         shop.subscribe(f"c{i}@example.com", source={"channel": channel})
-    shop.events([purchase("c0@example.com", "mini-course", START + timedelta(hours=2), amount=30)])
+    shop.events([
+        purchase("c0@example.com", "mini-course", START + timedelta(hours=2), amount=30, order_id="A1"),
+        refund("c0@example.com", "A1", START + timedelta(hours=3), 10), refund("c1@example.com", "never-seen", START + timedelta(hours=4), 5),
+    ])
     shop.post("/api/v1/spend", {"channel": "google", "amount": 60, "date": "2026-03-02"}, 201)
     report = shop.report(**{"from": "2026-03-02", "to": "2026-03-02", "by": "channel", "interval": "day", "attribution": "linear"})
+    assert {k: report["revenue"][k] for k in ("total", "gross", "refunded", "refunds", "refunded_orders", "unmatched_refunded")} == {
+        "total": 15.0, "gross": 30.0, "refunded": 15.0, "refunds": 2, "refunded_orders": 2, "unmatched_refunded": 5.0,
+    }
     rows = list(csv.DictReader(io.StringIO(report_csv(report))))
     kinds = {(r["section"], r["kind"]) for r in rows}
     for section in ("all", "by channel", "period"):
         assert {(section, kind) for kind in ("overall", "stage", "email", "revenue")} <= kinds
     assert {("all", "spend"), ("by channel", "spend"), ("all", "holdout"), ("all", "attribution_channel"), ("all", "attribution_email")} <= kinds
     (revenue,) = [r for r in rows if (r["section"], r["kind"]) == ("all", "revenue")]
-    assert float(revenue["total"]) == report["revenue"]["total"] == 30.0 and revenue["currency"] == "EUR"
+    assert float(revenue["total"]) == report["revenue"]["total"] == 15.0 and revenue["currency"] == "EUR"
+    assert (float(revenue["gross"]), float(revenue["refunded"]), revenue["refunded_orders"], float(revenue["unmatched_refunded"])) == (30.0, 15.0, "2", 5.0)
+    (unknown,) = [r for r in rows if r["kind"] == "unmatched_refund"]
+    assert (unknown["order_id"], float(unknown["amount"]), unknown["currency"]) == ("never-seen", 5.0, "EUR")
+    assert all(r["revenue_7d"] != "" for r in rows if r["kind"] == "email")
     (spend,) = [r for r in rows if (r["section"], r["kind"]) == ("all", "spend")]
     assert float(spend["spend"]) == 60.0 and float(spend["cost_per_lead"]) == report["spend"][0]["cost_per_lead"]
     google = [r for r in rows if (r["section"], r["value"], r["kind"]) == ("by channel", "google", "overall")]
     assert len(google) == 1
     channels = {r["channel"]: float(r["revenue"]) for r in rows if r["kind"] == "attribution_channel"}
-    assert channels["google"] == 30.0
+    assert sum(channels.values()) == pytest.approx(15.0)  # attribution shares the net revenue
     assert len([r for r in rows if r["kind"] == "holdout"]) == len(report["holdout"]["stages"])
+
+
+def test_the_table_folds_long_names_and_shows_net_revenue_at_80_columns(shop: Shop) -> None:
+    shop.subscribe("t0@example.com")
+    shop.events([purchase("t0@example.com", "mini-course", START + timedelta(hours=2), amount=30, order_id="A1"), refund("t0@example.com", "A1", START + timedelta(hours=3), 10)])
+    report = shop.report(**{"from": "2026-03-02", "to": "2026-03-02"})
+    long_step = "welcome-email-with-a-really-long-identifier-that-no-column-holds"
+    report["steps"][0]["step"] = long_step
+    console = Console(width=80, record=True)
+    print_report(report, console)
+    printed = console.export_text()
+    assert max(len(line) for line in printed.splitlines()) <= 80
+    emails = printed[printed.index("All leads: emails"):]
+    steps = "".join(line.split("│")[2].strip() for line in emails.splitlines() if line.startswith("│"))  # the step column, line after line
+    assert long_step in steps
+    assert "revenue 20.00 EUR net (gross 30.00, refunded 10.00 on 1 orders) from 1 orders" in " ".join(printed.split())
 
 
 # Bad requests ------------------------------------------------------------------------------

@@ -101,14 +101,34 @@ def money(value: float) -> float:
     return round(value + 0.0, 2)
 
 
-def revenue_summary(total: float, orders: int, currency: str | None) -> dict[str, Any]:
-    """Revenue, orders and average order value in one currency."""
+def revenue_summary(
+    gross: float, orders: int, currency: str | None, *, refunded: float = 0.0, refunds: int = 0, refunded_orders: int = 0, unmatched: float = 0.0,
+) -> dict[str, Any]:
+    """Revenue in one currency, net of refunds (SPEC.md: "Revenue is net of refunds").
+
+    `total` is the net revenue (gross − refunded) and `average_order` the net revenue per
+    order; `gross` and `refunded` are shown beside them, with `refunds` (refund events),
+    `refunded_orders` (distinct orders) and `unmatched_refunded`, the part of `refunded`
+    given back for orders never recorded, which still counts against the revenue.
+    """
+    net = money(net_revenue(gross, refunded))  # to the cent first: sums added in another order give the same average
     return {
-        "total": money(total),
+        "total": net,
         "orders": orders,
-        "average_order": money(total / orders) if orders else None,
+        "average_order": money(net / orders) if orders else None,
         "currency": currency,
+        "gross": money(gross),
+        "refunded": money(refunded),
+        "refunds": refunds,
+        "refunded_orders": refunded_orders,
+        "unmatched_refunded": money(unmatched),
     }
+
+
+def net_revenue(gross: float, refunded: float) -> float:
+    """What purchases brought once refunds are taken back: one rule for the revenue, the
+    per-email `revenue_7d` and the return on spend."""
+    return gross - refunded
 
 
 @dataclass(frozen=True)

@@ -105,7 +105,7 @@ def record_events(rt: Runtime, items: list[EventInput]) -> RecordResult:
         fresh = sorted(((by_key[key], event_id) for event_id, key in inserted), key=lambda pair: (pair[0]["at"], pair[1]))
         if fresh:
             _apply(session, rt, fresh, created, now)
-            counted = [event_id for row, event_id in fresh if row["type"] in ("purchase", "unsubscribed")]
+            counted = [event_id for row, event_id in fresh if row["type"] in ("purchase", "refund", "unsubscribed")]
             if counted:
                 count_events(session, ids_in(counted))
         return RecordResult(len(inserted), len(rows) - len(inserted))

@@ -8,13 +8,13 @@ report, so its starts per day are counted from its enrollments.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import date, timedelta
 from typing import Any
 
 from sqlalchemy import func, select
 
 from autofunnel.domain.model import Funnel
-from autofunnel.services.report import DEFAULT_DAYS, funnel_report, parse_report_query, period_start
+from autofunnel.services.report import DEFAULT_DAYS, day_start, funnel_report, parse_report_query, period_start
 from autofunnel.services.runtime import Runtime
 from autofunnel.store.models import Enrollment
 from autofunnel.store.queries import is_postgres
@@ -59,10 +59,9 @@ def _series(per_day: dict[str, int], start: date, days: int) -> tuple[int, ...]:
 
 
 def _sequence_starts(rt: Runtime, slug: str, start: date, end: date) -> dict[str, int]:
-    begin = datetime.combine(start, time(0), UTC)
-    stop = datetime.combine(end + timedelta(days=1), time(0), UTC)
+    begin, stop = day_start(start, rt.settings.timezone), day_start(end + timedelta(days=1), rt.settings.timezone)
     with rt.db.read() as session:
-        day = period_start(Enrollment.entered_at, "day", pg=is_postgres(session))
+        day = period_start(Enrollment.entered_at, "day", pg=is_postgres(session), zone=rt.settings.timezone)
         rows = session.execute(
             select(day, func.count())
             .where(Enrollment.flow == slug, Enrollment.kind == "sequence", Enrollment.entered_at >= begin, Enrollment.entered_at < stop)

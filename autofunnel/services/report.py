@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, Final
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import (
     ColumnElement,
@@ -36,8 +37,10 @@ from sqlalchemy import (
     and_,
     case,
     cast,
+    exists,
     func,
     literal,
+    literal_column,
     or_,
     select,
     text,
@@ -50,7 +53,7 @@ from autofunnel.domain.durations import DurationError, parse_duration
 from autofunnel.domain.model import Funnel, Send
 from autofunnel.errors import InvalidInputError
 from autofunnel.services.runtime import Runtime
-from autofunnel.services.tallies import PURCHASE_WINDOW, amount_of, before
+from autofunnel.services.tallies import PURCHASE_WINDOW, amount_of, before, currency_of, order_key, order_of, refund_of, tallies_current
 from autofunnel.store.models import Assignment, CohortTally, Delivery, Event, Lead, Spend, StageEntry
 from autofunnel.store.queries import is_postgres
 
@@ -58,12 +61,34 @@ MODES: Final = ("cohort", "calendar")
 INTERVALS: Final = ("day", "week", "month")
 GROUPINGS: Final = ("channel", "product", "segment", "region", "owner")
 DEFAULT_DAYS: Final = 30
-"""Without `from`/`to` the report covers the last 30 days, today included (UTC)."""
+"""Without `from`/`to` the report covers the last 30 days, today included (the seller's today)."""
 PARAMETERS: Final = ("from", "to", "mode", "by", "interval", "attribution", "window")
 _FIELD_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _LENGTH: Final = "*funnel length*"
 """The bucket that carries funnel-length durations through the percentile query; not a valid stage slug."""
 _PS: Final = (0.5, 0.9)
+
+
+def seller_today(rt: Runtime) -> date:
+    """Today in the seller's zone (`AUTOFUNNEL_TIMEZONE`): where a default period ends."""
+    return rt.clock.now().astimezone(ZoneInfo(rt.settings.timezone)).date()
+
+
+def day_start(day: date, zone: str) -> datetime:
+    """The UTC moment the seller's day begins (midnight in `zone`, whatever its offset that day)."""
+    return datetime.combine(day, time(0), ZoneInfo(zone)).astimezone(UTC)
+
+
+_ZONE_NAME = re.compile(r"^[A-Za-z0-9_+\-/]{1,64}$")
+
+
+def _zone_literal(zone: str) -> Any:
+    """An IANA zone name written into the SQL (PostgreSQL must see the same expression in the select
+    list and in GROUP BY); the name is checked against ZoneInfo by the settings and here again."""
+    if not _ZONE_NAME.match(zone):
+        raise ValueError(f"{zone!r} is not an IANA zone name")
+    ZoneInfo(zone)
+    return literal_column(f"'{zone}'")
 
 
 @dataclass(frozen=True)
@@ -137,7 +162,7 @@ def funnel_report(rt: Runtime, query: ReportQuery, *, count_facts: bool = False)
             # saves on queries this short (measured: 0.1–0.4 s a query at 1M leads).
             session.execute(text("SET LOCAL work_mem = '64MB'"))
             session.execute(text("SET LOCAL jit = off"))
-        return _Report(session, funnel, query, count_facts=count_facts).build()
+        return _Report(session, funnel, query, count_facts=count_facts, zone=rt.settings.timezone).build()
 
 
 Key = tuple[Any, ...]
@@ -150,7 +175,9 @@ class _Figures:
     counts: dict[Key, dict[str, list[int]]] = field(default_factory=lambda: defaultdict(dict))
     times: dict[Key, dict[str, tuple[float | None, float | None]]] = field(default_factory=lambda: defaultdict(dict))
     revenue: dict[Key, dict[str, list[float]]] = field(default_factory=lambda: defaultdict(dict))
-    steps: dict[Key, dict[tuple[str, str], list[int]]] = field(default_factory=lambda: defaultdict(dict))
+    """Per currency: `_REVENUE_FIGURES`."""
+    steps: dict[Key, dict[tuple[str, str], list[float]]] = field(default_factory=lambda: defaultdict(dict))
+    """Per stage and step: `_STEP_FIGURES`."""
 
     def slices(self) -> list[Key]:
         found = set(self.counts) | set(self.revenue) | set(self.steps)
@@ -174,21 +201,34 @@ def _add_up(source: Mapping[Key, Mapping[Any, list[Any]]], target: dict[Key, Any
                 into[index] += value
 
 
-_STEP_FIGURES: Final = ("sent", "opened", "clicked", "unsubscribed", "purchases_7d")
+_STEP_FIGURES: Final = ("sent", "opened", "clicked", "unsubscribed", "purchases_7d", "gross_7d", "refunded_7d")
+_REVENUE_FIGURES: Final = ("gross", "orders", "customers", "refunded", "refunds", "refunded_orders")
 
 
 def _tally_into(figures: _Figures, key: Key, figure: str, stage: str, step: str, detail: str, n: int, amount: float) -> None:
     """Add one tally row to the figures of one slice, in the shape the fact-counting queries give."""
     if figure in ("reached", "skipped"):
         figures.counts[key].setdefault(stage, [0, 0])[figure == "skipped"] += n
-    elif figure in _STEP_FIGURES:
-        figures.steps[key].setdefault((stage, step), [0] * len(_STEP_FIGURES))[_STEP_FIGURES.index(figure)] += n
-    elif figure == "revenue":
-        into = figures.revenue[key].setdefault(detail, [0.0, 0, 0])
-        into[0] += amount
-        into[1] += n
-    elif figure == "customers":
-        figures.revenue[key].setdefault(detail, [0.0, 0, 0])[2] += n
+    elif figure in _STEP_FIGURES or figure == "refunds_7d":
+        into = figures.steps[key].setdefault((stage, step), [0] * len(_STEP_FIGURES))
+        if figure == "refunds_7d":
+            into[6] += amount
+        else:
+            into[_STEP_FIGURES.index(figure)] += n
+        if figure == "purchases_7d":
+            into[5] += amount
+    elif figure in ("revenue", "customers", "refunded", "refunded_orders"):
+        into = figures.revenue[key].setdefault(detail, [0.0] + [0] * (len(_REVENUE_FIGURES) - 1))
+        if figure == "revenue":
+            into[0] += amount
+            into[1] += n
+        elif figure == "customers":
+            into[2] += n
+        elif figure == "refunded":
+            into[3] += amount
+            into[4] += n
+        else:
+            into[5] += n
 
 
 def _period_start(day: date, unit: str) -> str:
@@ -200,10 +240,13 @@ def _period_start(day: date, unit: str) -> str:
     return day.isoformat()
 
 
-def period_start(moment: Any, unit: str, *, pg: bool) -> ColumnElement[str]:
-    """The first day of the day, week or month a moment falls in, as 'YYYY-MM-DD', in SQL (weeks start on Monday)."""
+def period_start(moment: Any, unit: str, *, pg: bool, zone: str = "UTC") -> ColumnElement[str]:
+    """The first day of the day, week or month a moment falls in, in the seller's `zone`, as
+    'YYYY-MM-DD', in SQL (weeks start on Monday)."""
     if pg:
-        return func.to_char(func.date_trunc(unit, func.timezone("UTC", moment)), "YYYY-MM-DD")
+        return func.to_char(func.date_trunc(unit, func.timezone(_zone_literal(zone), moment)), "YYYY-MM-DD")
+    if zone != "UTC":
+        moment = func.autofunnel_local_time(moment, _zone_literal(zone))
     if unit == "day":
         return func.date(moment, type_=String)
     if unit == "week":
@@ -212,17 +255,20 @@ def period_start(moment: Any, unit: str, *, pg: bool) -> ColumnElement[str]:
 
 
 class _Report:
-    def __init__(self, session: Session, funnel: Funnel, query: ReportQuery, *, count_facts: bool = False) -> None:
+    def __init__(self, session: Session, funnel: Funnel, query: ReportQuery, *, count_facts: bool = False, zone: str = "UTC") -> None:
         self.session = session
         self.funnel = funnel
         self.q = query
         self.pg = is_postgres(session)
-        self.start = datetime.combine(query.start, time(0), UTC)
-        self.stop = datetime.combine(query.end + timedelta(days=1), time(0), UTC)
+        self.zone = zone
+        self.start = day_start(query.start, zone)
+        self.stop = day_start(query.end + timedelta(days=1), zone)
         self.stages = [stage.name for stage in funnel.stages]
-        # A cohort report, whole or by channel, is added up from the running tallies;
-        # other slicings (calendar days, lead fields, products) count the stored facts.
-        self.tallied = query.mode == "cohort" and query.by in (None, "channel") and not count_facts
+        self._known_products: list[str] | None = None
+        # A cohort report, whole or by channel, is added up from the running tallies, which are
+        # kept per UTC day; other slicings (calendar days, lead fields, products), and every
+        # report in another zone than UTC, count the stored facts.
+        self.tallied = query.mode == "cohort" and query.by in (None, "channel") and not count_facts and zone == "UTC" and tallies_current(session)
 
     # Assembling -------------------------------------------------------------------
 
@@ -242,16 +288,18 @@ class _Report:
                 whole.times = self._times(grouped=False, periodic=False)
             else:
                 whole = self._figures(grouped=False, periodic=False)
+        unmatched = self._unmatched_refunds() if any(figures[4] for figures in whole.revenue.get((), {}).values()) else []
         body: dict[str, Any] = {
             "funnel": self.funnel.slug, "mode": q.mode, "from": q.start.isoformat(), "to": q.end.isoformat(),
             "by": q.by, "interval": q.interval,
-            **self._section(whole, ()),
+            **self._section(whole, (), unmatched),
+            "unmatched_refunds": unmatched,
             "holdout": self._holdout(),
             "variants": self._variants(),
             "spend": self._spend(whole, ()),
         }
         if q.attribution:
-            body["attribution"] = self._attribution()
+            body["attribution"] = self._attribution(whole)
         if grouped is not None:
             body["groups"] = [
                 {"by": q.by, "value": key[0], **self._section(grouped, key), **({"spend": self._spend(grouped, key)} if q.by == "channel" else {})}
@@ -261,7 +309,7 @@ class _Report:
             body["periods"] = [{"period": key[0], **self._section(periods, key)} for key in periods.slices()]
         return body
 
-    def _section(self, figures: _Figures, key: Key) -> dict[str, Any]:
+    def _section(self, figures: _Figures, key: Key, unmatched: list[dict[str, Any]] | None = None) -> dict[str, Any]:
         counts = figures.counts.get(key, {})
         times = figures.times.get(key, {})
         stages = math.funnel_stages(
@@ -272,9 +320,18 @@ class _Report:
         )
         length = times.get(_LENGTH, (None, None))
         revenue = figures.revenue.get(key, {})
+        given_back: dict[str | None, float] = defaultdict(float)
+        for row in unmatched or []:
+            given_back[row["currency"]] += row["amount"]
         by_currency = [
-            {**math.revenue_summary(total, int(orders), currency or None), "customers": int(customers)}
-            for currency, (total, orders, customers) in sorted(revenue.items(), key=lambda item: -item[1][0])
+            {
+                **math.revenue_summary(
+                    gross, int(orders), currency or None, refunded=refunded, refunds=int(refunds), refunded_orders=int(orders_refunded),
+                    unmatched=given_back[currency or None],
+                ),
+                "customers": int(customers),
+            }
+            for currency, (gross, orders, customers, refunded, refunds, orders_refunded) in sorted(revenue.items(), key=lambda item: -item[1][0])
         ]
         return {
             "stages": stages,
@@ -285,16 +342,16 @@ class _Report:
             "steps": self._steps_json(figures.steps.get(key, {})),
         }
 
-    def _steps_json(self, steps: Mapping[tuple[str, str], list[int]]) -> list[dict[str, Any]]:
+    def _steps_json(self, steps: Mapping[tuple[str, str], list[float]]) -> list[dict[str, Any]]:
         """One row per `send` step of the funnel, in the funnel's order, then any step no longer in it."""
         order = [(stage.name, step.id) for stage in self.funnel.stages for step in stage.steps if isinstance(step.action, Send)]
         order += sorted(set(steps) - set(order))
         rows = []
         for stage, step in order:
-            sent, opened, clicked, unsubscribed, purchases = steps.get((stage, step), [0, 0, 0, 0, 0])
+            sent, opened, clicked, unsubscribed, purchases, gross, refunded = steps.get((stage, step), [0] * len(_STEP_FIGURES))
             rows.append({
-                "stage": stage, "step": step, "sent": sent, "opened": opened, "clicked": clicked,
-                "unsubscribed": unsubscribed, "purchases_7d": purchases,
+                "stage": stage, "step": step, "sent": int(sent), "opened": int(opened), "clicked": int(clicked),
+                "unsubscribed": int(unsubscribed), "purchases_7d": int(purchases), "revenue_7d": math.money(math.net_revenue(gross, refunded)),
                 "open_rate": math.fraction(opened, sent), "click_rate": math.fraction(clicked, sent),
             })
         return rows
@@ -305,7 +362,7 @@ class _Report:
         return and_(moment >= self.start, moment < self.stop)
 
     def _period(self, moment: Any) -> ColumnElement[str]:
-        return period_start(moment, self.q.interval or "day", pg=self.pg)
+        return period_start(moment, self.q.interval or "day", pg=self.pg, zone=self.zone)
 
     def _lead_group(self) -> Any:
         """The value a lead is grouped by: a lead field, or its owner (channels are kept on stage entries)."""
@@ -329,12 +386,19 @@ class _Report:
             if self.q.by == "product" and product is not None:
                 keys.append(product)
             elif self.q.by == "product":
-                bought = (
-                    select(Event.lead_id, Event.properties["product"].as_string().label("product"))
-                    .where(Event.type == "purchase").distinct().subquery("bought")
-                )
-                stmt = stmt.outerjoin_from(rows, bought, bought.c.lead_id == rows.lead_id)
-                keys.append(bought.c.product)
+                # Each lead once per product it bought, `null` for a lead that bought nothing (or
+                # something without a product): a join to the few products, each tried with an
+                # index lookup of the lead's events. Joining a DISTINCT over all purchases
+                # instead made SQLite compare every row with every purchase (> 12 min at 100k leads).
+                products = self._products()
+                e = aliased(Event, name="bought")
+                product = e.properties["product"].as_string()
+                mine = and_(e.lead_id == rows.lead_id, e.type == "purchase")
+                stmt = stmt.join_from(rows, products, or_(
+                    and_(products.c.product.is_not(None), exists().where(mine, product == products.c.product)),
+                    and_(products.c.product.is_(None), or_(exists().where(mine, product.is_(None)), ~exists().where(mine))),
+                ))
+                keys.append(products.c.product)
             elif self.q.by == "channel" and rows is StageEntry:
                 keys.append(StageEntry.channel)
             elif self.q.by == "channel":
@@ -348,6 +412,17 @@ class _Report:
             keys.append(self._period(moment))
         labelled = [key.label(f"k{index}") for index, key in enumerate(keys)]
         return stmt.add_columns(*labelled).group_by(*keys), labelled
+
+    def _products(self) -> Any:
+        """Every product ever bought, and `null`, as a small table to split the leads by."""
+        if self._known_products is None:
+            found = self.session.scalars(
+                select(Event.properties["product"].as_string()).where(Event.type == "purchase", Event.properties["product"].as_string().is_not(None)).distinct()
+            )
+            self._known_products = sorted(str(name) for name in found)
+        parts = [select(literal(name, String).label("product")) for name in self._known_products]
+        parts.append(select(cast(literal(None), String).label("product")))
+        return union_all(*parts).subquery("products")
 
     def _first_stage(self) -> Any:
         """The lead's first-stage row: who is in the funnel, and since when."""
@@ -538,7 +613,43 @@ class _Report:
         stmt, keys = self._keyed(stmt, p, moment, grouped=grouped, periodic=periodic, product=p.properties["product"].as_string())
         for row in self.session.execute(stmt):
             key = tuple(row._mapping[k.name] for k in keys)
-            figures.revenue[key][row.currency] = [float(row.total or 0), int(row.orders), int(row.customers)]
+            figures.revenue[key][row.currency] = [float(row.total or 0), int(row.orders), int(row.customers), 0.0, 0, 0]
+        # Refunds by the same leads, counted by their own moment like a purchase: whether or not
+        # the order they give money back for was ever recorded.
+        r = self._refunds()
+        refund_currency = currency_of(r)
+        stmt = select(
+            refund_currency.label("currency"), func.sum(amount_of(self.session, r)).label("total"), func.count().label("refunds"),
+            func.count(order_key(r).distinct()).label("orders"),
+        ).select_from(r).where(r.type == "refund").group_by(refund_currency)
+        stmt, moment = self._joined_first(stmt, r, r.at)
+        stmt, keys = self._keyed(stmt, r, moment, grouped=grouped, periodic=periodic, product=r.properties["product"].as_string())
+        for row in self.session.execute(stmt):
+            key = tuple(row._mapping[k.name] for k in keys)
+            into = figures.revenue[key].setdefault(row.currency, [0.0, 0, 0, 0.0, 0, 0])
+            into[3:] = [float(row.total or 0), int(row.refunds), int(row.orders)]
+
+    def _refunds(self) -> Any:
+        return aliased(Event, name="r")
+
+    def _unmatched_refunds(self) -> list[dict[str, Any]]:
+        """The report's refunds of orders never recorded (no purchase of the lead has that
+        `order_id`): they count against the revenue all the same, and are listed here."""
+        r, p = self._refunds(), self._purchases()
+        stmt = (
+            select(r.id, r.lead_id, r.at, order_of(r).label("order_id"), amount_of(self.session, r).label("amount"), currency_of(r).label("currency"))
+            .select_from(r)
+            .where(r.type == "refund", ~select(p.id).where(p.type == "purchase", refund_of(r, p)).exists())
+            .order_by(r.at, r.id)
+        )
+        stmt, _ = self._joined_first(stmt, r, r.at)
+        return [
+            {
+                "lead_id": row.lead_id, "order_id": None if row.order_id is None else str(row.order_id), "at": row.at.astimezone(UTC).isoformat(),
+                "amount": math.money(float(row.amount or 0)), "currency": row.currency or None,
+            }
+            for row in self.session.execute(stmt)
+        ]
 
     def _sent(self, columns: Iterable[Any], grouped: bool, periodic: bool, join: Callable[[Select[Any]], Select[Any]] | None = None) -> Any:
         """Emails of this funnel that were sent to the report's leads, with `columns` per step."""
@@ -557,29 +668,43 @@ class _Report:
 
     def _count_steps(self, figures: _Figures, grouped: bool, periodic: bool) -> None:
         # Sent, opened and clicked by people (bots never set opened_at/clicked_at), the
-        # unsubscribes made from each email, and purchases within 7 days of it.
+        # unsubscribes made from each email, and purchases within 7 days of it with their
+        # amount and the refunds of those purchases (revenue_7d is net).
         d = Delivery
         for key, step, row in self._sent([func.count().label("sent"), func.count(d.opened_at).label("opened"), func.count(d.clicked_at).label("clicked")], grouped, periodic):
-            figures.steps[key][step] = [int(row.sent), int(row.opened), int(row.clicked), 0, 0]
-        u, p = aliased(Event, name="u"), self._purchases()
-        followed = (
-            (3, lambda stmt: stmt.join_from(d, u, and_(u.lead_id == d.lead_id, u.type == "unsubscribed", u.properties["delivery"].as_integer() == d.id))),
-            (4, lambda stmt: stmt.join_from(d, p, and_(p.lead_id == d.lead_id, p.type == "purchase", p.at >= d.sent_at, before(self.session, p.at, d.sent_at, PURCHASE_WINDOW)))),
-        )
-        for index, join in followed:
-            for key, step, row in self._sent([func.count().label("n")], grouped, periodic, join):
-                figures.steps[key].setdefault(step, [0] * 5)[index] = int(row.n)
+            figures.steps[key][step] = [int(row.sent), int(row.opened), int(row.clicked), 0, 0, 0.0, 0.0]
+        u, p, r = aliased(Event, name="u"), self._purchases(), self._refunds()
+        after = and_(p.lead_id == d.lead_id, p.type == "purchase", p.at >= d.sent_at, before(self.session, p.at, d.sent_at, PURCHASE_WINDOW))
+        followed: list[tuple[list[int], list[Any], Callable[[Select[Any]], Select[Any]]]] = [
+            ([3], [func.count()], lambda stmt: stmt.join_from(d, u, and_(u.lead_id == d.lead_id, u.type == "unsubscribed", u.properties["delivery"].as_integer() == d.id))),
+            ([4, 5], [func.count(), func.sum(amount_of(self.session, p))], lambda stmt: stmt.join_from(d, p, after)),
+            ([6], [func.sum(amount_of(self.session, r))], lambda stmt: stmt.join_from(d, p, after).join(r, refund_of(r, p))),
+        ]
+        for indexes, columns, join in followed:
+            for key, step, row in self._sent([column.label(f"f{index}") for index, column in zip(indexes, columns, strict=True)], grouped, periodic, join):
+                into = figures.steps[key].setdefault(step, [0, 0, 0, 0, 0, 0.0, 0.0])
+                for index in indexes:
+                    into[index] = row._mapping[f"f{index}"] or 0
 
     # Holdout and variants -------------------------------------------------------------
 
     def _holdout(self) -> dict[str, Any] | None:
-        # Per holdout group (treated / held_out), how many of the period's cohort reached each stage.
-        t = CohortTally
-        stmt = (
-            select(t.detail, t.stage, func.sum(t.n))
-            .where(t.funnel == self.funnel.slug, t.figure == "holdout", t.cohort_day >= self.q.start, t.cohort_day <= self.q.end)
-            .group_by(t.detail, t.stage)
-        )
+        # Per holdout group (treated / held_out), how many of the period's cohort reached each stage:
+        # from the tallies (UTC days), or in another zone from the stage entries.
+        t, a, e = CohortTally, Assignment, StageEntry
+        if self.zone == "UTC":
+            stmt = (
+                select(t.detail, t.stage, func.sum(t.n))
+                .where(t.funnel == self.funnel.slug, t.figure == "holdout", t.cohort_day >= self.q.start, t.cohort_day <= self.q.end)
+                .group_by(t.detail, t.stage)
+            )
+        else:
+            stmt = (
+                select(a.value, e.stage, func.count())
+                .join(a, and_(a.lead_id == e.lead_id, a.flow == e.funnel, a.name == "holdout"))
+                .where(e.funnel == self.funnel.slug, self._in_period(e.cohort_at))
+                .group_by(a.value, e.stage)
+            )
         counts: dict[str, dict[str, int]] = defaultdict(dict)
         for value, stage, n in self.session.execute(stmt):
             counts[value][stage] = int(n)
@@ -649,26 +774,29 @@ class _Report:
         leads = figures.counts.get(key, {}).get(self.stages[0], [0, 0])[0]
         revenue = figures.revenue.get(key, {})
         customers = sum(int(values[2]) for values in revenue.values())
+        net = {cur: math.net_revenue(values[0], values[3]) for cur, values in revenue.items()}
         return [
-            {"currency": currency, **math.spend_figures(amount, leads, customers, revenue.get(currency, [0.0])[0])}
+            {"currency": currency, **math.spend_figures(amount, leads, customers, net.get(currency, 0.0))}
             for currency, amount in sorted(spent.items())
         ]
 
-    def _attribution(self) -> dict[str, Any]:
-        """Revenue shared out to channels and to emails under the asked model; each total is the revenue.
+    def _attribution(self, whole: _Figures) -> dict[str, Any]:
+        """Net revenue shared out to channels and to emails under the asked model; each total is the net revenue.
 
         Channels: every source the lead was seen with (its subscriptions) before the
         purchase. Emails: every email of this funnel a person clicked within `window`
-        before it. Revenue with no touch is shown against `null`.
+        before it. Each purchase is shared at its net amount (less the refunds of its
+        order); revenue with no touch, and refunds of orders outside the report, are
+        shown against `null`.
         """
-        p = self._purchases()
+        p, r = self._purchases(), self._refunds()
         currency = func.coalesce(p.properties["currency"].as_string(), "")
-        purchases = select(p.id.label("pid"), p.lead_id, p.at, amount_of(self.session, p).label("amount"), currency.label("currency")).where(p.type == "purchase")
+        refunded = select(func.coalesce(func.sum(amount_of(self.session, r)), 0.0)).where(refund_of(r, p)).scalar_subquery()
+        net = (amount_of(self.session, p) - refunded).label("amount")
+        purchases = select(p.id.label("pid"), p.lead_id, p.at, net, currency.label("currency")).where(p.type == "purchase")
         purchases, _ = self._joined_first(purchases, p, p.at)
         bought = purchases.subquery("bought")
-        totals: dict[str, float] = defaultdict(float)
-        for row in self.session.execute(select(bought.c.currency, func.sum(bought.c.amount)).group_by(bought.c.currency)):
-            totals[row[0]] += float(row[1] or 0)
+        totals = {cur: math.net_revenue(figures[0], figures[3]) for cur, figures in whole.revenue.get((), {}).items()}
 
         s = aliased(Event, name="s")
         channel = func.coalesce(s.properties["source"]["channel"].as_string(), s.properties["source"]["utm_source"].as_string())

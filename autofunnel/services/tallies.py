@@ -22,9 +22,18 @@ What the figures count (`figure`, with `stage`, `step`, `detail`):
 - `sent`, `opened`, `clicked`, `unsubscribed`, `purchases_7d` per stage and step:
   emails of the funnel sent to its leads, first human opens and clicks of them,
   unsubscribes made from them, purchases within 7 days after them.
+  `purchases_7d` also carries the purchases' gross `amount`, and `refunds_7d`
+  (`n` refunds, `amount`) the refunds of those purchases: `revenue_7d` is the difference.
 - `revenue` per currency (`detail`): `n` orders, `amount` their total, by the
   funnel's leads after they entered it; `customers` per currency: leads with at
   least one such purchase.
+- `refunded` per currency: `n` refund events, `amount` their total, by the
+  funnel's leads after they entered it (the order need not be known: a refund counts
+  like a negative purchase); `refunded_orders` per currency: distinct orders refunded.
+
+A refund belongs to the purchase of the same lead with the same `order_id` (see
+`refund_of`); a refund, its purchase and an email before the purchase are counted
+for `refunds_7d` by whichever of the three is written last.
 
 Writers only ever insert rows, never update one, so concurrent transactions
 never queue on a hot row; `fold_tallies` merges them in the background.
@@ -68,7 +77,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session, aliased
 
-from autofunnel.store.models import Assignment, CohortTally, Delivery, Event, StageEntry
+from autofunnel.store.models import Assignment, CohortTally, Delivery, Event, StageEntry, TallyState
 from autofunnel.store.queries import Executor, chunks, is_postgres
 from autofunnel.store.types import UTCDateTime
 
@@ -136,6 +145,23 @@ def amount_of(session: Session, event: Any) -> ColumnElement[float]:
 
 def currency_of(event: Any) -> ColumnElement[str]:
     return func.coalesce(event.properties["currency"].as_string(), "")
+
+
+def order_of(event: Any) -> ColumnElement[Any]:
+    """A purchase's or refund's `order_id`, as stored (text or number)."""
+    return event.properties["order_id"].as_string()
+
+
+def refund_of(refund: Any, purchase: Any) -> ColumnElement[bool]:
+    """`refund` (an event of type refund) gives money back for `purchase`: the same lead and order."""
+    return and_(refund.lead_id == purchase.lead_id, refund.type == "refund", order_of(refund) == order_of(purchase))
+
+
+def order_key(refund: Any) -> ColumnElement[str]:
+    """Which order a refund is about, to count refunded orders: its lead and `order_id`; a refund
+    without one is an order of its own."""
+    order = func.coalesce(cast(order_of(refund), String), literal("#") + cast(refund.id, String))
+    return cast(refund.lead_id, String) + literal(":") + order
 
 
 def before(session: Executor, later: Any, earlier: Any, span: timedelta) -> ColumnElement[bool]:
@@ -256,12 +282,19 @@ def count_sent_email(session: Executor, delivery_id: int, lead_id: int, sent_at:
     """
     e = Event
     email = SimpleNamespace(id=literal(delivery_id), lead_id=literal(lead_id), sent_at=literal(sent_at, UTCDateTime()))
-    followers = [] if not cohort.followed else session.execute(
-        select(e.type, func.count()).where(e.lead_id == lead_id, or_(_purchase_after(session, e, email), _unsubscribe_from(e, email))).group_by(e.type)
-    ).all()
-    counts = [(figure, 1) for figure in figures] + [("purchases_7d" if kind == "purchase" else "unsubscribed", int(n)) for kind, n in followers]
+    counts: list[tuple[str, int, float]] = [(figure, 1, 0.0) for figure in figures]
+    if cohort.followed:
+        r = aliased(Event, name="r")
+        followed = union_all(
+            select(e.type.label("kind"), func.count().label("n"), func.sum(amount_of(session, e)).label("amount"))
+            .where(e.lead_id == lead_id, or_(_purchase_after(session, e, email), _unsubscribe_from(e, email))).group_by(e.type),
+            select(literal("refund").label("kind"), func.count(), func.sum(amount_of(session, r)))
+            .select_from(e).join(r, refund_of(r, e)).where(e.lead_id == lead_id, _purchase_after(session, e, email)),
+        )
+        names = {"purchase": "purchases_7d", "unsubscribed": "unsubscribed", "refund": "refunds_7d"}
+        counts += [(names[kind], int(n), float(amount or 0.0) if kind != "unsubscribed" else 0.0) for kind, n, amount in session.execute(followed) if n]
     where = _sent_email_tally_key(funnel, cohort, stage, step)
-    session.execute(insert(CohortTally.__table__), [{**where, "figure": figure, "detail": "", "n": n, "amount": 0.0} for figure, n in counts])
+    session.execute(insert(CohortTally.__table__), [{**where, "figure": figure, "detail": "", "n": n, "amount": amount} for figure, n, amount in counts])
 
 
 def _sent_email_tally_key(funnel: str, cohort: Cohort, stage: str, step: str) -> dict[str, Any]:
@@ -320,7 +353,8 @@ def _purchase_after(session: Executor, p: Any, d: Any) -> ColumnElement[bool]:
 
 
 def count_events(session: Session, scope: Scope, *, funnel: str | None = None) -> None:
-    """Events in `scope`: purchases (revenue, orders, customers, and the emails they followed) and unsubscribes from emails.
+    """Events in `scope`: purchases (revenue, orders, customers, and the emails they followed),
+    refunds (refunded, refunded orders, and the emails their purchases followed) and unsubscribes from emails.
 
     A purchase counts for every funnel its lead had entered by then (or only for
     `funnel`). A lead becomes a customer with its first counted purchase in a
@@ -350,13 +384,30 @@ def _event_parts(session: Session, scope: Scope, one_funnel: bool) -> list[Selec
         select(*_rows(session, s0.funnel, s0.cohort_at, s0.channel, "customers", blank, blank, currency_of(p), func.count(p.lead_id.distinct())))
         .select_from(p).join(s0, on_s0(p)).where(*bought, ~counted_before).group_by(BY_KEY)
     )
+    r = aliased(Event, name="r")
+    s2, on_s2 = _purchasers_stage(funnel)
+    refunded = (r.type == "refund", scope(r), r.at >= s2.entered_at)
+    earlier_refund = aliased(Event, name="earlier_refund")
+    order_counted_before = exists().where(
+        earlier_refund.lead_id == r.lead_id, earlier_refund.type == "refund", order_of(earlier_refund) == order_of(r),
+        currency_of(earlier_refund) == currency_of(r), earlier_refund.at >= s2.entered_at, ~scope(earlier_refund),
+    )
+    refunds = (
+        select(*_rows(session, s2.funnel, s2.cohort_at, s2.channel, "refunded", blank, blank, currency_of(r), func.count(), func.sum(amount_of(session, r))))
+        .select_from(r).join(s2, on_s2(r)).where(*refunded).group_by(BY_KEY)
+    )
+    refunded_orders = (
+        select(*_rows(session, s2.funnel, s2.cohort_at, s2.channel, "refunded_orders", blank, blank, currency_of(r), func.count(order_key(r).distinct())))
+        .select_from(r).join(s2, on_s2(r)).where(*refunded, ~order_counted_before).group_by(BY_KEY)
+    )
     d = Delivery
     s1, on_s1 = _first_stage(d)
     u = aliased(Event, name="u")
     followed = []
     for figure, event, on in (("unsubscribed", u, _unsubscribe_from(u, d)), ("purchases_7d", p, _purchase_after(session, p, d))):
+        amount = func.sum(amount_of(session, p)) if figure == "purchases_7d" else None
         stmt = (
-            select(*_rows(session, d.flow, s1.cohort_at, s1.channel, figure, d.stage, d.step_id, blank, func.count()))
+            select(*_rows(session, d.flow, s1.cohort_at, s1.channel, figure, d.stage, d.step_id, blank, func.count(), amount))
             .select_from(event).join(d, on).join(s1, on_s1)
             .where(scope(event), d.kind == "email", d.status == "sent")
             .group_by(BY_KEY)
@@ -364,7 +415,19 @@ def _event_parts(session: Session, scope: Scope, one_funnel: bool) -> list[Selec
         if funnel is not None:
             stmt = stmt.where(d.flow == funnel)
         followed.append(stmt)
-    return [revenue, customers, *followed]
+    # A refund of a purchase that followed an email: counted with the refund when the purchase is
+    # already stored, else with the purchase (the refunds stored before it, outside the scope).
+    for counted, outside in ((r, None), (p, r)):
+        stmt = (
+            select(*_rows(session, d.flow, s1.cohort_at, s1.channel, "refunds_7d", d.stage, d.step_id, blank, func.count(), func.sum(amount_of(session, r))))
+            .select_from(r).join(p, refund_of(r, p)).join(d, _purchase_after(session, p, d)).join(s1, on_s1)
+            .where(scope(counted), d.kind == "email", d.status == "sent", *([~scope(outside)] if outside is not None else []))
+            .group_by(BY_KEY)
+        )
+        if funnel is not None:
+            stmt = stmt.where(d.flow == funnel)
+        followed.append(stmt)
+    return [revenue, customers, refunds, refunded_orders, *followed]
 
 
 def _purchasers_stage(funnel: Any) -> tuple[Any, Callable[[Any], ColumnElement[bool]]]:
@@ -394,6 +457,24 @@ def rebuild_tallies(session: Session) -> None:
     count_emails(session, everything)
     count_events(session, everything)
     fold_tallies(session)
+
+
+def tallies_current(session: Session) -> bool:
+    """Whether the tallies count every figure of this version (see migration 0013): if not, the
+    report counts the stored facts until `recount_tallies` has run."""
+    return not session.scalar(select(TallyState.recount_needed).where(TallyState.id == 1))
+
+
+def recount_tallies(session: Session, progress: Callable[[str], None] = lambda _: None) -> None:
+    """`rebuild_tallies`, telling `progress` each part as it starts, then marked current."""
+    session.execute(delete(CohortTally))
+    for name, count in (("stage entries", count_stage_entries), ("emails", count_emails), ("purchases, refunds and unsubscribes", count_events)):
+        progress(name)
+        count(session, everything)
+    progress("folding")
+    fold_tallies(session)
+    session.execute(delete(TallyState))
+    session.execute(insert(TallyState), [{"id": 1, "recount_needed": False}])
 
 
 def fold_tallies(session: Session, *, limit: int = 100_000) -> int:

@@ -7,13 +7,16 @@ database and tests can point each case at its own.
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 try:
     import fcntl
@@ -103,10 +106,27 @@ def _tune_sqlite(engine: Engine, *, foreign_keys: bool) -> None:
         finally:
             cursor.close()
 
+        dbapi_connection.create_function("autofunnel_local_time", 2, local_time, deterministic=True)
+
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Connection) -> None:
         mode = connection.get_execution_options().get(_SQLITE_BEGIN, "")
         connection.exec_driver_sql(f"BEGIN {mode}".strip())
+
+
+@functools.lru_cache(maxsize=64)
+def _zone(name: str) -> ZoneInfo:
+    return ZoneInfo(name)
+
+
+def local_time(stored: str | None, zone: str) -> str | None:
+    """SQLite's `autofunnel_local_time(moment, zone)`: a stored UTC moment as the wall-clock time
+    in an IANA zone ('YYYY-MM-DD HH:MM:SS'), for `date()` and `strftime()` to cut into the seller's
+    days; SQLite itself knows only UTC and the machine's own zone."""
+    if stored is None:
+        return None
+    moment = datetime.fromisoformat(stored).replace(tzinfo=UTC)
+    return moment.astimezone(_zone(zone)).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def writer(engine: Engine) -> Engine:

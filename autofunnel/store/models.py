@@ -324,6 +324,16 @@ class CohortTally(Base):
     folded: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
+class TallyState(Base):
+    """One row: whether `cohort_tallies` must be counted again before reports trust them
+    (after an upgrade that added figures; `autofunnel report recount` clears it)."""
+
+    __tablename__ = "tally_state"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    recount_needed: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+
+
 class Assignment(Base):
     """A random pick (A/B variant, holdout) made once per lead and kept."""
 

@@ -19,7 +19,7 @@ from autofunnel.services.credentials import verify_api_key
 from autofunnel.services.events import record_events
 from autofunnel.services.inputs import parse_events, parse_subscribe
 from autofunnel.services.leads import erase_lead, lead_view, subscribe
-from autofunnel.services.report import funnel_report, parse_report_query
+from autofunnel.services.report import funnel_report, parse_report_query, seller_today
 from autofunnel.services.runtime import Runtime
 from autofunnel.services.status import health as system_health
 from autofunnel.services.spend import add_spend, parse_spend
@@ -113,7 +113,7 @@ def delete_lead(key: str) -> Response:
 @api.get("/reports/<funnel>")
 def get_report(funnel: str) -> Response:
     rt = runtime()
-    query = parse_report_query(funnel, request.args.to_dict(), rt.clock.now().date())
+    query = parse_report_query(funnel, request.args.to_dict(), seller_today(rt))
     return jsonify(funnel_report(rt, query))
 
 

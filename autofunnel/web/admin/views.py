@@ -24,7 +24,7 @@ from autofunnel.services.plan import edit_plan
 from autofunnel.services.preview import Preview, flow_templates, preview_email, send_test_email
 from autofunnel.services.project import project_problems
 from autofunnel.services.reload import validation_of
-from autofunnel.services.report import PARAMETERS, funnel_report, parse_report_query
+from autofunnel.services.report import PARAMETERS, funnel_report, parse_report_query, seller_today
 from autofunnel.services.runtime import Runtime
 from autofunnel.services.senders import tracks_opens
 from autofunnel.services.spend import add_spend, list_spend, parse_spend, set_spend
@@ -120,7 +120,7 @@ def logout() -> Response:
 @login_required
 def home() -> str:
     rt = runtime()
-    summaries = flow_summaries(rt, rt.clock.now().date())
+    summaries = flow_summaries(rt, seller_today(rt))
     broker, work = system_status(rt)
     lines = {s.slug: charts.sparkline(s.daily) for s in summaries}
     return render_template("admin/home.html", summaries=summaries, lines=lines, broker=broker, work=work,
@@ -153,7 +153,7 @@ def _report(slug: str) -> tuple[Funnel, dict[str, Any], dict[str, str]]:
     if not isinstance(flow, Funnel):
         abort(404)
     params = _report_params()
-    return flow, funnel_report(rt, parse_report_query(slug, params, rt.clock.now().date())), params
+    return flow, funnel_report(rt, parse_report_query(slug, params, seller_today(rt))), params
 
 
 @admin.get("/funnels/<slug>")
