@@ -3,9 +3,10 @@
 The file is streamed and imported a chunk at a time, each chunk one
 transaction written with the same bulk inserts as event ingestion, so a
 million rows take flat memory and a crash loses at most the chunk in flight.
-Every lead the import enters is entered the way `subscribe` enters one (stage
-entry, `subscribed` event, holdout draw, enrollment, tallies), so a double
-opt-in funnel keeps it `pending` like any new subscriber.
+Every lead the import enters goes through `entry.enter_first_stage`, the rule
+`subscribe` uses for one lead (stage entry, `subscribed` event, holdout draw,
+enrollment, confirmation email under double opt-in, tallies), so an imported
+lead is pending and asked to confirm like any new subscriber.
 
 Running the same file again adds only what is missing: a lead already in the
 funnel is not entered again, and a lead this file created remembers the line
@@ -24,21 +25,18 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from sqlalchemy import BigInteger, any_, bindparam, select
-from sqlalchemy.dialects import postgresql
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from autofunnel.domain.engine import SUPPRESSED
 from autofunnel.domain.model import Funnel
 from autofunnel.errors import InvalidInputError
-from autofunnel.services.enrollments import new_enrollment, timeline_row, write_timeline
+from autofunnel.services.entry import Entrant, enter_first_stage
 from autofunnel.services.inputs import SOURCE_KEYS, normalize_email, parse_timezone
 from autofunnel.services.leads import lead_channel
 from autofunnel.services.runtime import Runtime
-from autofunnel.services.tallies import Scope, count_events, count_stage_entries, ids_in, of_lead
-from autofunnel.services.versions import current_version_ids
-from autofunnel.store.models import Assignment, Enrollment, Event, Lead, StageEntry
-from autofunnel.store.queries import among, bulk_insert, bulk_update, chunks, insert_returning, is_postgres
+from autofunnel.store.models import Lead, StageEntry
+from autofunnel.store.queries import among, bulk_update, chunks, insert_returning
 
 KNOWN_COLUMNS = ("email", "first_name", "timezone", "owner", "tags")
 CHUNK_ROWS = 2000
@@ -267,8 +265,8 @@ def _enter(session: Session, rt: Runtime, flow: Funnel, file_name: str, rows: li
     stamp = now.isoformat().replace("+00:00", "Z")
     created: dict[str, int] = {}
     missing = [row for row in rows if row.email not in known]
+    status = "pending" if double_opt_in else "active"
     if write and missing:
-        status = "pending" if double_opt_in else "active"
         written = insert_returning(session, Lead.__table__, [
             {
                 "email": row.email, "first_name": row.first_name, "fields": row.fields, "tags": row.tags, "timezone": row.timezone,
@@ -306,69 +304,24 @@ def _enter(session: Session, rt: Runtime, flow: Funnel, file_name: str, rows: li
             else:
                 outcome.already += 1
             continue
-        entering.append((row, lead.id, {"source": lead.source}))
+        entering.append((row, lead.id, {"source": lead.source, "status": lead.status}))
         merges.append(_merged(lead, row, now))
     outcome.imported = len(entering)
     if not write or not entering:
         return outcome
     bulk_update(session, Lead.__table__, merges)
-    lead_rows = [(row, lead_id, known_lead) for row, lead_id, known_lead in entering if lead_id is not None]
-    channel_of = {
-        lead_id: lead_channel(known_lead["source"] if known_lead is not None and known_lead["source"] else row.source)
-        for row, lead_id, known_lead in lead_rows
-    }
-    entered = insert_returning(session, StageEntry.__table__, [
-        {
-            "lead_id": lead_id, "funnel": flow.slug, "stage": first.name, "position": 0, "entered_at": now, "skipped": False,
-            "cohort_at": now, "channel": channel_of[lead_id], "since_previous_s": None, "since_first_s": None,
-        }
-        for _, lead_id, _ in lead_rows
-    ], ("id", "lead_id"), conflict=("lead_id", "funnel", "stage"))
-    entered_leads = {lead_id for _, lead_id in entered}
-    source_of = {lead_id: row.source for row, lead_id, _ in lead_rows}
-    events = insert_returning(session, Event.__table__, [
-        {
-            "lead_id": lead_id, "key": f"subscribed:{flow.slug}:{lead_id}:import", "type": "subscribed",
-            "properties": {"funnel": flow.slug, **({"source": source_of[lead_id]} if source_of[lead_id] else {})},
-            "at": now, "received_at": now,
-        }
-        for lead_id in sorted(entered_leads)
-    ], ("id", "lead_id"), conflict=("key",))
-    event_of = {lead_id: event_id for event_id, lead_id in events}
-    timeline: list[dict[str, Any]] = []
-    if flow.holdout > 0:
-        draws = {lead_id: rt.rng.random() < flow.holdout for lead_id in sorted(entered_leads)}
-        bulk_insert(session, Assignment.__table__, [
-            {"lead_id": lead_id, "flow": flow.slug, "name": "holdout", "value": "held_out" if held else "treated", "assigned_at": now}
-            for lead_id, held in draws.items()
-        ], conflict=("lead_id", "flow", "name"))
-        timeline.extend(
-            timeline_row(lead_id, now, "holdout", f"in the {flow.holdout:.0%} holdout: gets none of this funnel's emails", flow=flow.slug)
-            for lead_id, held in draws.items() if held
+    entrants = [
+        Entrant(
+            lead_id, row.email, known_lead["status"] if known_lead is not None else status,
+            lead_channel(known_lead["source"] if known_lead is not None and known_lead["source"] else row.source),
+            row.source or None, known=known_lead is not None,
         )
-    version = current_version_ids(session, [flow], now)[flow.slug]
-    bulk_insert(session, Enrollment.__table__, [
-        new_enrollment(lead_id, flow, first.name, run=1, at=now, now=now, version_id=version, event_id=event_of.get(lead_id))
-        for lead_id in sorted(entered_leads)
-    ], conflict=("lead_id", "flow", "stage", "run"))
-    write_timeline(session, timeline)
-    count_stage_entries(session, _ids_scope(session, [entry_id for entry_id, _ in entered]))
-    # Purchases recorded before the import but made after it count for the funnel now, as in subscribe.
-    for _, lead_id, known_lead in lead_rows:
-        if known_lead is not None and lead_id in entered_leads:
-            count_events(session, of_lead(lead_id), funnel=flow.slug)
-    outcome.imported = len(entered_leads)
-    outcome.already += len(lead_rows) - len(entered_leads)
+        for row, lead_id, known_lead in entering if lead_id is not None
+    ]
+    entered = enter_first_stage(session, rt, flow, entrants, at=now, now=now, event_key=lambda lead_id: f"subscribed:{flow.slug}:{lead_id}:import")
+    outcome.imported = len(entered)
+    outcome.already += len(entrants) - len(entered)
     return outcome
-
-
-def _ids_scope(session: Session, ids: list[int]) -> Scope:
-    """The rows with these ids; on PostgreSQL as one array parameter (`= ANY`), whose plan does not
-    grow with the chunk: 2000 ids as an expanded IN list took the tally insert 0.8 s a chunk."""
-    if not is_postgres(session):
-        return ids_in(ids)
-    values = sorted(set(ids))
-    return Scope("ids_array", lambda entity: entity.id == any_(bindparam("scope_ids", type_=postgresql.ARRAY(BigInteger()))), {"scope_ids": values})
 
 
 def _merged(lead: Any, row: Row, now: datetime) -> dict[str, Any]:
