@@ -44,7 +44,7 @@ KEPT_REJECTS = 1000
 """Rejects kept in memory for the closing report; all of them go to the rejects file."""
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Row:
     line: int
     cells: list[str]
@@ -93,6 +93,9 @@ class CsvLayout:
             if name.startswith("source.") and name[7:] not in SOURCE_KEYS:
                 raise InvalidInputError(f"unknown source column {name!r}; allowed: {', '.join('source.' + k for k in SOURCE_KEYS)}", field=name)
         self.names = names
+        self.at = {name: names.index(name) if name in names else None for name in KNOWN_COLUMNS}
+        self.sources = [(index, name[7:]) for index, name in enumerate(names) if name.startswith("source.")]
+        self.fields = [(index, name) for index, name in enumerate(names) if name not in KNOWN_COLUMNS and not name.startswith("source.")]
 
 
 def open_csv(handle: TextIO) -> tuple[CsvLayout, Iterator[tuple[int, list[str]]]]:
@@ -112,7 +115,7 @@ def open_csv(handle: TextIO) -> tuple[CsvLayout, Iterator[tuple[int, list[str]]]
     def rows() -> Iterator[tuple[int, list[str]]]:
         start = reader.line_num + 1
         for cells in reader:
-            if cells and any(cell.strip() for cell in cells):
+            if cells and "".join(cells).strip():
                 yield start, cells
             start = reader.line_num + 1
 
@@ -123,32 +126,29 @@ def parse_row(layout: CsvLayout, line: int, cells: list[str]) -> Row | Reject:
     """One data row checked as the API checks a subscription, or why it is refused."""
     if len(cells) != len(layout.names):
         return Reject(line, f"expected {len(layout.names)} columns, got {len(cells)}", cells)
-    values = dict(zip(layout.names, cells, strict=True))
+    at = layout.at
     try:
-        email = normalize_email(values["email"])
-        timezone = parse_timezone(values.get("timezone") or None)
-        owner_text = (values.get("owner") or "").strip()
+        email = normalize_email(cells[at["email"]])  # type: ignore[index]
+        zone = cells[at["timezone"]] if at["timezone"] is not None else ""
+        timezone = parse_timezone(zone) if zone else None
+        owner_text = cells[at["owner"]].strip() if at["owner"] is not None else ""
         owner = normalize_email(owner_text, "owner") if owner_text else None
     except InvalidInputError as exc:
         return Reject(line, f"{exc.field}: {exc}", cells)
-    first_name = (values.get("first_name") or "").strip() or None
+    first_name = cells[at["first_name"]].strip() or None if at["first_name"] is not None else None
     if first_name is not None and len(first_name) > 200:
         return Reject(line, "first_name: at most 200 characters", cells)
-    tags = list(dict.fromkeys(tag.strip() for tag in (values.get("tags") or "").split(";") if tag.strip()))
+    tag_text = cells[at["tags"]] if at["tags"] is not None else ""
+    tags = list(dict.fromkeys(tag.strip() for tag in tag_text.split(";") if tag.strip())) if tag_text else []
     if any(len(tag) > 100 for tag in tags):
         return Reject(line, "tags: at most 100 characters each", cells)
     source: dict[str, str] = {}
-    fields: dict[str, str] = {}
-    for name, value in values.items():
-        value = value.strip()
-        if name in KNOWN_COLUMNS or not value:
-            continue
-        if name.startswith("source."):
+    for index, key in layout.sources:
+        if value := cells[index].strip():
             if len(value) > 500:
-                return Reject(line, f"{name}: at most 500 characters", cells)
-            source[name[7:]] = value
-        else:
-            fields[name] = value
+                return Reject(line, f"source.{key}: at most 500 characters", cells)
+            source[key] = value
+    fields = {name: value for index, name in layout.fields if (value := cells[index].strip())}
     return Row(line, cells, email, first_name, timezone, owner, tags, source, fields)
 
 
@@ -242,17 +242,26 @@ def _import_chunk(rt: Runtime, flow: Funnel, file_name: str, rows: list[Row], dr
         return _enter(session, rt, flow, file_name, rows, now, write=True)
 
 
-_LEAD_COLUMNS = (Lead.id, Lead.email, Lead.status, Lead.consent, Lead.first_name, Lead.fields, Lead.tags, Lead.timezone, Lead.owner, Lead.source)
+_MERGED_COLUMNS = (Lead.first_name, Lead.fields, Lead.tags, Lead.timezone, Lead.owner, Lead.source)
 
 
 def _known_leads(session: Session, emails: list[str], lock: bool) -> dict[str, Any]:
+    """The file's addresses already leads: id and status only, since a rerun meets
+    every lead again and decoding their JSON columns was most of its time."""
     known: dict[str, Any] = {}
     for part in chunks(emails, 1000):
-        query = select(*_LEAD_COLUMNS).where(among(session, Lead.email, part)).order_by(Lead.id)
+        query = select(Lead.id, Lead.email, Lead.status).where(among(session, Lead.email, part)).order_by(Lead.id)
         if lock:
             query = query.with_for_update(key_share=True)
         known.update((row.email, row) for row in session.execute(query))
     return known
+
+
+def _lead_details(session: Session, ids: list[int], *columns: Any) -> dict[int, Any]:
+    found: dict[int, Any] = {}
+    for part in chunks(sorted(ids), 1000):
+        found.update((row.id, row) for row in session.execute(select(Lead.id, *columns).where(among(session, Lead.id, part))))
+    return found
 
 
 def _enter(session: Session, rt: Runtime, flow: Funnel, file_name: str, rows: list[Row], now: datetime, *, write: bool) -> _ChunkOutcome:
@@ -286,6 +295,9 @@ def _enter(session: Session, rt: Runtime, flow: Funnel, file_name: str, rows: li
         in_funnel.update(session.scalars(
             select(StageEntry.lead_id).where(among(session, StageEntry.lead_id, part), StageEntry.funnel == flow.slug, StageEntry.stage == first.name)
         ))
+    suppressed = {lead.id for lead in known.values() if lead.status in SUPPRESSED or lead.status == "erased"}
+    consents = _lead_details(session, [i for i in known_ids if i in in_funnel and i not in suppressed], Lead.consent) if in_funnel else {}
+    details = _lead_details(session, [i for i in known_ids if i not in in_funnel and i not in suppressed], *_MERGED_COLUMNS)
     entering: list[tuple[Row, int | None, dict[str, Any] | None]] = []
     merges: list[dict[str, Any]] = []
     for row in rows:
@@ -293,19 +305,19 @@ def _enter(session: Session, rt: Runtime, flow: Funnel, file_name: str, rows: li
         if lead is None:
             entering.append((row, created.get(row.email), None))
             continue
-        if lead.status in SUPPRESSED or lead.status == "erased":
+        if lead.id in suppressed:
             outcome.rejects.append(Reject(row.line, f"email: suppressed (lead {lead.status})", row.cells))
             continue
         if lead.id in in_funnel:
-            consent = lead.consent or {}
+            consent = consents[lead.id].consent or {}
             line = consent.get("line") if consent.get("via") == "import" and consent.get("file") == file_name else None
             if isinstance(line, int) and line < row.line:
                 outcome.rejects.append(Reject(row.line, f"email: duplicate of line {line}", row.cells))
             else:
                 outcome.already += 1
             continue
-        entering.append((row, lead.id, {"source": lead.source, "status": lead.status}))
-        merges.append(_merged(lead, row, now))
+        entering.append((row, lead.id, {"source": details[lead.id].source, "status": lead.status}))
+        merges.append(_merged(details[lead.id], row, now))
     outcome.imported = len(entering)
     if not write or not entering:
         return outcome
