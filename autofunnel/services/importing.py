@@ -19,7 +19,9 @@ from __future__ import annotations
 import csv
 import hashlib
 import itertools
+from contextlib import closing
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -188,40 +190,64 @@ def import_leads(
             if writer is not None:
                 writer.writerow([*item.cells, item.line, item.reason])
 
-        for number, part in enumerate(_batched(rows, chunk_rows), start=1):
-            good: dict[str, Row] = {}
-            for line, cells in part:
-                parsed = parse_row(layout, line, cells)
-                if isinstance(parsed, Reject):
-                    reject(parsed)
-                elif parsed.email in good:
-                    reject(Reject(line, f"email: duplicate of line {good[parsed.email].line}", cells))
-                else:
-                    good[parsed.email] = parsed
-            if dry_run:
-                for row in list(good.values()):
-                    digest = hashlib.blake2b(row.email.encode(), digest_size=8).digest()
-                    if digest in seen_in_dry_run:
-                        reject(Reject(row.line, "email: duplicate of an earlier line", row.cells))
-                        del good[row.email]
-                    seen_in_dry_run.add(digest)
-            outcome = _import_chunk(rt, flow, path.name, list(good.values()), dry_run)
-            for item in outcome.rejects:
-                reject(item)
-            result.imported += outcome.imported
-            result.already_in_funnel += outcome.already
-            result.rows += len(part)
-            if progress is not None:
-                progress(len(part))
-            if after_chunk is not None:
-                after_chunk(number)
+        parts = _read_ahead(_parsed(layout, rows, chunk_rows))
+        with closing(parts):  # the reader thread is done before the file closes, even after a crash
+            for number, (size, good, bad) in enumerate(parts, start=1):
+                for item in bad:
+                    reject(item)
+                if dry_run:
+                    for row in list(good.values()):
+                        digest = hashlib.blake2b(row.email.encode(), digest_size=8).digest()
+                        if digest in seen_in_dry_run:
+                            reject(Reject(row.line, "email: duplicate of an earlier line", row.cells))
+                            del good[row.email]
+                        seen_in_dry_run.add(digest)
+                outcome = _import_chunk(rt, flow, path.name, list(good.values()), dry_run)
+                for item in outcome.rejects:
+                    reject(item)
+                result.imported += outcome.imported
+                result.already_in_funnel += outcome.already
+                result.rows += size
+                if progress is not None:
+                    progress(size)
+                if after_chunk is not None:
+                    after_chunk(number)
     result.rejects.sort(key=lambda item: item.line)
     return result
 
 
-def _batched(rows: Iterator[tuple[int, list[str]]], size: int) -> Iterator[list[tuple[int, list[str]]]]:
+_Parsed = tuple[int, dict[str, Row], list[Reject]]
+
+
+def _parsed(layout: CsvLayout, rows: Iterator[tuple[int, list[str]]], size: int) -> Iterator[_Parsed]:
+    """Each chunk: its number of rows, its good rows by address, and its bad ones (a
+    later line with an address the chunk already holds is a duplicate of that line)."""
     while part := list(itertools.islice(rows, size)):
-        yield part
+        good: dict[str, Row] = {}
+        bad: list[Reject] = []
+        for line, cells in part:
+            parsed = parse_row(layout, line, cells)
+            if isinstance(parsed, Reject):
+                bad.append(parsed)
+            elif parsed.email in good:
+                bad.append(Reject(line, f"email: duplicate of line {good[parsed.email].line}", cells))
+            else:
+                good[parsed.email] = parsed
+        yield len(part), good, bad
+
+
+def _read_ahead(chunks: Iterator[_Parsed]) -> Iterator[_Parsed]:
+    """The chunks, the next one read and checked in a thread while the caller writes this one.
+
+    Writing waits on the database (PostgreSQL's server, SQLite's C code), both of
+    which let other Python threads run, so reading the file costs no wall time
+    there. One chunk ahead at most: memory stays flat.
+    """
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="import-reader") as reader:
+        ahead = reader.submit(next, chunks, None)
+        while (chunk := ahead.result()) is not None:
+            ahead = reader.submit(next, chunks, None)
+            yield chunk
 
 
 @dataclass
