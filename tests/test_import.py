@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import func, select
 
 from autofunnel.clock import FixedClock
-from autofunnel.services.importing import import_leads
+from autofunnel.services.importing import CHUNK_ROWS, import_leads
 from autofunnel.services.inputs import EventInput
 from autofunnel.services.events import record_events
 from autofunnel.store.models import Enrollment, Event, Lead, StageEntry
@@ -144,7 +144,7 @@ def test_a_killed_import_process_is_completed_by_running_it_again(project_dir: P
         process.kill()
         process.wait()
         partial = entered()
-        assert partial % 2000 == 0 and partial < 30_000
+        assert partial % CHUNK_ROWS == 0 and partial < 30_000
         done = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
         assert f"imported {30_000 - partial}, already in yoga {partial}, rejected 0" in done.stdout
         assert entered() == 30_000

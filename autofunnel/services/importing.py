@@ -41,7 +41,7 @@ from autofunnel.store.models import Lead, StageEntry
 from autofunnel.store.queries import among, bulk_update, chunks, insert_returning
 
 KNOWN_COLUMNS = ("email", "first_name", "timezone", "owner", "tags")
-CHUNK_ROWS = 2000
+CHUNK_ROWS = 5000
 KEPT_REJECTS = 1000
 """Rejects kept in memory for the closing report; all of them go to the rejects file."""
 
@@ -294,27 +294,22 @@ def _enter(session: Session, rt: Runtime, flow: Funnel, file_name: str, rows: li
     """One chunk: the leads it creates or updates, and each one's entry into the funnel's first stage."""
     outcome = _ChunkOutcome()
     first = flow.stages[0]
-    by_email = {row.email: row for row in rows}
-    known = _known_leads(session, sorted(by_email), lock=write)
     double_opt_in = flow.double_opt_in if flow.double_opt_in is not None else rt.settings.double_opt_in
+    status = "pending" if double_opt_in else "active"
     stamp = now.isoformat().replace("+00:00", "Z")
     created: dict[str, int] = {}
-    missing = [row for row in rows if row.email not in known]
-    status = "pending" if double_opt_in else "active"
-    if write and missing:
-        written = insert_returning(session, Lead.__table__, [
+    if write:
+        # Inserted first, clashes skipped: a fresh list then needs no lookup by address at all.
+        created = dict(insert_returning(session, Lead.__table__, [
             {
                 "email": row.email, "first_name": row.first_name, "fields": row.fields, "tags": row.tags, "timezone": row.timezone,
                 "source": row.source or None, "owner": row.owner, "status": status,
                 "consent": {"at": stamp, "via": "import", "file": file_name, "line": row.line},
                 "created_at": now, "updated_at": now, "status_changed_at": now,
             }
-            for row in missing
-        ], ("email", "id"), conflict=("email",))
-        created = dict(written)
-        raced = [row.email for row in missing if row.email not in created]
-        if raced:
-            known.update(_known_leads(session, raced, lock=True))
+            for row in rows
+        ], ("email", "id"), conflict=("email",)))
+    known = _known_leads(session, sorted(row.email for row in rows if row.email not in created), lock=write)
     in_funnel: set[int] = set()
     known_ids = [lead.id for lead in known.values()]
     for part in chunks(known_ids, 1000):
