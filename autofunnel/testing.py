@@ -29,6 +29,7 @@ takes the holdout draw out of a test altogether.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shutil
@@ -126,6 +127,19 @@ def _hrefs(html: str) -> list[str]:
     parser = _Hrefs()
     parser.feed(html)
     return parser.hrefs
+
+
+@functools.cache
+def _next_due_statement() -> Any:
+    """Both earliest moments in one statement, built once: a simulation asks before every pass."""
+    from sqlalchemy import func, select
+
+    from autofunnel.store.models import Delivery, Enrollment
+
+    return select(
+        select(func.min(Enrollment.due_at)).where(Enrollment.status == "active").scalar_subquery(),
+        select(func.min(Delivery.lease_until)).where(Delivery.status == "queued").scalar_subquery(),
+    )
 
 
 class FunnelTest:
@@ -352,13 +366,8 @@ class FunnelTest:
 
     def next_due(self) -> datetime | None:
         """The earliest moment a step or a retried email falls due."""
-        from sqlalchemy import func, select
-
-        from autofunnel.store.models import Delivery, Enrollment
-
         with self.runtime.db.read() as session:
-            step = session.scalar(select(func.min(Enrollment.due_at)).where(Enrollment.status == "active"))
-            retry = session.scalar(select(func.min(Delivery.lease_until)).where(Delivery.status == "queued"))
+            step, retry = session.execute(_next_due_statement()).one()
         moments = [ensure_utc(m if m.tzinfo else m.replace(tzinfo=UTC)) for m in (step, retry) if m is not None]
         return min(moments) if moments else None
 

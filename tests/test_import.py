@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import func, select
 
 from autofunnel.clock import FixedClock
-from autofunnel.services.importing import import_leads
+from autofunnel.services.importing import CHUNK_ROWS, import_leads
 from autofunnel.services.inputs import EventInput
 from autofunnel.services.events import record_events
 from autofunnel.store.models import Enrollment, Event, Lead, StageEntry
@@ -144,7 +144,7 @@ def test_a_killed_import_process_is_completed_by_running_it_again(project_dir: P
         process.kill()
         process.wait()
         partial = entered()
-        assert partial % 2000 == 0 and partial < 30_000
+        assert partial % CHUNK_ROWS == 0 and partial < 30_000
         done = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
         assert f"imported {30_000 - partial}, already in yoga {partial}, rejected 0" in done.stdout
         assert entered() == 30_000
@@ -162,3 +162,73 @@ def test_double_opt_in_is_respected(rt: Any, tmp_path: Path, runtime_factory: An
     with rt.db.read() as session:
         statuses = dict(session.execute(select(Lead.email, Lead.status)).all())
     assert statuses == {"ann@example.com": "pending", "bob@example.com": "active"}
+
+
+def test_an_imported_lead_gets_the_same_rows_as_a_subscribed_one(rt: Any, tmp_path: Path) -> None:
+    """The import enters its chunk through the same rule as `subscribe`: for the same leads
+    (new ones, one already known with a purchase, one drawn into the holdout, all pending
+    under the yoga funnel's double opt-in) every row written is the same but for ids and keys."""
+    import random
+
+    from autofunnel.services.inputs import SubscribeInput
+    from autofunnel.services.leads import subscribe
+    from autofunnel.store.models import Assignment, CohortTally, Delivery, TimelineEntry
+
+    people = [
+        ("1", "Ann", "vip;yoga", "", "gold"), ("2", "", "", "", ""), ("3", "Kay", "", "Europe/Berlin", ""),
+        ("4", "", "yoga", "", "silver"), ("5", "Eve", "", "", ""), ("6", "Held", "", "America/New_York", ""),
+    ]
+    for group in ("s", "i"):
+        record_events(rt, [EventInput(type="purchase", at=NOW, properties={"product": "mat", "amount": 20, "currency": "EUR"}, email=f"{group}3@example.com")])
+    rt.rng = random.Random(3)  # its sixth draw alone is under 0.1: lead 6 lands in the 10 % holdout
+    for key, name, tags, zone, plan in people:
+        subscribe(rt, SubscribeInput(
+            email=f"s{key}@example.com", funnel="yoga", at=NOW, first_name=name or None, fields={"plan": plan} if plan else {},
+            tags=tuple(t for t in tags.split(";") if t), timezone=zone or None, source={"channel": "s-ads"},
+        ), consent={"via": "api"})
+    source = write(tmp_path / "list.csv", "email,first_name,tags,timezone,plan,source.channel\n" + "".join(
+        f"i{key}@example.com,{name},{tags},{zone},{plan},i-ads\n" for key, name, tags, zone, plan in people
+    ))
+    rt.rng = random.Random(3)
+    assert import_leads(rt, source, "yoga").imported == 6
+
+    def ungrouped(value: Any, group: str) -> Any:
+        if isinstance(value, dict):
+            return {key: ungrouped(item, group) for key, item in value.items()}
+        if isinstance(value, str) and (value.startswith(f"{group}-") or value.endswith("@example.com")):
+            return value[1:]
+        return value
+
+    def rows(model: Any, *skip: str) -> dict[str, list[dict[str, Any]]]:
+        """Each group's rows of a table with ids and keys left out, the lead named without its group letter."""
+        with rt.db.read() as session:
+            email_of = dict(session.execute(select(Lead.id, Lead.email)).all())
+            found: dict[str, list[dict[str, Any]]] = {"s": [], "i": []}
+            for item in session.scalars(select(model)):
+                values = {c.key: getattr(item, c.key) for c in model.__table__.columns if c.key not in ("id", *skip)}
+                email = email_of[values.pop("lead_id")] if "lead_id" in values else values.pop("email")
+                found.setdefault(email[0], []).append({"lead": email[1:], **ungrouped(values, email[0])})
+        return {group: sorted(found[group], key=repr) for group in ("s", "i")}
+
+    for model, skip in (
+        (Lead, ("consent",)), (StageEntry, ()), (Event, ("key",)), (Assignment, ()), (Enrollment, ("event_id",)),
+        (Delivery, ()), (TimelineEntry, ()),
+    ):
+        table = rows(model, *skip)
+        assert table["s"] == table["i"], model.__tablename__
+        assert table["s"], model.__tablename__
+    with rt.db.read() as session:
+        tallies = session.execute(
+            select(CohortTally.channel, CohortTally.figure, CohortTally.stage, CohortTally.step, CohortTally.detail, func.sum(CohortTally.n), func.sum(CohortTally.amount))
+            .where(CohortTally.channel != "").group_by(CohortTally.channel, CohortTally.figure, CohortTally.stage, CohortTally.step, CohortTally.detail)
+        ).all()
+    by_group: dict[str, set[tuple[Any, ...]]] = {"s": set(), "i": set()}
+    for channel, *rest in tallies:
+        by_group[channel[0]].add(tuple(rest))
+    assert by_group["s"] == by_group["i"]
+    assert {figure for figure, *_ in by_group["s"]} >= {"reached", "holdout", "revenue"}
+    with rt.db.read() as session:
+        held = session.scalars(select(Lead.email).join(Assignment, Assignment.lead_id == Lead.id).where(Assignment.value == "held_out")).all()
+        confirmations = session.scalar(select(func.count()).select_from(Delivery).where(Delivery.kind == "confirm"))
+    assert sorted(held) == ["i6@example.com", "s6@example.com"]
+    assert confirmations == 10  # the five new leads of each group; lead 3, known and active already, is not asked again

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -14,17 +13,10 @@ from sqlalchemy.orm import Session
 from autofunnel.domain.model import Funnel
 from autofunnel.errors import InvalidInputError, NotFoundError
 from autofunnel.domain.engine import ended_by_suppression, suppression_reason
-from autofunnel.services.enrollments import (
-    active_enrollment_ids,
-    end_enrollments,
-    new_enrollment,
-    timeline_row,
-    write_timeline,
-)
+from autofunnel.services.enrollments import active_enrollment_ids, end_enrollments, timeline_row, write_timeline
+from autofunnel.services.entry import CONFIRM_STEP, Entrant, confirmation_row, enter_first_stage
 from autofunnel.services.inputs import SubscribeInput
 from autofunnel.services.runtime import Runtime
-from autofunnel.services.tallies import count_events, count_stage_entries, ids_in, of_lead
-from autofunnel.services.versions import current_version_ids
 from autofunnel.store.models import Assignment, Deadline, Delivery, Enrollment, Event, Lead, StageEntry, TimelineEntry
 from autofunnel.store.queries import insert_ignoring
 
@@ -52,61 +44,20 @@ def subscribe(rt: Runtime, data: SubscribeInput, *, consent: dict[str, Any]) -> 
     now = rt.clock.now()
     double_opt_in = flow.double_opt_in if flow.double_opt_in is not None else rt.settings.double_opt_in
     with rt.db.transaction() as session:
-        lead = _find_or_create(session, data, double_opt_in, consent, now)
-        first = flow.stages[0]
-        entered = session.execute(
-            insert_ignoring(session, StageEntry.__table__, ("lead_id", "funnel", "stage")).returning(StageEntry.id),
-            [{
-                "lead_id": lead.id, "funnel": flow.slug, "stage": first.name, "position": 0, "entered_at": data.at, "skipped": False,
-                "cohort_at": data.at, "channel": lead_channel(lead.source), "since_previous_s": None, "since_first_s": None,
-            }],
-        ).first()
-        if entered is None:
-            return SubscribeResult(lead.id, lead.status, False)
-        event = Event(
-            lead_id=lead.id, key=f"subscribed:{flow.slug}:{lead.id}:{uuid.uuid4().hex}", type="subscribed",
-            properties={"funnel": flow.slug, **({"source": data.source} if data.source else {})}, at=data.at, received_at=now,
-        )
-        session.add(event)
+        lead, created = _find_or_create(session, data, double_opt_in, consent, now)
         session.flush()
-        timeline = []
-        if flow.holdout > 0:
-            held = rt.rng.random() < flow.holdout
-            session.add(Assignment(lead_id=lead.id, flow=flow.slug, name="holdout", value="held_out" if held else "treated", assigned_at=now))
-            if held:
-                timeline.append(timeline_row(lead.id, now, "holdout", f"in the {flow.holdout:.0%} holdout: gets none of this funnel's emails", flow=flow.slug))
-        version = current_version_ids(session, [flow], now)[flow.slug]
-        session.execute(
-            insert_ignoring(session, Enrollment.__table__, ("lead_id", "flow", "stage", "run")),
-            [new_enrollment(lead.id, flow, first.name, run=1, at=data.at, now=now, version_id=version, event_id=event.id)],
-        )
-        if lead.status == "pending":
-            queue_confirmation(session, lead.id, flow.slug, lead.email, now)
-            timeline.append(timeline_row(lead.id, now, "queued", "confirmation email: the lead is pending until they confirm", flow=flow.slug, step_id=CONFIRM_STEP))
-        write_timeline(session, timeline)
-        session.flush()
-        count_stage_entries(session, ids_in([entered.id]))
-        # Purchases recorded before the subscription but made after it (a late import) count for the funnel now.
-        count_events(session, of_lead(lead.id), funnel=flow.slug)
-        return SubscribeResult(lead.id, lead.status, True)
+        entrant = Entrant(lead.id, lead.email, lead.status, lead_channel(lead.source), data.source or None, known=not created)
+        entered = enter_first_stage(session, rt, flow, [entrant], at=data.at, now=now)
+        return SubscribeResult(lead.id, lead.status, bool(entered))
 
 
-CONFIRM_STEP = "confirm"
 REMINDER_STEP = "confirm-reminder"
 RESENT_STEP = "confirm-again"
 
 
 def queue_confirmation(session: Session, lead_id: int, funnel: str, to_address: str, now: datetime, step: str = CONFIRM_STEP) -> int:
-    """A double opt-in email queued as a delivery of its own kind, `confirm`.
-
-    It is due at once and belongs to no enrollment, so no send window, quiet day
-    or frequency cap holds it; the claim sends a `confirm` delivery only to a
-    lead still `pending`, and the worker sends it exactly once like any email.
-    """
-    delivery = Delivery(
-        lead_id=lead_id, enrollment_id=None, flow=funnel, stage="", step_id=step, occurrence=1, kind="confirm",
-        template="confirm", variant=None, to_address=to_address, status="queued", created_at=now,
-    )
+    """A double opt-in email queued (see `entry.confirmation_row`); its delivery id."""
+    delivery = Delivery(**confirmation_row(lead_id, funnel, to_address, now, step))
     session.add(delivery)
     session.flush()
     return delivery.id
@@ -123,7 +74,7 @@ def lead_channel(source: dict[str, Any] | None) -> str | None:
     return None
 
 
-def _find_or_create(session: Session, data: SubscribeInput, double_opt_in: bool, consent: dict[str, Any], now: datetime) -> Lead:
+def _find_or_create(session: Session, data: SubscribeInput, double_opt_in: bool, consent: dict[str, Any], now: datetime) -> tuple[Lead, bool]:
     values = {
         "email": data.email, "first_name": data.first_name, "fields": data.fields, "tags": list(data.tags),
         "timezone": data.timezone, "source": data.source or None, "owner": data.owner,
@@ -134,7 +85,7 @@ def _find_or_create(session: Session, data: SubscribeInput, double_opt_in: bool,
     lead = session.scalars(select(Lead).where(Lead.email == data.email).with_for_update()).one()
     if created is None:
         _merge(lead, data, now)
-    return lead
+    return lead, created is not None
 
 
 def _merge(lead: Lead, data: SubscribeInput, now: datetime) -> None:

@@ -14,12 +14,13 @@ made, so it expires (AUTOFUNNEL_CONFIRM_TOKEN_DAYS) without a table of tokens.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import and_, exists, select
+from sqlalchemy import and_, bindparam, exists, select
 from sqlalchemy.orm import aliased
 
 from autofunnel.domain.model import Flow, Funnel
@@ -33,6 +34,7 @@ from autofunnel.services.leads import (
 from autofunnel.services.runtime import Runtime
 from autofunnel.services.tracking import mask_email
 from autofunnel.store.models import Delivery, Lead
+from autofunnel.store.types import UTCDateTime
 from autofunnel.tokens import BadToken
 
 __all__ = [
@@ -174,24 +176,33 @@ class OptInPass:
     erased: int
 
 
+@functools.cache
+def _opt_in_statements() -> tuple[Any, Any]:
+    """The pass's two look-ups, built once: they run on every scheduler pass."""
+    first, later = Delivery, aliased(Delivery)
+    cutoff = bindparam("cutoff", type_=UTCDateTime())
+    awaiting_reminder = (
+        select(first.lead_id, first.flow, Lead.email).join(Lead, Lead.id == first.lead_id)
+        .where(
+            first.kind == "confirm", first.step_id == CONFIRM_STEP, first.created_at <= cutoff, Lead.status == "pending",
+            ~exists().where(and_(later.lead_id == first.lead_id, later.kind == "confirm", later.step_id == REMINDER_STEP)),
+        )
+        .limit(1000)
+    )
+    stale_pending = select(Lead.id).where(Lead.status == "pending", Lead.status_changed_at <= cutoff).limit(1000)
+    return awaiting_reminder, stale_pending
+
+
 def opt_in_pass(rt: Runtime, now: datetime | None = None) -> OptInPass:
     """The scheduler's double opt-in chores: one reminder per pending lead after
     AUTOFUNNEL_CONFIRM_REMINDER_HOURS, and erasure after AUTOFUNNEL_PENDING_ERASE_DAYS."""
     now = now or rt.clock.now()
     settings = rt.settings
+    awaiting_reminder, stale_pending = _opt_in_statements()
     reminded = 0
     if settings.confirm_reminder_hours > 0:
-        cutoff = now - timedelta(hours=settings.confirm_reminder_hours)
-        first, later = Delivery, aliased(Delivery)
         with rt.db.transaction() as session:
-            rows = session.execute(
-                select(first.lead_id, first.flow, Lead.email).join(Lead, Lead.id == first.lead_id)
-                .where(
-                    first.kind == "confirm", first.step_id == CONFIRM_STEP, first.created_at <= cutoff, Lead.status == "pending",
-                    ~exists().where(and_(later.lead_id == first.lead_id, later.kind == "confirm", later.step_id == REMINDER_STEP)),
-                )
-                .limit(1000)
-            ).all()
+            rows = session.execute(awaiting_reminder, {"cutoff": now - timedelta(hours=settings.confirm_reminder_hours)}).all()
             seen: set[int] = set()
             for lead_id, funnel, email in rows:
                 if lead_id not in seen:
@@ -200,11 +211,8 @@ def opt_in_pass(rt: Runtime, now: datetime | None = None) -> OptInPass:
             reminded = len(seen)
     erased = 0
     if settings.pending_erase_days > 0:
-        cutoff = now - timedelta(days=settings.pending_erase_days)
         with rt.db.read() as session:
-            stale = session.scalars(
-                select(Lead.id).where(Lead.status == "pending", Lead.status_changed_at <= cutoff).limit(1000)
-            ).all()
+            stale = session.scalars(stale_pending, {"cutoff": now - timedelta(days=settings.pending_erase_days)}).all()
         for lead_id in stale:
             erase_lead(rt, str(lead_id))
             erased += 1

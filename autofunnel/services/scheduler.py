@@ -10,6 +10,7 @@ Emails are only queued here; delivery ids are handed out after commit.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -17,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
@@ -45,6 +46,7 @@ from autofunnel.services.tallies import fold_tallies
 from autofunnel.services.versions import current_version_ids, layouts_by_id
 from autofunnel.store.models import Assignment, Deadline, Delivery, Enrollment, Event, Lead
 from autofunnel.store.queries import among, bulk_insert, bulk_update, insert_returning, is_postgres
+from autofunnel.store.types import UTCDateTime
 
 log = logging.getLogger(__name__)
 
@@ -147,18 +149,24 @@ def _set_aside(rt: Runtime, row: Any, exc: Exception, now: datetime, report: Tic
 
 
 def _claim(session: Session, now: datetime, batch: int) -> list[Any]:
+    return list(session.execute(_claim_statement(is_postgres(session)), {"now": now, "batch": batch}))
+
+
+@functools.cache
+def _claim_statement(postgres: bool) -> Any:
+    """Built once per backend: every pass runs it at least twice (the last batch finds none)."""
     stmt = (
         select(
             Enrollment.id, Enrollment.lead_id, Enrollment.flow, Enrollment.kind, Enrollment.stage, Enrollment.step_id,
             Enrollment.waiting_for, Enrollment.visits, Enrollment.version_id, Enrollment.due_at, Enrollment.history,
         )
-        .where(Enrollment.status == "active", Enrollment.due_at <= now)
+        .where(Enrollment.status == "active", Enrollment.due_at <= bindparam("now", type_=UTCDateTime()))
         .order_by(Enrollment.due_at)
-        .limit(batch)
+        .limit(bindparam("batch"))
     )
-    if is_postgres(session):
+    if postgres:
         stmt = stmt.with_for_update(skip_locked=True, of=Enrollment)
-    return list(session.execute(stmt))
+    return stmt
 
 
 @dataclass
@@ -419,22 +427,34 @@ def sweep(rt: Runtime, *, now: datetime | None = None, broker_empty: bool = True
     """
     now = now or rt.clock.now()
     lease = timedelta(seconds=rt.settings.delivery_lease)
+    interrupt, hand_out_new, hand_out_lost = _sweep_statements()
     with rt.db.transaction() as session:
-        interrupted = session.execute(
-            update(Delivery)
-            .where(Delivery.status == "sending", Delivery.lease_until < now)
-            .values(status="failed", reason=INTERRUPTED, lease_until=None, finished_at=now)
-            .returning(Delivery.id, Delivery.lead_id, Delivery.flow, Delivery.stage, Delivery.step_id)
-        ).all()
+        interrupted = session.execute(interrupt, {"now": now}).all()
         write_timeline(session, [
             timeline_row(row.lead_id, now, "failed", "interrupted", flow=row.flow, stage=row.stage, step_id=row.step_id)
             for row in interrupted
         ])
-        ready = ready_to_send(now)
-        retries = _hand_out(session, ready & Delivery.dispatched_at.is_(None), now)
+        retries = sorted(session.scalars(hand_out_new, {"now": now}))
         waited = lease if broker_empty else lease * STALE_AFTER_LEASES
-        lost = _hand_out(session, ready & (Delivery.dispatched_at <= now - waited), now)
+        lost = sorted(session.scalars(hand_out_lost, {"now": now, "handed_before": now - waited}))
     return SweepResult(retries, lost, len(interrupted))
+
+
+@functools.cache
+def _sweep_statements() -> tuple[Any, Any, Any]:
+    """The sweep's three statements, built once: it runs on every scheduler pass, and building
+    SQLAlchemy statements cost more than running them (a simulation makes thousands of passes)."""
+    now = bindparam("now", type_=UTCDateTime())
+    interrupt = (
+        update(Delivery)
+        .where(Delivery.status == "sending", Delivery.lease_until < now)
+        .values(status="failed", reason=INTERRUPTED, lease_until=None, finished_at=now)
+        .returning(Delivery.id, Delivery.lead_id, Delivery.flow, Delivery.stage, Delivery.step_id)
+    )
+    ready = ready_to_send(now)
+    hand_out_new = _hand_out_statement(ready & Delivery.dispatched_at.is_(None), now)
+    hand_out_lost = _hand_out_statement(ready & (Delivery.dispatched_at <= bindparam("handed_before", type_=UTCDateTime())), now)
+    return interrupt, hand_out_new, hand_out_lost
 
 
 STALE_AFTER_LEASES = 10
@@ -442,9 +462,8 @@ STALE_AFTER_LEASES = 10
 INTERRUPTED = "interrupted: the worker stopped between claiming the email and recording it; not sent again"
 
 
-def _hand_out(session: Session, condition: Any, now: datetime) -> list[int]:
-    ids = session.scalars(update(Delivery).where(condition).values(dispatched_at=now).returning(Delivery.id)).all()
-    return sorted(ids)
+def _hand_out_statement(condition: Any, now: Any) -> Any:
+    return update(Delivery).where(condition).values(dispatched_at=now).returning(Delivery.id)
 
 
 @dataclass
