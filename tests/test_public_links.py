@@ -105,7 +105,12 @@ class Web:
         assert response.status_code in (200, 201, 202), response.json
         return response.json
 
+    def written(self) -> None:
+        """What a web process writes of its gathered opens and clicks within a second (services/write_behind.py), now."""
+        self.rt.engagements.flush()
+
     def lead(self, key: str | int = "anna@example.com") -> dict[str, Any]:
+        self.written()
         response = self.client.get(f"/api/v1/leads/{key}", headers=self.headers)
         assert response.status_code == 200, response.json
         return response.json
@@ -118,6 +123,7 @@ class Web:
         return [e for e in self.lead()["events"] if e["type"] == kind]
 
     def event_count(self) -> int:
+        self.written()
         with self.rt.db.read() as session:
             return session.scalar(select(func.count()).select_from(Event)) or 0
 

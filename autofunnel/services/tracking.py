@@ -138,31 +138,36 @@ def track_click(rt: Runtime, token: str, user_agent: str | None, *, method: str 
 
 
 def _record_engagement(rt: Runtime, kind: str, delivery_id: int, user_agent: str | None, method: str, extra: dict[str, Any]) -> None:
+    item = Engagement(kind, delivery_id, user_agent, method, extra, at=rt.clock.now())
+    if rt.settings.tracking_batch_seconds > 0:
+        rt.engagements.add(item)  # written within that many seconds, with the rest of the batch (services/write_behind.py)
+        return
     try:
-        _engagement(rt, kind, delivery_id, user_agent, method, extra)
+        record_engagements(rt, [item])
     except (OperationalError, DatabaseUnavailableError):
         log.exception("could not record %s of delivery %s; the reader was served anyway", kind, delivery_id)
 
 
-def _engagement(rt: Runtime, kind: str, delivery_id: int, user_agent: str | None, method: str, extra: dict[str, Any]) -> None:
-    record_engagements(rt, [Engagement(kind, delivery_id, user_agent, method, extra)])
-
-
 @dataclass(frozen=True)
 class Engagement:
-    """One open or click of a tracked email, as its link or pixel was fetched."""
+    """One open or click of a tracked email, as its link or pixel was fetched (`at`: when; default the clock's now)."""
 
     kind: str
     delivery_id: int
     user_agent: str | None
     method: str = "GET"
     extra: dict[str, Any] | None = None
+    at: datetime | None = None
 
 
 def record_engagements(rt: Runtime, items: list[Engagement]) -> None:
-    """Opens and clicks, all at the clock's moment: their `opened`/`clicked` events in one batch,
-    then each person's first open or click on its delivery. One fetch of a link is a list of one;
-    a simulation records a virtual half-hour's worth at once."""
+    """Opens and clicks, each at its `at`: their `opened`/`clicked` events in one batch,
+    then each person's first open or click on its delivery. One fetch of a link written
+    in its request is a list of one; a web process's gathered fetches or a simulation's
+    virtual half-hour are written at once.
+
+    The bot rule is judged against the moment of each fetch, not of the write, so an
+    open gathered for a second counts exactly as one written in its request."""
     now = rt.clock.now()
     with rt.db.read() as session:
         rows = {
@@ -172,28 +177,30 @@ def record_engagements(rt: Runtime, items: list[Engagement]) -> None:
             )
         }
     events: list[EventInput] = []
-    human: list[Engagement] = []
+    human: list[tuple[datetime, Engagement]] = []
     for item in items:
         delivery = rows.get(item.delivery_id)
         if delivery is None:  # the row is gone (a database restored from an older backup): nothing to count against
             continue
+        at = item.at or now
         # A delivery still `sending` was handed to SMTP moments ago; its sent_at is not written yet.
-        sent_at = delivery.sent_at or (now if delivery.status == "sending" else None)
-        bot = looks_automated(item.user_agent, sent_at, now, item.method)
+        sent_at = delivery.sent_at or (at if delivery.status == "sending" else None)
+        bot = looks_automated(item.user_agent, sent_at, at, item.method)
         properties = {"delivery": item.delivery_id, "flow": delivery.flow, "step": delivery.step_id, "bot": bot, **(item.extra or {})}
-        events.append(EventInput(item.kind, now, properties, lead_id=delivery.lead_id))
+        events.append(EventInput(item.kind, at, properties, lead_id=delivery.lead_id))
         if not bot:
-            human.append(item)
+            human.append((at, item))
     if events:
         record_events(rt, events)
     if not human:
         return
-    # First human open/click only; a click implies the open (the pixel may be blocked).
+    # First human open/click only, the earliest fetch first; a click implies the open (the pixel may be blocked).
+    human.sort(key=lambda pair: pair[0])
     with rt.db.transaction() as session:
-        for item in human:
-            first = {"opened": session.execute(update(Delivery).where(Delivery.id == item.delivery_id, Delivery.opened_at.is_(None)).values(opened_at=now)).rowcount}
+        for at, item in human:
+            first = {"opened": session.execute(update(Delivery).where(Delivery.id == item.delivery_id, Delivery.opened_at.is_(None)).values(opened_at=at)).rowcount}
             if item.kind == "clicked":
-                first["clicked"] = session.execute(update(Delivery).where(Delivery.id == item.delivery_id, Delivery.clicked_at.is_(None)).values(clicked_at=now)).rowcount
+                first["clicked"] = session.execute(update(Delivery).where(Delivery.id == item.delivery_id, Delivery.clicked_at.is_(None)).values(clicked_at=at)).rowcount
             # An email still `sending` gets its opens counted with its send, when it is recorded sent.
             count_engagement(session, item.delivery_id, [name for name, changed in first.items() if changed])
 
