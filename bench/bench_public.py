@@ -131,6 +131,16 @@ def count(db: Database, query: object) -> int:
         return int(session.scalar(query) or 0)  # type: ignore[call-overload]
 
 
+def drained(db: Database, event_type: str, expected: int, limit: float = 120) -> float:
+    """Seconds until `expected` events of the type are in the database: whether the batched writes keep up."""
+    started = time.perf_counter()
+    while count(db, select(func.count()).select_from(Event).where(Event.type == event_type)) < expected:
+        if time.perf_counter() - started > limit:
+            return float("inf")
+        time.sleep(0.05)
+    return time.perf_counter() - started
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--database-url")
@@ -179,10 +189,13 @@ def main() -> None:
               f"client processes: {args.clients} x {args.threads} threads; {len(deliveries)} emails; {os.cpu_count()} cores; "
               f"tracking batch: {args.batch} s; load average before: {os.getloadavg()[0]:.1f}")
         answered: dict[str, int] = {}
+        written = {"open": "opened", "click": "clicked"}
         for kind, name, paths in (("open", "open pixel /t/o/", opens), ("click", "click /t/c/", clicks), ("form", "subscribe form POST /f/yoga", [""])):
             done, rate, wrong = measure(port, kind, paths, args.seconds, args.clients, args.threads)
             answered[kind] = done - wrong
             print(f"{name}: {rate:,.0f} requests/s over {args.seconds:.0f} s ({done:,} requests); answers not 200/302/303: {wrong}")
+            if kind in written:
+                print(f"  all written {drained(db, written[kind], answered[kind]):.1f} s after the last answer")
         print(f"load average after: {os.getloadavg()[0]:.1f}")
     finally:
         server.send_signal(signal.SIGTERM)

@@ -23,8 +23,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Final
 
-from sqlalchemy import select, update
+from sqlalchemy import case, literal, select, update
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session
 
 from autofunnel.domain.model import Funnel
 from autofunnel.errors import DatabaseUnavailableError, NotFoundError
@@ -32,8 +33,9 @@ from autofunnel.mail.countdown import draw_countdown
 from autofunnel.services.events import record_events
 from autofunnel.services.inputs import EventInput
 from autofunnel.services.runtime import Runtime
-from autofunnel.services.tallies import count_engagement
+from autofunnel.services.tallies import count_engagement, ids_in
 from autofunnel.store.models import Deadline, Delivery, Lead
+from autofunnel.store.queries import chunks
 from autofunnel.tokens import BadToken
 
 log = logging.getLogger(__name__)
@@ -194,15 +196,34 @@ def record_engagements(rt: Runtime, items: list[Engagement]) -> None:
         record_events(rt, events)
     if not human:
         return
-    # First human open/click only, the earliest fetch first; a click implies the open (the pixel may be blocked).
+    # First human open/click only, at the earliest fetch; a click implies the open (the pixel may be blocked).
     human.sort(key=lambda pair: pair[0])
+    firsts: dict[str, dict[int, datetime]] = {"opened": {}, "clicked": {}}
+    for at, item in human:
+        firsts["opened"].setdefault(item.delivery_id, at)
+        if item.kind == "clicked":
+            firsts["clicked"].setdefault(item.delivery_id, at)
     with rt.db.transaction() as session:
-        for at, item in human:
-            first = {"opened": session.execute(update(Delivery).where(Delivery.id == item.delivery_id, Delivery.opened_at.is_(None)).values(opened_at=at)).rowcount}
-            if item.kind == "clicked":
-                first["clicked"] = session.execute(update(Delivery).where(Delivery.id == item.delivery_id, Delivery.clicked_at.is_(None)).values(clicked_at=at)).rowcount
-            # An email still `sending` gets its opens counted with its send, when it is recorded sent.
-            count_engagement(session, item.delivery_id, [name for name, changed in first.items() if changed])
+        for figure, moments in firsts.items():
+            marked = _mark_first(session, figure, moments)
+            if marked:  # an email still `sending` gets its opens counted with its send, when it is recorded sent
+                count_engagement(session, figure, ids_in(sorted(marked)))
+
+
+def _mark_first(session: Session, figure: str, moments: dict[int, datetime]) -> set[int]:
+    """Set `opened_at`/`clicked_at` of the deliveries that have none yet; the ids set.
+
+    One statement per 500 deliveries: the `IS NULL` guard and RETURNING make it
+    exact when two web processes write the same delivery's first open at once
+    (PostgreSQL re-checks the guard after waiting for the other's row lock).
+    """
+    table = Delivery.__table__
+    column = table.c[f"{figure}_at"]
+    done: set[int] = set()
+    for part in chunks(sorted(moments), 500):
+        moment = case(*[(table.c.id == delivery_id, literal(moments[delivery_id], column.type)) for delivery_id in part])
+        done.update(session.scalars(update(table).where(table.c.id.in_(part), column.is_(None)).values({column: moment}).returning(table.c.id)))
+    return done
 
 
 # Offers and countdowns ------------------------------------------------------------
