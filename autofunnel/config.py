@@ -189,6 +189,10 @@ class Settings:
     """The seller's timezone: how the admin shows times."""
     postmark_webhook_token: str | None = None
     mailgun_webhook_signing_key: str | None = None
+    sendgrid_webhook_public_key: str | None = None
+    ses_topic_arn: str | None = None
+    ses_confirm_subscriptions: bool = False
+    ses_signing_cert_dir: str | None = None
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     @property
@@ -237,6 +241,10 @@ _PARSERS: dict[str, Callable[[str, Any], Any]] = {
     "timezone": _timezone,
     "postmark_webhook_token": _optional_text,
     "mailgun_webhook_signing_key": _optional_text,
+    "sendgrid_webhook_public_key": _optional_text,
+    "ses_topic_arn": _optional_text,
+    "ses_confirm_subscriptions": _bool,
+    "ses_signing_cert_dir": _optional_text,
 }
 
 SETTING_NAMES: tuple[str, ...] = ("project_dir", *_PARSERS)

@@ -88,6 +88,13 @@ class Runtime:
             raise ConfigError(f"AUTOFUNNEL_DKIM_KEY_FILE: cannot read {self.settings.dkim_key_file}: {exc.strerror}") from None
 
     @cached_property
+    def sns_certificates(self) -> Any:
+        """SNS signing certificates for the SES webhook, fetched once per process (or read from AUTOFUNNEL_SES_SIGNING_CERT_DIR)."""
+        from autofunnel.services.hooks.ses import CertificateCache
+
+        return CertificateCache(folder=self.settings.ses_signing_cert_dir)
+
+    @cached_property
     def engagements(self) -> WriteBehind[Any]:
         """Opens and clicks fetched in this process, written in batches (AUTOFUNNEL_TRACKING_BATCH_SECONDS)."""
         from autofunnel.services.tracking import record_engagements
