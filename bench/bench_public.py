@@ -126,6 +126,22 @@ def measure(port: int, kind: str, paths: list[str], seconds: float, clients: int
     return done, done / elapsed, sum(r[1] for r in results)
 
 
+def cpu_seconds(master: int) -> float:
+    """CPU time (user + system) of gunicorn's master and workers so far, from /proc (Linux)."""
+    try:
+        children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
+    except OSError:
+        return float("nan")
+    total = 0
+    for pid in [str(master), *children]:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def count(db: Database, query: object) -> int:
     with db.read() as session:
         return int(session.scalar(query) or 0)  # type: ignore[call-overload]
@@ -191,9 +207,13 @@ def main() -> None:
         answered: dict[str, int] = {}
         written = {"open": "opened", "click": "clicked"}
         for kind, name, paths in (("open", "open pixel /t/o/", opens), ("click", "click /t/c/", clicks), ("form", "subscribe form POST /f/yoga", [""])):
+            cpu = cpu_seconds(server.pid)
             done, rate, wrong = measure(port, kind, paths, args.seconds, args.clients, args.threads)
+            cpu = cpu_seconds(server.pid) - cpu
             answered[kind] = done - wrong
-            print(f"{name}: {rate:,.0f} requests/s over {args.seconds:.0f} s ({done:,} requests); answers not 200/302/303: {wrong}")
+            print(f"{name}: {rate:,.0f} requests/s over {args.seconds:.0f} s ({done:,} requests); answers not 200/302/303: {wrong}; "
+                  f"server CPU {cpu * 1e6 / max(done, 1):,.0f} µs a request (its batched writes included) = {done / cpu if cpu else 0:,.0f} "
+                  f"requests per CPU-second")
             if kind in written:
                 print(f"  all written {drained(db, written[kind], answered[kind]):.1f} s after the last answer")
         print(f"load average after: {os.getloadavg()[0]:.1f}")
