@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import random
+import urllib.error
 import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
