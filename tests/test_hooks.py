@@ -426,6 +426,7 @@ def test_a_forged_or_foreign_sns_message_is_refused_and_writes_nothing(hooks: Ho
         "a certificate off AWS": sns_message("Notification", body, cert_url="https://evil.example/SimpleNotificationService-1.pem"),
         "a certificate over http": sns_message("Notification", body, cert_url=SNS_CERT_URL.replace("https:", "http:")),
         "a look-alike host": sns_message("Notification", body, cert_url="https://sns.eu-west-1.amazonaws.com.evil.example/x.pem"),
+        "a port that is no number": sns_message("Notification", body, cert_url="https://sns.eu-west-1.amazonaws.com:x/a.pem"),
         "signature version 3": {**sns_message("Notification", body), "SignatureVersion": "3"},
     }
     for case, message in refused.items():

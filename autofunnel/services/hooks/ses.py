@@ -70,10 +70,14 @@ def https_fetch(url: str) -> bytes:
 
 def sns_url(url: Any, *, certificate: bool) -> str:
     """The URL if it is one SNS would send (https, an SNS host, a .pem for a certificate); else a refusal."""
-    parts = urlsplit(url) if isinstance(url, str) else None
-    if parts is None or parts.scheme != "https" or not _SNS_HOST.match(parts.hostname or "") or parts.port not in (None, 443) \
-            or parts.username or parts.password or (certificate and not parts.path.endswith(".pem")):
-        field = "SigningCertURL" if certificate else "SubscribeURL"
+    field = "SigningCertURL" if certificate else "SubscribeURL"
+    try:
+        parts = urlsplit(url) if isinstance(url, str) else None
+        ok = parts is not None and parts.scheme == "https" and bool(_SNS_HOST.match(parts.hostname or "")) and parts.port in (None, 443) \
+            and not parts.username and not parts.password and (not certificate or parts.path.endswith(".pem"))
+    except ValueError:  # a port that is no number, a broken IPv6 host
+        ok = False
+    if not ok:
         raise HookRejected(f"the {field} is not an https URL on an sns.<region>.amazonaws.com host", field=field)
     return str(url)
 
