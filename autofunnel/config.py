@@ -79,6 +79,13 @@ def _hours_or_off(key: str, raw: Any) -> float:
     return _positive_number(key, raw, "hours (0 for off)")
 
 
+def _seconds_or_off(key: str, raw: Any) -> float:
+    """A number of seconds; 0 turns the thing off."""
+    if raw in (0, "0", "0.0"):
+        return 0.0
+    return _positive_number(key, raw, "seconds (0 for off)")
+
+
 def _days_or_off(key: str, raw: Any) -> float:
     if raw in (0, "0", "0.0"):
         return 0.0
@@ -165,6 +172,8 @@ class Settings:
     scheduler_interval: float = 1.0
     double_opt_in: bool = False
     track_opens: bool = False
+    tracking_batch_seconds: float = 1.0
+    """How long a web process gathers opens and clicks before writing them in one batch; 0: each in its request."""
     postal_address: str | None = None
     consent_text: str = "Yes, send me emails about this. I can unsubscribe at any time."
     confirm_token_days: float = 7.0
@@ -180,6 +189,10 @@ class Settings:
     """The seller's timezone: how the admin shows times."""
     postmark_webhook_token: str | None = None
     mailgun_webhook_signing_key: str | None = None
+    sendgrid_webhook_public_key: str | None = None
+    ses_topic_arn: str | None = None
+    ses_confirm_subscriptions: bool = False
+    ses_signing_cert_dir: str | None = None
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     @property
@@ -213,6 +226,7 @@ _PARSERS: dict[str, Callable[[str, Any], Any]] = {
     "scheduler_interval": _seconds,
     "double_opt_in": _bool,
     "track_opens": _bool,
+    "tracking_batch_seconds": _seconds_or_off,
     "postal_address": _optional_text,
     "consent_text": _text,
     "confirm_token_days": _days,
@@ -227,6 +241,10 @@ _PARSERS: dict[str, Callable[[str, Any], Any]] = {
     "timezone": _timezone,
     "postmark_webhook_token": _optional_text,
     "mailgun_webhook_signing_key": _optional_text,
+    "sendgrid_webhook_public_key": _optional_text,
+    "ses_topic_arn": _optional_text,
+    "ses_confirm_subscriptions": _bool,
+    "ses_signing_cert_dir": _optional_text,
 }
 
 SETTING_NAMES: tuple[str, ...] = ("project_dir", *_PARSERS)

@@ -178,6 +178,7 @@ class FunnelTest:
             "AUTOFUNNEL_SMTP_URL": f"file://{self._folder / 'outbox'}",
             "AUTOFUNNEL_SECRET_KEY": "autofunnel-testing-not-a-secret",
             "AUTOFUNNEL_BASE_URL": "http://localhost:8000",
+            "AUTOFUNNEL_TRACKING_BATCH_SECONDS": "0",  # an open or click counts at once, as each step checks
             **{(k if k.startswith("AUTOFUNNEL_") else f"AUTOFUNNEL_{k.upper()}"): v for k, v in (settings or {}).items()},
         }
         self.runtime = Runtime.open(load_settings(self.project_dir, environ=environ), self.clock)

@@ -19,6 +19,7 @@ is checked against the delivery row it names.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import re
 import zlib
@@ -26,7 +27,7 @@ from collections.abc import Sequence
 from typing import Any, Final
 
 from itsdangerous import BadData, Signer, URLSafeSerializer
-from itsdangerous.encoding import base64_encode
+from itsdangerous.encoding import base64_decode, base64_encode
 
 from autofunnel.errors import AutofunnelError, ConfigError
 
@@ -57,7 +58,7 @@ class Tokens:
     [42, 'https://shop.example/']
     """
 
-    __slots__ = ("_serializers", "_signers")
+    __slots__ = ("_serializers", "_signers", "_verify_keys")
 
     def __init__(self, secret_keys: Sequence[str]) -> None:
         if isinstance(secret_keys, (str, bytes)):
@@ -75,6 +76,11 @@ class Tokens:
             for purpose in PURPOSES
         }
         self._signers: dict[str, Signer] = {purpose: serializer.make_signer() for purpose, serializer in self._serializers.items()}
+        # itsdangerous derives each key (a SHA-256 over salt and secret) on every check; derived
+        # once here, a check is one HMAC per key, newest first, as its own verification goes.
+        self._verify_keys: dict[str, tuple[bytes, ...]] = {
+            purpose: tuple(signer.derive_key(key) for key in reversed(signer.secret_keys)) for purpose, signer in self._signers.items()
+        }
 
     def _serializer(self, purpose: str) -> URLSafeSerializer:
         try:
@@ -107,8 +113,15 @@ class Tokens:
         signature = token.rpartition(".")[2]
         if len(signature) != _SIGNATURE_LENGTH or signature[-1] not in _CANONICAL_LAST:
             raise BadToken()
+        value = token[: -len(signature) - 1].encode("ascii")
         try:
-            payload = serializer.loads(token)
+            expected = base64_decode(signature)
+        except BadData:
+            raise BadToken() from None
+        if not any(hmac.compare_digest(hmac.digest(key, value, "sha256"), expected) for key in self._verify_keys[purpose]):
+            raise BadToken()
+        try:
+            payload = serializer.load_payload(value)
         except BadData:
             raise BadToken() from None
         except (UnicodeError, ValueError):  # e.g. bytes that are not UTF-8 after a valid signature

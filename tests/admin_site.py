@@ -56,7 +56,7 @@ def iso(moment: datetime) -> str:
 def build_site(project_dir: Path, runtime_factory: Any, outbox: Path, **settings: str) -> Site:
     """The shop with its history, as of `NOW`."""
     clock = FixedClock(NOW - timedelta(days=10))
-    rt = runtime_factory(project_dir, f"file://{outbox}", clock, **settings)
+    rt = runtime_factory(project_dir, f"file://{outbox}", clock, **{"tracking_batch_seconds": "0", **settings})  # clicks written in their request
     rt.rng = random.Random(0)  # its first draws are all above 0.1: no lead lands in the yoga holdout
     _, key = create_api_key(rt.db, clock, "shop")
     create_user(rt.db, clock, ADMIN_EMAIL, ADMIN_PASSWORD)

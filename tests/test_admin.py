@@ -82,6 +82,17 @@ def test_failed_logins_are_throttled_per_account_and_per_ip(site: Site) -> None:
     assert log_in(client, REMOTE_ADDR="10.9.9.4").status_code == 302, "another address with the right password gets in"
 
 
+def test_only_failed_logins_count_and_the_refusal_is_the_login_page(site: Site) -> None:
+    for _ in range(25):  # more than the per-IP and per-account limits, all right
+        assert log_in(site.app.test_client(), REMOTE_ADDR="10.9.8.1").status_code == 302
+    client = site.app.test_client()
+    for _ in range(5):
+        assert log_in(client, password="guess", REMOTE_ADDR="10.9.8.2").status_code == 401
+    refused = log_in(client, REMOTE_ADDR="10.9.8.2")  # now even the right password waits: the account is throttled
+    assert refused.status_code == 429 and "Too many failed attempts" in refused.get_data(as_text=True)
+    assert client.get("/admin/login", environ_base={"REMOTE_ADDR": "10.9.8.2"}).status_code == 200  # the page itself is never limited
+
+
 def test_admin_pages_carry_security_headers_and_a_safe_session_cookie(site: Site) -> None:
     client = site.app.test_client()
     response = log_in(client)

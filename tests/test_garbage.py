@@ -26,7 +26,7 @@ pytestmark = pytest.mark.db
 TEST_BROKER_URL = os.environ.get("AUTOFUNNEL_TEST_BROKER_URL", "")
 PUBLIC_ROUTES = {"/t/o/{}": "open", "/t/c/{}": "click", "/o/{}": "offer", "/countdown/{}.gif": "countdown", "/u/{}": "unsubscribe"}
 OPTIONAL_ROUTES = {"/f/{}": None, "/confirm/{}": "confirm"}
-WEBHOOKS = ("stripe", "shopify", "postmark", "mailgun", "sendgrid", "../stripe")
+WEBHOOKS = ("stripe", "shopify", "postmark", "mailgun", "sendgrid", "ses", "../stripe")
 
 
 @pytest.fixture

@@ -304,3 +304,174 @@ def test_mailgun_permanent_failures_and_complaints_suppress_and_bad_signatures_w
     assert hooks.client.post("/hooks/mailgun", data=b"\x00\xff not json", content_type="application/json").status_code == 400
     assert hooks.rows() == rows
     assert hooks.mailgun({"id": "x1", "event": "delivered", "recipient": "perm@example.com"}).json["ignored"]
+
+
+# SendGrid ------------------------------------------------------------------------------
+
+
+def sendgrid_event(email: str, event: str, **extra: Any) -> dict[str, Any]:
+    """An event as SendGrid's Event Webhook documents it."""
+    return {"email": email, "timestamp": int(time.time()) - 60, "smtp-id": "<14c5d75ce93.dfd.64b469@ismtpd-555>", "event": event,
+            "category": ["cat facts"], "sg_event_id": secrets.token_urlsafe(16), "sg_message_id": "14c5d75ce93.dfd.64b469.filter0001.16648.5515E0B88.0",
+            **extra}
+
+
+def test_sendgrid_bounces_by_its_own_classification_and_spam_reports_suppress(hooks: Hooks) -> None:
+    for email in ("hard@example.com", "blocked@example.com", "spam@example.com"):
+        subscribe(hooks, email)
+    hard = sendgrid_event("hard@example.com", "bounce", type="bounce", reason="500 unknown recipient", status="5.0.0",
+                          bounce_classification="Invalid Address")
+    blocked = sendgrid_event("blocked@example.com", "bounce", type="blocked", reason="421 try later", status="4.0.0")
+    spam = sendgrid_event("spam@example.com", "spamreport")
+    noise = [sendgrid_event("hard@example.com", "delivered"), sendgrid_event("blocked@example.com", "deferred"),
+             sendgrid_event("spam@example.com", "open")]
+    response = hooks.sendgrid([hard, blocked, spam, *noise])
+    assert response.status_code == 200 and response.json == {"accepted": 3, "duplicates": 0}
+    assert hooks.sendgrid([hard, spam]).json == {"accepted": 0, "duplicates": 2}  # SendGrid's retry: deduplicated by sg_event_id
+    assert [e["properties"]["kind"] for e in hooks.events("hard@example.com", "bounced")] == ["hard"]
+    assert [e["properties"]["kind"] for e in hooks.events("blocked@example.com", "bounced")] == ["soft"]
+    assert hooks.lead("hard@example.com")["status"] == "bounced"
+    assert hooks.lead("blocked@example.com")["status"] == "active"  # one soft bounce is not three
+    assert hooks.lead("spam@example.com")["status"] == "complained"
+    assert hooks.sendgrid([sendgrid_event("hard@example.com", "delivered")]).json["ignored"]
+
+
+def test_a_bad_sendgrid_signature_is_400_and_writes_nothing(hooks: Hooks) -> None:
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from hooks_at_hand import sendgrid_headers
+
+    subscribe(hooks, "sg@example.com")
+    rows = hooks.rows()
+    raw = json.dumps([sendgrid_event("sg@example.com", "bounce", type="bounce")]).encode()
+    good = sendgrid_headers(raw, str(hooks.now()))
+    forged = sendgrid_headers(raw, str(hooks.now()), ec.generate_private_key(ec.SECP256R1()))
+    cases = {
+        "another key": forged,
+        "another timestamp": {**good, "X-Twilio-Email-Event-Webhook-Timestamp": str(hooks.now() + 1)},
+        "a changed body": good,
+        "no signature": {"X-Twilio-Email-Event-Webhook-Timestamp": str(hooks.now())},
+        "not base64": {**good, "X-Twilio-Email-Event-Webhook-Signature": "***"},
+    }
+    for case, headers in cases.items():
+        body = raw.replace(b"bounce", b"bounc3", 1) if case == "a changed body" else raw
+        answer = hooks.client.post("/hooks/sendgrid", data=body, content_type="application/json", headers=headers)
+        assert answer.status_code == 400, case
+    assert hooks.rows() == rows
+    assert hooks.client.post("/hooks/sendgrid", data=raw, content_type="application/json", headers=good).json["accepted"] == 1
+
+
+# Amazon SES through SNS ----------------------------------------------------------------
+
+
+def ses_bounce(emails: list[str], bounce_type: str = "Permanent", feedback: str | None = None) -> str:
+    """The Message of an SES bounce notification, as AWS documents it."""
+    return json.dumps({
+        "notificationType": "Bounce",
+        "bounce": {"bounceType": bounce_type, "bounceSubType": "General" if bounce_type == "Permanent" else "MailboxFull",
+                   "bouncedRecipients": [{"emailAddress": e, "action": "failed", "status": "5.1.1", "diagnosticCode": "smtp; 550 5.1.1 user unknown"}
+                                         for e in emails],
+                   "timestamp": "2026-01-10T16:33:54.000Z", "feedbackId": feedback or f"0100{secrets.token_hex(20)}-000000",
+                   "remoteMtaIp": "127.0.2.0", "reportingMTA": "dsn; a27-23.smtp-out.us-west-2.amazonses.com"},
+        "mail": {"timestamp": "2026-01-10T16:33:50.000Z", "source": "shop@example.com", "messageId": "0000014a6c5f4f5b-2e6f0c1a",
+                 "destination": emails},
+    })
+
+
+def ses_complaint(email: str) -> str:
+    return json.dumps({
+        "notificationType": "Complaint",
+        "complaint": {"complainedRecipients": [{"emailAddress": email}], "timestamp": "2026-01-10T16:40:00.000Z",
+                      "feedbackId": f"0100{secrets.token_hex(20)}-000000", "complaintFeedbackType": "abuse", "userAgent": "Yahoo!-Mail-Feedback/2.0"},
+        "mail": {"timestamp": "2026-01-10T16:33:50.000Z", "source": "shop@example.com", "messageId": "0000014a6c5f4f5b-2e6f0c1b",
+                 "destination": [email]},
+    })
+
+
+@pytest.mark.parametrize("version", ["1", "2"])
+def test_ses_bounces_and_complaints_through_sns_signature_versions_1_and_2(hooks: Hooks, version: str) -> None:
+    from hooks_at_hand import sns_message
+
+    for email in ("p1@example.com", "p2@example.com", "t@example.com", "c@example.com"):
+        subscribe(hooks, email)
+    permanent = sns_message("Notification", {"Message": ses_bounce(["p1@example.com", "p2@example.com"])}, version=version)
+    assert hooks.ses(permanent).json == {"accepted": 2, "duplicates": 0}
+    assert hooks.ses(permanent).json == {"accepted": 0, "duplicates": 2}  # SNS delivers at least once
+    transient = sns_message("Notification", {"Message": ses_bounce(["t@example.com"], "Transient"), "Subject": "Amazon SES Email Event"},
+                            version=version)
+    assert hooks.ses(transient).json["accepted"] == 1
+    assert hooks.ses(sns_message("Notification", {"Message": ses_complaint("c@example.com")}, version=version)).json["accepted"] == 1
+    assert [hooks.lead(e)["status"] for e in ("p1@example.com", "p2@example.com", "t@example.com", "c@example.com")] == \
+        ["bounced", "bounced", "active", "complained"]
+    assert [e["properties"]["kind"] for e in hooks.events("t@example.com", "bounced")] == ["soft"]
+    delivery = sns_message("Notification", {"Message": json.dumps({"notificationType": "Delivery", "mail": {}})}, version=version)
+    assert hooks.ses(delivery).json["ignored"]
+
+
+def test_a_forged_or_foreign_sns_message_is_refused_and_writes_nothing(hooks: Hooks) -> None:
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from hooks_at_hand import SNS_CERT_URL, sns_message
+
+    subscribe(hooks, "x@example.com")
+    rows = hooks.rows()
+    body = {"Message": ses_bounce(["x@example.com"])}
+    other_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    tampered = sns_message("Notification", body)
+    tampered["Message"] = ses_bounce(["x@example.com"], feedback="changed")
+    refused = {
+        "signed by another key": sns_message("Notification", body, key=other_key),
+        "the body changed after signing": tampered,
+        "another customer's topic, validly signed": sns_message("Notification", body, topic="arn:aws:sns:eu-west-1:999999999999:theirs"),
+        "a certificate off AWS": sns_message("Notification", body, cert_url="https://evil.example/SimpleNotificationService-1.pem"),
+        "a certificate over http": sns_message("Notification", body, cert_url=SNS_CERT_URL.replace("https:", "http:")),
+        "a look-alike host": sns_message("Notification", body, cert_url="https://sns.eu-west-1.amazonaws.com.evil.example/x.pem"),
+        "a port that is no number": sns_message("Notification", body, cert_url="https://sns.eu-west-1.amazonaws.com:x/a.pem"),
+        "signature version 3": {**sns_message("Notification", body), "SignatureVersion": "3"},
+    }
+    for case, message in refused.items():
+        assert hooks.ses(message).status_code == 400, case
+    assert hooks.client.post("/hooks/ses", data=b"not json", content_type="text/plain").status_code == 400
+    assert hooks.rows() == rows
+
+
+def test_the_signing_certificate_is_fetched_once_and_a_subscription_is_confirmed_only_when_allowed(
+    project_dir: Path, runtime_factory: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    from autofunnel.services.hooks.ses import CertificateCache
+    from hooks_at_hand import SNS_CERT_PEM, SNS_CERT_URL, make_hooks, sns_message
+
+    fetched: list[str] = []
+
+    def fetch(url: str) -> bytes:  # stands for the network: answers as AWS would, and notes what was asked
+        fetched.append(url)
+        return SNS_CERT_PEM if url == SNS_CERT_URL else b"<ConfirmSubscriptionResponse/>"
+
+    h = make_hooks(project_dir, runtime_factory, tmp_path, TEST_BROKER_URL, ses_signing_cert_dir="")
+    h.rt.sns_certificates = CertificateCache(fetch)
+    subscribe(h, "f@example.com")
+    for _ in range(2):
+        assert h.ses(sns_message("Notification", {"Message": ses_bounce(["f@example.com"], "Transient")})).json["accepted"] == 1
+    assert fetched == [SNS_CERT_URL]  # kept after the first message
+
+    subscribe_url = "https://sns.eu-west-1.amazonaws.com/?Action=ConfirmSubscription&TopicArn=arn:aws:sns:eu-west-1:123456789012:ses-bounces&Token=2336412f37"
+    confirmation = {"Message": "You have chosen to subscribe to the topic …", "SubscribeURL": subscribe_url, "Token": "2336412f37"}
+    with caplog.at_level("WARNING"):
+        answer = h.ses(sns_message("SubscriptionConfirmation", confirmation))
+    assert answer.status_code == 200 and "not confirmed" in answer.json["ignored"]
+    assert subscribe_url in caplog.text and fetched == [SNS_CERT_URL]
+
+    allowed = make_hooks(project_dir, runtime_factory, tmp_path, TEST_BROKER_URL, ses_signing_cert_dir="", ses_confirm_subscriptions="true")
+    allowed.rt.sns_certificates = CertificateCache(fetch)
+    assert allowed.ses(sns_message("SubscriptionConfirmation", confirmation)).json["ignored"] == "subscription confirmed"
+    assert fetched == [SNS_CERT_URL, SNS_CERT_URL, subscribe_url]
+    elsewhere = {**confirmation, "SubscribeURL": "https://evil.example/?Action=ConfirmSubscription"}
+    assert allowed.ses(sns_message("SubscriptionConfirmation", elsewhere)).status_code == 400
+    assert fetched[-1] == subscribe_url
+
+    def offline(url: str) -> bytes:
+        raise OSError("no network")
+
+    allowed.rt.sns_certificates = CertificateCache(offline)
+    answer = allowed.ses(sns_message("Notification", {"Message": ses_bounce(["f@example.com"])}))
+    assert answer.status_code == 503 and answer.json["error"]["field"] == "ses_signing_cert_dir"  # SNS retries

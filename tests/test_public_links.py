@@ -136,7 +136,12 @@ class Web:
         assert response.status_code in (200, 201, 202), response.json
         return response.json
 
+    def written(self) -> None:
+        """What a web process writes of its gathered opens and clicks within a second (services/write_behind.py), now."""
+        self.rt.engagements.flush()
+
     def lead(self, key: str | int = "anna@example.com") -> dict[str, Any]:
+        self.written()
         response = self.client.get(f"/api/v1/leads/{key}", headers=self.headers)
         assert response.status_code == 200, response.json
         return response.json
@@ -149,6 +154,7 @@ class Web:
         return [e for e in self.lead()["events"] if e["type"] == kind]
 
     def event_count(self) -> int:
+        self.written()
         with self.rt.db.read() as session:
             return session.scalar(select(func.count()).select_from(Event)) or 0
 
@@ -280,6 +286,30 @@ def test_the_open_pixel_records_opens(web: Web, welcome: dict[str, Any]) -> None
     assert delivery["opened_at"] == opened_at and delivery["clicked_at"] is None
     assert [e["properties"]["bot"] for e in sorted(web.events("opened"), key=lambda e: e["at"])] == [True, False, False]
     assert web.events("opened")[0]["properties"]["step"] == "welcome"
+
+
+def test_gathered_opens_and_clicks_count_by_when_they_were_fetched_not_when_written(web: Web, welcome: dict[str, Any]) -> None:
+    web.rt.engagements.interval = 3600  # the web process's background writer stays asleep: only this test writes
+    web.clock.advance(timedelta(seconds=5))
+    assert web.client.get(welcome["pixel"], headers={"User-Agent": BROWSER}).status_code == 200  # within seconds of delivery: a scanner
+    web.clock.advance(timedelta(minutes=3))
+    fetched = web.now()
+    assert web.client.get(welcome["pixel"], headers={"User-Agent": BROWSER}).status_code == 200
+    assert web.client.head(welcome["clicks"][0], headers={"User-Agent": BROWSER}).status_code == 302  # a HEAD: a link checker
+    web.clock.advance(timedelta(minutes=1))
+    clicked = web.now()
+    assert web.client.get(welcome["clicks"][0], headers={"User-Agent": BROWSER}).status_code == 302
+    with web.rt.db.read() as session:
+        assert session.scalar(select(func.count()).select_from(Event).where(Event.type.in_(("opened", "clicked")))) == 0
+    assert web.rt.engagements.pending() == 4
+
+    web.clock.advance(timedelta(hours=1))  # written an hour later: counted as of their fetch
+    opens = sorted(web.events("opened"), key=lambda e: e["at"])
+    assert [(e["at"], e["properties"]["bot"]) for e in opens] == [(opens[0]["at"], True), (fetched, False)]
+    assert [(e["at"], e["properties"]["bot"]) for e in sorted(web.events("clicked"), key=lambda e: e["at"])] == [(fetched, True), (clicked, False)]
+    delivery = web.delivery("welcome")
+    assert (delivery["opened_at"], delivery["clicked_at"]) == (fetched, clicked)
+    assert web.rt.engagements.pending() == 0
 
 
 def test_a_click_goes_exactly_where_its_token_says(web: Web, welcome: dict[str, Any]) -> None:

@@ -121,7 +121,7 @@ def shop(project_dir: Path, runtime_factory: Any, tmp_path: Path) -> Shop:
     (project_dir / "funnels" / "webinar.yml").write_text(WEBINAR)
     clock = FixedClock(START)
     outbox = tmp_path / "outbox"
-    rt = runtime_factory(project_dir, f"file://{outbox}", clock)
+    rt = runtime_factory(project_dir, f"file://{outbox}", clock, tracking_batch_seconds="0")  # opens and clicks written in their request
     rt.rng = random.Random(0)
     _, key = create_api_key(rt.db, clock, "shop")
     client = create_app(runtime=rt).test_client()

@@ -14,6 +14,7 @@ import secrets
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 from autofunnel.clock import Clock, SystemClock
 from autofunnel.config import Settings
@@ -24,6 +25,7 @@ from autofunnel.services.broker import Broker, broker_for
 from autofunnel.services.project import load_project
 from autofunnel.services.reload import ProjectWatch
 from autofunnel.services.send_pace import Pace, pace_for
+from autofunnel.services.write_behind import WriteBehind
 from autofunnel.mail.render import Renderer
 from autofunnel.mail.transport import Transport, transport_from_url
 from autofunnel.store.db import Database
@@ -86,6 +88,24 @@ class Runtime:
             raise ConfigError(f"AUTOFUNNEL_DKIM_KEY_FILE: cannot read {self.settings.dkim_key_file}: {exc.strerror}") from None
 
     @cached_property
+    def sns_certificates(self) -> Any:
+        """SNS signing certificates for the SES webhook, fetched once per process (or read from AUTOFUNNEL_SES_SIGNING_CERT_DIR)."""
+        from autofunnel.services.hooks.ses import CertificateCache
+
+        return CertificateCache(folder=self.settings.ses_signing_cert_dir)
+
+    @cached_property
+    def engagements(self) -> WriteBehind[Any]:
+        """Opens and clicks fetched in this process, written in batches (AUTOFUNNEL_TRACKING_BATCH_SECONDS)."""
+        from autofunnel.services.tracking import record_engagements
+
+        def write(items: list[Any]) -> None:
+            self.reload_project()  # a web process busy with opens alone still takes up edited files
+            record_engagements(self, items)
+
+        return WriteBehind(write, self.settings.tracking_batch_seconds)
+
+    @cached_property
     def project_watch(self) -> ProjectWatch:
         return ProjectWatch(Path(self.settings.project_dir))
 
@@ -105,6 +125,10 @@ class Runtime:
             raise NotFoundError(f"no funnel or sequence {slug!r} in this project", field="funnel", code="unknown_funnel") from None
 
     def close(self) -> None:
+        """Write the opens and clicks still gathered, then let the database go."""
+        buffered = self.__dict__.get("engagements")
+        if buffered is not None:
+            buffered.close()
         self.db.dispose()
 
 

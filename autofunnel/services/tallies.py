@@ -331,17 +331,15 @@ def sent_email_tally_params(funnel: str, cohort: Cohort, stage: str, step: str) 
     return {f"tally_{name}": value for name, value in _sent_email_tally_key(funnel, cohort, stage, step).items()}
 
 
-def count_engagement(session: Session, delivery_id: int, figures: Sequence[str]) -> None:
-    """A person's first open or click (`figures`) of a sent email."""
-    if not figures:
-        return
+def count_engagement(session: Session, figure: str, scope: Scope) -> None:
+    """People's first opens or first clicks (`figure`) of the sent emails in `scope`: a batch of
+    gathered opens is counted in one statement, grouped as `count_emails` groups them."""
     d = Delivery
     s0, on_s0 = _first_stage(d)
-    _write(session, ("engagement", *figures), lambda: [
-        select(*_rows(session, d.flow, s0.cohort_at, s0.channel, figure, d.stage, d.step_id, literal(""), literal(1)))
-        .join(s0, on_s0).where(d.id == bindparam("delivery_id"), d.kind == "email", d.status == "sent")
-        for figure in figures
-    ], {"delivery_id": delivery_id})
+    _write(session, ("engagement", figure, scope.name), lambda: [
+        select(*_rows(session, d.flow, s0.cohort_at, s0.channel, figure, d.stage, d.step_id, literal(""), func.count()))
+        .select_from(d).join(s0, on_s0).where(d.kind == "email", d.status == "sent", scope(d)).group_by(BY_KEY)
+    ], scope.params)
 
 
 def _unsubscribe_from(u: Any, d: Any) -> ColumnElement[bool]:

@@ -23,8 +23,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Final
 
-from sqlalchemy import select, update
+from sqlalchemy import case, literal, select, update
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session
 
 from autofunnel.domain.model import Funnel
 from autofunnel.errors import DatabaseUnavailableError, NotFoundError
@@ -32,8 +33,9 @@ from autofunnel.mail.countdown import draw_countdown
 from autofunnel.services.events import record_events
 from autofunnel.services.inputs import EventInput
 from autofunnel.services.runtime import Runtime
-from autofunnel.services.tallies import count_engagement
+from autofunnel.services.tallies import count_engagement, ids_in
 from autofunnel.store.models import Deadline, Delivery, Lead
+from autofunnel.store.queries import chunks
 from autofunnel.tokens import BadToken
 
 log = logging.getLogger(__name__)
@@ -138,31 +140,36 @@ def track_click(rt: Runtime, token: str, user_agent: str | None, *, method: str 
 
 
 def _record_engagement(rt: Runtime, kind: str, delivery_id: int, user_agent: str | None, method: str, extra: dict[str, Any]) -> None:
+    item = Engagement(kind, delivery_id, user_agent, method, extra, at=rt.clock.now())
+    if rt.settings.tracking_batch_seconds > 0:
+        rt.engagements.add(item)  # written within that many seconds, with the rest of the batch (services/write_behind.py)
+        return
     try:
-        _engagement(rt, kind, delivery_id, user_agent, method, extra)
+        record_engagements(rt, [item])
     except (OperationalError, DatabaseUnavailableError):
         log.exception("could not record %s of delivery %s; the reader was served anyway", kind, delivery_id)
 
 
-def _engagement(rt: Runtime, kind: str, delivery_id: int, user_agent: str | None, method: str, extra: dict[str, Any]) -> None:
-    record_engagements(rt, [Engagement(kind, delivery_id, user_agent, method, extra)])
-
-
 @dataclass(frozen=True)
 class Engagement:
-    """One open or click of a tracked email, as its link or pixel was fetched."""
+    """One open or click of a tracked email, as its link or pixel was fetched (`at`: when; default the clock's now)."""
 
     kind: str
     delivery_id: int
     user_agent: str | None
     method: str = "GET"
     extra: dict[str, Any] | None = None
+    at: datetime | None = None
 
 
 def record_engagements(rt: Runtime, items: list[Engagement]) -> None:
-    """Opens and clicks, all at the clock's moment: their `opened`/`clicked` events in one batch,
-    then each person's first open or click on its delivery. One fetch of a link is a list of one;
-    a simulation records a virtual half-hour's worth at once."""
+    """Opens and clicks, each at its `at`: their `opened`/`clicked` events in one batch,
+    then each person's first open or click on its delivery. One fetch of a link written
+    in its request is a list of one; a web process's gathered fetches or a simulation's
+    virtual half-hour are written at once.
+
+    The bot rule is judged against the moment of each fetch, not of the write, so an
+    open gathered for a second counts exactly as one written in its request."""
     now = rt.clock.now()
     with rt.db.read() as session:
         rows = {
@@ -172,30 +179,51 @@ def record_engagements(rt: Runtime, items: list[Engagement]) -> None:
             )
         }
     events: list[EventInput] = []
-    human: list[Engagement] = []
+    human: list[tuple[datetime, Engagement]] = []
     for item in items:
         delivery = rows.get(item.delivery_id)
         if delivery is None:  # the row is gone (a database restored from an older backup): nothing to count against
             continue
+        at = item.at or now
         # A delivery still `sending` was handed to SMTP moments ago; its sent_at is not written yet.
-        sent_at = delivery.sent_at or (now if delivery.status == "sending" else None)
-        bot = looks_automated(item.user_agent, sent_at, now, item.method)
+        sent_at = delivery.sent_at or (at if delivery.status == "sending" else None)
+        bot = looks_automated(item.user_agent, sent_at, at, item.method)
         properties = {"delivery": item.delivery_id, "flow": delivery.flow, "step": delivery.step_id, "bot": bot, **(item.extra or {})}
-        events.append(EventInput(item.kind, now, properties, lead_id=delivery.lead_id))
+        events.append(EventInput(item.kind, at, properties, lead_id=delivery.lead_id))
         if not bot:
-            human.append(item)
+            human.append((at, item))
     if events:
         record_events(rt, events)
     if not human:
         return
-    # First human open/click only; a click implies the open (the pixel may be blocked).
+    # First human open/click only, at the earliest fetch; a click implies the open (the pixel may be blocked).
+    human.sort(key=lambda pair: pair[0])
+    firsts: dict[str, dict[int, datetime]] = {"opened": {}, "clicked": {}}
+    for at, item in human:
+        firsts["opened"].setdefault(item.delivery_id, at)
+        if item.kind == "clicked":
+            firsts["clicked"].setdefault(item.delivery_id, at)
     with rt.db.transaction() as session:
-        for item in human:
-            first = {"opened": session.execute(update(Delivery).where(Delivery.id == item.delivery_id, Delivery.opened_at.is_(None)).values(opened_at=now)).rowcount}
-            if item.kind == "clicked":
-                first["clicked"] = session.execute(update(Delivery).where(Delivery.id == item.delivery_id, Delivery.clicked_at.is_(None)).values(clicked_at=now)).rowcount
-            # An email still `sending` gets its opens counted with its send, when it is recorded sent.
-            count_engagement(session, item.delivery_id, [name for name, changed in first.items() if changed])
+        for figure, moments in firsts.items():
+            marked = _mark_first(session, figure, moments)
+            if marked:  # an email still `sending` gets its opens counted with its send, when it is recorded sent
+                count_engagement(session, figure, ids_in(sorted(marked)))
+
+
+def _mark_first(session: Session, figure: str, moments: dict[int, datetime]) -> set[int]:
+    """Set `opened_at`/`clicked_at` of the deliveries that have none yet; the ids set.
+
+    One statement per 500 deliveries: the `IS NULL` guard and RETURNING make it
+    exact when two web processes write the same delivery's first open at once
+    (PostgreSQL re-checks the guard after waiting for the other's row lock).
+    """
+    table = Delivery.__table__
+    column = table.c[f"{figure}_at"]
+    done: set[int] = set()
+    for part in chunks(sorted(moments), 500):
+        moment = case(*[(table.c.id == delivery_id, literal(moments[delivery_id], column.type)) for delivery_id in part])
+        done.update(session.scalars(update(table).where(table.c.id.in_(part), column.is_(None)).values({column: moment}).returning(table.c.id)))
+    return done
 
 
 # Offers and countdowns ------------------------------------------------------------

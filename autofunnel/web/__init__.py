@@ -21,7 +21,7 @@ from autofunnel.web.errors import register_error_handlers
 from autofunnel.web.hooks import hooks
 from autofunnel.web.forms import forms
 from autofunnel.web.limits import init_limiter
-from autofunnel.web.public import public
+from autofunnel.web.public import public, tracking_fast_path
 
 MAX_BODY = 5 * 1024 * 1024
 """Bigger request bodies are refused with 413 (1000 events fit with room to spare)."""
@@ -49,6 +49,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     app.register_blueprint(forms)
     init_limiter(app, runtime.settings)
     install_admin(app, runtime)
+    app.wsgi_app = tracking_fast_path(app.wsgi_app, runtime)  # type: ignore[method-assign]
     return app
 
 

@@ -111,6 +111,8 @@ def _autofunnel_error(exc: AutofunnelError) -> Response:
 
 
 def _http_error(exc: HTTPException) -> Response:
+    if exc.response is not None:  # an answer made for the occasion (the admin login's own 429 page)
+        return exc.response  # type: ignore[return-value]
     status = exc.code or 500
     code = HTTP_CODES.get(status, "http_error")
     message = (exc.description or exc.name) if status < 500 else "internal error"

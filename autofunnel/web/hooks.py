@@ -2,7 +2,8 @@
 
 The raw bytes go to the service untouched, since every provider signs the bytes it
 sent, not any re-serialised JSON. A refused signature is 400, a webhook without its
-secret configured 503 (the provider keeps retrying, so nothing is lost once it is set),
+secret configured 503 (the provider keeps retrying, so nothing is lost once it is set), as is
+one whose check needs what cannot be had now (SES's signing certificate),
 an unknown provider 404; anything accepted, duplicated or ignored is 200.
 """
 
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify, request
 
-from autofunnel.services.hooks import HookNotConfigured, Request, UnknownHook, receive_webhook
+from autofunnel.services.hooks import HookNotConfigured, HookUnavailable, Request, UnknownHook, receive_webhook
 from autofunnel.web.api import runtime
 from autofunnel.web.errors import error_response
 
@@ -20,6 +21,11 @@ hooks = Blueprint("hooks", __name__, url_prefix="/hooks")
 @hooks.errorhandler(HookNotConfigured)
 def _not_configured(exc: HookNotConfigured) -> Response:
     return error_response(503, "not_configured", str(exc), exc.setting)
+
+
+@hooks.errorhandler(HookUnavailable)
+def _unavailable(exc: HookUnavailable) -> Response:
+    return error_response(503, "unavailable", str(exc), exc.setting)
 
 
 @hooks.errorhandler(UnknownHook)

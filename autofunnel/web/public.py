@@ -6,6 +6,9 @@ never a 500. What each link does is decided in `autofunnel.services.tracking`.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Any
+
 from flask import Blueprint, Response, redirect, request, url_for
 from werkzeug.urls import iri_to_uri
 
@@ -17,6 +20,7 @@ from autofunnel.services.tracking import (
     unsubscribe,
     unsubscribe_preview,
 )
+from autofunnel.services.runtime import Runtime
 from autofunnel.web.api import runtime
 from autofunnel.web.errors import render_page
 
@@ -27,6 +31,9 @@ PIXEL = (
     b",\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02\x02D\x01\x00;"
 )
 """A 1×1 transparent GIF."""
+
+_PIXEL_HEADERS = (("Content-Type", "image/gif"), ("Content-Length", str(len(PIXEL))), ("Cache-Control", "no-store"))
+"""What `_gif(PIXEL)` answers with, written out for the fast path."""
 
 
 def _user_agent() -> str | None:
@@ -56,6 +63,35 @@ def open_pixel(token: str) -> Response:
 @public.get("/t/c/<token>")
 def click(token: str) -> Response:
     return _redirect(track_click(runtime(), token, _user_agent(), method=request.method))
+
+
+def tracking_fast_path(app: Any, rt: Runtime) -> Any:
+    """WSGI middleware answering a good open pixel or click before Flask sees it.
+
+    The same service calls and the same answers as the two views above, without
+    Flask's request context, URL matching and before/after hooks, which were most
+    of an open's cost once its write was gathered into batches (services/write_behind.py).
+    Anything else — another path or method, a bad token, any error — goes to the
+    Flask app, which answers it as it always did (a bad token: the 404 page).
+    """
+
+    def fast(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        path: str = environ.get("PATH_INFO", "")
+        method: str = environ.get("REQUEST_METHOD", "")
+        if path.startswith(("/t/o/", "/t/c/")) and method in ("GET", "HEAD") and "/" not in path[5:]:
+            agent = environ.get("HTTP_USER_AGENT")
+            try:
+                if path[3] == "o":
+                    track_open(rt, path[5:], agent, method=method)
+                    start_response("200 OK", list(_PIXEL_HEADERS))
+                    return [] if method == "HEAD" else [PIXEL]
+                answer = _redirect(track_click(rt, path[5:], agent, method=method))
+            except Exception:  # nothing was recorded: Flask answers it the one way it answers errors
+                return app(environ, start_response)  # type: ignore[no-any-return]
+            return answer(environ, start_response)  # type: ignore[no-any-return]
+        return app(environ, start_response)  # type: ignore[no-any-return]
+
+    return fast
 
 
 @public.get("/o/<token>")

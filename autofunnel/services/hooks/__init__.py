@@ -42,6 +42,14 @@ class HookNotConfigured(AutofunnelError):
         self.setting = setting
 
 
+class HookUnavailable(AutofunnelError):
+    """something the check needs cannot be had now (a relay's signing certificate); the relay should retry"""
+
+    def __init__(self, message: str, setting: str) -> None:
+        super().__init__(message)
+        self.setting = setting
+
+
 class UnknownHook(AutofunnelError):
     """no webhook of that name"""
 
@@ -82,12 +90,12 @@ class HookResult:
 
 
 def _providers() -> dict[str, ModuleType]:
-    from autofunnel.services.hooks import mailgun, postmark, shopify, stripe
+    from autofunnel.services.hooks import mailgun, postmark, sendgrid, ses, shopify, stripe
 
-    return {"stripe": stripe, "shopify": shopify, "postmark": postmark, "mailgun": mailgun}
+    return {"stripe": stripe, "shopify": shopify, "postmark": postmark, "mailgun": mailgun, "sendgrid": sendgrid, "ses": ses}
 
 
-HOOK_NAMES = ("stripe", "shopify", "postmark", "mailgun")
+HOOK_NAMES = ("stripe", "shopify", "postmark", "mailgun", "sendgrid", "ses")
 
 _logged_ignored: set[tuple[str, str]] = set()
 
@@ -127,8 +135,9 @@ def receive_webhook(rt: Runtime, name: str, request: Request) -> HookResult:
     if not secret:
         raise HookNotConfigured(provider.SETTING)
     now = rt.clock.now()
-    provider.verify(request, secret, now)
-    mapped = provider.to_events(request, now, lambda prefix, prop, value: _find_purchase(rt, prefix, prop, value))
+    context = {"rt": rt} if getattr(provider, "USES_RUNTIME", False) else {}  # SES: its certificate cache and settings
+    provider.verify(request, secret, now, **context)
+    mapped = provider.to_events(request, now, lambda prefix, prop, value: _find_purchase(rt, prefix, prop, value), **context)
     if isinstance(mapped, Ignored):
         if (name, mapped.reason) not in _logged_ignored:
             _logged_ignored.add((name, mapped.reason))

@@ -1,9 +1,9 @@
 """Who may open the admin, and how hard guessing a password is.
 
 Flask-Login keeps the session, Flask-WTF checks a CSRF token on every admin
-form, and failed logins are counted per IP and per account with `limits` (the
-library Flask-Limiter is built on), in Redis when the broker is Redis so every
-web process counts together, else in this process. Only failures count: a
+form, and failed logins are counted per IP and per account by the app's one
+Flask-Limiter (`web/limits.py`), in Redis when the broker is Redis so every web
+process counts together, else in this process. Only failures count (a 401): a
 seller who types the right password is never locked out by their own visits.
 """
 
@@ -11,20 +11,21 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from dataclasses import dataclass
+from collections.abc import Callable
+from typing import Any, TypeVar
 
-from flask import Flask, Response, request
+from flask import Flask, Response, make_response, render_template, request
+from flask_limiter import RequestLimit
 from flask_login import LoginManager, UserMixin
 from flask_wtf.csrf import CSRFProtect
-from limits import RateLimitItem, parse
-from limits.storage import storage_from_string
-from limits.strategies import MovingWindowRateLimiter
 
 from autofunnel.services.credentials import UserInfo, get_user
 from autofunnel.services.runtime import Runtime
+from autofunnel.web.limits import limiter
 
-FAILED_LOGINS_PER_IP = parse("20/10 minutes")
-FAILED_LOGINS_PER_ACCOUNT = parse("5/10 minutes")
+FAILED_LOGINS_PER_IP = "20 per 10 minutes"
+FAILED_LOGINS_PER_ACCOUNT = "5 per 10 minutes"
+F = TypeVar("F", bound=Callable[..., Any])
 ADMIN_CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "frame-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'; object-src 'none'"
@@ -37,21 +38,30 @@ class AdminUser(UserMixin):
         self.id = str(info.id)
 
 
-@dataclass
-class LoginThrottle:
-    """Failed logins per IP and per account, in a shared store."""
+def _ip() -> str:
+    return f"ip:{request.remote_addr or 'unknown'}"
 
-    limiter: MovingWindowRateLimiter
 
-    def _checks(self, ip: str, email: str) -> list[tuple[RateLimitItem, str]]:
-        return [(FAILED_LOGINS_PER_IP, f"ip:{ip}"), (FAILED_LOGINS_PER_ACCOUNT, f"account:{email.strip().lower()}")]
+def _account() -> str:
+    return f"account:{request.form.get('email', '').strip().lower()}"
 
-    def blocked(self, ip: str, email: str) -> bool:
-        return any(not self.limiter.test(item, "af-login", key) for item, key in self._checks(ip, email))
 
-    def failed(self, ip: str, email: str) -> None:
-        for item, key in self._checks(ip, email):
-            self.limiter.hit(item, "af-login", key)
+def _failed(response: Response) -> bool:
+    return response.status_code == 401
+
+
+def _too_many(_: RequestLimit) -> Response:
+    page = render_template("admin/login.html", email=request.form.get("email", ""),
+                           error="Too many failed attempts. Wait a few minutes and try again.")
+    return make_response(page, 429)
+
+
+def throttle_failed_logins(view: F) -> F:
+    """A login POST is refused (429, the login page) once its IP or its account has too many
+    recent failures; only a failed attempt (401) counts."""
+    for limit, key, scope in ((FAILED_LOGINS_PER_ACCOUNT, _account, "admin-login-account"), (FAILED_LOGINS_PER_IP, _ip, "admin-login-ip")):
+        view = limiter.limit(limit, key_func=key, scope=scope, methods=["POST"], deduct_when=_failed, on_breach=_too_many)(view)
+    return view
 
 
 def session_secret(key: str) -> str:
@@ -87,10 +97,6 @@ def install_security(app: Flask, rt: Runtime) -> None:
     # exempt by construction instead of by a list someone must remember to extend.
     app.config["WTF_CSRF_CHECK_DEFAULT"] = False
     csrf = CSRFProtect(app)
-
-    broker = rt.settings.broker_url or ""
-    storage = storage_from_string(broker if broker.startswith(("redis://", "rediss://")) else "memory://")
-    app.extensions["autofunnel_login_throttle"] = LoginThrottle(MovingWindowRateLimiter(storage))
 
     @app.before_request
     def check_admin_csrf() -> None:

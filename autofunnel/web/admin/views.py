@@ -31,7 +31,7 @@ from autofunnel.services.spend import add_spend, list_spend, parse_spend, set_sp
 from autofunnel.services.status import system_status
 from autofunnel.store.models import LEAD_STATUSES
 from autofunnel.web.admin import charts
-from autofunnel.web.admin.security import AdminUser
+from autofunnel.web.admin.security import AdminUser, throttle_failed_logins
 
 admin = Blueprint("admin", __name__, url_prefix="/admin", template_folder="templates", static_folder="static")
 root = Blueprint("root", __name__)
@@ -42,10 +42,6 @@ PERIODS = (7, 30, 90)
 def runtime() -> Runtime:
     rt: Runtime = current_app.extensions["autofunnel"]
     return rt
-
-
-def _client_ip() -> str:
-    return request.remote_addr or "unknown"
 
 
 @root.get("/")
@@ -90,17 +86,14 @@ def admin_context() -> dict[str, Any]:
 
 
 @admin.route("/login", methods=["GET", "POST"])
+@throttle_failed_logins
 def login() -> Any:
     if request.method == "GET":
         return render_template("admin/login.html", email="")
     email = request.form.get("email", "")
-    throttle = current_app.extensions["autofunnel_login_throttle"]
-    if throttle.blocked(_client_ip(), email):
-        return render_template("admin/login.html", email=email, error="Too many failed attempts. Wait a few minutes and try again."), 429
     rt = runtime()
     user = check_user_password(rt.db, rt.clock, email, request.form.get("password", ""))
     if user is None:
-        throttle.failed(_client_ip(), email)
         return render_template("admin/login.html", email=email, error="Wrong email or password."), 401
     login_user(AdminUser(user))
     target = request.args.get("next", "")
