@@ -155,6 +155,21 @@ def measure_wrk(port: int, paths: list[str], seconds: float, connections: int, w
     return done, done / (micros / 1e6), bad_status + socket_errors
 
 
+def ceiling(args: argparse.Namespace, paths: list[str], work: Path) -> float:
+    """Requests/s of bare_pixel.py under gunicorn with the same workers and client, right now."""
+    port = free_port()
+    bare = subprocess.Popen([sys.executable, "-m", "gunicorn", "-w", str(args.workers), "-b", f"127.0.0.1:{port}", "--log-level", "warning",
+                             "--chdir", str(Path(__file__).parent), "bare_pixel:app"])
+    try:
+        wait_up(port)
+        if args.client == "wrk":
+            return measure_wrk(port, paths, args.seconds, args.clients * args.threads, work)[1]
+        return measure(port, "open", paths, args.seconds, args.clients, args.threads)[1]
+    finally:
+        bare.send_signal(signal.SIGTERM)
+        bare.wait(60)
+
+
 def morning_zone() -> str:
     """A time zone where it is about 10:00 now, inside the example's send window whenever the bench runs."""
     ahead = (10 - time.gmtime().tm_hour + 12) % 24 - 12
@@ -203,6 +218,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--client", choices=("python", "wrk"), default="python",
                         help="wrk: opens and clicks from wrk (apt install wrk), --clients x --threads connections; forms stay Python")
+    parser.add_argument("--ceiling", action="store_true",
+                        help="after the opens, the same client against a bare WSGI app (bare_pixel.py) under the same gunicorn: the ratio")
     parser.add_argument("--batch", default="1", help="AUTOFUNNEL_TRACKING_BATCH_SECONDS (0: each open written in its request)")
     args = parser.parse_args()
     work, project, url = fresh_project("af-public-", args.database_url)
@@ -257,6 +274,10 @@ def main() -> None:
                   f"requests per CPU-second")
             if kind in written:
                 print(f"  all written {drained(db, written[kind], answered[kind]):.1f} s after the last answer")
+            if kind == "open" and args.ceiling:
+                bare = ceiling(args, opens, work)
+                print(f"  ceiling: a bare WSGI app answering the GIF under the same gunicorn and client: {bare:,.0f} requests/s; "
+                      f"the open pixel is {rate / bare:.0%} of it")
         print(f"load average after: {os.getloadavg()[0]:.1f}")
     finally:
         server.send_signal(signal.SIGTERM)

@@ -507,7 +507,7 @@ def test_the_upgrade_that_brings_tallies_counts_what_was_already_stored(shop: Sh
     upgrade(url)
     with shop.rt.db.read() as session:
         assert set(session.execute(select(*columns)).all()) == entries
-        assert not tallies_current(session)  # purchases were stored: 0013 asks for a recount of refunds and revenue_7d
+        assert not tallies_current(session)  # purchases were stored: 0015 asks for a recount of refunds and revenue_7d
     assert tallies(shop.rt) == running
     assert shop.report(**{"from": "2026-03-02", "to": "2026-03-02"}, by="channel") == report  # counted from the facts meanwhile
 

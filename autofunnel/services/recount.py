@@ -1,6 +1,6 @@
 """Counting the report's tallies again from the stored facts (`autofunnel report-recount`).
 
-Needed once after an upgrade that adds figures to the tallies (migration 0013: refunds
+Needed once after an upgrade that adds figures to the tallies (migration 0015: refunds
 and `revenue_7d`); until then the report counts the facts. One transaction: on
 PostgreSQL a REPEATABLE READ snapshot, so a fact written meanwhile is counted once —
 by the recount if the snapshot has it, else by its own tally row (see `rebuild_tallies`).

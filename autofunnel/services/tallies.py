@@ -458,7 +458,7 @@ def rebuild_tallies(session: Session) -> None:
 
 
 def tallies_current(session: Session) -> bool:
-    """Whether the tallies count every figure of this version (see migration 0013): if not, the
+    """Whether the tallies count every figure of this version (see migration 0015): if not, the
     report counts the stored facts until `recount_tallies` has run."""
     return not session.scalar(select(TallyState.recount_needed).where(TallyState.id == 1))
 

@@ -174,7 +174,8 @@ def record_engagements(rt: Runtime, items: list[Engagement]) -> None:
     with rt.db.read() as session:
         rows = {
             row.id: row for row in session.execute(
-                select(Delivery.id, Delivery.lead_id, Delivery.flow, Delivery.step_id, Delivery.status, Delivery.sent_at)
+                select(Delivery.id, Delivery.lead_id, Delivery.flow, Delivery.step_id, Delivery.status, Delivery.sent_at,
+                       Delivery.opened_at, Delivery.clicked_at)
                 .where(Delivery.id.in_(sorted({item.delivery_id for item in items})))
             )
         }
@@ -197,14 +198,22 @@ def record_engagements(rt: Runtime, items: list[Engagement]) -> None:
     if not human:
         return
     # First human open/click only, at the earliest fetch; a click implies the open (the pixel may be blocked).
+    # Most fetches are of an email already opened (a reader opens it again, a client reloads it):
+    # those that were marked when read above are left out, and the UPDATE's guard settles any race.
     human.sort(key=lambda pair: pair[0])
     firsts: dict[str, dict[int, datetime]] = {"opened": {}, "clicked": {}}
     for at, item in human:
-        firsts["opened"].setdefault(item.delivery_id, at)
-        if item.kind == "clicked":
+        delivery = rows[item.delivery_id]
+        if delivery.opened_at is None:
+            firsts["opened"].setdefault(item.delivery_id, at)
+        if item.kind == "clicked" and delivery.clicked_at is None:
             firsts["clicked"].setdefault(item.delivery_id, at)
+    if not firsts["opened"] and not firsts["clicked"]:
+        return
     with rt.db.transaction() as session:
         for figure, moments in firsts.items():
+            if not moments:
+                continue
             marked = _mark_first(session, figure, moments)
             if marked:  # an email still `sending` gets its opens counted with its send, when it is recorded sent
                 count_engagement(session, figure, ids_in(sorted(marked)))

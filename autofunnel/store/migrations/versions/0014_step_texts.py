@@ -4,7 +4,7 @@ before. Versions recorded earlier keep NULL: for their leads the plan sees remov
 steps only, as before.
 
 Revision ID: 0014_step_texts
-Revises: 0013_refund_tallies
+Revises: 0010_admin_search
 Create Date: 2026-12-03
 """
 
@@ -17,7 +17,7 @@ from alembic import op
 from sqlalchemy.dialects import postgresql
 
 revision: str = "0014_step_texts"
-down_revision: str | Sequence[str] | None = "0013_refund_tallies"
+down_revision: str | Sequence[str] | None = "0010_admin_search"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

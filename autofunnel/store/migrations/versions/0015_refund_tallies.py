@@ -7,8 +7,8 @@ be counted again: while `recount_needed` is true the report counts the stored fa
 (correct, slower), and `autofunnel report recount` recounts the tallies and clears
 it. A database with no purchase yet needs no recount.
 
-Revision ID: 0013_refund_tallies
-Revises: 0010_admin_search
+Revision ID: 0015_refund_tallies
+Revises: 0014_step_texts
 Create Date: 2026-12-03
 """
 
@@ -19,8 +19,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0013_refund_tallies"
-down_revision: str | Sequence[str] | None = "0010_admin_search"
+revision: str = "0015_refund_tallies"
+down_revision: str | Sequence[str] | None = "0014_step_texts"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
