@@ -4,8 +4,7 @@ Each class's docstring is its default message, so a shell (CLI, web, worker)
 can print any of them as one honest line without knowing which it caught. A
 delivery error says whether it is `permanent` (the mail server refused for
 good) or transient (try again later). The modules that raise them import them
-from here; errors of the webhook checks and of signed tokens still live beside
-their code.
+from here.
 """
 
 from __future__ import annotations
@@ -147,3 +146,33 @@ class TransientDeliveryError(DeliveryError):
     """the mail server could not take the email now; it may later"""
 
     permanent = False
+
+
+class BadToken(AutofunnelError):
+    """the link is not valid: it was changed, cut short, or made for something else"""
+
+
+class HookRejected(InvalidInputError):
+    """the webhook's signature does not match; nothing was recorded"""
+
+    code = "bad_signature"
+
+
+class HookNotConfigured(AutofunnelError):
+    """this webhook has no secret configured"""
+
+    def __init__(self, setting: str) -> None:
+        super().__init__(f"this webhook is not set up: set AUTOFUNNEL_{setting.upper()} to the secret the provider shows")
+        self.setting = setting
+
+
+class HookUnavailable(AutofunnelError):
+    """something the check needs cannot be had now (a relay's signing certificate); the relay should retry"""
+
+    def __init__(self, message: str, setting: str) -> None:
+        super().__init__(message)
+        self.setting = setting
+
+
+class UnknownHook(AutofunnelError):
+    """no webhook of that name"""

@@ -29,7 +29,7 @@ from typing import Any, Final
 from itsdangerous import BadData, Signer, URLSafeSerializer
 from itsdangerous.encoding import base64_decode, base64_encode
 
-from autofunnel.errors import AutofunnelError, ConfigError
+from autofunnel.errors import BadToken, ConfigError
 
 PURPOSES: Final = ("click", "open", "unsubscribe", "confirm", "offer", "countdown")
 """Every kind of public link; each signs with its own salt."""
@@ -43,10 +43,6 @@ _SIGNATURE_LENGTH = 43
 _CANONICAL_LAST = frozenset("AEIMQUYcgkosw048")
 # itsdangerous tries zlib on every payload (~18 µs); a short one never shrinks.
 _COMPRESS_FROM = 120
-
-
-class BadToken(AutofunnelError):
-    """the link is not valid: it was changed, cut short, or made for something else"""
 
 
 class Tokens:

@@ -24,7 +24,7 @@ from sqlalchemy import and_, bindparam, exists, select
 from sqlalchemy.orm import aliased
 
 from autofunnel.domain.model import Flow, Funnel
-from autofunnel.errors import InvalidInputError, NotFoundError
+from autofunnel.errors import BadToken, InvalidInputError, NotFoundError
 from autofunnel.mail.render import RenderedEmail, Renderer
 from autofunnel.services.events import record_events
 from autofunnel.services.inputs import EventInput
@@ -35,7 +35,6 @@ from autofunnel.services.runtime import Runtime
 from autofunnel.services.tracking import mask_email
 from autofunnel.store.models import Delivery, Lead
 from autofunnel.store.types import UTCDateTime
-from autofunnel.tokens import BadToken
 
 __all__ = [
     "CONFIRM_STEP", "REMINDER_STEP", "ConfirmState", "OptInPass", "confirm", "confirm_state", "confirm_url",

@@ -28,7 +28,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from autofunnel.domain.model import Funnel
-from autofunnel.errors import DatabaseUnavailableError, NotFoundError
+from autofunnel.errors import BadToken, DatabaseUnavailableError, NotFoundError
 from autofunnel.mail.countdown import draw_countdown
 from autofunnel.services.events import record_events
 from autofunnel.services.inputs import EventInput
@@ -36,7 +36,6 @@ from autofunnel.services.runtime import Runtime
 from autofunnel.services.tallies import count_engagement, ids_in
 from autofunnel.store.models import Deadline, Delivery, Lead
 from autofunnel.store.queries import chunks
-from autofunnel.tokens import BadToken
 
 log = logging.getLogger(__name__)
 

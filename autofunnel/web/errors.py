@@ -16,12 +16,12 @@ from werkzeug.exceptions import HTTPException
 
 from autofunnel.errors import (
     AutofunnelError,
+    BadToken,
     DatabaseUnavailableError,
     InvalidInputError,
     NotFoundError,
     NotMigratedError,
 )
-from autofunnel.tokens import BadToken
 
 HTTP_CODES = {
     400: "bad_request",

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify, request
 
-from autofunnel.services.hooks import HookNotConfigured, HookUnavailable, Request, UnknownHook, receive_webhook
+from autofunnel.errors import HookNotConfigured, HookUnavailable, UnknownHook
+from autofunnel.services.hooks import Request, receive_webhook
 from autofunnel.web.api import runtime
 from autofunnel.web.errors import error_response
 

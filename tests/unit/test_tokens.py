@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 from itsdangerous import URLSafeSerializer
 
 from autofunnel.errors import AutofunnelError, ConfigError
-from autofunnel.tokens import PURPOSES, BadToken, Tokens
+from autofunnel.errors import BadToken
+from autofunnel.tokens import PURPOSES, Tokens
 
 NEW_KEY = "new-secret-key-0123456789abcdef"
 OLD_KEY = "old-secret-key-0123456789abcdef"

@@ -19,39 +19,13 @@ from typing import Any
 
 from sqlalchemy import select
 
-from autofunnel.errors import AutofunnelError, InvalidInputError
+from autofunnel.errors import HookNotConfigured, HookRejected, InvalidInputError, UnknownHook
 from autofunnel.services.events import record_events
 from autofunnel.services.inputs import EventInput, normalize_email
 from autofunnel.services.runtime import Runtime
 from autofunnel.store.models import Event, Lead
 
 log = logging.getLogger(__name__)
-
-
-class HookRejected(InvalidInputError):
-    """the webhook's signature does not match; nothing was recorded"""
-
-    code = "bad_signature"
-
-
-class HookNotConfigured(AutofunnelError):
-    """this webhook has no secret configured"""
-
-    def __init__(self, setting: str) -> None:
-        super().__init__(f"this webhook is not set up: set AUTOFUNNEL_{setting.upper()} to the secret the provider shows")
-        self.setting = setting
-
-
-class HookUnavailable(AutofunnelError):
-    """something the check needs cannot be had now (a relay's signing certificate); the relay should retry"""
-
-    def __init__(self, message: str, setting: str) -> None:
-        super().__init__(message)
-        self.setting = setting
-
-
-class UnknownHook(AutofunnelError):
-    """no webhook of that name"""
 
 
 @dataclass(frozen=True)

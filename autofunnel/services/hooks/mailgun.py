@@ -14,8 +14,8 @@ import hmac
 from datetime import datetime
 from typing import Any
 
-from autofunnel.errors import InvalidInputError
-from autofunnel.services.hooks import HookRejected, Ignored, PurchaseLookup, Request, checked_email, decode_json, event, moment
+from autofunnel.errors import HookRejected, InvalidInputError
+from autofunnel.services.hooks import Ignored, PurchaseLookup, Request, checked_email, decode_json, event, moment
 from autofunnel.services.inputs import EventInput
 
 SETTING = "mailgun_webhook_signing_key"

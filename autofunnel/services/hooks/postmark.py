@@ -11,7 +11,8 @@ import base64
 import hmac
 from datetime import datetime
 
-from autofunnel.services.hooks import HookRejected, Ignored, PurchaseLookup, Request, checked_email, decode_json, event, moment
+from autofunnel.errors import HookRejected
+from autofunnel.services.hooks import Ignored, PurchaseLookup, Request, checked_email, decode_json, event, moment
 from autofunnel.services.inputs import EventInput
 
 SETTING = "postmark_webhook_token"

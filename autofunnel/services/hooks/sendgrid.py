@@ -25,7 +25,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from autofunnel.services.hooks import HookRejected, Ignored, PurchaseLookup, Request, checked_email, decode_json, event, header, moment
+from autofunnel.errors import HookRejected
+from autofunnel.services.hooks import Ignored, PurchaseLookup, Request, checked_email, decode_json, event, header, moment
 from autofunnel.services.inputs import EventInput
 
 SETTING = "sendgrid_webhook_public_key"

@@ -38,8 +38,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from autofunnel.errors import InvalidInputError
-from autofunnel.services.hooks import HookRejected, HookUnavailable, Ignored, PurchaseLookup, Request, checked_email, decode_json, event, moment
+from autofunnel.errors import HookRejected, HookUnavailable, InvalidInputError
+from autofunnel.services.hooks import Ignored, PurchaseLookup, Request, checked_email, decode_json, event, moment
 from autofunnel.services.inputs import EventInput
 
 if TYPE_CHECKING:
