@@ -19,11 +19,14 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from email_validator import SPECIAL_USE_DOMAIN_NAMES, EmailNotValidError, validate_email
 
-from autofunnel.errors import InvalidInputError
+from autofunnel.errors import InvalidInputError, NotFoundError
 
 MAX_BATCH = 1000
 SOURCE_KEYS = ("channel", "utm_source", "utm_medium", "utm_campaign", "utm_content", "referrer")
 SUBSCRIBE_KEYS = ("email", "funnel", "first_name", "fields", "tags", "timezone", "source", "owner", "at")
+LARGEST_ID = 2**63 - 1
+"""The largest id a 64-bit key column holds."""
+
 EVENT_KEYS = ("type", "email", "lead_id", "id", "at", "properties")
 FUTURE_SLACK = timedelta(minutes=5)
 """How far ahead of our clock an `at` may be (a sender's clock running a little fast); beyond, it is refused."""
@@ -256,6 +259,8 @@ def parse_event(item: Any, prefix: str, now: datetime) -> EventInput:
         raise InvalidInputError("email or lead_id is required", field=f"{prefix}email", code="required")
     if lead_id is not None and (isinstance(lead_id, bool) or not isinstance(lead_id, int) or lead_id < 1):
         raise InvalidInputError("expected a lead id (a positive whole number)", field=f"{prefix}lead_id")
+    if lead_id is not None and lead_id > LARGEST_ID:  # no row can have it, and the drivers refuse to bind it
+        raise NotFoundError(f"no lead with id {lead_id}", field=f"{prefix}lead_id", code="unknown_lead")
     key = item.get("id")
     if key is not None:
         if isinstance(key, bool) or not isinstance(key, (str, int)) or not str(key).strip() or len(str(key)) > 200:
