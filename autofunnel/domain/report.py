@@ -1,6 +1,6 @@
 """The report's arithmetic that is not SQL: pure functions over small aggregated tables.
 
-The database counts and orders (`autofunnel.services.report`); what is left —
+The database counts and orders (`autofunnel.store.report_queries`); what is left —
 turning counts into conversion fractions, two ranked values into a percentile,
 two proportions into a lift with its confidence interval, and a touchpoint's
 rank into its share of a purchase — lives here, where it is cheap to test
