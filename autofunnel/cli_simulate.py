@@ -32,7 +32,8 @@ def simulate(state: State, funnel: str, leads: int, days: int, rates: str | None
     from autofunnel.domain.model import Funnel
     from autofunnel.errors import InvalidInputError
     from autofunnel.services.project import load_project
-    from autofunnel.services.simulate import merged_rates, observed_rates, parse_rates
+    from autofunnel.domain.synthetic import merged_rates
+    from autofunnel.services.simulate import observed_rates, parse_rates
     from autofunnel.services.simulate import simulate as run_simulation
 
     settings = state.settings

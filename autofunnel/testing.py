@@ -379,7 +379,8 @@ class FunnelTest:
         retries whose back-off ended)."""
         from autofunnel.services.delivery import deliver
         from autofunnel.services.optin import opt_in_pass
-        from autofunnel.services.scheduler import sweep, tick
+        from autofunnel.services.scheduler import tick
+        from autofunnel.services.sweep import sweep
 
         queued = tick(self.runtime).queued
         opt_in_pass(self.runtime, self.now)

@@ -1,6 +1,6 @@
 """The report's arithmetic that is not SQL: pure functions over small aggregated tables.
 
-The database counts and orders (`autofunnel.services.report`); what is left —
+The database counts and orders (`autofunnel.store.report_queries`); what is left —
 turning counts into conversion fractions, two ranked values into a percentile,
 two proportions into a lift with its confidence interval, and a touchpoint's
 rank into its share of a purchase — lives here, where it is cheap to test
@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, Final
 
 ATTRIBUTION_MODELS: Final = ("first", "last", "linear", "position", "time_decay")
@@ -19,6 +20,8 @@ POSITION_ENDS: Final = 0.4
 """`position` (U-shaped) attribution: 40 % to the first touch, 40 % to the last, 20 % shared by the middle."""
 TIME_DECAY_HALF_LIFE_S: Final = 7 * 86400
 """`time_decay` attribution: a touch 7 days before the purchase weighs half as much as one at the purchase."""
+PURCHASE_WINDOW: Final = timedelta(days=7)
+"""A step's `purchases_7d` counts purchases within this long after its email was sent."""
 Z_95: Final = 1.959963984540054
 """The two-sided 95 % point of the standard normal distribution."""
 

@@ -8,6 +8,19 @@ change of wording is a change in one place.
 from __future__ import annotations
 
 from autofunnel.domain.durations import format_duration
+from autofunnel.domain.engine import (
+    AssignVariant,
+    ChangeFields,
+    ChangeTag,
+    Decision,
+    Jump,
+    Leave,
+    NotifyPerson,
+    SendEmail,
+    Skip,
+    StartDeadline,
+    WaitDecision,
+)
 from autofunnel.domain.model import (
     Action,
     AddTag,
@@ -108,3 +121,29 @@ def step_text(step: Step) -> str:
     if isinstance(step.action, Send) and not step.action.capped:
         parts.append("not capped")
     return ", ".join(parts)
+
+
+def decision_words(decision: Decision) -> tuple[str, str]:
+    """What the engine decided, as the scheduler prints it: a short kind and the reason."""
+    match decision:
+        case SendEmail(template=template, variant=variant):
+            return "queued", f"email {template!r} queued" + (f" (variant {variant})" if variant else "")
+        case NotifyPerson(template=template, to=to):
+            return "queued", f"notification {template!r} to {to} queued"
+        case StartDeadline(name=name, at=at):
+            return "deadline", f"deadline {name!r} set for {at.isoformat()}"
+        case AssignVariant(template=template):
+            return "variant", f"variant {template!r} assigned"
+        case ChangeTag(tag=tag, add=add):
+            return ("tag" if add else "untag"), tag
+        case ChangeFields(values=values):
+            return "set", ", ".join(f"{k}={v!r}" for k, v in values.items())
+        case Skip(reason=reason):
+            return "skipped", reason
+        case Jump(target=target):
+            return "goto", f"jumped to {target!r}"
+        case WaitDecision(until=until, reason=reason):
+            return "waiting", reason + (f" until {until.isoformat()}" if until else "")
+        case Leave(status=status, reason=reason):
+            return status, reason
+    raise TypeError(decision)

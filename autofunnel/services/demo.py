@@ -23,7 +23,8 @@ from sqlalchemy import func, select
 from autofunnel.clock import SystemClock
 from autofunnel.config import CONFIG_FILE
 from autofunnel.domain.model import Funnel
-from autofunnel.services.simulate import CHANNELS, Behaviour, Rates
+from autofunnel.domain.synthetic import CHANNELS, Rates
+from autofunnel.services.simulate import Behaviour
 from autofunnel.testing import FunnelTest
 
 DAYS = 90

@@ -19,7 +19,8 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from autofunnel.services.runtime import Runtime
 from autofunnel.services.optin import opt_in_pass
-from autofunnel.services.scheduler import BATCH, fold_report_tallies, sweep, tick
+from autofunnel.services.scheduler import BATCH, fold_report_tallies, tick
+from autofunnel.services.sweep import sweep
 
 log = logging.getLogger(__name__)
 

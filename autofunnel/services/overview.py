@@ -14,10 +14,11 @@ from typing import Any
 from sqlalchemy import func, select
 
 from autofunnel.domain.model import Funnel
-from autofunnel.services.report import DEFAULT_DAYS, day_start, funnel_report, parse_report_query, period_start
+from autofunnel.services.report import DEFAULT_DAYS, day_start, funnel_report, parse_report_query
 from autofunnel.services.runtime import Runtime
 from autofunnel.store.models import Enrollment
 from autofunnel.store.queries import is_postgres
+from autofunnel.store.report_queries import period_start
 
 
 @dataclass(frozen=True)

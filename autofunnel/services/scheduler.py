@@ -4,13 +4,13 @@ on each, and write its decisions — all in one transaction per batch.
 Claims use `FOR UPDATE SKIP LOCKED` on PostgreSQL, so any number of schedulers
 can run at once without taking the same lead; on SQLite the batch is one
 `BEGIN IMMEDIATE` transaction, which serializes writers. The cost of a pass is
-what is due (the partial index on active rows' `due_at`), not every lead.
-Emails are only queued here; delivery ids are handed out after commit.
+what is due (the partial index on active rows' `due_at`), not every lead
+(`store/due.py`). Emails are only queued here; delivery ids are handed out after
+commit, and `services/sweep.py` finds the ones the broker lost.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
@@ -29,24 +29,23 @@ from autofunnel.domain.engine import (
     ChangeFields,
     ChangeTag,
     Decision,
-    Jump,
     LeadFacts,
     Leave,
     NotifyPerson,
     SendEmail,
-    Skip,
     StartDeadline,
-    WaitDecision,
     advance,
 )
 from autofunnel.domain.model import Clicked, Flow, HasEvent, Opened, Step, walk_condition
-from autofunnel.services.enrollments import cursor_of, parked_to_json, ready_to_send, timeline_row, write_timeline
+from autofunnel.domain.words import decision_words
+from autofunnel.services.enrollments import cursor_of, parked_to_json, timeline_row, write_timeline
 from autofunnel.services.runtime import Runtime
+from autofunnel.services.sweep import sweep
 from autofunnel.services.tallies import fold_tallies
 from autofunnel.services.versions import current_version_ids, layouts_by_id
+from autofunnel.store.due import claim_due
 from autofunnel.store.models import Assignment, Deadline, Delivery, Enrollment, Event, Lead
-from autofunnel.store.queries import among, bulk_insert, bulk_update, insert_returning, is_postgres
-from autofunnel.store.types import UTCDateTime
+from autofunnel.store.queries import among, bulk_insert, bulk_update, insert_returning
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +97,7 @@ def tick(
         lines_before = len(report.lines)
         try:
             with rt.db.transaction(rollback=dry_run) as session:
-                rows = claimed = _claim(session, now, size)
+                rows = claimed = claim_due(session, now, size)
                 if not rows:
                     break
                 if versions is None:
@@ -146,27 +145,6 @@ def _set_aside(rt: Runtime, row: Any, exc: Exception, now: datetime, report: Tic
         session.execute(update(Enrollment).where(Enrollment.id == row.id, Enrollment.status == "active").values(due_at=now + SET_ASIDE))
         write_timeline(session, [timeline_row(row.lead_id, now, "error", reason, flow=row.flow, stage=row.stage, step_id=row.step_id)])
     report.lines.append(DecisionLine(f"lead {row.lead_id}", row.flow, row.stage, row.step_id, "error", reason))
-
-
-def _claim(session: Session, now: datetime, batch: int) -> list[Any]:
-    return list(session.execute(_claim_statement(is_postgres(session)), {"now": now, "batch": batch}))
-
-
-@functools.cache
-def _claim_statement(postgres: bool) -> Any:
-    """Built once per backend: every pass runs it at least twice (the last batch finds none)."""
-    stmt = (
-        select(
-            Enrollment.id, Enrollment.lead_id, Enrollment.flow, Enrollment.kind, Enrollment.stage, Enrollment.step_id,
-            Enrollment.waiting_for, Enrollment.visits, Enrollment.version_id, Enrollment.due_at, Enrollment.history,
-        )
-        .where(Enrollment.status == "active", Enrollment.due_at <= bindparam("now", type_=UTCDateTime()))
-        .order_by(Enrollment.due_at)
-        .limit(bindparam("batch"))
-    )
-    if postgres:
-        stmt = stmt.with_for_update(skip_locked=True, of=Enrollment)
-    return stmt
 
 
 @dataclass
@@ -230,7 +208,7 @@ def _process(session: Session, rt: Runtime, rows: Sequence[Any], now: datetime, 
         stamp = now.isoformat()
         for decision in result.decisions:
             step_id = getattr(decision, "step_id", None)
-            verdict, reason = _describe(decision)
+            verdict, reason = decision_words(decision)
             lines.append(DecisionLine(lead.email, row.flow, row.stage, step_id, verdict, reason))
             history.append([stamp, step_id, verdict, reason])
             _collect(decision, row, lead, now, deliveries, new_deadlines, new_assignments, deadlines[key], assignments[key])
@@ -320,31 +298,6 @@ def _load_events(session: Session, lead_ids: list[int], flows: list[Flow]) -> di
     return found
 
 
-def _describe(decision: Decision) -> tuple[str, str]:
-    match decision:
-        case SendEmail(template=template, variant=variant):
-            return "queued", f"email {template!r} queued" + (f" (variant {variant})" if variant else "")
-        case NotifyPerson(template=template, to=to):
-            return "queued", f"notification {template!r} to {to} queued"
-        case StartDeadline(name=name, at=at):
-            return "deadline", f"deadline {name!r} set for {at.isoformat()}"
-        case AssignVariant(template=template):
-            return "variant", f"variant {template!r} assigned"
-        case ChangeTag(tag=tag, add=add):
-            return ("tag" if add else "untag"), tag
-        case ChangeFields(values=values):
-            return "set", ", ".join(f"{k}={v!r}" for k, v in values.items())
-        case Skip(reason=reason):
-            return "skipped", reason
-        case Jump(target=target):
-            return "goto", f"jumped to {target!r}"
-        case WaitDecision(until=until, reason=reason):
-            return "waiting", reason + (f" until {until.isoformat()}" if until else "")
-        case Leave(status=status, reason=reason):
-            return status, reason
-    raise TypeError(decision)
-
-
 def _collect(
     decision: Decision, row: Any, lead: _LeadState, now: datetime, deliveries: list[dict[str, Any]],
     new_deadlines: list[dict[str, Any]], new_assignments: list[dict[str, Any]],
@@ -401,69 +354,6 @@ def _write_enrollments(session: Session, updates: list[dict[str, Any]]) -> None:
 def _write_leads(session: Session, leads: dict[int, _LeadState], now: datetime) -> None:
     changed = [{"id": lead_id, "tags": s.tags, "fields": s.fields, "updated_at": now} for lead_id, s in leads.items() if s.changed]
     bulk_update(session, Lead.__table__, changed)
-
-
-@dataclass
-class SweepResult:
-    retries: list[int]
-    """Emails whose back-off ended: new work, handed out now."""
-    lost: list[int]
-    """Emails handed out longer than a lease ago and still queued: the broker lost them."""
-    interrupted: int
-
-
-def sweep(rt: Runtime, *, now: datetime | None = None, broker_empty: bool = True) -> SweepResult:
-    """Find delivery work the broker lost: queued rows to hand out again, and
-    `sending` rows whose worker died, which end `failed: interrupted` (never re-sent).
-
-    An email still waiting behind others in the broker looks exactly like a lost
-    one, so lost work is handed out again when the broker's queue is empty
-    (`broker_empty`), or, whatever the queue holds, once it has waited
-    STALE_AFTER_LEASES leases (a queue that never empties, or whose depth cannot be
-    read, must not hold lost work back for ever); a duplicate is harmless (the claim
-    decides, and a worker drops a copy's already-sent emails in one statement).
-    Every id returned is stamped `dispatched_at = now` in the same transaction, so two
-    schedulers sweeping at once never hand out the same email twice.
-    """
-    now = now or rt.clock.now()
-    lease = timedelta(seconds=rt.settings.delivery_lease)
-    interrupt, hand_out_new, hand_out_lost = _sweep_statements()
-    with rt.db.transaction() as session:
-        interrupted = session.execute(interrupt, {"now": now}).all()
-        write_timeline(session, [
-            timeline_row(row.lead_id, now, "failed", "interrupted", flow=row.flow, stage=row.stage, step_id=row.step_id)
-            for row in interrupted
-        ])
-        retries = sorted(session.scalars(hand_out_new, {"now": now}))
-        waited = lease if broker_empty else lease * STALE_AFTER_LEASES
-        lost = sorted(session.scalars(hand_out_lost, {"now": now, "handed_before": now - waited}))
-    return SweepResult(retries, lost, len(interrupted))
-
-
-@functools.cache
-def _sweep_statements() -> tuple[Any, Any, Any]:
-    """The sweep's three statements, built once: it runs on every scheduler pass, and building
-    SQLAlchemy statements cost more than running them (a simulation makes thousands of passes)."""
-    now = bindparam("now", type_=UTCDateTime())
-    interrupt = (
-        update(Delivery)
-        .where(Delivery.status == "sending", Delivery.lease_until < now)
-        .values(status="failed", reason=INTERRUPTED, lease_until=None, finished_at=now)
-        .returning(Delivery.id, Delivery.lead_id, Delivery.flow, Delivery.stage, Delivery.step_id)
-    )
-    ready = ready_to_send(now)
-    hand_out_new = _hand_out_statement(ready & Delivery.dispatched_at.is_(None), now)
-    hand_out_lost = _hand_out_statement(ready & (Delivery.dispatched_at <= bindparam("handed_before", type_=UTCDateTime())), now)
-    return interrupt, hand_out_new, hand_out_lost
-
-
-STALE_AFTER_LEASES = 10
-
-INTERRUPTED = "interrupted: the worker stopped between claiming the email and recording it; not sent again"
-
-
-def _hand_out_statement(condition: Any, now: Any) -> Any:
-    return update(Delivery).where(condition).values(dispatched_at=now).returning(Delivery.id)
 
 
 @dataclass

@@ -22,9 +22,8 @@ import heapq
 import json
 import random
 import time
-from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from autofunnel.clock import ensure_utc
 from autofunnel.domain.durations import parse_duration
 from autofunnel.domain.model import Funnel
+from autofunnel.domain.synthetic import PRICES, DayFigures, Rates, SimulationResult, day_figures
 from autofunnel.errors import AutofunnelError, InvalidInputError
 from autofunnel.services.senders import tracks_opens
 from autofunnel.services.tracking import Engagement, record_engagements
@@ -45,26 +45,6 @@ DEFAULT_START = datetime.fromisoformat("2026-01-05T00:00:00+00:00")
 
 TICK_EVERY = timedelta(minutes=5)
 """The simulated scheduler wakes every 5 virtual minutes (production: every second or so)."""
-
-PRICES = (19.0, 199.0, 990.0, 1990.0)
-"""Order values of the purchases that enter the 2nd, 3rd… stage, when the event names none."""
-
-
-@dataclass
-class Rates:
-    """The behaviour of synthetic leads; the defaults are stated in the README."""
-
-    open: float = 0.45
-    click: float = 0.25
-    unsubscribe: float = 0.005
-    confirm: float = 0.85
-    stage: float = 0.2
-    stages: dict[str, float] = field(default_factory=dict)
-    buy_within: float = 5.0
-    source: str = "default"
-
-    def conversion(self, stage: str) -> float:
-        return self.stages.get(stage, self.stage)
 
 
 def parse_rates(text: str | None, funnel: Funnel) -> dict[str, float]:
@@ -126,45 +106,6 @@ def observed_rates(settings: Any, funnel: Funnel, today: date) -> Rates | None:
         if opened:
             rates.click = sum(step["clicked"] for step in report["steps"]) / opened
     return rates
-
-
-@dataclass
-class DayFigures:
-    day: int
-    date: str
-    sent: dict[str, int]
-    stages: dict[str, int]
-
-
-@dataclass
-class SimulationResult:
-    funnel: str
-    seed: int
-    leads: int
-    days: int
-    start: str
-    rates: dict[str, Any]
-    per_day: list[DayFigures]
-    report: dict[str, Any]
-    emails: int
-    seconds: float
-
-    @property
-    def lead_days_per_s(self) -> float:
-        return self.leads * self.days / self.seconds if self.seconds > 0 else 0.0
-
-    def as_dict(self, *, timing: bool = True) -> dict[str, Any]:
-        data = {
-            "funnel": self.funnel, "seed": self.seed, "leads": self.leads, "days": self.days, "start": self.start,
-            "rates": self.rates, "days_run": [asdict(day) for day in self.per_day], "emails": self.emails, "report": self.report,
-        }
-        if timing:
-            data["seconds"] = round(self.seconds, 3)
-            data["lead_days_per_s"] = round(self.lead_days_per_s, 1)
-        return data
-
-
-CHANNELS = (("instagram", 0.35), ("google", 0.25), ("newsletter-swap", 0.15), ("facebook", 0.15), (None, 0.10))
 
 
 class Behaviour:
@@ -443,34 +384,8 @@ def _per_day(t: FunnelTest, flow: Funnel, begin: datetime, days: int) -> list[Da
             select(StageEntry.lead_id, StageEntry.position, StageEntry.entered_at)
             .where(StageEntry.funnel == flow.slug, StageEntry.skipped.is_(False))
         ).all()
-    by_day: dict[int, Counter[str]] = defaultdict(Counter)
-    for moment, template in sent:
-        by_day[(ensure_utc(moment) - begin).days][template] += 1
-    moves = sorted((ensure_utc(at), lead, position) for lead, position, at in entries)
-    names = [stage.name for stage in flow.stages]
-    where: dict[int, int] = {}
-    result: list[DayFigures] = []
-    cursor = 0
-    for day in range(days):
-        day_end = begin + timedelta(days=day + 1)
-        while cursor < len(moves) and moves[cursor][0] < day_end:
-            _, lead, position = moves[cursor]
-            where[lead] = max(where.get(lead, 0), position)
-            cursor += 1
-        occupancy = Counter(names[position] for position in where.values())
-        result.append(DayFigures(day + 1, (begin + timedelta(days=day)).date().isoformat(),
-                                 dict(sorted(by_day[day].items())), {name: occupancy.get(name, 0) for name in names}))
-    return result
-
-
-def merged_rates(observed: Rates | None, given: Mapping[str, float]) -> Rates:
-    """Given rates win over observed ones, observed over the defaults."""
-    rates = observed or Rates()
-    if given:
-        rates.source = "given" if observed is None else "observed+given"
-    for name, value in given.items():
-        if name in ("open", "click", "unsubscribe", "confirm"):
-            setattr(rates, name, value)
-        else:
-            rates.stages[name] = value
-    return rates
+    return day_figures(
+        ((ensure_utc(moment), template) for moment, template in sent),
+        ((lead, position, ensure_utc(at)) for lead, position, at in entries),
+        [stage.name for stage in flow.stages], begin, days,
+    )

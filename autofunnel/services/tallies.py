@@ -32,7 +32,7 @@ What the figures count (`figure`, with `stage`, `step`, `detail`):
   like a negative purchase); `refunded_orders` per currency: distinct orders refunded.
 
 A refund belongs to the purchase of the same lead with the same `order_id` (see
-`refund_of`); a refund, its purchase and an email before the purchase are counted
+`store/facts.py`'s `refund_of`); a refund, its purchase and an email before the purchase are counted
 for `refunds_7d` by whichever of the three is written last.
 
 Writers only ever insert rows, never update one, so concurrent transactions
@@ -42,54 +42,20 @@ never queue on a hot row; `fold_tallies` merges them in the background.
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass, field
-from types import SimpleNamespace
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from types import SimpleNamespace
 from typing import Any, Final
 
-from sqlalchemy import (
-    CTE,
-    ColumnElement,
-    Float,
-    Select,
-    String,
-    and_,
-    bindparam,
-    case,
-    cast,
-    column,
-    delete,
-    Exists,
-    exists,
-    func,
-    or_,
-    insert,
-    Insert,
-    literal,
-    literal_column,
-    select,
-    text,
-    true,
-    tuple_,
-    union_all,
-    values,
-)
+from sqlalchemy import CTE, ColumnElement, Exists, Insert, Select, String, and_, bindparam, column, delete, exists, func, insert, literal, or_, select, true, tuple_, union_all, values
 from sqlalchemy.orm import Session, aliased
 
-from autofunnel.store.models import Assignment, CohortTally, Delivery, Event, StageEntry, TallyState
-from autofunnel.store.queries import Executor, chunks, is_postgres
+from autofunnel.store.facts import amount_of, refund_of
+from autofunnel.store.models import CohortTally, Event, TallyState
+from autofunnel.store.queries import Executor, chunks
+from autofunnel.store.tally_statements import KEY_COLUMNS, TALLY_COLUMNS, email_parts, engagement_parts, event_parts, purchase_after, stage_entry_parts, unsubscribe_from
 from autofunnel.store.types import UTCDateTime
-
-PURCHASE_WINDOW: Final = timedelta(days=7)
-"""A step's `purchases_7d` counts purchases within this long after its email was sent."""
-TALLY_COLUMNS: Final = ("funnel", "cohort_day", "channel", "figure", "stage", "step", "detail", "n", "amount")
-KEY_COLUMNS: Final = TALLY_COLUMNS[:7]
-
-BY_KEY: Final = text("1, 2, 3, 4, 5, 6, 7")
-"""Every tally statement groups by its key columns by position: the same expression in the
-select list and in GROUP BY, bound parameters and all, on both backends."""
-
 
 
 @dataclass(frozen=True)
@@ -125,63 +91,7 @@ def of_lead(lead_id: int) -> Scope:
 _STATEMENTS: dict[tuple[Any, ...], Any] = {}
 
 
-# Dialect-specific pieces, shared with the report ------------------------------------------
-
-
-def day_of(session: Session, moment: Any) -> Any:
-    """The UTC calendar day of a stored moment."""
-    if is_postgres(session):
-        # A literal zone, not a bound one: PostgreSQL must see the same expression in GROUP BY.
-        return cast(func.timezone(literal_column("'UTC'"), moment), CohortTally.cohort_day.type)
-    return func.date(moment, type_=String)
-
-
-def amount_of(session: Session, event: Any) -> ColumnElement[float]:
-    """A purchase's `amount` as a number; an amount that is not a number counts as nothing."""
-    if is_postgres(session):
-        return case((func.jsonb_typeof(event.properties["amount"]) == "number", event.properties["amount"].as_float()), else_=0.0)
-    return func.coalesce(cast(func.json_extract(event.properties, "$.amount"), Float), 0.0)
-
-
-def currency_of(event: Any) -> ColumnElement[str]:
-    return func.coalesce(event.properties["currency"].as_string(), "")
-
-
-def order_of(event: Any) -> ColumnElement[Any]:
-    """A purchase's or refund's `order_id`, as stored (text or number)."""
-    return event.properties["order_id"].as_string()
-
-
-def refund_of(refund: Any, purchase: Any) -> ColumnElement[bool]:
-    """`refund` (an event of type refund) gives money back for `purchase`: the same lead and order."""
-    return and_(refund.lead_id == purchase.lead_id, refund.type == "refund", order_of(refund) == order_of(purchase))
-
-
-def order_key(refund: Any) -> ColumnElement[str]:
-    """Which order a refund is about, to count refunded orders: its lead and `order_id`; a refund
-    without one is an order of its own."""
-    order = func.coalesce(cast(order_of(refund), String), literal("#") + cast(refund.id, String))
-    return cast(refund.lead_id, String) + literal(":") + order
-
-
-def before(session: Executor, later: Any, earlier: Any, span: timedelta) -> ColumnElement[bool]:
-    """`later < earlier + span`, written so each backend compares it directly."""
-    seconds = int(span.total_seconds())
-    if is_postgres(session):
-        return later < earlier + literal_column(f"interval '{seconds} seconds'")
-    return func.julianday(later) < func.julianday(earlier) + seconds / 86400.0
-
-
 # The figures ------------------------------------------------------------------------------
-
-
-def _rows(session: Session, funnel: Any, moment: Any, channel: Any, figure: Any, stage: Any, step: Any, detail: Any, n: Any, amount: Any = None) -> list[Any]:
-    """The select list of one tally row, in `TALLY_COLUMNS` order."""
-    return [
-        funnel.label("funnel"), day_of(session, moment).label("cohort_day"), func.coalesce(channel, "").label("channel"),
-        (literal(figure) if isinstance(figure, str) else figure).label("figure"), stage.label("stage"), step.label("step"), detail.label("detail"),
-        n.label("n"), (amount if amount is not None else literal_column("0.0")).label("amount"),
-    ]
 
 
 def _write(session: Session, key: tuple[Any, ...], build: Callable[[], list[Select[Any]]], params: dict[str, Any]) -> None:
@@ -195,62 +105,12 @@ def _write(session: Session, key: tuple[Any, ...], build: Callable[[], list[Sele
 
 def count_stage_entries(session: Session, scope: Scope) -> None:
     """Stage entries in `scope`: reached, skipped, timed, lasted, and reach by holdout group."""
-    _write(session, ("stage_entries", scope.name), lambda: _stage_entry_parts(session, scope), scope.params)
-
-
-def _stage_entry_parts(session: Session, scope: Scope) -> list[Select[Any]]:
-    e = StageEntry
-    blank = literal("")
-
-    def part(figure: str, n: Any, *where: Any) -> Select[Any]:
-        return (
-            select(*_rows(session, e.funnel, e.cohort_at, e.channel, figure, e.stage, blank, blank, n))
-            .where(scope(e), *where).group_by(BY_KEY)
-        )
-
-    a = Assignment
-    holdout = (
-        select(*_rows(session, e.funnel, e.cohort_at, e.channel, "holdout", e.stage, blank, a.value, func.count()))
-        .join(a, and_(a.lead_id == e.lead_id, a.flow == e.funnel, a.name == "holdout"))
-        .where(scope(e)).group_by(BY_KEY)
-    )
-    return [
-        part("reached", func.count()),
-        part("skipped", func.count(), e.skipped.is_(True)),
-        part("timed", func.count(), e.since_previous_s.is_not(None)),
-        part("lasted", func.count(), e.since_first_s.is_not(None)),
-        holdout,
-    ]
-
-
-def _first_stage(d: Any) -> tuple[Any, ColumnElement[bool]]:
-    """The first-stage row (cohort and channel) of an email's lead in the email's funnel, and the
-    join condition; an email counts for the funnel once the lead had entered it, as in the report."""
-    s0 = aliased(StageEntry, name="s0")
-    return s0, and_(s0.lead_id == d.lead_id, s0.funnel == d.flow, s0.position == 0, d.sent_at >= s0.entered_at)
+    _write(session, ("stage_entries", scope.name), lambda: stage_entry_parts(session, scope), scope.params)
 
 
 def count_emails(session: Session, scope: Scope) -> None:
     """Sent emails in `scope`: sent, first opens, first clicks (what followed them is `count_events`'s)."""
-    _write(session, ("emails", scope.name), lambda: _email_parts(session, scope), scope.params)
-
-
-def _email_parts(session: Session, scope: Scope) -> list[Select[Any]]:
-    d = Delivery
-    s0, on_s0 = _first_stage(d)
-    sent = (d.kind == "email", d.status == "sent", scope(d))
-
-    def part(figure: str, n: Any) -> Select[Any]:
-        return (
-            select(*_rows(session, d.flow, s0.cohort_at, s0.channel, figure, d.stage, d.step_id, literal(""), n))
-            .select_from(d).join(s0, on_s0).where(*sent).group_by(BY_KEY)
-        )
-
-    return [
-        part("sent", func.count()),
-        part("opened", func.count(d.opened_at)).having(func.count(d.opened_at) > 0),
-        part("clicked", func.count(d.clicked_at)).having(func.count(d.clicked_at) > 0),
-    ]
+    _write(session, ("emails", scope.name), lambda: email_parts(session, scope), scope.params)
 
 
 @dataclass(frozen=True)
@@ -287,9 +147,9 @@ def count_sent_email(session: Executor, delivery_id: int, lead_id: int, sent_at:
         r = aliased(Event, name="r")
         followed = union_all(
             select(e.type.label("kind"), func.count().label("n"), func.sum(amount_of(session, e)).label("amount"))
-            .where(e.lead_id == lead_id, or_(_purchase_after(session, e, email), _unsubscribe_from(e, email))).group_by(e.type),
+            .where(e.lead_id == lead_id, or_(purchase_after(session, e, email), unsubscribe_from(e, email))).group_by(e.type),
             select(literal("refund").label("kind"), func.count(), func.sum(amount_of(session, r)))
-            .select_from(e).join(r, refund_of(r, e)).where(e.lead_id == lead_id, _purchase_after(session, e, email)),
+            .select_from(e).join(r, refund_of(r, e)).where(e.lead_id == lead_id, purchase_after(session, e, email)),
         )
         names = {"purchase": "purchases_7d", "unsubscribed": "unsubscribed", "refund": "refunds_7d"}
         counts += [(names[kind], int(n), float(amount or 0.0) if kind != "unsubscribed" else 0.0) for kind, n, amount in session.execute(followed) if n]
@@ -334,20 +194,7 @@ def sent_email_tally_params(funnel: str, cohort: Cohort, stage: str, step: str) 
 def count_engagement(session: Session, figure: str, scope: Scope) -> None:
     """People's first opens or first clicks (`figure`) of the sent emails in `scope`: a batch of
     gathered opens is counted in one statement, grouped as `count_emails` groups them."""
-    d = Delivery
-    s0, on_s0 = _first_stage(d)
-    _write(session, ("engagement", figure, scope.name), lambda: [
-        select(*_rows(session, d.flow, s0.cohort_at, s0.channel, figure, d.stage, d.step_id, literal(""), func.count()))
-        .select_from(d).join(s0, on_s0).where(d.kind == "email", d.status == "sent", scope(d)).group_by(BY_KEY)
-    ], scope.params)
-
-
-def _unsubscribe_from(u: Any, d: Any) -> ColumnElement[bool]:
-    return and_(u.lead_id == d.lead_id, u.type == "unsubscribed", u.properties["delivery"].as_integer() == d.id)
-
-
-def _purchase_after(session: Executor, p: Any, d: Any) -> ColumnElement[bool]:
-    return and_(p.lead_id == d.lead_id, p.type == "purchase", p.at >= d.sent_at, before(session, p.at, d.sent_at, PURCHASE_WINDOW))
+    _write(session, ("engagement", figure, scope.name), lambda: engagement_parts(session, figure, scope), scope.params)
 
 
 def count_events(session: Session, scope: Scope, *, funnel: str | None = None) -> None:
@@ -360,82 +207,7 @@ def count_events(session: Session, scope: Scope, *, funnel: str | None = None) -
     scope already counted.
     """
     params = {**scope.params, **({"scope_funnel": funnel} if funnel is not None else {})}
-    _write(session, ("events", scope.name, funnel is None), lambda: _event_parts(session, scope, funnel is not None), params)
-
-
-def _event_parts(session: Session, scope: Scope, one_funnel: bool) -> list[Select[Any]]:
-    funnel = bindparam("scope_funnel") if one_funnel else None
-    p = aliased(Event, name="p")
-    s0, on_s0 = _purchasers_stage(funnel)
-    bought = (p.type == "purchase", scope(p), p.at >= s0.entered_at)
-    earlier = aliased(Event, name="earlier")
-    counted_before = exists().where(
-        earlier.lead_id == p.lead_id, earlier.type == "purchase", currency_of(earlier) == currency_of(p),
-        earlier.at >= s0.entered_at, ~scope(earlier),
-    )
-    blank = literal("")
-    revenue = (
-        select(*_rows(session, s0.funnel, s0.cohort_at, s0.channel, "revenue", blank, blank, currency_of(p), func.count(), func.sum(amount_of(session, p))))
-        .select_from(p).join(s0, on_s0(p)).where(*bought).group_by(BY_KEY)
-    )
-    customers = (
-        select(*_rows(session, s0.funnel, s0.cohort_at, s0.channel, "customers", blank, blank, currency_of(p), func.count(p.lead_id.distinct())))
-        .select_from(p).join(s0, on_s0(p)).where(*bought, ~counted_before).group_by(BY_KEY)
-    )
-    r = aliased(Event, name="r")
-    s2, on_s2 = _purchasers_stage(funnel)
-    refunded = (r.type == "refund", scope(r), r.at >= s2.entered_at)
-    earlier_refund = aliased(Event, name="earlier_refund")
-    order_counted_before = exists().where(
-        earlier_refund.lead_id == r.lead_id, earlier_refund.type == "refund", order_of(earlier_refund) == order_of(r),
-        currency_of(earlier_refund) == currency_of(r), earlier_refund.at >= s2.entered_at, ~scope(earlier_refund),
-    )
-    refunds = (
-        select(*_rows(session, s2.funnel, s2.cohort_at, s2.channel, "refunded", blank, blank, currency_of(r), func.count(), func.sum(amount_of(session, r))))
-        .select_from(r).join(s2, on_s2(r)).where(*refunded).group_by(BY_KEY)
-    )
-    refunded_orders = (
-        select(*_rows(session, s2.funnel, s2.cohort_at, s2.channel, "refunded_orders", blank, blank, currency_of(r), func.count(order_key(r).distinct())))
-        .select_from(r).join(s2, on_s2(r)).where(*refunded, ~order_counted_before).group_by(BY_KEY)
-    )
-    d = Delivery
-    s1, on_s1 = _first_stage(d)
-    u = aliased(Event, name="u")
-    followed = []
-    for figure, event, on in (("unsubscribed", u, _unsubscribe_from(u, d)), ("purchases_7d", p, _purchase_after(session, p, d))):
-        amount = func.sum(amount_of(session, p)) if figure == "purchases_7d" else None
-        stmt = (
-            select(*_rows(session, d.flow, s1.cohort_at, s1.channel, figure, d.stage, d.step_id, blank, func.count(), amount))
-            .select_from(event).join(d, on).join(s1, on_s1)
-            .where(scope(event), d.kind == "email", d.status == "sent")
-            .group_by(BY_KEY)
-        )
-        if funnel is not None:
-            stmt = stmt.where(d.flow == funnel)
-        followed.append(stmt)
-    # A refund of a purchase that followed an email: counted with the refund when the purchase is
-    # already stored, else with the purchase (the refunds stored before it, outside the scope).
-    for counted, outside in ((r, None), (p, r)):
-        stmt = (
-            select(*_rows(session, d.flow, s1.cohort_at, s1.channel, "refunds_7d", d.stage, d.step_id, blank, func.count(), func.sum(amount_of(session, r))))
-            .select_from(r).join(p, refund_of(r, p)).join(d, _purchase_after(session, p, d)).join(s1, on_s1)
-            .where(scope(counted), d.kind == "email", d.status == "sent", *([~scope(outside)] if outside is not None else []))
-            .group_by(BY_KEY)
-        )
-        if funnel is not None:
-            stmt = stmt.where(d.flow == funnel)
-        followed.append(stmt)
-    return [revenue, customers, refunds, refunded_orders, *followed]
-
-
-def _purchasers_stage(funnel: Any) -> tuple[Any, Callable[[Any], ColumnElement[bool]]]:
-    s0 = aliased(StageEntry, name="s0")
-
-    def on(p: Any) -> ColumnElement[bool]:
-        condition = and_(s0.lead_id == p.lead_id, s0.position == 0)
-        return condition if funnel is None else and_(condition, s0.funnel == funnel)
-
-    return s0, on
+    _write(session, ("events", scope.name, funnel is None), lambda: event_parts(session, scope, funnel is not None), params)
 
 
 # Upkeep -----------------------------------------------------------------------------------
@@ -504,4 +276,3 @@ def fold_tallies(session: Session, *, limit: int = 100_000) -> int:
     for part in chunks(rows, 5000):
         session.execute(insert(t), list(part))
     return len(taken) - len(rows)
-

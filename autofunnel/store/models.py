@@ -276,7 +276,7 @@ class StageEntry(Base):
         Index(None, "funnel", "stage", "entered_at"),
         Index("ix_stage_entries_reached", "funnel", "stage", "lead_id"),
         # Time percentiles read the k-th duration of a stage straight off these, in order
-        # (see services/report.py): the whole funnel's, and one channel's.
+        # (see store/report_queries.py): the whole funnel's, and one channel's.
         Index("ix_stage_entries_since_previous", "funnel", "stage", "since_previous_s", "cohort_at", sqlite_where=text("since_previous_s IS NOT NULL"), postgresql_where=text("since_previous_s IS NOT NULL")),
         Index("ix_stage_entries_channel_since_previous", "funnel", "channel", "stage", "since_previous_s", "cohort_at", sqlite_where=text("since_previous_s IS NOT NULL"), postgresql_where=text("since_previous_s IS NOT NULL")),
         Index("ix_stage_entries_since_first", "funnel", "stage", "since_first_s", "cohort_at", sqlite_where=text("since_first_s IS NOT NULL"), postgresql_where=text("since_first_s IS NOT NULL")),

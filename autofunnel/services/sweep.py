@@ -1,0 +1,84 @@
+"""The sweep: delivery work the broker lost, found again on every scheduler pass.
+
+Emails are handed to the broker after their commit; a broker can lose them, and a
+worker can die between claiming an email and recording it. The sweep hands the
+lost ones out again and ends the interrupted ones, so nothing waits for ever and
+nothing is sent twice.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import bindparam, update
+
+from autofunnel.services.enrollments import ready_to_send, timeline_row, write_timeline
+from autofunnel.services.runtime import Runtime
+from autofunnel.store.models import Delivery
+from autofunnel.store.types import UTCDateTime
+
+
+@dataclass
+class SweepResult:
+    retries: list[int]
+    """Emails whose back-off ended: new work, handed out now."""
+    lost: list[int]
+    """Emails handed out longer than a lease ago and still queued: the broker lost them."""
+    interrupted: int
+
+
+def sweep(rt: Runtime, *, now: datetime | None = None, broker_empty: bool = True) -> SweepResult:
+    """Find delivery work the broker lost: queued rows to hand out again, and
+    `sending` rows whose worker died, which end `failed: interrupted` (never re-sent).
+
+    An email still waiting behind others in the broker looks exactly like a lost
+    one, so lost work is handed out again when the broker's queue is empty
+    (`broker_empty`), or, whatever the queue holds, once it has waited
+    STALE_AFTER_LEASES leases (a queue that never empties, or whose depth cannot be
+    read, must not hold lost work back for ever); a duplicate is harmless (the claim
+    decides, and a worker drops a copy's already-sent emails in one statement).
+    Every id returned is stamped `dispatched_at = now` in the same transaction, so two
+    schedulers sweeping at once never hand out the same email twice.
+    """
+    now = now or rt.clock.now()
+    lease = timedelta(seconds=rt.settings.delivery_lease)
+    interrupt, hand_out_new, hand_out_lost = _sweep_statements()
+    with rt.db.transaction() as session:
+        interrupted = session.execute(interrupt, {"now": now}).all()
+        write_timeline(session, [
+            timeline_row(row.lead_id, now, "failed", "interrupted", flow=row.flow, stage=row.stage, step_id=row.step_id)
+            for row in interrupted
+        ])
+        retries = sorted(session.scalars(hand_out_new, {"now": now}))
+        waited = lease if broker_empty else lease * STALE_AFTER_LEASES
+        lost = sorted(session.scalars(hand_out_lost, {"now": now, "handed_before": now - waited}))
+    return SweepResult(retries, lost, len(interrupted))
+
+
+@functools.cache
+def _sweep_statements() -> tuple[Any, Any, Any]:
+    """The sweep's three statements, built once: it runs on every scheduler pass, and building
+    SQLAlchemy statements cost more than running them (a simulation makes thousands of passes)."""
+    now = bindparam("now", type_=UTCDateTime())
+    interrupt = (
+        update(Delivery)
+        .where(Delivery.status == "sending", Delivery.lease_until < now)
+        .values(status="failed", reason=INTERRUPTED, lease_until=None, finished_at=now)
+        .returning(Delivery.id, Delivery.lead_id, Delivery.flow, Delivery.stage, Delivery.step_id)
+    )
+    ready = ready_to_send(now)
+    hand_out_new = _hand_out_statement(ready & Delivery.dispatched_at.is_(None), now)
+    hand_out_lost = _hand_out_statement(ready & (Delivery.dispatched_at <= bindparam("handed_before", type_=UTCDateTime())), now)
+    return interrupt, hand_out_new, hand_out_lost
+
+
+STALE_AFTER_LEASES = 10
+
+INTERRUPTED = "interrupted: the worker stopped between claiming the email and recording it; not sent again"
+
+
+def _hand_out_statement(condition: Any, now: Any) -> Any:
+    return update(Delivery).where(condition).values(dispatched_at=now).returning(Delivery.id)

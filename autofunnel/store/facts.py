@@ -1,0 +1,62 @@
+"""How the stored facts read in SQL, the same for the running tallies and the report.
+
+A purchase's amount, currency and order, which purchase a refund gives money
+back for, the UTC day of a moment and "within this long after": each written
+once per backend, so a tally and the report that adds it up cannot count
+differently.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import ColumnElement, Float, String, and_, case, cast, func, literal, literal_column
+from sqlalchemy.orm import Session
+
+from autofunnel.store.models import CohortTally
+from autofunnel.store.queries import Executor, is_postgres
+
+
+def day_of(session: Session, moment: Any) -> Any:
+    """The UTC calendar day of a stored moment."""
+    if is_postgres(session):
+        # A literal zone, not a bound one: PostgreSQL must see the same expression in GROUP BY.
+        return cast(func.timezone(literal_column("'UTC'"), moment), CohortTally.cohort_day.type)
+    return func.date(moment, type_=String)
+
+
+def amount_of(session: Executor, event: Any) -> ColumnElement[float]:
+    """A purchase's `amount` as a number; an amount that is not a number counts as nothing."""
+    if is_postgres(session):
+        return case((func.jsonb_typeof(event.properties["amount"]) == "number", event.properties["amount"].as_float()), else_=0.0)
+    return func.coalesce(cast(func.json_extract(event.properties, "$.amount"), Float), 0.0)
+
+
+def currency_of(event: Any) -> ColumnElement[str]:
+    return func.coalesce(event.properties["currency"].as_string(), "")
+
+
+def order_of(event: Any) -> ColumnElement[Any]:
+    """A purchase's or refund's `order_id`, as stored (text or number)."""
+    return event.properties["order_id"].as_string()
+
+
+def refund_of(refund: Any, purchase: Any) -> ColumnElement[bool]:
+    """`refund` (an event of type refund) gives money back for `purchase`: the same lead and order."""
+    return and_(refund.lead_id == purchase.lead_id, refund.type == "refund", order_of(refund) == order_of(purchase))
+
+
+def order_key(refund: Any) -> ColumnElement[str]:
+    """Which order a refund is about, to count refunded orders: its lead and `order_id`; a refund
+    without one is an order of its own."""
+    order = func.coalesce(cast(order_of(refund), String), literal("#") + cast(refund.id, String))
+    return cast(refund.lead_id, String) + literal(":") + order
+
+
+def before(session: Executor, later: Any, earlier: Any, span: timedelta) -> ColumnElement[bool]:
+    """`later < earlier + span`, written so each backend compares it directly."""
+    seconds = int(span.total_seconds())
+    if is_postgres(session):
+        return later < earlier + literal_column(f"interval '{seconds} seconds'")
+    return func.julianday(later) < func.julianday(earlier) + seconds / 86400.0

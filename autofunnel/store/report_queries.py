@@ -1,0 +1,520 @@
+"""The report's aggregate queries: every figure counted in SQL, for one funnel and period.
+
+Counts, sums and the few ordered values around each percentile are all the
+database returns (see `services/report.py` for why that is enough); they land in
+`domain.report_body.Figures`, keyed by slice, and the domain shapes them.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping
+from datetime import datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import (
+    ColumnElement,
+    Integer,
+    Select,
+    String,
+    and_,
+    case,
+    cast,
+    exists,
+    func,
+    literal,
+    literal_column,
+    or_,
+    select,
+    union_all,
+)
+from sqlalchemy.engine import Row
+from sqlalchemy.orm import Session, aliased
+
+from autofunnel.domain import report as math
+from autofunnel.domain.model import Funnel
+from autofunnel.domain.report import PURCHASE_WINDOW
+from autofunnel.domain.report_body import LENGTH, PERCENTILES, Figures, Key, ReportQuery, SplitSteps, Times, period_of_day, tally_into
+from autofunnel.store.facts import amount_of, before, currency_of, order_key, order_of, refund_of
+from autofunnel.store.models import Assignment, CohortTally, Delivery, Event, Lead, Spend, StageEntry
+from autofunnel.store.queries import is_postgres
+
+_ZONE_NAME = re.compile(r"^[A-Za-z0-9_+\-/]{1,64}$")
+
+
+def _zone_literal(zone: str) -> Any:
+    """An IANA zone name written into the SQL (PostgreSQL must see the same expression in the select
+    list and in GROUP BY); the name is checked against ZoneInfo by the settings and here again."""
+    if not _ZONE_NAME.match(zone):
+        raise ValueError(f"{zone!r} is not an IANA zone name")
+    ZoneInfo(zone)
+    return literal_column(f"'{zone}'")
+
+
+def period_start(moment: Any, unit: str, *, pg: bool, zone: str = "UTC") -> ColumnElement[str]:
+    """The first day of the day, week or month a moment falls in, in the seller's `zone`, as
+    'YYYY-MM-DD', in SQL (weeks start on Monday)."""
+    if pg:
+        return func.to_char(func.date_trunc(unit, func.timezone(_zone_literal(zone), moment)), "YYYY-MM-DD")
+    if zone != "UTC":
+        moment = func.autofunnel_local_time(moment, _zone_literal(zone))
+    if unit == "day":
+        return func.date(moment, type_=String)
+    if unit == "week":
+        return func.date(moment, "weekday 0", "-6 days", type_=String)
+    return func.strftime("%Y-%m-01", moment, type_=String)
+
+
+class ReportQueries:
+    """The queries of one report: its funnel, its period (`start` inclusive, `stop` exclusive,
+    UTC moments of the seller's days) and its slicing, in one read transaction."""
+
+    def __init__(self, session: Session, funnel: Funnel, query: ReportQuery, *, start: datetime, stop: datetime, zone: str = "UTC") -> None:
+        self.session = session
+        self.funnel = funnel
+        self.q = query
+        self.pg = is_postgres(session)
+        self.zone = zone
+        self.start = start
+        self.stop = stop
+        self.stages = [stage.name for stage in funnel.stages]
+        self._known_products: list[str] | None = None
+
+    # Scope and keys -----------------------------------------------------------------
+
+    def _in_period(self, moment: Any) -> ColumnElement[bool]:
+        return and_(moment >= self.start, moment < self.stop)
+
+    def _period(self, moment: Any) -> ColumnElement[str]:
+        return period_start(moment, self.q.interval or "day", pg=self.pg, zone=self.zone)
+
+    def _lead_group(self) -> Any:
+        """The value a lead is grouped by: a lead field, or its owner (channels are kept on stage entries)."""
+        by = self.q.by or ""
+        if by == "owner":
+            return Lead.owner
+        name = by.removeprefix("field:")
+        return Lead.fields[name].as_string()
+
+    def _keyed(
+        self, stmt: Any, rows: Any, moment: Any, *, grouped: bool, periodic: bool, product: Any = None
+    ) -> tuple[Any, list[Any]]:
+        """`stmt` with the key columns of this slicing added (and grouped by), and those columns.
+
+        `rows` is the entity whose `lead_id` the key belongs to. A `product` split
+        groups purchases by their own product when `product` is given, and
+        otherwise leads by every product they bought.
+        """
+        keys: list[Any] = []
+        if grouped:
+            if self.q.by == "product" and product is not None:
+                keys.append(product)
+            elif self.q.by == "product":
+                # Each lead once per product it bought, `null` for a lead that bought nothing (or
+                # something without a product): a join to the few products, each tried with an
+                # index lookup of the lead's events. Joining a DISTINCT over all purchases
+                # instead made SQLite compare every row with every purchase (> 12 min at 100k leads).
+                products = self._products()
+                e = aliased(Event, name="bought")
+                product = e.properties["product"].as_string()
+                mine = and_(e.lead_id == rows.lead_id, e.type == "purchase")
+                stmt = stmt.join_from(rows, products, or_(
+                    and_(products.c.product.is_not(None), exists().where(mine, product == products.c.product)),
+                    and_(products.c.product.is_(None), or_(exists().where(mine, product.is_(None)), ~exists().where(mine))),
+                ))
+                keys.append(products.c.product)
+            elif self.q.by == "channel" and rows is StageEntry:
+                keys.append(StageEntry.channel)
+            elif self.q.by == "channel":
+                sc = aliased(StageEntry, name="sc")
+                stmt = stmt.join_from(rows, sc, and_(sc.lead_id == rows.lead_id, sc.funnel == self.funnel.slug, sc.position == 0))
+                keys.append(sc.channel)
+            else:
+                stmt = stmt.join_from(rows, Lead, Lead.id == rows.lead_id)
+                keys.append(self._lead_group())
+        if periodic:
+            keys.append(self._period(moment))
+        labelled = [key.label(f"k{index}") for index, key in enumerate(keys)]
+        return stmt.add_columns(*labelled).group_by(*keys), labelled
+
+    def _products(self) -> Any:
+        """Every product ever bought, and `null`, as a small table to split the leads by."""
+        if self._known_products is None:
+            found = self.session.scalars(
+                select(Event.properties["product"].as_string()).where(Event.type == "purchase", Event.properties["product"].as_string().is_not(None)).distinct()
+            )
+            self._known_products = sorted(str(name) for name in found)
+        parts = [select(literal(name, String).label("product")) for name in self._known_products]
+        parts.append(select(cast(literal(None), String).label("product")))
+        return union_all(*parts).subquery("products")
+
+    def _first_stage(self) -> Any:
+        """The lead's first-stage row: who is in the funnel, and since when."""
+        return aliased(StageEntry, name="s0")
+
+    def _joined_first(self, stmt: Select[Any], rows: Any, moment: Any) -> tuple[Select[Any], Any]:
+        """Restrict rows about a lead to the report's leads: its cohort in the period, or any
+        lead already in the funnel at `moment` when counting by calendar."""
+        s0 = self._first_stage()
+        stmt = stmt.join_from(rows, s0, and_(s0.lead_id == rows.lead_id, s0.funnel == self.funnel.slug, s0.position == 0))
+        if self.q.mode == "cohort":
+            return stmt.where(self._in_period(s0.cohort_at), moment >= s0.entered_at), s0.cohort_at
+        return stmt.where(self._in_period(moment), moment >= s0.entered_at), moment
+
+    # Figures from the running tallies ----------------------------------------------
+
+    def from_tallies(self) -> tuple[Figures, Figures | None, Figures | None]:
+        """The whole report, its channel groups and its periods, added up from `cohort_tallies`
+        (a few rows per funnel, day and channel) with the times read off the stage entries."""
+        t = CohortTally
+        stmt = (
+            select(t.cohort_day, t.channel, t.figure, t.stage, t.step, t.detail, func.sum(t.n), func.sum(t.amount))
+            .where(t.funnel == self.funnel.slug, t.cohort_day >= self.q.start, t.cohort_day <= self.q.end)
+            .group_by(t.cohort_day, t.channel, t.figure, t.stage, t.step, t.detail)
+        )
+        whole = Figures()
+        grouped = Figures() if self.q.by == "channel" else None
+        periods = Figures() if self.q.interval else None
+        ranks: dict[Key, dict[tuple[str, str], int]] = defaultdict(lambda: defaultdict(int))
+        for day, channel, figure, stage, step, detail, n, amount in self.session.execute(stmt):
+            keyed = [(whole, ())]
+            if grouped is not None:
+                keyed.append((grouped, (channel or None,)))
+            if periods is not None:
+                keyed.append((periods, (period_of_day(day, self.q.interval or "day"),)))
+            for figures, key in keyed:
+                tally_into(figures, key, figure, stage, step, detail, int(n or 0), float(amount or 0.0))
+            if figure in ("timed", "lasted"):
+                ranks[()][(figure, stage)] += int(n or 0)
+                if grouped is not None:
+                    ranks[(channel or None,)][(figure, stage)] += int(n or 0)
+        whole.times[()] = self._walked_times(ranks.get((), {}), None)
+        if grouped is not None:
+            for key in grouped.slices():
+                grouped.times[key] = self._walked_times(ranks.get(key, {}), key)
+        if periods is not None:
+            periods.times = self.times(grouped=False, periodic=True)
+        return whole, grouped, periods
+
+    def _walked_times(self, counts: Mapping[tuple[str, str], int], group: Key | None) -> Times:
+        """Median and p90 of each stage's time (and of the funnel's length) for the cohort, or one channel of it.
+
+        The tallies say how many times there are (n), so each percentile is the pair
+        of rows at a known rank: an index walk in order (`OFFSET`), no sort and no
+        other row read. Interpolated exactly as `percentile_cont`.
+        """
+        found: Times = {}
+        wanted = [(stage, "timed", StageEntry.since_previous_s, stage) for stage in self.stages[1:]]
+        if len(self.stages) > 1:
+            wanted.append((self.stages[-1], "lasted", StageEntry.since_first_s, LENGTH))
+        for stage, figure, column, bucket in wanted:
+            count = counts.get((figure, stage), 0)
+            if count == 0:
+                continue
+            query = (
+                select(column)
+                .where(StageEntry.funnel == self.funnel.slug, StageEntry.stage == stage, column.is_not(None), self._in_period(StageEntry.cohort_at))
+                .order_by(column)
+            )
+            if group is not None:
+                query = query.where(StageEntry.channel.is_(None) if group[0] is None else StageEntry.channel == group[0])
+            values: dict[int, float] = {}
+            for p in PERCENTILES:
+                low = int(p * (count - 1))
+                for rank, d in enumerate(self.session.scalars(query.offset(low).limit(2)), start=low + 1):
+                    values[rank] = float(d)
+            if len(values) < len(math.percentile_ranks(count, PERCENTILES)):
+                raise RuntimeError(f"the report's tallies count {count} times for stage {stage!r} but fewer stage entries have one")
+            found[bucket] = (math.percentile_from_ranks(values, count, 0.5), math.percentile_from_ranks(values, count, 0.9))
+        return found
+
+    # Figures from the stored facts ---------------------------------------------------
+
+    def figures(self, *, grouped: bool, periodic: bool) -> Figures:
+        figures = Figures()
+        self._count_stages(figures, grouped, periodic)
+        figures.times = self.times(grouped=grouped, periodic=periodic)
+        self._count_revenue(figures, grouped, periodic)
+        self._count_steps(figures, grouped, periodic)
+        return figures
+
+    def _stage_moment(self) -> Any:
+        return StageEntry.cohort_at if self.q.mode == "cohort" else StageEntry.entered_at
+
+    def _count_stages(self, figures: Figures, grouped: bool, periodic: bool) -> None:
+        # Leads that reached each stage: one row per lead and stage, skipped ones included
+        # (a lead past a stage has reached it), counted by the period's cohort or entry date.
+        moment = self._stage_moment()
+        stmt = (
+            select(StageEntry.stage, func.count().label("reached"), func.sum(case((StageEntry.skipped, 1), else_=0)).label("skipped"))
+            .where(StageEntry.funnel == self.funnel.slug, self._in_period(moment))
+            .group_by(StageEntry.stage)
+        )
+        stmt, keys = self._keyed(stmt, StageEntry, moment, grouped=grouped, periodic=periodic)
+        for row in self.session.execute(stmt):
+            key = tuple(row._mapping[k.name] for k in keys)
+            figures.counts[key][row.stage] = [int(row.reached), int(row.skipped or 0)]
+
+    def _seconds(self, later: Any, earlier: Any) -> Any:
+        if self.pg:
+            return func.extract("epoch", later - earlier)
+        return (func.julianday(later) - func.julianday(earlier)) * 86400.0
+
+    def times(self, *, grouped: bool, periodic: bool) -> dict[Key, Times]:
+        # Time to reach a stage from the one before it, for leads who went through that one
+        # (a lead that jumped over the previous stage has no such time), and the funnel's
+        # length: first stage to last, for leads who entered the last.
+        moment = self._stage_moment()
+        step = (
+            select(StageEntry.stage.label("bucket"), StageEntry.since_previous_s.label("d"))
+            .where(StageEntry.funnel == self.funnel.slug, StageEntry.since_previous_s.is_not(None), self._in_period(moment))
+        )
+        length = (
+            select(literal(LENGTH).label("bucket"), StageEntry.since_first_s.label("d"))
+            .where(
+                StageEntry.funnel == self.funnel.slug, StageEntry.stage == self.stages[-1], StageEntry.since_first_s.is_not(None),
+                self._in_period(moment),
+            )
+        )
+        parts = []
+        for stmt in (step, length) if len(self.stages) > 1 else (step,):
+            stmt, _ = self._keyed(stmt, StageEntry, moment, grouped=grouped, periodic=periodic)
+            parts.append(stmt.group_by(None))
+        durations = union_all(*parts).subquery("durations")
+        key_columns = [column for column in durations.c if column.name.startswith("k")]
+        found: dict[Key, Times] = defaultdict(dict)
+        for key, bucket, values in self._percentiles(durations, key_columns):
+            found[key][bucket] = values
+        return found
+
+    def _percentiles(self, durations: Any, keys: list[Any]) -> Iterable[tuple[Key, str, tuple[float | None, float | None]]]:
+        """Median and 90th percentile of `durations.d` per key and bucket.
+
+        PostgreSQL: `percentile_cont`. SQLite: number the durations in order within
+        each group, keep only the rows at the ranks the two percentiles fall between,
+        and interpolate those in Python exactly as `percentile_cont` does.
+        """
+        parts = [*keys, durations.c.bucket]
+        if self.pg:
+            stmt = select(
+                *parts, *(func.percentile_cont(p).within_group(durations.c.d) for p in PERCENTILES)
+            ).group_by(*parts)
+            for row in self.session.execute(stmt):
+                yield tuple(row[: len(keys)]), row[len(keys)], (row[-2], row[-1])
+            return
+        ranked = select(
+            *parts, durations.c.d,
+            func.row_number().over(partition_by=parts, order_by=durations.c.d).label("rank"),
+            func.count().over(partition_by=parts).label("n"),
+        ).subquery("ranked")
+        wanted = []
+        for p in PERCENTILES:
+            low = cast(p * (ranked.c.n - 1), Integer) + 1
+            wanted += [ranked.c.rank == low, ranked.c.rank == low + 1]
+        rows = self.session.execute(select(ranked).where(or_(*wanted)))
+        gathered: dict[tuple[Key, str], tuple[int, dict[int, float]]] = {}
+        for row in rows:
+            key = tuple(row[: len(keys)])
+            bucket = row[len(keys)]
+            _, values = gathered.setdefault((key, bucket), (int(row.n), {}))
+            values[int(row.rank)] = float(row.d)
+        for (key, bucket), (count, values) in gathered.items():
+            yield key, bucket, (math.percentile_from_ranks(values, count, 0.5), math.percentile_from_ranks(values, count, 0.9))
+
+    def _purchases(self) -> Any:
+        return aliased(Event, name="p")
+
+    def _count_revenue(self, figures: Figures, grouped: bool, periodic: bool) -> None:
+        # Revenue, orders and paying customers per currency: purchases by the report's leads
+        # made after they entered the funnel.
+        p = self._purchases()
+        currency = func.coalesce(p.properties["currency"].as_string(), "")
+        stmt = select(
+            currency.label("currency"), func.sum(amount_of(self.session, p)).label("total"), func.count().label("orders"),
+            func.count(p.lead_id.distinct()).label("customers"),
+        ).select_from(p).where(p.type == "purchase").group_by(currency)
+        stmt, moment = self._joined_first(stmt, p, p.at)
+        stmt, keys = self._keyed(stmt, p, moment, grouped=grouped, periodic=periodic, product=p.properties["product"].as_string())
+        for row in self.session.execute(stmt):
+            key = tuple(row._mapping[k.name] for k in keys)
+            figures.revenue[key][row.currency] = [float(row.total or 0), int(row.orders), int(row.customers), 0.0, 0, 0]
+        # Refunds by the same leads, counted by their own moment like a purchase: whether or not
+        # the order they give money back for was ever recorded.
+        r = self._refunds()
+        refund_currency = currency_of(r)
+        stmt = select(
+            refund_currency.label("currency"), func.sum(amount_of(self.session, r)).label("total"), func.count().label("refunds"),
+            func.count(order_key(r).distinct()).label("orders"),
+        ).select_from(r).where(r.type == "refund").group_by(refund_currency)
+        stmt, moment = self._joined_first(stmt, r, r.at)
+        stmt, keys = self._keyed(stmt, r, moment, grouped=grouped, periodic=periodic, product=r.properties["product"].as_string())
+        for row in self.session.execute(stmt):
+            key = tuple(row._mapping[k.name] for k in keys)
+            into = figures.revenue[key].setdefault(row.currency, [0.0, 0, 0, 0.0, 0, 0])
+            into[3:] = [float(row.total or 0), int(row.refunds), int(row.orders)]
+
+    def _refunds(self) -> Any:
+        return aliased(Event, name="r")
+
+    def unmatched_refunds(self) -> list[Row[Any]]:
+        """The report's refunds of orders never recorded (no purchase of the lead has that
+        `order_id`): they count against the revenue all the same, and are listed.
+        Each row: lead_id, order_id, at, amount, currency."""
+        r, p = self._refunds(), self._purchases()
+        stmt = (
+            select(r.id, r.lead_id, r.at, order_of(r).label("order_id"), amount_of(self.session, r).label("amount"), currency_of(r).label("currency"))
+            .select_from(r)
+            .where(r.type == "refund", ~select(p.id).where(p.type == "purchase", refund_of(r, p)).exists())
+            .order_by(r.at, r.id)
+        )
+        stmt, _ = self._joined_first(stmt, r, r.at)
+        return list(self.session.execute(stmt))
+
+    def _sent(self, columns: Iterable[Any], grouped: bool, periodic: bool, join: Callable[[Select[Any]], Select[Any]] | None = None) -> Any:
+        """Emails of this funnel that were sent to the report's leads, with `columns` per step."""
+        d = Delivery
+        stmt = select(d.stage, d.step_id, *columns).where(d.flow == self.funnel.slug, d.kind == "email", d.status == "sent")
+        if join is not None:
+            stmt = join(stmt)
+        stmt = stmt.group_by(d.stage, d.step_id)
+        if self.q.mode == "cohort":
+            stmt, moment = self._joined_first(stmt, d, d.sent_at)
+        else:
+            stmt, moment = stmt.where(self._in_period(d.sent_at)), d.sent_at
+        stmt, keys = self._keyed(stmt, d, moment, grouped=grouped, periodic=periodic)
+        for row in self.session.execute(stmt):
+            yield tuple(row._mapping[k.name] for k in keys), (row.stage, row.step_id), row
+
+    def _count_steps(self, figures: Figures, grouped: bool, periodic: bool) -> None:
+        # Sent, opened and clicked by people (bots never set opened_at/clicked_at), the
+        # unsubscribes made from each email, and purchases within 7 days of it with their
+        # amount and the refunds of those purchases (revenue_7d is net).
+        d = Delivery
+        for key, step, row in self._sent([func.count().label("sent"), func.count(d.opened_at).label("opened"), func.count(d.clicked_at).label("clicked")], grouped, periodic):
+            figures.steps[key][step] = [int(row.sent), int(row.opened), int(row.clicked), 0, 0, 0.0, 0.0]
+        u, p, r = aliased(Event, name="u"), self._purchases(), self._refunds()
+        after = and_(p.lead_id == d.lead_id, p.type == "purchase", p.at >= d.sent_at, before(self.session, p.at, d.sent_at, PURCHASE_WINDOW))
+        followed: list[tuple[list[int], list[Any], Callable[[Select[Any]], Select[Any]]]] = [
+            ([3], [func.count()], lambda stmt: stmt.join_from(d, u, and_(u.lead_id == d.lead_id, u.type == "unsubscribed", u.properties["delivery"].as_integer() == d.id))),
+            ([4, 5], [func.count(), func.sum(amount_of(self.session, p))], lambda stmt: stmt.join_from(d, p, after)),
+            ([6], [func.sum(amount_of(self.session, r))], lambda stmt: stmt.join_from(d, p, after).join(r, refund_of(r, p))),
+        ]
+        for indexes, columns, join in followed:
+            for key, step, row in self._sent([column.label(f"f{index}") for index, column in zip(indexes, columns, strict=True)], grouped, periodic, join):
+                into = figures.steps[key].setdefault(step, [0, 0, 0, 0, 0, 0.0, 0.0])
+                for index in indexes:
+                    into[index] = row._mapping[f"f{index}"] or 0
+
+    # Holdout, variants, spend and attribution -----------------------------------------
+
+    def holdout_counts(self) -> dict[str, dict[str, int]]:
+        """Per holdout group (treated / held_out), how many of the period's cohort reached each stage:
+        from the tallies (UTC days), or in another zone from the stage entries."""
+        t, a, e = CohortTally, Assignment, StageEntry
+        if self.zone == "UTC":
+            stmt = (
+                select(t.detail, t.stage, func.sum(t.n))
+                .where(t.funnel == self.funnel.slug, t.figure == "holdout", t.cohort_day >= self.q.start, t.cohort_day <= self.q.end)
+                .group_by(t.detail, t.stage)
+            )
+        else:
+            stmt = (
+                select(a.value, e.stage, func.count())
+                .join(a, and_(a.lead_id == e.lead_id, a.flow == e.funnel, a.name == "holdout"))
+                .where(e.funnel == self.funnel.slug, self._in_period(e.cohort_at))
+                .group_by(a.value, e.stage)
+            )
+        counts: dict[str, dict[str, int]] = defaultdict(dict)
+        for value, stage, n in self.session.execute(stmt):
+            counts[value][stage] = int(n)
+        return counts
+
+    def variant_counts(self, steps: SplitSteps) -> dict[tuple[str, str], tuple[int, int]]:
+        """A/B: per variant of each split `send` step, the cohort's leads who got that pick and
+        how many of them went on to the stage after the step's."""
+        a = Assignment
+        s0, after = self._first_stage(), aliased(StageEntry, name="after")
+        next_position = case({name: position + 1 for name, (position, _, _) in steps.items()}, value=a.name)
+        stmt = (
+            select(a.name, a.value, func.count().label("leads"), func.count(after.id).label("converted"))
+            .join(s0, and_(s0.lead_id == a.lead_id, s0.funnel == self.funnel.slug, s0.position == 0))
+            .outerjoin(after, and_(after.lead_id == a.lead_id, after.funnel == self.funnel.slug, after.position == next_position))
+            .where(a.flow == self.funnel.slug, a.name.in_(list(steps)), self._in_period(s0.cohort_at))
+            .group_by(a.name, a.value)
+        )
+        return {(name, value): (int(leads), int(converted)) for name, value, leads, converted in self.session.execute(stmt)}
+
+    def spent(self, key: Key) -> dict[str, float]:
+        """Spend per currency in the period: for the whole report (`()`), or for one channel's group."""
+        stmt = (
+            select(Spend.currency, func.sum(Spend.amount))
+            .where(Spend.day >= self.q.start, Spend.day <= self.q.end)
+            .group_by(Spend.currency)
+        )
+        if key:
+            stmt = stmt.where(Spend.channel == key[0])
+        return {currency: float(amount) for currency, amount in self.session.execute(stmt)}
+
+    def attribution_shares(self) -> tuple[dict[tuple[str | None, str], float], dict[tuple[str | None, str], float]]:
+        """Net revenue shared out to channels and to emails under the asked model, by (label, currency).
+
+        Channels: every source the lead was seen with (its subscriptions) before the
+        purchase. Emails: every email of this funnel a person clicked within `window`
+        before it. Each purchase is shared at its net amount (less the refunds of its order).
+        """
+        p, r = self._purchases(), self._refunds()
+        currency = func.coalesce(p.properties["currency"].as_string(), "")
+        refunded = select(func.coalesce(func.sum(amount_of(self.session, r)), 0.0)).where(refund_of(r, p)).scalar_subquery()
+        net = (amount_of(self.session, p) - refunded).label("amount")
+        purchases = select(p.id.label("pid"), p.lead_id, p.at, net, currency.label("currency")).where(p.type == "purchase")
+        purchases, _ = self._joined_first(purchases, p, p.at)
+        bought = purchases.subquery("bought")
+
+        s = aliased(Event, name="s")
+        channel = func.coalesce(s.properties["source"]["channel"].as_string(), s.properties["source"]["utm_source"].as_string())
+        sources = select(s.lead_id, s.at, s.id, channel.label("label")).where(s.type == "subscribed").subquery("sources")
+        channels = self._attribute(bought, sources, sources.c.label.is_not(None))
+        d = Delivery
+        clicks = (
+            select(d.lead_id, d.clicked_at.label("at"), d.id, (d.stage + literal("/") + d.step_id).label("label"))
+            .where(d.flow == self.funnel.slug, d.clicked_at.is_not(None))
+            .subquery("clicks")
+        )
+        window = and_(before(self.session, bought.c.at, clicks.c.at, self.q.window))
+        emails = self._attribute(bought, clicks, window)
+        return channels, emails
+
+    def _attribute(self, bought: Any, touches: Any, condition: ColumnElement[bool]) -> dict[tuple[str | None, str], float]:
+        """Each purchase's revenue shared among its touches (rows of `touches` at or before it)."""
+        model = self.q.attribution or "last"
+        joined = (
+            select(
+                bought.c.pid, bought.c.amount, bought.c.currency, touches.c.label,
+                self._seconds(bought.c.at, touches.c.at).label("age"),
+                func.row_number().over(partition_by=bought.c.pid, order_by=(touches.c.at, touches.c.id)).label("rank"),
+                func.count().over(partition_by=bought.c.pid).label("n"),
+            )
+            .join(touches, and_(touches.c.lead_id == bought.c.lead_id, touches.c.at <= bought.c.at))
+            .where(condition)
+            .subquery("touched")
+        )
+        shares: dict[tuple[str | None, str], float] = defaultdict(float)
+        if model == "time_decay":
+            # exp(-ln 2 · age / half-life), normalized per purchase: math.decay_weight in SQL.
+            weight = func.exp(-0.6931471805599453 * joined.c.age / math.TIME_DECAY_HALF_LIFE_S)
+            weighted = select(
+                joined.c.label, joined.c.currency, joined.c.amount, weight.label("w"),
+                func.sum(weight).over(partition_by=joined.c.pid).label("total_w"),
+            ).subquery("weighted")
+            stmt = select(weighted.c.label, weighted.c.currency, func.sum(weighted.c.amount * weighted.c.w / weighted.c.total_w)).group_by(weighted.c.label, weighted.c.currency)
+            for label, cur, value in self.session.execute(stmt):
+                shares[(label, cur)] += float(value or 0)
+            return shares
+        stmt = select(joined.c.label, joined.c.currency, joined.c.rank, joined.c.n, func.sum(joined.c.amount)).group_by(
+            joined.c.label, joined.c.currency, joined.c.rank, joined.c.n
+        )
+        for label, cur, rank, n, value in self.session.execute(stmt):
+            shares[(label, cur)] += float(value or 0) * math.rank_weight(model, int(rank), int(n))
+        return shares
