@@ -5,6 +5,8 @@
     python bench/bench_public.py --database-url postgresql://autofunnel:autofunnel@127.0.0.1/autofunnel_bench \\
         --broker-url redis://127.0.0.1:6379/5
     python bench/bench_public.py --batch 0            # each open and click written in its own request
+    python bench/bench_public.py --client wrk --clients 4 --threads 4 --ceiling
+        # opens and clicks from wrk (a C client: apt install wrk), and a bare WSGI app's figure beside them
 
 Sets up the starter project with `--leads` confirmed leads whose welcome email was sent
 (`autofunnel tick`, into .eml files), starts gunicorn as the README recommends, then

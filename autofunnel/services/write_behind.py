@@ -1,4 +1,4 @@
-"""Writes gathered in memory and made in batches by a background thread.
+"""Writes gathered in memory and made in batches, by the web process between requests.
 
 An open pixel is fetched far more often than anything else and each fetch
 changes little; recording each one in its own request took three transactions
@@ -6,6 +6,12 @@ changes little; recording each one in its own request took three transactions
 serialised a busy web process on the database's write lock. Gathering them
 for a second and writing the lot with one `record_events` costs the request
 nothing but a list append.
+
+The write is made by whichever request finds one due, after its answer has
+gone out (`flush_if_due`), and by a background thread only when no request
+comes to do it. A thread writing beside the requests made the two take turns
+at the GIL at every socket call: in one gunicorn worker that cost 309 µs of CPU
+an open in the thread, three times what the same batches cost written inline.
 
 What can be lost: the items gathered since the last write when the process
 dies without a chance to write them (SIGKILL, out of memory, power loss) — at
@@ -21,6 +27,7 @@ import atexit
 import logging
 import os
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import Generic, TypeVar
@@ -40,7 +47,8 @@ RETRYABLE = (OperationalError, DatabaseUnavailableError)
 class WriteBehind(Generic[T]):
     """Items `add`ed from any thread, written by `write` in batches of at most `batch` every `interval` seconds.
 
-    The thread starts with the first item in each process (so a web app built
+    A caller that can spare the time after answering calls `flush_if_due`; the
+    thread writes what waited longer than `interval` with nobody to write it. It starts with the first item in each process (so a web app built
     before gunicorn forks its workers starts it in each worker, not in the
     master) and is a daemon: `close()`, also registered with `atexit`, writes
     what is left.
@@ -60,6 +68,7 @@ class WriteBehind(Generic[T]):
         self._pid = os.getpid()
         self.dropped = 0
         self._failed = False
+        self._last_write = time.monotonic()
 
     def add(self, item: T) -> None:
         with self._lock:
@@ -75,17 +84,32 @@ class WriteBehind(Generic[T]):
             self._items.append(item)
             if self._thread is None:
                 self._start()
-            if len(self._items) >= self.batch:
-                self._wake.set()
 
     def pending(self) -> int:
         return len(self._items)
 
+    def due(self) -> bool:
+        """Whether a write is due: a whole batch gathered, or items waiting since `interval` after the last write."""
+        return bool(self._items) and (len(self._items) >= self.batch or time.monotonic() - self._last_write >= self.interval)
+
+    def flush_if_due(self) -> None:
+        """Write now, in the calling thread, if a write is due and none is under way (else return at once)."""
+        if self._failed or not self.due() or not self._writing.acquire(blocking=False):
+            return
+        try:
+            self._flush()
+        finally:
+            self._writing.release()
+
     def flush(self) -> int:
         """Write everything gathered so far; the number written. A batch the database refuses
         for being unavailable goes back in front, to be tried again."""
-        written = 0
         with self._writing:
+            return self._flush()
+
+    def _flush(self) -> int:
+        written = 0
+        try:
             while True:
                 with self._lock:
                     chunk = [self._items.popleft() for _ in range(min(self.batch, len(self._items)))]
@@ -105,6 +129,8 @@ class WriteBehind(Generic[T]):
                     continue
                 written += len(chunk)
                 self._failed = False
+        finally:
+            self._last_write = time.monotonic()
 
     def close(self) -> None:
         """Stop the thread and write what is left (at exit, or when the runtime is closed)."""
@@ -125,8 +151,9 @@ class WriteBehind(Generic[T]):
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self._wake.wait(self.interval)
+            self._wake.wait(self.interval / 4)
             self._wake.clear()
-            self.flush()
+            if self._stop.is_set() or self.due():
+                self.flush()
             if self._failed:  # the database is away: wait a whole interval, however many items come
                 self._stop.wait(self.interval)

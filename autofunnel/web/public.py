@@ -6,7 +6,7 @@ never a 500. What each link does is decided in `autofunnel.services.tracking`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from flask import Blueprint, Response, redirect, request, url_for
@@ -84,14 +84,32 @@ def tracking_fast_path(app: Any, rt: Runtime) -> Any:
                 if path[3] == "o":
                     track_open(rt, path[5:], agent, method=method)
                     start_response("200 OK", list(_PIXEL_HEADERS))
-                    return [] if method == "HEAD" else [PIXEL]
+                    return _ThenWrite([] if method == "HEAD" else [PIXEL], rt)
                 answer = _redirect(track_click(rt, path[5:], agent, method=method))
             except Exception:  # nothing was recorded: Flask answers it the one way it answers errors
                 return app(environ, start_response)  # type: ignore[no-any-return]
-            return answer(environ, start_response)  # type: ignore[no-any-return]
+            return _ThenWrite(answer(environ, start_response), rt)
         return app(environ, start_response)  # type: ignore[no-any-return]
 
     return fast
+
+
+class _ThenWrite:
+    """A WSGI answer that, once sent (the server calls `close()`), writes the gathered opens
+    and clicks if a write is due: the reader has the pixel or the redirect by then."""
+
+    def __init__(self, body: Iterable[bytes], rt: Runtime) -> None:
+        self._body = body
+        self._rt = rt
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self._body)
+
+    def close(self) -> None:
+        close = getattr(self._body, "close", None)
+        if close is not None:
+            close()
+        self._rt.engagements.flush_if_due()
 
 
 @public.get("/o/<token>")
