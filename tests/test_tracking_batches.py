@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
 import urllib.error
 import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -22,6 +24,8 @@ from autofunnel.services.leads import subscribe
 from autofunnel.services.scheduler import run_tick
 from autofunnel.services.write_behind import WriteBehind
 from autofunnel.store.models import Delivery, Event
+from autofunnel.tokens import Tokens
+from autofunnel.web.public import tracking_fast_path
 from services_at_hand import Part, clean_environment, free_port, http_status, wait_until
 
 START = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)  # a Monday, inside the yoga funnel's send window
@@ -91,6 +95,37 @@ def test_the_writer_writes_in_the_background_in_batches_and_the_rest_at_close() 
     later.add(99)
     later.close()
     assert batches[-1] == [99]
+
+
+def test_a_request_writes_in_its_own_thread_when_a_write_is_due_and_else_leaves_it() -> None:
+    writers: list[tuple[str, list[int]]] = []
+    writer: WriteBehind[int] = WriteBehind(lambda items: writers.append((threading.current_thread().name, items)), 3600, batch=3)
+    writer.add(1)
+    writer.add(2)
+    writer.flush_if_due()
+    assert writers == []  # neither a whole batch nor an interval since the last write
+    writer.add(3)
+    writer.flush_if_due()
+    assert writers == [(threading.current_thread().name, [1, 2, 3])]
+    writer.add(4)
+    writer.close()
+    assert writers[-1][1] == [4]
+
+
+def test_the_pixel_is_answered_before_the_due_write_is_made() -> None:
+    """The fast path hands the server an answer whose close() writes: the body comes out first."""
+    order: list[str] = []
+    tokens = Tokens([SECRET])
+    engagements: WriteBehind[Any] = WriteBehind(lambda items: order.append(f"write {len(items)}"), 3600, batch=1)
+    rt: Any = SimpleNamespace(tokens=tokens, engagements=engagements, clock=FixedClock(START),
+                              settings=SimpleNamespace(tracking_batch_seconds=3600.0))
+    token = tokens.sign("open", [1])
+    app = tracking_fast_path(lambda environ, start_response: [], rt)
+    answer = app({"PATH_INFO": f"/t/o/{token}", "REQUEST_METHOD": "GET", "HTTP_USER_AGENT": BROWSER}, lambda status, headers: None)
+    order.extend(f"body {len(chunk)}" for chunk in answer)
+    assert order == ["body 43"]
+    answer.close()
+    assert order == ["body 43", "write 1"]
 
 
 def test_a_database_away_keeps_the_batch_for_later_and_a_broken_batch_is_dropped(caplog: pytest.LogCaptureFixture) -> None:
