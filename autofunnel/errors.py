@@ -176,3 +176,7 @@ class HookUnavailable(AutofunnelError):
 
 class UnknownHook(AutofunnelError):
     """no webhook of that name"""
+
+
+class IllegalStatusMove(AutofunnelError, ValueError):
+    """a delivery's status cannot move that way (domain/statuses.py's DELIVERY_MOVES)"""

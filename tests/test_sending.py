@@ -254,7 +254,7 @@ def test_the_claims_sql_check_refuses_exactly_what_the_refusal_rule_refuses(rt: 
     from autofunnel.domain.engine import suppression_reason
     from autofunnel.domain.delivery import refusal
     from autofunnel.services.delivery import _allowed
-    from autofunnel.store.models import ENROLLMENT_STATUSES, LEAD_STATUSES
+    from autofunnel.domain.statuses import EnrollmentStatus, LeadStatus
 
     sub(rt, "ida@example.com")
     events(rt, {"type": "confirmed", "email": "ida@example.com"})
@@ -264,8 +264,8 @@ def test_the_claims_sql_check_refuses_exactly_what_the_refusal_rule_refuses(rt: 
     with rt.db.transaction() as session:
         session.execute(update(Delivery).where(Delivery.id == delivery_id).values(kind=kind))
         enrollment_id = session.scalar(select(Delivery.enrollment_id).where(Delivery.id == delivery_id))
-        for lead_status in LEAD_STATUSES:
-            for enrollment_status in (*ENROLLMENT_STATUSES, None):
+        for lead_status in LeadStatus:
+            for enrollment_status in (*EnrollmentStatus, None):
                 for reason in reasons if enrollment_status is not None else [None]:
                     session.execute(update(Lead).values(status=lead_status))
                     session.execute(update(Enrollment).where(Enrollment.id == enrollment_id).values(status=enrollment_status or "active", end_reason=reason))

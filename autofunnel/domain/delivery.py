@@ -14,11 +14,12 @@ from datetime import datetime, timedelta
 from typing import Final
 
 from autofunnel.domain.engine import ended_by_suppression
+from autofunnel.domain.statuses import EnrollmentStatus, LeadStatus
 
-RECIPIENT_STATUS: Final[dict[str, str | None]] = {"email": "active", "confirm": "pending", "notify": None}
+RECIPIENT_STATUS: Final[dict[str, LeadStatus | None]] = {"email": LeadStatus.ACTIVE, "confirm": LeadStatus.PENDING, "notify": None}
 """A delivery's kind → the one lead status it may go to; None: any (a notify goes to the seller's side)."""
 
-CLOSED_ENROLLMENT: Final[dict[str, str]] = {"ended": "stage ended", "stopped": "sequence stopped"}
+CLOSED_ENROLLMENT: Final[dict[EnrollmentStatus, str]] = {EnrollmentStatus.ENDED: "stage ended", EnrollmentStatus.STOPPED: "sequence stopped"}
 """Enrollment statuses whose emails never go, whatever the lead → how the skip is worded."""
 
 MAX_ATTEMPTS: Final = 5
@@ -31,8 +32,8 @@ def refusal(kind: str, lead_status: str | None, enrollment_status: str | None, e
     wanted = RECIPIENT_STATUS.get(kind)
     if wanted is not None and lead_status != wanted:
         if kind == "confirm":  # the one email a pending lead may get, and only while pending
-            return "not needed: lead already confirmed" if lead_status == "active" else f"suppressed: lead {lead_status}"
-        return "suppressed: lead not confirmed yet" if lead_status == "pending" else f"suppressed: lead {lead_status}"
+            return "not needed: lead already confirmed" if lead_status == LeadStatus.ACTIVE else f"suppressed: lead {lead_status}"
+        return "suppressed: lead not confirmed yet" if lead_status == LeadStatus.PENDING else f"suppressed: lead {lead_status}"
     if enrollment_status in CLOSED_ENROLLMENT:
         return f"{CLOSED_ENROLLMENT[enrollment_status]}: {end_reason}"
     if enrollment_status is not None and ended_by_suppression(enrollment_status, end_reason):

@@ -35,8 +35,8 @@ from autofunnel.domain.model import (
     WaitUntilDeadline,
 )
 from autofunnel.domain.sending import check_cap, next_allowed
+from autofunnel.domain.statuses import SUPPRESSED, EnrollmentStatus, LeadStatus
 
-SUPPRESSED = frozenset({"unsubscribed", "bounced", "complained", "erased"})
 
 
 def suppression_reason(status: str) -> str:
@@ -46,7 +46,7 @@ def suppression_reason(status: str) -> str:
 
 def ended_by_suppression(status: str, reason: str | None) -> bool:
     """Did this enrollment end because its lead was suppressed (not by its own steps)?"""
-    return status == "exited" and (reason or "").startswith(suppression_reason(""))
+    return status == EnrollmentStatus.EXITED and (reason or "").startswith(suppression_reason(""))
 
 
 MAX_STEPS_PER_ADVANCE = 100
@@ -255,7 +255,7 @@ class _Run:
             parked = None
             if step_id is None:
                 return self.done(None, "done", "its step was removed from the funnel; no later step remains")
-        if self.lead.status == "pending":
+        if self.lead.status == LeadStatus.PENDING:
             if step_id is None:
                 return self.done(None, "done", "no steps")
             return self.park(step_id, Parked("confirm"), None, "waiting for double opt-in confirmation")

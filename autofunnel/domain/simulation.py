@@ -17,7 +17,6 @@ from typing import Any
 
 from autofunnel.domain.conditions import EventFact
 from autofunnel.domain.engine import (
-    SUPPRESSED,
     Advance,
     AssignVariant,
     ChangeFields,
@@ -31,6 +30,7 @@ from autofunnel.domain.engine import (
 )
 from autofunnel.domain.model import Funnel, Project, Step
 from autofunnel.domain.routing import ChangeStatus, EnterStage, Membership, SequenceRun, StartSequence, StopSequence, route_event
+from autofunnel.domain.statuses import SUPPRESSED
 
 
 @dataclass

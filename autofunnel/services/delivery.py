@@ -59,6 +59,8 @@ from autofunnel.services.enrollments import (
 from autofunnel.services.database import through_outage
 from autofunnel.services.runtime import Runtime
 from autofunnel.services.tallies import Cohort, count_sent_email, may_follow, sent_email_tally, sent_email_tally_params
+from autofunnel.domain.statuses import DeliveryStatus
+from autofunnel.store.delivery_moves import move
 from autofunnel.store.db import HeldConnection
 from autofunnel.store.models import Deadline, Delivery, Enrollment, Event, Lead, StageEntry, TimelineEntry
 from autofunnel.store.queries import among
@@ -243,9 +245,9 @@ def _claim_statement(only_if_allowed: bool = False) -> Update:
     end_reason = select(Enrollment.end_reason).where(Enrollment.id == d.enrollment_id).scalar_subquery()
     conditions = [d.id == bindparam("delivery_id"), ready_to_send(now)] + ([_allowed()] if only_if_allowed else [])
     return (
-        update(d.__table__)
+        move(DeliveryStatus.QUEUED, DeliveryStatus.SENDING, on=d.__table__)
         .where(*conditions)
-        .values(status="sending", lease_until=bindparam("lease_until", type_=UTCDateTime()), attempts=d.attempts + 1)
+        .values(lease_until=bindparam("lease_until", type_=UTCDateTime()), attempts=d.attempts + 1)
         .returning(
             d.id, d.lead_id, d.flow, d.stage, d.step_id, d.kind, d.template, d.to_address, d.attempts,
             select(Lead.status).where(Lead.id == d.lead_id).scalar_subquery().label("lead_status"),
@@ -332,8 +334,8 @@ def _refusal_of(row: Any) -> str | None:
 def _refuse(connection: Connection, row: Any, reason: str, now: datetime) -> list[tuple[str, str]]:
     """A claimed email that must not go ends `skipped`, with why; what to report."""
     skipped = connection.execute(
-        update(Delivery.__table__).where(Delivery.id == row.id, Delivery.status == "sending")
-        .values(status="skipped", reason=reason, lease_until=None, finished_at=now)
+        move(DeliveryStatus.SENDING, DeliveryStatus.SKIPPED, on=Delivery.__table__).where(Delivery.id == row.id)
+        .values(reason=reason, lease_until=None, finished_at=now)
     ).rowcount
     if not skipped:
         return []
@@ -482,13 +484,14 @@ def _finish_statement(sent: bool) -> Update:
     """`sending` → its outcome, returning whether a person opened or clicked it meanwhile (for the tallies)."""
     d = Delivery
     values: dict[str, Any] = {
-        "status": bindparam("finished_status"), "reason": bindparam("finished_reason"), "lease_until": null(),
+        "reason": bindparam("finished_reason"), "lease_until": null(),
         "finished_at": bindparam("outcome_at", type_=UTCDateTime()),
     }
     if sent:
         values.update(sent_at=bindparam("outcome_at", type_=UTCDateTime()), message_id=bindparam("finished_message_id"))
     return (
-        update(d.__table__).where(d.id == bindparam("finished_id"), d.status == "sending").values(**values)
+        move(DeliveryStatus.SENDING, (DeliveryStatus.SENT, DeliveryStatus.FAILED), status=bindparam("finished_status"), on=d.__table__)
+        .where(d.id == bindparam("finished_id")).values(**values)
         .returning(d.opened_at, d.clicked_at)
     )
 
@@ -536,8 +539,8 @@ def _record(connection: Connection, outcome: _Outcome) -> list[tuple[str, str]]:
     if outcome.status == "retry":
         assert outcome.retry_at is not None
         changed = connection.execute(
-            update(Delivery.__table__).where(Delivery.id == claim.id, Delivery.status == "sending")
-            .values(status="queued", lease_until=outcome.retry_at, dispatched_at=None, reason=f"retrying after: {outcome.reason}"[:500])
+            move(DeliveryStatus.SENDING, DeliveryStatus.QUEUED, on=Delivery.__table__).where(Delivery.id == claim.id)
+            .values(lease_until=outcome.retry_at, dispatched_at=None, reason=f"retrying after: {outcome.reason}"[:500])
         ).rowcount
         if changed:
             write_timeline(connection, [timeline_row(

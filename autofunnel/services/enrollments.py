@@ -13,6 +13,8 @@ from sqlalchemy.orm import Session
 
 from autofunnel.domain.engine import Cursor, Parked
 from autofunnel.domain.model import EventMatcher, Flow
+from autofunnel.domain.statuses import DeliveryStatus
+from autofunnel.store.delivery_moves import move
 from autofunnel.store.models import Delivery, Enrollment, TimelineEntry
 from autofunnel.store.queries import Executor, among, bulk_insert, chunks
 
@@ -60,9 +62,9 @@ def end_enrollments(session: Session, ids: Iterable[int], status: str, reason: s
             .values(status=status, due_at=None, ended_at=now, end_reason=reason[:200])
         )
         session.execute(
-            update(Delivery)
-            .where(among(session, Delivery.enrollment_id, part), Delivery.status == "queued")
-            .values(status="skipped", reason=f"cancelled: {reason}"[:500], lease_until=None)
+            move(DeliveryStatus.QUEUED, DeliveryStatus.SKIPPED)
+            .where(among(session, Delivery.enrollment_id, part))
+            .values(reason=f"cancelled: {reason}"[:500], lease_until=None)
         )
 
 
@@ -71,9 +73,9 @@ def cancel_queued_for_leads(session: Session, lead_ids: Sequence[int], reason: s
     count = 0
     for part in chunks(list(lead_ids), 500):
         result = session.execute(
-            update(Delivery)
-            .where(among(session, Delivery.lead_id, part), Delivery.status == "queued", Delivery.kind == "email")
-            .values(status="skipped", reason=reason[:500], lease_until=None)
+            move(DeliveryStatus.QUEUED, DeliveryStatus.SKIPPED)
+            .where(among(session, Delivery.lead_id, part), Delivery.kind == "email")
+            .values(reason=reason[:500], lease_until=None)
         )
         count += result.rowcount or 0
     return count

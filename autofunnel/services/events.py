@@ -23,7 +23,8 @@ from sqlalchemy import Select, select, update
 from sqlalchemy.orm import Session
 
 from autofunnel.domain.conditions import EventFact
-from autofunnel.domain.engine import SUPPRESSED, suppression_reason, wake_matches
+from autofunnel.domain.engine import suppression_reason, wake_matches
+from autofunnel.domain.statuses import SUPPRESSED
 from autofunnel.domain.routing import (
     BOUNCE_STREAK_TYPES,
     ChangeStatus,

@@ -30,7 +30,7 @@ from typing import Any, TextIO
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from autofunnel.domain.engine import SUPPRESSED
+from autofunnel.domain.statuses import SUPPRESSED
 from autofunnel.domain.model import Funnel
 from autofunnel.errors import InvalidInputError
 from autofunnel.services.entry import Entrant, enter_first_stage
@@ -316,7 +316,7 @@ def _enter(session: Session, rt: Runtime, flow: Funnel, file_name: str, rows: li
         in_funnel.update(session.scalars(
             select(StageEntry.lead_id).where(among(session, StageEntry.lead_id, part), StageEntry.funnel == flow.slug, StageEntry.stage == first.name)
         ))
-    suppressed = {lead.id for lead in known.values() if lead.status in SUPPRESSED or lead.status == "erased"}
+    suppressed = {lead.id for lead in known.values() if lead.status in SUPPRESSED}
     consents = _lead_details(session, [i for i in known_ids if i in in_funnel and i not in suppressed], Lead.consent) if in_funnel else {}
     details = _lead_details(session, [i for i in known_ids if i not in in_funnel and i not in suppressed], *_MERGED_COLUMNS)
     entering: list[tuple[Row, int | None, dict[str, Any] | None]] = []

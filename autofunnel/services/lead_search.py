@@ -32,8 +32,9 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session
 
 from autofunnel.domain.model import Funnel
+from autofunnel.domain.statuses import LeadStatus
 from autofunnel.services.runtime import Runtime
-from autofunnel.store.models import LEAD_STATUSES, Enrollment, Lead, StageEntry
+from autofunnel.store.models import Enrollment, Lead, StageEntry
 from autofunnel.store.queries import is_postgres
 
 PAGE_SIZE = 50
@@ -146,7 +147,7 @@ class _Filters:
         status = self.wanted.status
         if not status:
             return []
-        return [Lead.status == status] if status in LEAD_STATUSES else [literal(False)]
+        return [Lead.status == status] if status in set(LeadStatus) else [literal(False)]
 
     def waiting(self) -> list[ColumnElement[bool]]:
         w = self.wanted

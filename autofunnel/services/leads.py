@@ -17,6 +17,8 @@ from autofunnel.services.enrollments import active_enrollment_ids, end_enrollmen
 from autofunnel.services.entry import CONFIRM_STEP, Entrant, confirmation_row, enter_first_stage
 from autofunnel.services.inputs import SubscribeInput
 from autofunnel.services.runtime import Runtime
+from autofunnel.domain.statuses import DeliveryStatus
+from autofunnel.store.delivery_moves import move
 from autofunnel.store.models import Assignment, Deadline, Delivery, Enrollment, Event, Lead, StageEntry, TimelineEntry
 from autofunnel.store.queries import insert_ignoring
 
@@ -219,8 +221,8 @@ def erase_lead(rt: Runtime, key: str, *, reason: str = "personal data erased on 
         lead_id = lead.id
         end_enrollments(session, active_enrollment_ids(session, [lead_id]), "exited", suppression_reason("erased"), now)
         session.execute(
-            update(Delivery).where(Delivery.lead_id == lead_id, Delivery.status == "queued")
-            .values(status="skipped", reason="suppressed: lead erased", lease_until=None)
+            move(DeliveryStatus.QUEUED, DeliveryStatus.SKIPPED).where(Delivery.lead_id == lead_id)
+            .values(reason="suppressed: lead erased", lease_until=None)
         )
         session.execute(update(Delivery).where(Delivery.lead_id == lead_id).values(to_address="erased"))
         for event in session.scalars(select(Event).where(Event.lead_id == lead_id)):

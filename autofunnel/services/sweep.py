@@ -17,6 +17,8 @@ from sqlalchemy import bindparam, update
 
 from autofunnel.services.enrollments import ready_to_send, timeline_row, write_timeline
 from autofunnel.services.runtime import Runtime
+from autofunnel.domain.statuses import DeliveryStatus
+from autofunnel.store.delivery_moves import move
 from autofunnel.store.models import Delivery
 from autofunnel.store.types import UTCDateTime
 
@@ -64,9 +66,9 @@ def _sweep_statements() -> tuple[Any, Any, Any]:
     SQLAlchemy statements cost more than running them (a simulation makes thousands of passes)."""
     now = bindparam("now", type_=UTCDateTime())
     interrupt = (
-        update(Delivery)
-        .where(Delivery.status == "sending", Delivery.lease_until < now)
-        .values(status="failed", reason=INTERRUPTED, lease_until=None, finished_at=now)
+        move(DeliveryStatus.SENDING, DeliveryStatus.FAILED)
+        .where(Delivery.lease_until < now)
+        .values(reason=INTERRUPTED, lease_until=None, finished_at=now)
         .returning(Delivery.id, Delivery.lead_id, Delivery.flow, Delivery.stage, Delivery.step_id)
     )
     ready = ready_to_send(now)

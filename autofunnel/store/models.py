@@ -12,6 +12,7 @@ does not see changes inside a dict.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Annotated, Any
@@ -33,6 +34,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from autofunnel.domain.statuses import DeliveryStatus, EnrollmentStatus, LeadStatus
 from autofunnel.store.types import IdType, JsonType, UTCDateTime
 
 NAMING_CONVENTION = {
@@ -44,16 +46,13 @@ NAMING_CONVENTION = {
 }
 """Named constraints can be altered and dropped by later migrations on every backend."""
 
-LEAD_STATUSES = ("pending", "active", "unsubscribed", "bounced", "complained", "erased")
 ENROLLMENT_KINDS = ("funnel", "sequence")
-ENROLLMENT_STATUSES = ("active", "done", "ended", "stopped", "exited")
 DELIVERY_KINDS = ("email", "notify", "confirm")
-DELIVERY_STATUSES = ("queued", "sending", "sent", "failed", "skipped")
 
 
-def one_of(column: str, values: tuple[str, ...]) -> str:
+def one_of(column: str, values: Iterable[str]) -> str:
     """The SQL of a CHECK that keeps a status column inside its known words."""
-    return f"{column} IN ({', '.join(repr(value) for value in values)})"
+    return f"{column} IN ({', '.join(repr(str(value)) for value in values)})"
 
 
 EMPTY_OBJECT = text("'{}'")
@@ -84,7 +83,7 @@ class Lead(Base):
 
     __tablename__ = "leads"
     __table_args__ = (
-        CheckConstraint(one_of("status", LEAD_STATUSES), name="status"),
+        CheckConstraint(one_of("status", LeadStatus), name="status"),
         # The admin's leads list (services/lead_search.py): a status, a first name, and on
         # PostgreSQL one exact tag, each answered newest first from an index.
         Index("ix_leads_status_id", "status", "id"),
@@ -156,7 +155,7 @@ class Enrollment(Base):
     __table_args__ = (
         UniqueConstraint("lead_id", "flow", "stage", "run"),
         CheckConstraint(one_of("kind", ENROLLMENT_KINDS), name="kind"),
-        CheckConstraint(one_of("status", ENROLLMENT_STATUSES), name="status"),
+        CheckConstraint(one_of("status", EnrollmentStatus), name="status"),
         Index(
             "ix_enrollments_due",
             "due_at",
@@ -202,7 +201,7 @@ class Delivery(Base):
     __table_args__ = (
         UniqueConstraint("enrollment_id", "step_id", "occurrence"),
         CheckConstraint(one_of("kind", DELIVERY_KINDS), name="kind"),
-        CheckConstraint(one_of("status", DELIVERY_STATUSES), name="status"),
+        CheckConstraint(one_of("status", DeliveryStatus), name="status"),
         Index(
             "ix_deliveries_in_flight",
             "status",

@@ -11,15 +11,14 @@ from hypothesis import strategies as st
 
 from autofunnel.domain.delivery import MAX_ATTEMPTS, RECIPIENT_STATUS, Fail, Retry, after_failure, refusal
 from autofunnel.domain.engine import suppression_reason
-from autofunnel.store.models import ENROLLMENT_STATUSES, LEAD_STATUSES
+from autofunnel.domain.statuses import SUPPRESSED, EnrollmentStatus, LeadStatus
 
-SUPPRESSED = ("unsubscribed", "bounced", "complained", "erased")
 NOW = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 
 kinds = st.sampled_from(sorted(RECIPIENT_STATUS))
-leads = st.sampled_from(LEAD_STATUSES)
-enrollments = st.one_of(st.none(), st.sampled_from(ENROLLMENT_STATUSES))
-reasons = st.one_of(st.none(), st.sampled_from([suppression_reason(s) for s in SUPPRESSED] + ["entered stage 'tripwire'", "purchase", "exit step"]))
+leads = st.sampled_from(list(LeadStatus))
+enrollments = st.one_of(st.none(), st.sampled_from(list(EnrollmentStatus)))
+reasons = st.one_of(st.none(), st.sampled_from([suppression_reason(s) for s in sorted(SUPPRESSED)] + ["entered stage 'tripwire'", "purchase", "exit step"]))
 
 
 @given(kinds, leads, enrollments, reasons)

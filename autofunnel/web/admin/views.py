@@ -10,6 +10,7 @@ from flask import Blueprint, Response, abort, current_app, flash, redirect, rend
 from flask_login import current_user, login_required, login_user, logout_user
 
 from autofunnel.domain.model import Funnel
+from autofunnel.domain.statuses import LeadStatus
 from autofunnel.errors import AutofunnelError, InvalidInputError
 from autofunnel.report_format import duration, percent, report_csv
 from autofunnel.services.optin import send_confirmation
@@ -29,7 +30,6 @@ from autofunnel.services.runtime import Runtime
 from autofunnel.services.senders import tracks_opens
 from autofunnel.services.spend import add_spend, list_spend, parse_spend, set_spend
 from autofunnel.services.status import system_status
-from autofunnel.store.models import LEAD_STATUSES
 from autofunnel.web.admin import charts
 from autofunnel.web.admin.security import AdminUser, throttle_failed_logins
 
@@ -219,7 +219,7 @@ def leads() -> str:
     )
     page = find_leads(runtime(), wanted)
     next_args = {**args.to_dict(), "before": page.next_before_id} if page.next_before_id else None
-    return render_template("admin/leads.html", page=page, wanted=wanted, statuses=LEAD_STATUSES, next_args=next_args)
+    return render_template("admin/leads.html", page=page, wanted=wanted, statuses=[str(status) for status in LeadStatus], next_args=next_args)
 
 
 @admin.get("/leads/<int:lead_id>")
