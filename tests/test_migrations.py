@@ -271,3 +271,41 @@ def test_read_then_write_units_in_parallel_never_fail_with_locked(migrated_db: D
     assert errors == []
     with migrated_db.read() as session:
         assert len(session.scalars(select(ApiKey.id)).all()) == 40
+
+
+def test_the_end_cause_upgrade_reads_the_causes_from_the_words_they_were_written_with(database_url: str) -> None:
+    """0016_end_cause gives every ended enrollment stored before it the cause its status and
+    end_reason stood for; the sending rule and the lead view read only the cause from then on."""
+    upgrade(database_url, "0015_refund_tallies")
+    ended = [
+        ("done", "all steps done", "finished"),
+        ("done", "no steps", "finished"),
+        ("ended", "entered stage 'tripwire'", "moved_on"),
+        ("ended", "stage removed from the project", "removed"),
+        ("ended", "funnel or sequence removed from the project", "removed"),
+        ("stopped", "purchase", "stopped"),
+        ("exited", "lead unsubscribed", "suppressed"),
+        ("exited", "lead erased", "suppressed"),
+        ("exited", "exit step", "exit_step"),
+        ("exited", "more than 100 steps without a wait: a goto loop", "loop"),
+        ("active", None, None),
+    ]
+    db = Database.from_url(database_url)
+    try:
+        with db.engine.begin() as connection:
+            connection.execute(text(
+                "INSERT INTO leads (email, status, created_at, updated_at) VALUES ('old@shop.example', 'active', :at, :at)"
+            ), {"at": MOMENT})
+            lead_id = connection.scalar(text("SELECT id FROM leads"))
+            for run, (status, reason, _) in enumerate(ended, start=1):
+                connection.execute(text(
+                    "INSERT INTO enrollments (lead_id, flow, kind, stage, run, status, entered_at, end_reason) "
+                    "VALUES (:lead, 'yoga', 'funnel', 'lead', :run, :status, :at, :reason)"
+                ), {"lead": lead_id, "run": run, "status": status, "at": MOMENT, "reason": reason})
+        db.engine.dispose()
+        upgrade(database_url)
+        with db.engine.connect() as connection:
+            causes = connection.execute(text("SELECT run, end_cause FROM enrollments ORDER BY run")).all()
+        assert [cause for _, cause in causes] == [cause for _, _, cause in ended]
+    finally:
+        db.dispose()

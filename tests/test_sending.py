@@ -250,11 +250,11 @@ def test_an_email_refused_at_the_claim_that_records_the_previous_one_is_skipped_
 @pytest.mark.parametrize("kind", ["email", "notify", "confirm"])
 def test_the_claims_sql_check_refuses_exactly_what_the_refusal_rule_refuses(rt: Any, kind: str) -> None:
     """`_allowed` (SQL, in the claim that commits on its own) and `refusal` (the domain's rule) must agree
-    on every lead and enrollment state; a looser SQL check would commit a claim it then skips."""
+    on every lead and enrollment state and end cause; a looser SQL check would commit a claim it then skips."""
     from autofunnel.domain.engine import suppression_reason
     from autofunnel.domain.delivery import refusal
     from autofunnel.services.delivery import _allowed
-    from autofunnel.domain.statuses import EnrollmentStatus, LeadStatus
+    from autofunnel.domain.statuses import EndCause, EnrollmentStatus, LeadStatus
 
     sub(rt, "ida@example.com")
     events(rt, {"type": "confirmed", "email": "ida@example.com"})
@@ -266,13 +266,15 @@ def test_the_claims_sql_check_refuses_exactly_what_the_refusal_rule_refuses(rt: 
         enrollment_id = session.scalar(select(Delivery.enrollment_id).where(Delivery.id == delivery_id))
         for lead_status in LeadStatus:
             for enrollment_status in (*EnrollmentStatus, None):
-                for reason in reasons if enrollment_status is not None else [None]:
+                for cause, reason in [(c, r) for c in (None, *EndCause) for r in reasons] if enrollment_status is not None else [(None, None)]:
                     session.execute(update(Lead).values(status=lead_status))
-                    session.execute(update(Enrollment).where(Enrollment.id == enrollment_id).values(status=enrollment_status or "active", end_reason=reason))
+                    session.execute(
+                        update(Enrollment).where(Enrollment.id == enrollment_id).values(status=enrollment_status or "active", end_cause=cause, end_reason=reason)
+                    )
                     session.execute(update(Delivery).where(Delivery.id == delivery_id).values(enrollment_id=enrollment_id if enrollment_status else None))
                     allowed = session.scalar(select(func.count()).select_from(Delivery).where(Delivery.id == delivery_id, _allowed())) == 1
-                    if allowed != (refusal(kind, lead_status, enrollment_status, reason) is None):
-                        disagreements.append((lead_status, enrollment_status, reason, allowed))
+                    if allowed != (refusal(kind, lead_status, enrollment_status, cause, reason) is None):
+                        disagreements.append((lead_status, enrollment_status, cause, reason, allowed))
         session.rollback()
     assert disagreements == []
 

@@ -1,10 +1,10 @@
 """Whether a claimed email may still go, and what a failed handoff leads to: the sending
 path's decisions as values, with no database and no SMTP.
 
-The rule is data first (`RECIPIENT_STATUS`, `CLOSED_ENROLLMENT`, and the engine's
-`suppression_reason` for enrollments ended by their lead's suppression),
+The rule is data first (`RECIPIENT_STATUS`, `CLOSED_ENROLLMENT`, and `EndCause.SUPPRESSED`
+for enrollments ended by their lead's suppression),
 so the claim's SQL check (`services.delivery._allowed`) is generated from the same table
-that `refusal` reads, and a test holds the two to agree on every combination of statuses.
+that `refusal` reads, and a test holds the two to agree on every combination of statuses and end causes.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ RETRY_AFTER: Final = (timedelta(minutes=1), timedelta(minutes=5), timedelta(minu
 """Back-off after a temporary (4xx) SMTP answer; after MAX_ATTEMPTS the delivery fails."""
 
 
-def refusal(kind: str, lead_status: str | None, enrollment_status: str | None, end_reason: str | None) -> str | None:
+def refusal(kind: str, lead_status: str | None, enrollment_status: str | None, end_cause: str | None, end_reason: str | None) -> str | None:
     """Why this email must not go now, or None; `enrollment_status` None: it belongs to no enrollment."""
     wanted = RECIPIENT_STATUS.get(kind)
     if wanted is not None and lead_status != wanted:
@@ -36,7 +36,7 @@ def refusal(kind: str, lead_status: str | None, enrollment_status: str | None, e
         return "suppressed: lead not confirmed yet" if lead_status == LeadStatus.PENDING else f"suppressed: lead {lead_status}"
     if enrollment_status in CLOSED_ENROLLMENT:
         return f"{CLOSED_ENROLLMENT[enrollment_status]}: {end_reason}"
-    if enrollment_status is not None and ended_by_suppression(enrollment_status, end_reason):
+    if enrollment_status is not None and ended_by_suppression(end_cause):
         return f"suppressed: {end_reason}"
     return None
 

@@ -35,7 +35,7 @@ from autofunnel.domain.model import (
     WaitUntilDeadline,
 )
 from autofunnel.domain.sending import check_cap, next_allowed
-from autofunnel.domain.statuses import SUPPRESSED, EnrollmentStatus, LeadStatus
+from autofunnel.domain.statuses import SUPPRESSED, EndCause, LeadStatus
 
 
 
@@ -44,9 +44,9 @@ def suppression_reason(status: str) -> str:
     return f"lead {status}"
 
 
-def ended_by_suppression(status: str, reason: str | None) -> bool:
+def ended_by_suppression(cause: str | None) -> bool:
     """Did this enrollment end because its lead was suppressed (not by its own steps)?"""
-    return status == EnrollmentStatus.EXITED and (reason or "").startswith(suppression_reason(""))
+    return cause == EndCause.SUPPRESSED
 
 
 MAX_STEPS_PER_ADVANCE = 100
@@ -166,6 +166,7 @@ class Leave:
     step_id: str | None
     status: Literal["done", "exited"]
     reason: str
+    cause: EndCause
 
 
 Decision = SendEmail | NotifyPerson | StartDeadline | AssignVariant | ChangeTag | ChangeFields | Skip | Jump | WaitDecision | Leave
@@ -231,8 +232,8 @@ class _Run:
         self.deadlines = dict(lead.deadlines)
         self.decisions: list[Decision] = []
 
-    def done(self, step_id: str | None, status: Literal["done", "exited"], reason: str) -> Advance:
-        self.decisions.append(Leave(step_id, status, reason))
+    def done(self, step_id: str | None, status: Literal["done", "exited"], cause: EndCause, reason: str) -> Advance:
+        self.decisions.append(Leave(step_id, status, reason, cause))
         return Advance(tuple(self.decisions), Cursor(None, None, self.visits), None, status)
 
     def park(self, step_id: str, parked: Parked | None, until: datetime | None, reason: str) -> Advance:
@@ -247,17 +248,17 @@ class _Run:
 
     def go(self) -> Advance:
         if self.lead.status in SUPPRESSED:
-            return self.done(self.cursor.step_id, "exited", suppression_reason(self.lead.status))
+            return self.done(self.cursor.step_id, "exited", EndCause.SUPPRESSED, suppression_reason(self.lead.status))
         step_id = self.cursor.step_id
         parked = self.cursor.parked
         if step_id is not None and step_id not in self.ids:
             step_id = resume_after_removed(step_id, self.previous_ids, self.ids)
             parked = None
             if step_id is None:
-                return self.done(None, "done", "its step was removed from the funnel; no later step remains")
+                return self.done(None, "done", EndCause.FINISHED, "its step was removed from the funnel; no later step remains")
         if self.lead.status == LeadStatus.PENDING:
             if step_id is None:
-                return self.done(None, "done", "no steps")
+                return self.done(None, "done", EndCause.FINISHED, "no steps")
             return self.park(step_id, Parked("confirm"), None, "waiting for double opt-in confirmation")
         index = self.ids.index(step_id) if step_id is not None else len(self.ids)
         if parked is not None:
@@ -268,13 +269,13 @@ class _Run:
                 parked = None
         for _ in range(MAX_STEPS_PER_ADVANCE):
             if index >= len(self.steps):
-                return self.done(None, "done", "all steps done")
+                return self.done(None, "done", EndCause.FINISHED, "all steps done")
             step = self.steps[index]
             outcome = self.run_step(step)
             if isinstance(outcome, Advance):
                 return outcome
             index = outcome
-        return self.done(self.steps[index].id if index < len(self.steps) else None, "exited", f"more than {MAX_STEPS_PER_ADVANCE} steps without a wait: a goto loop")
+        return self.done(self.steps[index].id if index < len(self.steps) else None, "exited", EndCause.LOOP, f"more than {MAX_STEPS_PER_ADVANCE} steps without a wait: a goto loop")
 
     def run_step(self, step: Step) -> Advance | int:
         """Execute one step: the index of the next step, or an Advance that stops here."""
@@ -323,7 +324,7 @@ class _Run:
             self.decisions.append(Jump(step.id, action.target))
             return self.ids.index(action.target)
         elif isinstance(action, Exit):
-            self.decisions.append(Leave(step.id, "exited", "exit step"))
+            self.decisions.append(Leave(step.id, "exited", "exit step", EndCause.EXIT_STEP))
             return Advance(tuple(self.decisions), Cursor(None, None, self.visits), None, "exited")
         return index + 1
 

@@ -46,6 +46,25 @@ class EnrollmentStatus(StrEnum):
     """Left by an exit step, a goto loop, or its lead's suppression."""
 
 
+class EndCause(StrEnum):
+    """Why an enrollment ended, as data: what the sending rule, the lead view and reports read
+    (`enrollments.end_cause`); `end_reason` keeps the words for people."""
+
+    FINISHED = "finished"
+    """Ran out of steps (or had none, or its step was removed with no later one)."""
+    EXIT_STEP = "exit_step"
+    LOOP = "loop"
+    """A goto loop without a wait: stopped after too many steps."""
+    MOVED_ON = "moved_on"
+    """Its lead entered a later stage of the funnel (a purchase, usually)."""
+    STOPPED = "stopped"
+    """The sequence's stop event came, or a new start event restarted it."""
+    SUPPRESSED = "suppressed"
+    """Its lead unsubscribed, bounced, complained or was erased."""
+    REMOVED = "removed"
+    """Its funnel, sequence or stage is no longer in the project."""
+
+
 class DeliveryStatus(StrEnum):
     QUEUED = "queued"
     SENDING = "sending"

@@ -32,7 +32,7 @@ from datetime import datetime, timedelta
 from functools import cache
 from typing import Any, TypeVar
 
-from sqlalchemy import ColumnElement, Update, and_, bindparam, func, insert, null, or_, select, update
+from sqlalchemy import ColumnElement, Update, and_, bindparam, insert, null, or_, select, update
 from sqlalchemy.engine import Connection
 
 from autofunnel.domain.model import Flow
@@ -59,7 +59,7 @@ from autofunnel.services.enrollments import (
 from autofunnel.services.database import through_outage
 from autofunnel.services.runtime import Runtime
 from autofunnel.services.tallies import Cohort, count_sent_email, may_follow, sent_email_tally, sent_email_tally_params
-from autofunnel.domain.statuses import DeliveryStatus
+from autofunnel.domain.statuses import DeliveryStatus, EndCause
 from autofunnel.store.delivery_moves import move
 from autofunnel.store.db import HeldConnection
 from autofunnel.store.models import Deadline, Delivery, Enrollment, Event, Lead, StageEntry, TimelineEntry
@@ -243,6 +243,7 @@ def _claim_statement(only_if_allowed: bool = False) -> Update:
     now = bindparam("now", type_=UTCDateTime())
     enrollment = select(Enrollment.status).where(Enrollment.id == d.enrollment_id).scalar_subquery()
     end_reason = select(Enrollment.end_reason).where(Enrollment.id == d.enrollment_id).scalar_subquery()
+    end_cause = select(Enrollment.end_cause).where(Enrollment.id == d.enrollment_id).scalar_subquery()
     conditions = [d.id == bindparam("delivery_id"), ready_to_send(now)] + ([_allowed()] if only_if_allowed else [])
     return (
         move(DeliveryStatus.QUEUED, DeliveryStatus.SENDING, on=d.__table__)
@@ -251,7 +252,7 @@ def _claim_statement(only_if_allowed: bool = False) -> Update:
         .returning(
             d.id, d.lead_id, d.flow, d.stage, d.step_id, d.kind, d.template, d.to_address, d.attempts,
             select(Lead.status).where(Lead.id == d.lead_id).scalar_subquery().label("lead_status"),
-            enrollment.label("enrollment_status"), end_reason.label("end_reason"),
+            enrollment.label("enrollment_status"), end_cause.label("end_cause"), end_reason.label("end_reason"),
             may_follow(d.lead_id, now).label("may_follow"),
         )
     )
@@ -266,12 +267,11 @@ def _allowed() -> ColumnElement[bool]:
     nothing, as there.
     """
     d, e = Delivery, Enrollment
-    prefix = suppression_reason("")
     lead_status = select(Lead.status).where(Lead.id == d.lead_id).scalar_subquery()
     closed = [e.status == status for status in CLOSED_ENROLLMENT]  # not IN: its list would be expanded at every run
     enrollment_refuses = select(e.id).where(
         e.id == d.enrollment_id,
-        or_(*closed, and_(e.status == "exited", func.substr(e.end_reason, 1, len(prefix)) == prefix)),  # not LIKE: SQLite's ignores case
+        or_(*closed, e.end_cause == EndCause.SUPPRESSED),
     ).exists()
     lead_allows = or_(*(
         d.kind == kind if wanted is None else and_(d.kind == kind, lead_status == wanted)
@@ -328,7 +328,7 @@ def _claim(batch: _Batch, delivery_id: int) -> _Claim | None:
 
 
 def _refusal_of(row: Any) -> str | None:
-    return refusal(row.kind, row.lead_status, row.enrollment_status, row.end_reason)
+    return refusal(row.kind, row.lead_status, row.enrollment_status, row.end_cause, row.end_reason)
 
 
 def _refuse(connection: Connection, row: Any, reason: str, now: datetime) -> list[tuple[str, str]]:
@@ -605,7 +605,7 @@ def _suppress_bounced(rt: Runtime, claim: _Claim) -> None:
                 update(Lead).where(Lead.id == claim.lead_id, Lead.status == "active").values(status="bounced", status_changed_at=now, updated_at=now)
             ).rowcount
             if changed:
-                end_enrollments(session, active_enrollment_ids(session, [claim.lead_id]), "exited", suppression_reason("bounced"), now)
+                end_enrollments(session, active_enrollment_ids(session, [claim.lead_id]), "exited", EndCause.SUPPRESSED, suppression_reason("bounced"), now)
                 cancel_queued_for_leads(session, [claim.lead_id], "suppressed: lead bounced")
                 write_timeline(session, [timeline_row(claim.lead_id, now, "status", "bounced: the mail server refused the address")])
 

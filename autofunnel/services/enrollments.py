@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from autofunnel.domain.engine import Cursor, Parked
 from autofunnel.domain.model import EventMatcher, Flow
-from autofunnel.domain.statuses import DeliveryStatus
+from autofunnel.domain.statuses import DeliveryStatus, EndCause
 from autofunnel.store.delivery_moves import move
 from autofunnel.store.models import Delivery, Enrollment, TimelineEntry
 from autofunnel.store.queries import Executor, among, bulk_insert, chunks
@@ -45,11 +45,11 @@ def new_enrollment(
         "lead_id": lead_id, "flow": flow.slug, "kind": flow.kind, "stage": stage, "run": run,
         "step_id": first, "status": "active" if first else "done", "due_at": now if first else None,
         "waiting_for": None, "visits": {}, "entered_at": at, "ended_at": None if first else now,
-        "end_reason": None if first else "no steps", "version_id": version_id, "event_id": event_id,
+        "end_cause": None if first else EndCause.FINISHED, "end_reason": None if first else "no steps", "version_id": version_id, "event_id": event_id,
     }
 
 
-def end_enrollments(session: Session, ids: Iterable[int], status: str, reason: str, now: datetime) -> None:
+def end_enrollments(session: Session, ids: Iterable[int], status: str, cause: EndCause, reason: str, now: datetime) -> None:
     """End active enrollments and cancel their queued emails, in the caller's transaction.
 
     Cancelling here, where the stop is recorded, is what makes the delivery
@@ -59,7 +59,7 @@ def end_enrollments(session: Session, ids: Iterable[int], status: str, reason: s
         session.execute(
             update(Enrollment)
             .where(among(session, Enrollment.id, part), Enrollment.status == "active")
-            .values(status=status, due_at=None, ended_at=now, end_reason=reason[:200])
+            .values(status=status, due_at=None, ended_at=now, end_cause=cause, end_reason=reason[:200])
         )
         session.execute(
             move(DeliveryStatus.QUEUED, DeliveryStatus.SKIPPED)

@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 
 from autofunnel.domain.conditions import EventFact
 from autofunnel.domain.engine import suppression_reason, wake_matches
-from autofunnel.domain.statuses import SUPPRESSED
+from autofunnel.domain.statuses import SUPPRESSED, EndCause
 from autofunnel.domain.routing import (
     BOUNCE_STREAK_TYPES,
     ChangeStatus,
@@ -248,21 +248,21 @@ class _Changes:
     def __init__(self, now: datetime) -> None:
         self.now = now
         self.new_rows: list[dict[str, Any]] = []
-        self.ends: dict[tuple[str, str], list[int]] = defaultdict(list)
+        self.ends: dict[tuple[str, EndCause, str], list[int]] = defaultdict(list)
         self.statuses: dict[int, str] = {}
         self.suppressed: dict[str, list[int]] = defaultdict(list)
         self.stage_entries: list[dict[str, Any]] = []
         self.wake: set[int] = set()
         self.timeline: list[dict[str, Any]] = []
 
-    def end(self, lead: _Lead, ref: int | dict[str, Any], status: str, reason: str) -> None:
+    def end(self, lead: _Lead, ref: int | dict[str, Any], status: str, cause: EndCause, reason: str) -> None:
         if isinstance(ref, dict):
             if ref["status"] == "active":
-                ref.update(status=status, due_at=None, ended_at=self.now, end_reason=reason[:200])
+                ref.update(status=status, due_at=None, ended_at=self.now, end_cause=cause, end_reason=reason[:200])
             return
         if ref in lead.active:
             lead.active.discard(ref)
-            self.ends[(status, reason)].append(ref)
+            self.ends[(status, cause, reason)].append(ref)
         lead.parked = [(eid, p) for eid, p in lead.parked if eid != ref]
 
     def write(self, session: Session) -> None:
@@ -270,8 +270,8 @@ class _Changes:
             bulk_insert(session, Enrollment.__table__, self.new_rows)
         for reason, lead_ids in self.suppressed.items():
             cancel_queued_for_leads(session, lead_ids, reason)
-        for (status, reason), ids in self.ends.items():
-            end_enrollments(session, ids, status, reason, self.now)
+        for (status, cause, reason), ids in self.ends.items():
+            end_enrollments(session, ids, status, cause, reason, self.now)
         bulk_update(session, Lead.__table__, [
             {"id": lead_id, "status": status, "status_changed_at": self.now, "updated_at": self.now} for lead_id, status in self.statuses.items()
         ])
@@ -311,7 +311,7 @@ def _apply_effect(rt: Runtime, lead: _Lead, effect: Effect, event_id: int, versi
             changes.timeline.append(timeline_row(lead.id, now, "status", f"{status}: {reason}"))
             if status in SUPPRESSED:
                 for ref in [*lead.active, *lead.pending]:
-                    changes.end(lead, ref, "exited", suppression_reason(status))
+                    changes.end(lead, ref, "exited", EndCause.SUPPRESSED, suppression_reason(status))
                 changes.suppressed[f"suppressed: lead {status}"].append(lead.id)
                 lead.stage_enrollments.clear()
                 lead.runs.clear()
@@ -327,7 +327,7 @@ def _apply_effect(rt: Runtime, lead: _Lead, effect: Effect, event_id: int, versi
                 })
                 reached[pos] = _Entered(at, was_skipped)
             for ref in lead.stage_enrollments.pop(funnel, []):
-                changes.end(lead, ref, "ended", f"entered stage {stage!r}")
+                changes.end(lead, ref, "ended", EndCause.MOVED_ON, f"entered stage {stage!r}")
             row = new_enrollment(lead.id, rt.project.flows[funnel], stage, run=1, at=at, now=now, version_id=versions.get(funnel), event_id=event_id)
             _add(lead, row, changes)
             lead.stage_enrollments[funnel].append(row)
@@ -335,7 +335,7 @@ def _apply_effect(rt: Runtime, lead: _Lead, effect: Effect, event_id: int, versi
         case StartSequence(sequence=slug, at=at, restarting=restarting):
             if restarting is not None:
                 _, old = lead.runs.pop(slug)
-                changes.end(lead, old, "stopped", "restarted by a new start event")
+                changes.end(lead, old, "stopped", EndCause.STOPPED, "restarted by a new start event")
             run = lead.max_run.get(slug, 0) + 1
             lead.max_run[slug] = run
             row = new_enrollment(lead.id, rt.project.flows[slug], "", run=run, at=at, now=now, version_id=versions.get(slug), event_id=event_id)
@@ -343,7 +343,7 @@ def _apply_effect(rt: Runtime, lead: _Lead, effect: Effect, event_id: int, versi
             lead.runs[slug] = (SequenceRun(slug, run, at), row)
         case StopSequence(run=run, reason=reason):
             _, ref = lead.runs.pop(run.sequence)
-            changes.end(lead, ref, "stopped", reason)
+            changes.end(lead, ref, "stopped", EndCause.STOPPED, reason)
 
 
 def stage_times(at: datetime, skipped: bool, previous: _Entered | None, first_at: datetime) -> dict[str, float | None]:

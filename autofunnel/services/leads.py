@@ -17,7 +17,7 @@ from autofunnel.services.enrollments import active_enrollment_ids, end_enrollmen
 from autofunnel.services.entry import CONFIRM_STEP, Entrant, confirmation_row, enter_first_stage
 from autofunnel.services.inputs import SubscribeInput
 from autofunnel.services.runtime import Runtime
-from autofunnel.domain.statuses import DeliveryStatus
+from autofunnel.domain.statuses import DeliveryStatus, EndCause
 from autofunnel.store.delivery_moves import move
 from autofunnel.store.models import Assignment, Deadline, Delivery, Enrollment, Event, Lead, StageEntry, TimelineEntry
 from autofunnel.store.queries import insert_ignoring
@@ -168,7 +168,7 @@ def lead_view(rt: Runtime, key: str, *, limit: int = 500) -> dict[str, Any]:
             "enrollments": [
                 {"flow": e.flow, "kind": e.kind, "stage": e.stage or None, "run": e.run, "status": e.status, "step": e.step_id,
                  "due_at": _iso(e.due_at), "waiting_for": e.waiting_for, "entered_at": _iso(e.entered_at),
-                 "ended_at": _iso(e.ended_at), "end_reason": e.end_reason}
+                 "ended_at": _iso(e.ended_at), "end_cause": e.end_cause, "end_reason": e.end_reason}
                 for e in enrollments
             ],
             "deadlines": [{"flow": flow, "name": name, "at": _iso(due)} for flow, name, due in deadlines],
@@ -198,7 +198,7 @@ def _timeline(rows: Sequence[TimelineEntry], entries: Sequence[Any], enrollments
     for e in enrollments:
         if e.kind == "sequence":
             add(e.entered_at, 1, e.flow, None, None, "started", f"sequence started (run {e.run})")
-        ended_by_event = e.status in ("ended", "stopped") or ended_by_suppression(e.status, e.end_reason)
+        ended_by_event = e.status in ("ended", "stopped") or ended_by_suppression(e.end_cause)
         if e.ended_at is not None and ended_by_event:
             add(e.ended_at, 3, e.flow, e.stage, None, e.status, e.end_reason)
     for e in enrollments:
@@ -219,7 +219,7 @@ def erase_lead(rt: Runtime, key: str, *, reason: str = "personal data erased on 
     with rt.db.transaction() as session:
         lead = find_lead(session, key)
         lead_id = lead.id
-        end_enrollments(session, active_enrollment_ids(session, [lead_id]), "exited", suppression_reason("erased"), now)
+        end_enrollments(session, active_enrollment_ids(session, [lead_id]), "exited", EndCause.SUPPRESSED, suppression_reason("erased"), now)
         session.execute(
             move(DeliveryStatus.QUEUED, DeliveryStatus.SKIPPED).where(Delivery.lead_id == lead_id)
             .values(reason="suppressed: lead erased", lease_until=None)

@@ -38,6 +38,7 @@ from autofunnel.domain.engine import (
 )
 from autofunnel.domain.model import Clicked, Flow, HasEvent, Opened, Step, walk_condition
 from autofunnel.domain.words import decision_words
+from autofunnel.domain.statuses import EndCause
 from autofunnel.services.enrollments import cursor_of, parked_to_json, timeline_row, write_timeline
 from autofunnel.services.runtime import Runtime
 from autofunnel.services.sweep import sweep
@@ -190,7 +191,7 @@ def _process(session: Session, rt: Runtime, rows: Sequence[Any], now: datetime, 
         stage_steps = _steps(flow, row.stage)
         if flow is None or stage_steps is None:
             reason = f"{'funnel or sequence' if flow is None else 'stage'} removed from the project"
-            enrollment_updates.append(_ended(row.id, "ended", reason, now))
+            enrollment_updates.append(_ended(row.id, "ended", EndCause.REMOVED, reason, now))
             lines.append(DecisionLine(lead.email, row.flow, row.stage, row.step_id, "ended", reason))
             continue
         key = (row.lead_id, row.flow)
@@ -328,20 +329,21 @@ def _collect(
             lead.changed = True
 
 
-def _ended(enrollment_id: int, status: str, reason: str, now: datetime) -> dict[str, Any]:
+def _ended(enrollment_id: int, status: str, cause: EndCause, reason: str, now: datetime) -> dict[str, Any]:
     return {
         "id": enrollment_id, "status": status, "step_id": None, "due_at": None, "waiting_for": None,
-        "ended_at": now, "end_reason": reason[:200],
+        "ended_at": now, "end_cause": cause, "end_reason": reason[:200],
     }
 
 
 def _update_of(enrollment_id: int, result: Advance, version_id: int | None, now: datetime) -> dict[str, Any]:
     ended = result.ended
-    reason = next((d.reason for d in result.decisions if isinstance(d, Leave)), None)
+    leave = next((d for d in result.decisions if isinstance(d, Leave)), None)
     return {
         "id": enrollment_id, "status": result.status, "step_id": result.cursor.step_id, "due_at": result.due_at,
         "waiting_for": parked_to_json(result.cursor.parked), "ended_at": now if ended else None,
-        "end_reason": reason[:200] if ended and reason else None, "visits": dict(result.cursor.visits), "version_id": version_id,
+        "end_cause": leave.cause if ended and leave else None,
+        "end_reason": leave.reason[:200] if ended and leave else None, "visits": dict(result.cursor.visits), "version_id": version_id,
     }
 
 

@@ -34,7 +34,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from autofunnel.domain.statuses import DeliveryStatus, EnrollmentStatus, LeadStatus
+from autofunnel.domain.statuses import DeliveryStatus, EndCause, EnrollmentStatus, LeadStatus
 from autofunnel.store.types import IdType, JsonType, UTCDateTime
 
 NAMING_CONVENTION = {
@@ -156,6 +156,7 @@ class Enrollment(Base):
         UniqueConstraint("lead_id", "flow", "stage", "run"),
         CheckConstraint(one_of("kind", ENROLLMENT_KINDS), name="kind"),
         CheckConstraint(one_of("status", EnrollmentStatus), name="status"),
+        CheckConstraint(one_of("end_cause", EndCause), name="end_cause"),
         Index(
             "ix_enrollments_due",
             "due_at",
@@ -187,6 +188,8 @@ class Enrollment(Base):
     Kept on the row the scheduler updates anyway, so a pass writes no extra timeline rows."""
     entered_at: Mapped[Moment]
     ended_at: Mapped[Moment | None]
+    end_cause: Mapped[str | None] = mapped_column(String(12))
+    """Why it ended, as data (`domain.statuses.EndCause`); `end_reason` says it in words."""
     end_reason: Mapped[str | None] = mapped_column(String(200))
     lease_until: Mapped[Moment | None]
     version_id: Mapped[int | None] = mapped_column(IdType, ForeignKey("flow_versions.id"))

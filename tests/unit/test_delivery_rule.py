@@ -11,43 +11,49 @@ from hypothesis import strategies as st
 
 from autofunnel.domain.delivery import MAX_ATTEMPTS, RECIPIENT_STATUS, Fail, Retry, after_failure, refusal
 from autofunnel.domain.engine import suppression_reason
-from autofunnel.domain.statuses import SUPPRESSED, EnrollmentStatus, LeadStatus
+from autofunnel.domain.statuses import SUPPRESSED, EndCause, EnrollmentStatus, LeadStatus
 
 NOW = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 
 kinds = st.sampled_from(sorted(RECIPIENT_STATUS))
 leads = st.sampled_from(list(LeadStatus))
 enrollments = st.one_of(st.none(), st.sampled_from(list(EnrollmentStatus)))
+causes = st.one_of(st.none(), st.sampled_from(list(EndCause)))
 reasons = st.one_of(st.none(), st.sampled_from([suppression_reason(s) for s in sorted(SUPPRESSED)] + ["entered stage 'tripwire'", "purchase", "exit step"]))
 
 
-@given(kinds, leads, enrollments, reasons)
-def test_a_refusal_always_says_why_and_an_allowed_email_breaks_no_rule(kind: str, lead: str, enrollment: str | None, reason: str | None) -> None:
-    said = refusal(kind, lead, enrollment, reason)
+@given(kinds, leads, enrollments, causes, reasons)
+def test_a_refusal_always_says_why_and_an_allowed_email_breaks_no_rule(
+    kind: str, lead: str, enrollment: str | None, cause: str | None, reason: str | None,
+) -> None:
+    said = refusal(kind, lead, enrollment, cause, reason)
     if said is not None:
         assert isinstance(said, str) and said.strip()
         return
     assert RECIPIENT_STATUS[kind] in (None, lead)
     assert enrollment not in ("ended", "stopped")
-    assert not (enrollment == "exited" and (reason or "").startswith(suppression_reason("")))
+    assert not (enrollment is not None and cause == EndCause.SUPPRESSED)
 
 
-@given(leads, enrollments, reasons)
-def test_marketing_mail_goes_to_active_leads_only_and_the_confirmation_to_pending_ones(lead: str, enrollment: str | None, reason: str | None) -> None:
+@given(leads, enrollments, causes, reasons)
+def test_marketing_mail_goes_to_active_leads_only_and_the_confirmation_to_pending_ones(
+    lead: str, enrollment: str | None, cause: str | None, reason: str | None,
+) -> None:
     if lead != "active":
-        assert refusal("email", lead, enrollment, reason) is not None
+        assert refusal("email", lead, enrollment, cause, reason) is not None
     if lead != "pending":
-        assert refusal("confirm", lead, enrollment, reason) is not None
+        assert refusal("confirm", lead, enrollment, cause, reason) is not None
     if lead in SUPPRESSED:
-        assert refusal("email", lead, enrollment, reason) == f"suppressed: lead {lead}"
+        assert refusal("email", lead, enrollment, cause, reason) == f"suppressed: lead {lead}"
 
 
 def test_an_ended_stage_or_stopped_sequence_sends_nothing_more() -> None:
-    assert refusal("email", "active", "ended", "entered stage 'tripwire'") == "stage ended: entered stage 'tripwire'"
-    assert refusal("notify", "unsubscribed", "stopped", "purchase") == "sequence stopped: purchase"
-    assert refusal("email", "active", "exited", suppression_reason("bounced")) == "suppressed: lead bounced"
-    assert refusal("email", "active", "exited", "exit step") is None  # its own `exit`: queued emails before it still go
-    assert refusal("email", "active", None, None) is None
+    assert refusal("email", "active", "ended", EndCause.MOVED_ON, "entered stage 'tripwire'") == "stage ended: entered stage 'tripwire'"
+    assert refusal("notify", "unsubscribed", "stopped", EndCause.STOPPED, "purchase") == "sequence stopped: purchase"
+    assert refusal("email", "active", "exited", EndCause.SUPPRESSED, suppression_reason("bounced")) == "suppressed: lead bounced"
+    assert refusal("email", "active", "exited", EndCause.EXIT_STEP, "exit step") is None  # its own `exit`: queued emails before it still go
+    assert refusal("email", "active", "exited", None, suppression_reason("bounced")) is None  # the cause decides, not the words
+    assert refusal("email", "active", None, None, None) is None
 
 
 @given(st.booleans(), st.booleans(), st.booleans(), kinds, st.integers(min_value=1, max_value=MAX_ATTEMPTS + 2))

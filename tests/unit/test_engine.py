@@ -31,6 +31,7 @@ from autofunnel.domain.engine import (
 from autofunnel.domain.loader import parse_flow
 from autofunnel.domain.model import EventMatcher, Flow, Funnel, Sequence
 from autofunnel.domain.problems import Problems
+from autofunnel.domain.statuses import EndCause
 
 T0 = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)  # a Monday
 
@@ -97,7 +98,7 @@ def test_a_lead_walks_the_first_stage() -> None:
     assert third.cursor.step_id == "wait-until-tripwire" and third.due_at == deadline
 
     last = run(yoga, third.cursor, active(deadlines={"tripwire": deadline}), deadline)
-    assert last.decisions == (SendEmail("tripwire-expired", 1, "tripwire-expired"), Leave(None, "done", "all steps done"))
+    assert last.decisions == (SendEmail("tripwire-expired", 1, "tripwire-expired"), Leave(None, "done", "all steps done", EndCause.FINISHED))
     assert last.status == "done" and last.due_at is None
 
 
@@ -125,7 +126,7 @@ def test_wait_until_a_deadline_never_started_goes_on() -> None:
 @pytest.mark.parametrize("status", ["unsubscribed", "bounced", "complained", "erased"])
 def test_nothing_for_a_suppressed_lead(status: str) -> None:
     result = run(flow(YOGA), Cursor("welcome"), LeadFacts(status=status, email="x@y.example"), T0)
-    assert result.decisions == (Leave("welcome", "exited", f"lead {status}"),)
+    assert result.decisions == (Leave("welcome", "exited", f"lead {status}", EndCause.SUPPRESSED),)
     assert result.status == "exited"
 
 
@@ -282,7 +283,7 @@ def test_a_loop_without_wait_is_cut_off() -> None:
 def test_exit_ends_the_steps() -> None:
     seq = flow("sequence: s\nstart_on: {event: x}\nsteps:\n  - exit\n    \n  - send: never\n".replace("  - exit\n    \n", "  - exit\n"))
     result = run(seq, Cursor("exit"), active(), T0)
-    assert result.decisions == (Leave("exit", "exited", "exit step"),)
+    assert result.decisions == (Leave("exit", "exited", "exit step", EndCause.EXIT_STEP),)
 
 
 def test_a_removed_step_resumes_at_the_next_surviving_one() -> None:
