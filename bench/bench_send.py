@@ -74,6 +74,7 @@ from sending import (
 from sqlalchemy import text
 
 import autofunnel.services.delivery as delivery_module
+import autofunnel.mail.compose as compose_module
 from autofunnel.mail.transport import SmtpSession
 from autofunnel.services.delivery import deliver
 from autofunnel.services.dispatch import in_batches
@@ -227,13 +228,13 @@ def breakdown(database_url: str | None, emails: int, pgoptions: str | None = Non
         timers = Timers()
         renderer = rt.renderer
         with (
-            patched(delivery_module, "_mark_taken", timers.wrap("batch: take + read leads (DB)", delivery_module._mark_taken)),
-            patched(delivery_module, "_read_leads", timers.wrap("batch: take + read leads (DB)", delivery_module._read_leads)),
+            patched(delivery_module, "mark_taken", timers.wrap("batch: take + read leads (DB)", delivery_module.mark_taken)),
+            patched(delivery_module, "read_leads", timers.wrap("batch: take + read leads (DB)", delivery_module.read_leads)),
             patched(delivery_module, "_claim", timers.wrap("record previous + claim (DB)", delivery_module._claim)),
             patched(delivery_module, "_record_alone", timers.wrap("record the batch's last (DB)", delivery_module._record_alone)),
             patched(delivery_module, "_compose", timers.wrap("compose (total)", delivery_module._compose)),
             patched(renderer, "render", timers.wrap("render (Jinja, CSS, text part)", renderer.render)),
-            patched(delivery_module, "build_message", timers.wrap("MIME build", delivery_module.build_message)),
+            patched(compose_module, "build_message", timers.wrap("MIME build", compose_module.build_message)),
             patched(SmtpSession, "send", timers.wrap("SMTP send (incl. connect per batch)", SmtpSession.send)),
         ):
             started = time.perf_counter()

@@ -253,7 +253,7 @@ def test_the_claims_sql_check_refuses_exactly_what_the_refusal_rule_refuses(rt: 
     on every lead and enrollment state and end cause; a looser SQL check would commit a claim it then skips."""
     from autofunnel.domain.engine import suppression_reason
     from autofunnel.domain.delivery import refusal
-    from autofunnel.services.delivery import _allowed
+    from autofunnel.services.delivery_statements import allowed as _allowed
     from autofunnel.domain.statuses import EndCause, EnrollmentStatus, LeadStatus
 
     sub(rt, "ida@example.com")

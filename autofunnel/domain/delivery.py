@@ -3,7 +3,7 @@ path's decisions as values, with no database and no SMTP.
 
 The rule is data first (`RECIPIENT_STATUS`, `CLOSED_ENROLLMENT`, and `EndCause.SUPPRESSED`
 for enrollments ended by their lead's suppression),
-so the claim's SQL check (`services.delivery._allowed`) is generated from the same table
+so the claim's SQL check (`services.delivery_statements.allowed`) is generated from the same table
 that `refusal` reads, and a test holds the two to agree on every combination of statuses and end causes.
 """
 
