@@ -24,7 +24,8 @@ from autofunnel.mail.templates import lead_context
 from autofunnel.services.enrollments import ready_to_send
 from autofunnel.services.tallies import Cohort, may_follow, sent_email_tally
 from autofunnel.store.delivery_moves import move
-from autofunnel.store.models import Deadline, Delivery, Enrollment, Event, Lead, StageEntry, TimelineEntry
+from autofunnel.store.lead_facts import deadlines_of
+from autofunnel.store.models import Delivery, Enrollment, Event, Lead, StageEntry, TimelineEntry
 from autofunnel.store.queries import among
 from autofunnel.store.types import UTCDateTime
 
@@ -71,11 +72,7 @@ def read_leads(connection: Connection, delivery_ids: Sequence[int]) -> dict[int,
         .outerjoin(StageEntry, and_(StageEntry.lead_id == d.lead_id, StageEntry.funnel == d.flow, StageEntry.position == 0))
         .where(among(connection, d.id, delivery_ids))
     ).all()
-    deadlines: dict[tuple[int, str], dict[str, datetime]] = {}
-    for lead_id, flow, name, due_at in connection.execute(
-        select(Deadline.lead_id, Deadline.flow, Deadline.name, Deadline.due_at).where(among(connection, Deadline.lead_id, sorted({row.lead_id for row in rows})))
-    ):
-        deadlines.setdefault((lead_id, flow), {})[name] = due_at
+    deadlines = deadlines_of(connection, {row.lead_id for row in rows})
     return {
         row.id: LeadDetails(
             lead_context(email=row.email, first_name=row.first_name, fields=dict(row.fields or {}), tags=list(row.tags or []), timezone=row.timezone),

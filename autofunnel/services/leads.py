@@ -19,6 +19,7 @@ from autofunnel.services.inputs import SubscribeInput
 from autofunnel.services.runtime import Runtime
 from autofunnel.domain.statuses import DeliveryStatus, EndCause
 from autofunnel.store.delivery_moves import move
+from autofunnel.store.lead_facts import deadlines_of
 from autofunnel.store.models import Assignment, Deadline, Delivery, Enrollment, Event, Lead, StageEntry, TimelineEntry
 from autofunnel.store.queries import insert_ignoring
 
@@ -141,7 +142,7 @@ def lead_view(rt: Runtime, key: str, *, limit: int = 500) -> dict[str, Any]:
             select(Enrollment).where(Enrollment.lead_id == lead.id).order_by(Enrollment.entered_at, Enrollment.id)
         ).scalars().all()
         assignments = session.execute(select(Assignment.flow, Assignment.name, Assignment.value).where(Assignment.lead_id == lead.id)).all()
-        deadlines = session.execute(select(Deadline.flow, Deadline.name, Deadline.due_at).where(Deadline.lead_id == lead.id)).all()
+        deadlines = [(flow, name, due) for (_, flow), named in deadlines_of(session, [lead.id]).items() for name, due in named.items()]
         events = session.execute(
             select(Event).where(Event.lead_id == lead.id).order_by(Event.at.desc(), Event.id.desc()).limit(limit)
         ).scalars().all()

@@ -26,7 +26,8 @@ from autofunnel.mail.render import RenderedEmail
 from autofunnel.services.senders import address_of, sender_domain, sender_of
 from autofunnel.services.leads import find_lead
 from autofunnel.services.runtime import Runtime
-from autofunnel.store.models import Deadline, Enrollment, Event
+from autofunnel.store.lead_facts import deadlines_of
+from autofunnel.store.models import Enrollment, Event
 
 SAMPLE_LEAD = {"email": "ann@example.com", "first_name": "Ann", "fields": {}, "tags": []}
 SAMPLE_CART = {
@@ -151,7 +152,7 @@ def _facts(
     with rt.db.read() as session:
         row = find_lead(session, lead_key)
         lead = {"email": row.email, "first_name": row.first_name, "fields": dict(row.fields or {}), "tags": list(row.tags or []), "timezone": row.timezone}
-        deadlines = dict(session.execute(select(Deadline.name, Deadline.due_at).where(Deadline.lead_id == row.id, Deadline.flow == flow.slug)).all())
+        deadlines = dict(deadlines_of(session, [row.id]).get((row.id, flow.slug), {}))
         enrollment = select(Event.properties).join(Enrollment, Enrollment.event_id == Event.id).where(Enrollment.lead_id == row.id, Enrollment.flow == flow.slug)
         if stage is not None and not isinstance(flow, Sequence):
             enrollment = enrollment.where(Enrollment.stage == stage)

@@ -45,6 +45,7 @@ from autofunnel.services.sweep import sweep
 from autofunnel.services.tallies import fold_tallies
 from autofunnel.services.versions import current_version_ids, layouts_by_id
 from autofunnel.store.due import claim_due
+from autofunnel.store.lead_facts import deadlines_of
 from autofunnel.store.models import Assignment, Deadline, Delivery, Enrollment, Event, Lead
 from autofunnel.store.queries import among, bulk_insert, bulk_update, insert_returning
 
@@ -164,11 +165,7 @@ def _process(session: Session, rt: Runtime, rows: Sequence[Any], now: datetime, 
     lead_ids = sorted({row.lead_id for row in rows})
     flows = {row.flow: rt.project.flows.get(row.flow) for row in rows}
     leads = _lead_states(session, lead_ids)
-    deadlines: dict[tuple[int, str], dict[str, datetime]] = defaultdict(dict)
-    for lead_id, flow, name, due in session.execute(
-        select(Deadline.lead_id, Deadline.flow, Deadline.name, Deadline.due_at).where(among(session, Deadline.lead_id, lead_ids))
-    ):
-        deadlines[(lead_id, flow)][name] = due
+    deadlines = deadlines_of(session, lead_ids)
     assignments: dict[tuple[int, str], dict[str, str]] = defaultdict(dict)
     for lead_id, flow, name, value in session.execute(
         select(Assignment.lead_id, Assignment.flow, Assignment.name, Assignment.value).where(among(session, Assignment.lead_id, lead_ids))
