@@ -334,3 +334,11 @@ def test_an_unexpected_error_is_500_without_details(web: Web, caplog: pytest.Log
     text = response.get_data(as_text=True)
     assert "hunter2" not in text and "Traceback" not in text
     assert any("hunter2" in (record.exc_text or "") or record.exc_info for record in caplog.records)
+
+
+def test_a_report_day_off_the_calendar_is_refused_naming_its_field(web: Web) -> None:
+    """schemathesis found `to=0001-01-01` a 500: the default period's 30 days back fell before year 1."""
+    for params, field in (({"to": "0001-01-01"}, "to"), ({"from": "9999-12-31", "to": "9999-12-31"}, "to"), ({"from": "9999-12-31", "to": "2026-03-01"}, "from"), ({"from": "0001-01-01"}, "from")):
+        response = web.client.get("/api/v1/reports/yoga", query_string=params, headers=web.headers)
+        assert response.status_code == 400, (params, response.get_data(as_text=True))
+        assert response.get_json()["error"]["field"] == field

@@ -93,13 +93,22 @@ def parse_report_query(funnel: str, params: Mapping[str, str | None], today: dat
     return ReportQuery(funnel, start, end, mode, by, interval, attribution, window, window_text)
 
 
+FIRST_DAY = date(1900, 1, 1)
+LAST_DAY = date(9000, 12, 31)
+"""The days a report's `from` and `to` may name."""
+
+
 def _day(value: str | None, name: str) -> date | None:
     if value is None or value == "":
         return None
     try:
-        return date.fromisoformat(value.strip())
+        day = date.fromisoformat(value.strip())
     except ValueError:
         raise InvalidInputError(f"{value!r} is not a date such as 2026-03-01", field=name) from None
+    if not FIRST_DAY <= day <= LAST_DAY:
+        # A default period (30 days back), a week's start or a zone's midnight would fall off Python's calendar.
+        raise InvalidInputError(f"{name} must be between {FIRST_DAY} and {LAST_DAY}, not {day}", field=name)
+    return day
 
 
 def funnel_report(rt: Runtime, query: ReportQuery, *, count_facts: bool = False) -> dict[str, Any]:
