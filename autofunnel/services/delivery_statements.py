@@ -24,7 +24,7 @@ from autofunnel.mail.templates import lead_context
 from autofunnel.services.enrollments import ready_to_send
 from autofunnel.services.tallies import Cohort, may_follow, sent_email_tally
 from autofunnel.store.delivery_moves import move
-from autofunnel.store.lead_facts import deadlines_of
+from autofunnel.store.lead_facts import Wanted, load_facts
 from autofunnel.store.models import Delivery, Enrollment, Event, Lead, StageEntry, TimelineEntry
 from autofunnel.store.queries import among
 from autofunnel.store.types import UTCDateTime
@@ -61,26 +61,23 @@ def read_leads(connection: Connection, delivery_ids: Sequence[int]) -> dict[int,
     """Per delivery, its lead's details for the template and its first stage entry for the tallies."""
     d = Delivery
     rows = connection.execute(
-        select(
-            d.id, d.lead_id, d.flow, Lead.email, Lead.first_name, Lead.fields, Lead.tags, Lead.timezone,
-            Event.properties.label("event"), StageEntry.cohort_at, StageEntry.channel, StageEntry.entered_at,
-        )
+        select(d.id, d.lead_id, d.flow, Event.properties.label("event"), StageEntry.cohort_at, StageEntry.channel, StageEntry.entered_at)
         .select_from(d)
-        .join(Lead, Lead.id == d.lead_id)
         .outerjoin(Enrollment, Enrollment.id == d.enrollment_id)
         .outerjoin(Event, Event.id == Enrollment.event_id)
         .outerjoin(StageEntry, and_(StageEntry.lead_id == d.lead_id, StageEntry.funnel == d.flow, StageEntry.position == 0))
         .where(among(connection, d.id, delivery_ids))
     ).all()
-    deadlines = deadlines_of(connection, {row.lead_id for row in rows})
-    return {
-        row.id: LeadDetails(
-            lead_context(email=row.email, first_name=row.first_name, fields=dict(row.fields or {}), tags=list(row.tags or []), timezone=row.timezone),
-            deadlines.get((row.lead_id, row.flow), {}), dict(row.event or {}),
+    facts = load_facts(connection, {row.lead_id for row in rows}, Wanted(profiles=True, deadlines=True))
+    details: dict[int, LeadDetails] = {}
+    for row in rows:
+        lead = facts.profiles[row.lead_id]
+        details[row.id] = LeadDetails(
+            lead_context(email=lead.email, first_name=lead.first_name, fields=dict(lead.fields), tags=list(lead.tags), timezone=lead.timezone),
+            facts.deadlines.get((row.lead_id, row.flow), {}), dict(row.event or {}),
             Cohort(row.cohort_at, row.channel, row.entered_at) if row.cohort_at is not None else None,
         )
-        for row in rows
-    }
+    return details
 
 
 @cache

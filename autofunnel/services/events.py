@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 
 from autofunnel.domain.conditions import EventFact
 from autofunnel.domain.engine import suppression_reason, wake_matches
-from autofunnel.domain.statuses import SUPPRESSED, EndCause
+from autofunnel.domain.statuses import SUPPRESSED, EndCause, EnrollmentStatus
 from autofunnel.domain.routing import (
     BOUNCE_STREAK_TYPES,
     ChangeStatus,
@@ -49,6 +49,7 @@ from autofunnel.services.inputs import EventInput
 from autofunnel.services.runtime import Runtime
 from autofunnel.services.tallies import count_events, count_stage_entries, ids_in
 from autofunnel.services.versions import current_version_ids
+from autofunnel.store.lead_facts import Wanted, load_facts
 from autofunnel.store.models import Enrollment, Event, Lead, StageEntry
 from autofunnel.store.queries import among, bulk_insert, bulk_update, chunks, insert_returning
 
@@ -174,54 +175,50 @@ def _load(session: Session, rt: Runtime, fresh: list[tuple[dict[str, Any], int]]
             if row["type"] in stop_types:
                 lead.history.append(EventFact(row["type"], row["properties"], row["at"]))
     lead_ids = sorted({row["lead_id"] for row, _ in fresh} - created)
-    for part in chunks(lead_ids, 500):
-        for lead_id, status in session.execute(
-            select(Lead.id, Lead.status).where(among(session, Lead.id, part))
-        ):
-            leads[lead_id] = _Lead(lead_id, status)
-        entries: dict[tuple[int, str], list[Any]] = defaultdict(list)
-        for row in session.execute(
-            select(StageEntry.lead_id, StageEntry.funnel, StageEntry.stage, StageEntry.position, StageEntry.entered_at, StageEntry.skipped, StageEntry.channel)
-            .where(among(session, StageEntry.lead_id, part))
-        ):
-            entries[(row.lead_id, row.funnel)].append(row)
-            leads[row.lead_id].entries[row.funnel][row.position] = _Entered(row.entered_at, row.skipped)
-            if row.position == 0:
-                leads[row.lead_id].channels[row.funnel] = row.channel
-        for (lead_id, funnel), rows in entries.items():
-            entered = [r for r in rows if not r.skipped]
-            if not entered:
-                continue
-            current = max(entered, key=lambda r: r.position)
-            first = min(rows, key=lambda r: r.position)
-            leads[lead_id].memberships[funnel] = Membership(funnel, first.entered_at, current.stage, frozenset(r.stage for r in rows))
-        for row in session.execute(
-            select(Enrollment.id, Enrollment.lead_id, Enrollment.flow, Enrollment.kind, Enrollment.stage, Enrollment.run,
-                   Enrollment.status, Enrollment.entered_at, Enrollment.waiting_for)
-            .where(among(session, Enrollment.lead_id, part))
-        ):
-            lead = leads[row.lead_id]
-            if row.kind == "sequence":
-                lead.max_run[row.flow] = max(lead.max_run.get(row.flow, 0), row.run)
-            if row.status != "active":
-                continue
-            lead.active.add(row.id)
-            if row.kind == "funnel":
-                lead.stage_enrollments[row.flow].append(row.id)
-            else:
-                lead.runs[row.flow] = (SequenceRun(row.flow, row.run, row.entered_at), row.id)
-            parked = parked_from_json(row.waiting_for)
-            if parked is not None and parked.kind in ("event", "confirm"):
-                lead.parked.append((row.id, parked))
-    if stop_types:
-        for part in chunks(lead_ids, 500):
-            for lead_id, kind, properties, at in session.execute(
-                select(Event.lead_id, Event.type, Event.properties, Event.at).where(among(session, Event.lead_id, part), Event.type.in_(stop_types))
-            ):
-                leads[lead_id].history.append(EventFact(kind, properties or {}, at))
+    facts = load_facts(session, lead_ids, Wanted(statuses=True, stage_entries=True, enrollments=True, event_types=stop_types))
+    for lead_id, status in facts.statuses.items():
+        leads[lead_id] = _Lead(lead_id, status, history=facts.events.get(lead_id, []))
+    for lead_id, entries in facts.stage_entries.items():
+        _place_in_funnels(leads[lead_id], entries)
+    for lead_id, enrollments in facts.enrollments.items():
+        _place_in_flows(leads[lead_id], enrollments)
     if soft_bounced:
         _load_bounce_history(session, leads, sorted(soft_bounced), {event_id for _, event_id in fresh}, set(stop_types))
     return leads
+
+
+def _place_in_funnels(lead: _Lead, entries: list[Any]) -> None:
+    """Where the lead stands in each funnel, from its stage entries."""
+    by_funnel: dict[str, list[Any]] = defaultdict(list)
+    for row in entries:
+        by_funnel[row.funnel].append(row)
+        lead.entries[row.funnel][row.position] = _Entered(row.entered_at, row.skipped)
+        if row.position == 0:
+            lead.channels[row.funnel] = row.channel
+    for funnel, rows in by_funnel.items():
+        entered = [r for r in rows if not r.skipped]
+        if not entered:
+            continue
+        current = max(entered, key=lambda r: r.position)
+        first = min(rows, key=lambda r: r.position)
+        lead.memberships[funnel] = Membership(funnel, first.entered_at, current.stage, frozenset(r.stage for r in rows))
+
+
+def _place_in_flows(lead: _Lead, enrollments: list[Any]) -> None:
+    """The lead's active stage enrollments and sequence runs, and what its parked steps wait for."""
+    for row in enrollments:
+        if row.kind == "sequence":
+            lead.max_run[row.flow] = max(lead.max_run.get(row.flow, 0), row.run)
+        if row.status != EnrollmentStatus.ACTIVE:
+            continue
+        lead.active.add(row.id)
+        if row.kind == "funnel":
+            lead.stage_enrollments[row.flow].append(row.id)
+        else:
+            lead.runs[row.flow] = (SequenceRun(row.flow, row.run, row.entered_at), row.id)
+        parked = parked_from_json(row.waiting_for)
+        if parked is not None and parked.kind in ("event", "confirm"):
+            lead.parked.append((row.id, parked))
 
 
 def _load_bounce_history(session: Session, leads: dict[int, _Lead], lead_ids: list[int], fresh_ids: set[int], loaded: set[str]) -> None:
@@ -229,12 +226,9 @@ def _load_bounce_history(session: Session, leads: dict[int, _Lead], lead_ids: li
     deliveries, opens and clicks, read only for leads this batch soft-bounces; the batch's own
     events are left out, since applying them adds them to the history one by one."""
     types = [kind for kind in BOUNCE_STREAK_TYPES if kind not in loaded]
-    for part in chunks(lead_ids, 500):
-        for event_id, lead_id, kind, properties, at in session.execute(
-            select(Event.id, Event.lead_id, Event.type, Event.properties, Event.at).where(among(session, Event.lead_id, part), Event.type.in_(types))
-        ):
-            if event_id not in fresh_ids:
-                leads[lead_id].history.append(EventFact(kind, properties or {}, at))
+    found = load_facts(session, lead_ids, Wanted(event_types=types, events_left_out=frozenset(fresh_ids)))
+    for lead_id, history in found.events.items():
+        leads[lead_id].history.extend(history)
 
 
 class _Changes:

@@ -19,8 +19,8 @@ from autofunnel.services.inputs import SubscribeInput
 from autofunnel.services.runtime import Runtime
 from autofunnel.domain.statuses import DeliveryStatus, EndCause
 from autofunnel.store.delivery_moves import move
-from autofunnel.store.lead_facts import deadlines_of
-from autofunnel.store.models import Assignment, Deadline, Delivery, Enrollment, Event, Lead, StageEntry, TimelineEntry
+from autofunnel.store.lead_facts import Wanted, load_facts
+from autofunnel.store.models import Deadline, Delivery, Enrollment, Event, Lead, StageEntry, TimelineEntry
 from autofunnel.store.queries import insert_ignoring
 
 PURCHASE_KEPT = ("product", "amount", "currency", "order_id")
@@ -141,8 +141,9 @@ def lead_view(rt: Runtime, key: str, *, limit: int = 500) -> dict[str, Any]:
         enrollments = session.execute(
             select(Enrollment).where(Enrollment.lead_id == lead.id).order_by(Enrollment.entered_at, Enrollment.id)
         ).scalars().all()
-        assignments = session.execute(select(Assignment.flow, Assignment.name, Assignment.value).where(Assignment.lead_id == lead.id)).all()
-        deadlines = [(flow, name, due) for (_, flow), named in deadlines_of(session, [lead.id]).items() for name, due in named.items()]
+        facts = load_facts(session, [lead.id], Wanted(deadlines=True, assignments=True))
+        assignments = [(flow, name, value) for (_, flow), named in facts.assignments.items() for name, value in named.items()]
+        deadlines = [(flow, name, due) for (_, flow), named in facts.deadlines.items() for name, due in named.items()]
         events = session.execute(
             select(Event).where(Event.lead_id == lead.id).order_by(Event.at.desc(), Event.id.desc()).limit(limit)
         ).scalars().all()

@@ -12,24 +12,21 @@ commit, and `services/sweep.py` finds the ones the broker lost.
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from autofunnel.domain.conditions import EventFact
 from autofunnel.domain.engine import (
     Advance,
     AssignVariant,
     ChangeFields,
     ChangeTag,
     Decision,
-    LeadFacts,
     Leave,
     NotifyPerson,
     SendEmail,
@@ -38,16 +35,16 @@ from autofunnel.domain.engine import (
 )
 from autofunnel.domain.model import Clicked, Flow, HasEvent, Opened, Step, walk_condition
 from autofunnel.domain.words import decision_words
-from autofunnel.domain.statuses import EndCause
+from autofunnel.domain.statuses import DeliveryStatus, EndCause
 from autofunnel.services.enrollments import cursor_of, parked_to_json, timeline_row, write_timeline
 from autofunnel.services.runtime import Runtime
 from autofunnel.services.sweep import sweep
 from autofunnel.services.tallies import fold_tallies
 from autofunnel.services.versions import current_version_ids, layouts_by_id
 from autofunnel.store.due import claim_due
-from autofunnel.store.lead_facts import deadlines_of
-from autofunnel.store.models import Assignment, Deadline, Delivery, Enrollment, Event, Lead
-from autofunnel.store.queries import among, bulk_insert, bulk_update, insert_returning
+from autofunnel.store.lead_facts import LoadedFacts, Wanted, load_facts
+from autofunnel.store.models import Assignment, Deadline, Delivery, Enrollment, Lead
+from autofunnel.store.queries import bulk_insert, bulk_update, insert_returning
 
 log = logging.getLogger(__name__)
 
@@ -149,41 +146,20 @@ def _set_aside(rt: Runtime, row: Any, exc: Exception, now: datetime, report: Tic
     report.lines.append(DecisionLine(f"lead {row.lead_id}", row.flow, row.stage, row.step_id, "error", reason))
 
 
-@dataclass
-class _LeadState:
-    email: str
-    status: str
-    timezone: str | None
-    owner: str | None
-    tags: list[str]
-    fields: dict[str, Any]
-    recent_sends: list[datetime] = field(default_factory=list)
-    changed: bool = False
-
-
 def _process(session: Session, rt: Runtime, rows: Sequence[Any], now: datetime, versions: dict[str, int], lines: list[DecisionLine]) -> list[int]:
-    lead_ids = sorted({row.lead_id for row in rows})
     flows = {row.flow: rt.project.flows.get(row.flow) for row in rows}
-    leads = _lead_states(session, lead_ids)
-    deadlines = deadlines_of(session, lead_ids)
-    assignments: dict[tuple[int, str], dict[str, str]] = defaultdict(dict)
-    for lead_id, flow, name, value in session.execute(
-        select(Assignment.lead_id, Assignment.flow, Assignment.name, Assignment.value).where(among(session, Assignment.lead_id, lead_ids))
-    ):
-        assignments[(lead_id, flow)][name] = value
     present = [flow for flow in flows.values() if flow is not None]
-    _load_recent_sends(session, leads, present, now)
-    engagement = _load_engagement(session, lead_ids, present)
-    events = _load_events(session, lead_ids, present)
+    facts = load_facts(session, {row.lead_id for row in rows}, _wanted(present, now))
     layouts = layouts_by_id(session, {row.version_id for row in rows if row.version_id})
 
     deliveries: list[dict[str, Any]] = []
     new_deadlines: list[dict[str, Any]] = []
     new_assignments: list[dict[str, Any]] = []
     enrollment_updates: list[dict[str, Any]] = []
+    changed: set[int] = set()
 
     for row in rows:
-        lead = leads[row.lead_id]
+        lead = facts.profiles[row.lead_id]
         flow = flows[row.flow]
         stage_steps = _steps(flow, row.stage)
         if flow is None or stage_steps is None:
@@ -191,17 +167,8 @@ def _process(session: Session, rt: Runtime, rows: Sequence[Any], now: datetime, 
             enrollment_updates.append(_ended(row.id, "ended", EndCause.REMOVED, reason, now))
             lines.append(DecisionLine(lead.email, row.flow, row.stage, row.step_id, "ended", reason))
             continue
-        key = (row.lead_id, row.flow)
-        facts = LeadFacts(
-            status=lead.status, email=lead.email, timezone=lead.timezone, owner=lead.owner,
-            tags=frozenset(lead.tags), fields=lead.fields, deadlines=deadlines[key],
-            assignments=assignments[key], held_out=assignments[key].get("holdout") == "held_out",
-            opened=engagement.get((row.lead_id, row.flow, "opened"), frozenset()),
-            clicked=engagement.get((row.lead_id, row.flow, "clicked"), frozenset()),
-            events=events.get(row.lead_id, ()), recent_sends=lead.recent_sends,
-        )
         previous = (layouts.get(row.version_id) or {}).get(row.stage, []) if row.version_id else []
-        result = advance(cursor_of(row.step_id, row.waiting_for, row.visits), flow, stage_steps, facts, now, rt.rng, previous, row.due_at)
+        result = advance(cursor_of(row.step_id, row.waiting_for, row.visits), flow, stage_steps, facts.for_engine(row.lead_id, row.flow), now, rt.rng, previous, row.due_at)
         history = list(row.history or [])
         stamp = now.isoformat()
         for decision in result.decisions:
@@ -209,10 +176,10 @@ def _process(session: Session, rt: Runtime, rows: Sequence[Any], now: datetime, 
             verdict, reason = decision_words(decision)
             lines.append(DecisionLine(lead.email, row.flow, row.stage, step_id, verdict, reason))
             history.append([stamp, step_id, verdict, reason])
-            _collect(decision, row, lead, now, deliveries, new_deadlines, new_assignments, deadlines[key], assignments[key])
+            _collect(decision, row, facts, now, deliveries, new_deadlines, new_assignments, changed)
         enrollment_updates.append({**_update_of(row.id, result, versions.get(row.flow), now), "history": history})
 
-    _write_leads(session, leads, now)
+    _write_leads(session, facts, changed, now)
     if new_deadlines:
         bulk_insert(session, Deadline.__table__, new_deadlines, conflict=("lead_id", "flow", "name"))
     if new_assignments:
@@ -222,6 +189,18 @@ def _process(session: Session, rt: Runtime, rows: Sequence[Any], now: datetime, 
         queued = [row.id for row in insert_returning(session, Delivery.__table__, deliveries, ("id",), conflict=("enrollment_id", "step_id", "occurrence"))]
     _write_enrollments(session, enrollment_updates)
     return queued
+
+
+def _wanted(flows: list[Flow], now: datetime) -> Wanted:
+    """What the batch's flows can ask of a lead: opens and clicks, events and recent sends
+    are read only when some step's condition or a frequency cap looks at them."""
+    periods = [flow.rules.frequency_cap.per for flow in flows if flow.rules.frequency_cap]
+    return Wanted(
+        profiles=True, deadlines=True, assignments=True,
+        sends_since=now - max(periods) if periods else None,
+        engagement=bool(_uses(flows, (Opened, Clicked))),
+        event_types=sorted({node.matcher.event for node in _uses(flows, (HasEvent,))}),
+    )
 
 
 def _steps(flow: Flow | None, stage: str) -> tuple[Step, ...] | None:
@@ -234,30 +213,6 @@ def _steps(flow: Flow | None, stage: str) -> tuple[Step, ...] | None:
         return None
 
 
-def _lead_states(session: Session, lead_ids: list[int]) -> dict[int, _LeadState]:
-    return {
-        row.id: _LeadState(row.email, row.status, row.timezone, row.owner, list(row.tags or []), dict(row.fields or {}))
-        for row in session.execute(
-            select(Lead.id, Lead.email, Lead.status, Lead.timezone, Lead.owner, Lead.tags, Lead.fields).where(among(session, Lead.id, lead_ids))
-        )
-    }
-
-
-def _load_recent_sends(session: Session, leads: dict[int, _LeadState], flows: list[Flow], now: datetime) -> None:
-    """Sends to these leads from every funnel within the longest cap period in play."""
-    periods = [flow.rules.frequency_cap.per for flow in flows if flow.rules.frequency_cap]
-    if not periods:
-        return
-    since = now - max(periods)
-    for lead_id, created in session.execute(
-        select(Delivery.lead_id, Delivery.created_at).where(
-            among(session, Delivery.lead_id, list(leads)), Delivery.kind == "email",
-            Delivery.status.in_(("queued", "sending", "sent")), Delivery.created_at > since,
-        )
-    ):
-        leads[lead_id].recent_sends.append(created)
-
-
 def _uses(flows: list[Flow], kinds: tuple[type, ...]) -> list[Any]:
     found = []
     for flow in flows:
@@ -267,63 +222,37 @@ def _uses(flows: list[Flow], kinds: tuple[type, ...]) -> list[Any]:
     return found
 
 
-def _load_engagement(session: Session, lead_ids: list[int], flows: list[Flow]) -> dict[tuple[int, str, str], frozenset[str]]:
-    """Which send steps each lead opened or clicked (bot opens and clicks never set these)."""
-    if not _uses(flows, (Opened, Clicked)):
-        return {}
-    found: dict[tuple[int, str, str], set[str]] = defaultdict(set)
-    for lead_id, flow, step_id, opened, clicked in session.execute(
-        select(Delivery.lead_id, Delivery.flow, Delivery.step_id, Delivery.opened_at, Delivery.clicked_at).where(
-            among(session, Delivery.lead_id, lead_ids), (Delivery.opened_at.is_not(None)) | (Delivery.clicked_at.is_not(None))
-        )
-    ):
-        if opened is not None or clicked is not None:
-            found[(lead_id, flow, "opened")].add(step_id)
-        if clicked is not None:
-            found[(lead_id, flow, "clicked")].add(step_id)
-    return {key: frozenset(value) for key, value in found.items()}
-
-
-def _load_events(session: Session, lead_ids: list[int], flows: list[Flow]) -> dict[int, list[EventFact]]:
-    types = sorted({node.matcher.event for node in _uses(flows, (HasEvent,))})
-    if not types:
-        return {}
-    found: dict[int, list[EventFact]] = defaultdict(list)
-    for lead_id, kind, properties, at in session.execute(
-        select(Event.lead_id, Event.type, Event.properties, Event.at).where(among(session, Event.lead_id, lead_ids), Event.type.in_(types))
-    ):
-        found[lead_id].append(EventFact(kind, properties or {}, at))
-    return found
-
-
 def _collect(
-    decision: Decision, row: Any, lead: _LeadState, now: datetime, deliveries: list[dict[str, Any]],
-    new_deadlines: list[dict[str, Any]], new_assignments: list[dict[str, Any]],
-    deadlines: dict[str, datetime], assignments: dict[str, str],
+    decision: Decision, row: Any, facts: LoadedFacts, now: datetime, deliveries: list[dict[str, Any]],
+    new_deadlines: list[dict[str, Any]], new_assignments: list[dict[str, Any]], changed: set[int],
 ) -> None:
-    base = {"lead_id": row.lead_id, "enrollment_id": row.id, "flow": row.flow, "stage": row.stage, "created_at": now, "status": "queued", "attempts": 0, "dispatched_at": now}
+    """Gather what a decision writes, and change the loaded facts in place so the
+    lead's next enrollment in this batch decides from them."""
+    lead = facts.profiles[row.lead_id]
+    key = (row.lead_id, row.flow)
+    base = {"lead_id": row.lead_id, "enrollment_id": row.id, "flow": row.flow, "stage": row.stage, "created_at": now, "status": DeliveryStatus.QUEUED, "attempts": 0, "dispatched_at": now}
     match decision:
         case SendEmail(step_id=step_id, occurrence=occurrence, template=template, variant=variant):
             deliveries.append({**base, "step_id": step_id, "occurrence": occurrence, "kind": "email", "template": template, "variant": variant, "to_address": lead.email})
-            lead.recent_sends.append(now)
+            facts.recent_sends[row.lead_id].append(now)
         case NotifyPerson(step_id=step_id, occurrence=occurrence, template=template, to=to):
             deliveries.append({**base, "step_id": step_id, "occurrence": occurrence, "kind": "notify", "template": template, "variant": None, "to_address": to})
         case StartDeadline(name=name, at=at):
-            deadlines[name] = at
+            facts.deadlines[key][name] = at
             new_deadlines.append({"lead_id": row.lead_id, "flow": row.flow, "name": name, "due_at": at, "created_at": now})
         case AssignVariant(step_id=step_id, template=template):
-            assignments[step_id] = template
+            facts.assignments[key][step_id] = template
             new_assignments.append({"lead_id": row.lead_id, "flow": row.flow, "name": step_id, "value": template, "assigned_at": now})
         case ChangeTag(tag=tag, add=add):
             if add and tag not in lead.tags:
                 lead.tags = [*lead.tags, tag]
-                lead.changed = True
+                changed.add(row.lead_id)
             elif not add and tag in lead.tags:
                 lead.tags = [t for t in lead.tags if t != tag]
-                lead.changed = True
+                changed.add(row.lead_id)
         case ChangeFields(values=values):
             lead.fields = {**lead.fields, **values}
-            lead.changed = True
+            changed.add(row.lead_id)
 
 
 def _ended(enrollment_id: int, status: str, cause: EndCause, reason: str, now: datetime) -> dict[str, Any]:
@@ -350,9 +279,10 @@ def _write_enrollments(session: Session, updates: list[dict[str, Any]]) -> None:
     bulk_update(session, table, [u for u in updates if "visits" not in u])
 
 
-def _write_leads(session: Session, leads: dict[int, _LeadState], now: datetime) -> None:
-    changed = [{"id": lead_id, "tags": s.tags, "fields": s.fields, "updated_at": now} for lead_id, s in leads.items() if s.changed]
-    bulk_update(session, Lead.__table__, changed)
+def _write_leads(session: Session, facts: LoadedFacts, changed: set[int], now: datetime) -> None:
+    bulk_update(session, Lead.__table__, [
+        {"id": lead_id, "tags": facts.profiles[lead_id].tags, "fields": facts.profiles[lead_id].fields, "updated_at": now} for lead_id in sorted(changed)
+    ])
 
 
 @dataclass
