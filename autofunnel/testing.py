@@ -46,6 +46,7 @@ from typing import Any
 
 from autofunnel.clock import FixedClock, ensure_utc
 from autofunnel.domain.durations import parse_duration
+from autofunnel.domain.statuses import DeliveryStatus, EnrollmentStatus, LeadStatus
 from autofunnel.mail.message import delivery_id_from_message_id
 from autofunnel.mail.transport import InMemoryTransport, SentMessage
 
@@ -137,8 +138,8 @@ def _next_due_statement() -> Any:
     from autofunnel.store.models import Delivery, Enrollment
 
     return select(
-        select(func.min(Enrollment.due_at)).where(Enrollment.status == "active").scalar_subquery(),
-        select(func.min(Delivery.lease_until)).where(Delivery.status == "queued").scalar_subquery(),
+        select(func.min(Enrollment.due_at)).where(Enrollment.status == EnrollmentStatus.ACTIVE).scalar_subquery(),
+        select(func.min(Delivery.lease_until)).where(Delivery.status == DeliveryStatus.QUEUED).scalar_subquery(),
     )
 
 
@@ -259,7 +260,7 @@ class FunnelTest:
         finally:
             self.runtime.rng = rng
         lead = LeadRef(result.lead_id, data.email, result.status)
-        if confirm and result.status == "pending":
+        if confirm and result.status == LeadStatus.PENDING:
             self.event(lead, "confirmed")
             lead = LeadRef(result.lead_id, data.email, "active")
         elif self.auto_run:

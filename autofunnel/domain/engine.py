@@ -35,7 +35,7 @@ from autofunnel.domain.model import (
     WaitUntilDeadline,
 )
 from autofunnel.domain.sending import check_cap, next_allowed
-from autofunnel.domain.statuses import SUPPRESSED, EndCause, LeadStatus
+from autofunnel.domain.statuses import EndCause, EnrollmentStatus, LeadStatus, SUPPRESSED
 
 
 
@@ -164,7 +164,7 @@ class Leave:
     """The enrollment ends: finished its steps, exited, or stopped by the lead's status."""
 
     step_id: str | None
-    status: Literal["done", "exited"]
+    status: EnrollmentStatus
     reason: str
     cause: EndCause
 
@@ -177,11 +177,11 @@ class Advance:
     decisions: tuple[Decision, ...]
     cursor: Cursor
     due_at: datetime | None
-    status: Literal["active", "done", "exited"]
+    status: EnrollmentStatus
 
     @property
     def ended(self) -> bool:
-        return self.status != "active"
+        return self.status != EnrollmentStatus.ACTIVE
 
 
 def resume_after_removed(step_id: str, previous_ids: Sequence[str], current_ids: Sequence[str]) -> str | None:
@@ -232,13 +232,13 @@ class _Run:
         self.deadlines = dict(lead.deadlines)
         self.decisions: list[Decision] = []
 
-    def done(self, step_id: str | None, status: Literal["done", "exited"], cause: EndCause, reason: str) -> Advance:
+    def done(self, step_id: str | None, status: EnrollmentStatus, cause: EndCause, reason: str) -> Advance:
         self.decisions.append(Leave(step_id, status, reason, cause))
         return Advance(tuple(self.decisions), Cursor(None, None, self.visits), None, status)
 
     def park(self, step_id: str, parked: Parked | None, until: datetime | None, reason: str) -> Advance:
         self.decisions.append(WaitDecision(step_id, until, reason))
-        return Advance(tuple(self.decisions), Cursor(step_id, parked, self.visits), until, "active")
+        return Advance(tuple(self.decisions), Cursor(step_id, parked, self.visits), until, EnrollmentStatus.ACTIVE)
 
     def facts(self) -> ConditionFacts:
         return ConditionFacts(
@@ -248,17 +248,17 @@ class _Run:
 
     def go(self) -> Advance:
         if self.lead.status in SUPPRESSED:
-            return self.done(self.cursor.step_id, "exited", EndCause.SUPPRESSED, suppression_reason(self.lead.status))
+            return self.done(self.cursor.step_id, EnrollmentStatus.EXITED, EndCause.SUPPRESSED, suppression_reason(self.lead.status))
         step_id = self.cursor.step_id
         parked = self.cursor.parked
         if step_id is not None and step_id not in self.ids:
             step_id = resume_after_removed(step_id, self.previous_ids, self.ids)
             parked = None
             if step_id is None:
-                return self.done(None, "done", EndCause.FINISHED, "its step was removed from the funnel; no later step remains")
+                return self.done(None, EnrollmentStatus.DONE, EndCause.FINISHED, "its step was removed from the funnel; no later step remains")
         if self.lead.status == LeadStatus.PENDING:
             if step_id is None:
-                return self.done(None, "done", EndCause.FINISHED, "no steps")
+                return self.done(None, EnrollmentStatus.DONE, EndCause.FINISHED, "no steps")
             return self.park(step_id, Parked("confirm"), None, "waiting for double opt-in confirmation")
         index = self.ids.index(step_id) if step_id is not None else len(self.ids)
         if parked is not None:
@@ -269,13 +269,13 @@ class _Run:
                 parked = None
         for _ in range(MAX_STEPS_PER_ADVANCE):
             if index >= len(self.steps):
-                return self.done(None, "done", EndCause.FINISHED, "all steps done")
+                return self.done(None, EnrollmentStatus.DONE, EndCause.FINISHED, "all steps done")
             step = self.steps[index]
             outcome = self.run_step(step)
             if isinstance(outcome, Advance):
                 return outcome
             index = outcome
-        return self.done(self.steps[index].id if index < len(self.steps) else None, "exited", EndCause.LOOP, f"more than {MAX_STEPS_PER_ADVANCE} steps without a wait: a goto loop")
+        return self.done(self.steps[index].id if index < len(self.steps) else None, EnrollmentStatus.EXITED, EndCause.LOOP, f"more than {MAX_STEPS_PER_ADVANCE} steps without a wait: a goto loop")
 
     def run_step(self, step: Step) -> Advance | int:
         """Execute one step: the index of the next step, or an Advance that stops here."""
@@ -324,8 +324,8 @@ class _Run:
             self.decisions.append(Jump(step.id, action.target))
             return self.ids.index(action.target)
         elif isinstance(action, Exit):
-            self.decisions.append(Leave(step.id, "exited", "exit step", EndCause.EXIT_STEP))
-            return Advance(tuple(self.decisions), Cursor(None, None, self.visits), None, "exited")
+            self.decisions.append(Leave(step.id, EnrollmentStatus.EXITED, "exit step", EndCause.EXIT_STEP))
+            return Advance(tuple(self.decisions), Cursor(None, None, self.visits), None, EnrollmentStatus.EXITED)
         return index + 1
 
     def wait_end(self, duration: timedelta) -> datetime | None:

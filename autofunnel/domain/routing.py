@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from autofunnel.domain.statuses import LeadStatus
 from autofunnel.domain.conditions import EventFact
 from autofunnel.domain.model import Funnel, Project, Sequence as SequenceFlow
 
@@ -97,17 +98,17 @@ def status_effect(status: str, event_type: str, properties: Mapping[str, Any], h
     """Unsubscribes, hard bounces and complaints suppress the lead, and so do three soft
     bounces in a row (a mailbox full for days is as dead as a missing one); a
     confirmation activates the lead."""
-    if status == "erased":
+    if status == LeadStatus.ERASED:
         return None
     if event_type in STATUS_EVENTS and status != STATUS_EVENTS[event_type]:
         return ChangeStatus(STATUS_EVENTS[event_type], event_type)
-    if event_type == "bounced" and status != "bounced":
+    if event_type == "bounced" and status != LeadStatus.BOUNCED:
         if properties.get("kind", "hard") == "hard":
-            return ChangeStatus("bounced", "hard bounce")
+            return ChangeStatus(LeadStatus.BOUNCED, "hard bounce")
         if at is not None and soft_bounces_in_a_row(history, EventFact(event_type, properties, at)) >= SOFT_BOUNCES_AS_HARD:
-            return ChangeStatus("bounced", f"{SOFT_BOUNCES_AS_HARD} soft bounces in a row")
-    if event_type == "confirmed" and status == "pending":
-        return ChangeStatus("active", "confirmed")
+            return ChangeStatus(LeadStatus.BOUNCED, f"{SOFT_BOUNCES_AS_HARD} soft bounces in a row")
+    if event_type == "confirmed" and status == LeadStatus.PENDING:
+        return ChangeStatus(LeadStatus.ACTIVE, "confirmed")
     return None
 
 

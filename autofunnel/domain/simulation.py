@@ -30,7 +30,7 @@ from autofunnel.domain.engine import (
 )
 from autofunnel.domain.model import Funnel, Project, Step
 from autofunnel.domain.routing import ChangeStatus, EnterStage, Membership, SequenceRun, StartSequence, StopSequence, route_event
-from autofunnel.domain.statuses import SUPPRESSED
+from autofunnel.domain.statuses import EnrollmentStatus, LeadStatus, SUPPRESSED
 
 
 @dataclass
@@ -42,7 +42,7 @@ class SimEnrollment:
     run: int
     cursor: Cursor
     due_at: datetime | None
-    status: str = "active"
+    status: str = EnrollmentStatus.ACTIVE
     ended_seq: int | None = None
 
 
@@ -103,14 +103,14 @@ class Simulator:
     def _enroll(self, lead: str, flow_slug: str, stage: str, run: int, at: datetime) -> None:
         flow = self.project.flows[flow_slug]
         steps = flow.steps_of(stage)
-        enrollment = SimEnrollment(self._next_id, lead, flow_slug, stage, run, Cursor(steps[0].id if steps else None), at if steps else None, "active" if steps else "done")
+        enrollment = SimEnrollment(self._next_id, lead, flow_slug, stage, run, Cursor(steps[0].id if steps else None), at if steps else None, EnrollmentStatus.ACTIVE if steps else EnrollmentStatus.DONE)
         self._next_id += 1
         self.enrollments[enrollment.id] = enrollment
         if steps:
             heapq.heappush(self._queue, (at, enrollment.id))
 
     def _end(self, enrollment: SimEnrollment, status: str, at: datetime) -> None:
-        if enrollment.status == "active":
+        if enrollment.status == EnrollmentStatus.ACTIVE:
             enrollment.status = status
             enrollment.due_at = None
             enrollment.ended_seq = self._step()
@@ -135,7 +135,7 @@ class Simulator:
         fact = EventFact(event_type, properties, at)
         runs = {
             e.flow: SequenceRun(e.flow, e.run, at)
-            for e in self.enrollments.values() if e.lead == email and e.status == "active" and e.stage == ""
+            for e in self.enrollments.values() if e.lead == email and e.status == EnrollmentStatus.ACTIVE and e.stage == ""
         }
         for effect in route_event(self.project, lead.status, lead.memberships, runs, lead.history, fact):
             match effect:
@@ -146,16 +146,16 @@ class Simulator:
                         lead.suppressed_seq = lead.suppressed_seq or self._step()
                         for e in self.enrollments.values():
                             if e.lead == email:
-                                self._end(e, "exited", at)
-                    elif status == "active":
+                                self._end(e, EnrollmentStatus.EXITED, at)
+                    elif status == LeadStatus.ACTIVE:
                         for e in self.enrollments.values():
-                            if e.lead == email and e.status == "active" and e.cursor.parked and e.cursor.parked.kind == "confirm":
+                            if e.lead == email and e.status == EnrollmentStatus.ACTIVE and e.cursor.parked and e.cursor.parked.kind == "confirm":
                                 e.due_at = at
                                 heapq.heappush(self._queue, (at, e.id))
                 case EnterStage(funnel=funnel, stage=stage, skipped=skipped):
                     for e in self.enrollments.values():
                         if e.lead == email and e.flow == funnel:
-                            self._end(e, "ended", at)
+                            self._end(e, EnrollmentStatus.ENDED, at)
                     old = lead.memberships[funnel]
                     lead.memberships[funnel] = Membership(funnel, old.entered_at, stage, old.reached | {stage, *(n for n, _ in skipped)})
                     self.log.append((at, email, f"{funnel} enters {stage}"))
@@ -163,14 +163,14 @@ class Simulator:
                 case StartSequence(sequence=slug):
                     runs_of = [e for e in self.enrollments.values() if e.lead == email and e.flow == slug]
                     for e in runs_of:
-                        self._end(e, "stopped", at)
+                        self._end(e, EnrollmentStatus.STOPPED, at)
                     self._enroll(email, slug, "", len(runs_of) + 1, at)
                 case StopSequence(run=run):
                     for e in self.enrollments.values():
                         if e.lead == email and e.flow == run.sequence:
-                            self._end(e, "stopped", at)
+                            self._end(e, EnrollmentStatus.STOPPED, at)
         for e in self.enrollments.values():
-            if e.lead == email and e.status == "active" and wake_matches(e.cursor.parked, event_type, properties, at):
+            if e.lead == email and e.status == EnrollmentStatus.ACTIVE and wake_matches(e.cursor.parked, event_type, properties, at):
                 e.due_at = at
                 heapq.heappush(self._queue, (at, e.id))
         lead.history.append(fact)
@@ -180,7 +180,7 @@ class Simulator:
         while self._queue and self._queue[0][0] <= until:
             due, enrollment_id = heapq.heappop(self._queue)
             enrollment = self.enrollments[enrollment_id]
-            if enrollment.status != "active" or enrollment.due_at != due:
+            if enrollment.status != EnrollmentStatus.ACTIVE or enrollment.due_at != due:
                 continue
             self._advance(enrollment, due)
 
@@ -216,5 +216,5 @@ class Simulator:
         enrollment.due_at = result.due_at
         if result.ended:
             enrollment.ended_seq = self._step()
-        if result.due_at is not None and result.status == "active":
+        if result.due_at is not None and result.status == EnrollmentStatus.ACTIVE:
             heapq.heappush(self._queue, (result.due_at, enrollment.id))

@@ -252,7 +252,7 @@ def _record_alone(batch: _Batch) -> None:
 def _bounce_and_count(batch: _Batch, outcome: _Outcome, recorded: list[tuple[str, str]]) -> None:
     if outcome.hard_bounce:
         suppress_bounced(batch.rt, outcome.claim.lead_id, patience=_patience(batch.rt))
-    if outcome.reason.startswith(RENDER_FAILED) and any(status == "failed" for status, _ in recorded):
+    if outcome.reason.startswith(RENDER_FAILED) and any(status == DeliveryStatus.FAILED for status, _ in recorded):
         log.error("%s/%s: %s", outcome.claim.flow, outcome.claim.template, outcome.reason)
         batch.report.render_failures.append(f"{outcome.claim.flow}/{outcome.claim.template}")
     _count(batch.report, recorded)
@@ -261,9 +261,9 @@ def _bounce_and_count(batch: _Batch, outcome: _Outcome, recorded: list[tuple[str
 def _count(report: DeliveryReport, recorded: list[tuple[str, str]]) -> None:
     """Add what a transaction recorded to the report, once it committed."""
     for status, line in recorded:
-        if status == "sent":
+        if status == DeliveryStatus.SENT:
             report.sent += 1
-        elif status == "failed":
+        elif status == DeliveryStatus.FAILED:
             report.failed += 1
         elif status == "retry":
             report.retried += 1
@@ -336,7 +336,7 @@ def _recorded_with_claim(held: HeldConnection, outcome: _Outcome) -> tuple[Updat
     if tallied:
         assert claim.cohort is not None
         params |= sent_email_tally_params(claim.flow, claim.cohort, claim.stage, claim.step_id)
-    return record_and_claim_statement(outcome.status == "sent", tallied), params
+    return record_and_claim_statement(outcome.status == DeliveryStatus.SENT, tallied), params
 
 
 def _record(connection: Connection, outcome: _Outcome) -> list[tuple[str, str]]:
@@ -354,7 +354,7 @@ def _record(connection: Connection, outcome: _Outcome) -> list[tuple[str, str]]:
                 flow=claim.flow, stage=claim.stage, step_id=claim.step_id,
             )])
         return [_reported(outcome)]
-    row = connection.execute(finish_statement(outcome.status == "sent"), _finish_params(outcome)).first()
+    row = connection.execute(finish_statement(outcome.status == DeliveryStatus.SENT), _finish_params(outcome)).first()
     if row is not None:
         write_timeline(connection, [_timeline_entry(outcome)])
         if _tallied(outcome):
@@ -387,7 +387,7 @@ def _timeline_entry(outcome: _Outcome) -> dict[str, Any]:
 def _tallied(outcome: _Outcome) -> bool:
     """Whether recording this outcome counts an email sent in the funnel's report."""
     claim = outcome.claim
-    return outcome.status == "sent" and claim.kind == "email" and claim.cohort is not None and outcome.at >= claim.cohort.entered_at
+    return outcome.status == DeliveryStatus.SENT and claim.kind == "email" and claim.cohort is not None and outcome.at >= claim.cohort.entered_at
 
 
 def _failed_send(rt: Runtime, claim: _Claim, error: DeliveryError) -> _Outcome:

@@ -20,6 +20,7 @@ from typing import Any
 
 from sqlalchemy import func, select
 
+from autofunnel.domain.statuses import EnrollmentStatus
 from autofunnel.clock import SystemClock
 from autofunnel.config import CONFIG_FILE
 from autofunnel.domain.model import Funnel
@@ -136,6 +137,6 @@ def _summary(t: FunnelTest, emails: int, seconds: float, since: date) -> DemoSum
         refunds = session.scalar(select(func.count()).select_from(Event).where(Event.type == "refund")) or 0
         due = session.scalar(
             select(func.count()).select_from(Enrollment)
-            .where(Enrollment.status == "active", Enrollment.due_at <= t.now + timedelta(days=1))
+            .where(Enrollment.status == EnrollmentStatus.ACTIVE, Enrollment.due_at <= t.now + timedelta(days=1))
         ) or 0
     return DemoSummary(leads, emails, purchases, refunds, due, seconds, since)

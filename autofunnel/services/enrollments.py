@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from autofunnel.domain.engine import Cursor, Parked
 from autofunnel.domain.model import EventMatcher, Flow
-from autofunnel.domain.statuses import DeliveryStatus, EndCause
+from autofunnel.domain.statuses import DeliveryStatus, EndCause, EnrollmentStatus
 from autofunnel.store.delivery_moves import move
 from autofunnel.store.models import Delivery, Enrollment, TimelineEntry
 from autofunnel.store.queries import Executor, among, bulk_insert, chunks
@@ -43,7 +43,7 @@ def new_enrollment(
     first = steps[0].id if steps else None
     return {
         "lead_id": lead_id, "flow": flow.slug, "kind": flow.kind, "stage": stage, "run": run,
-        "step_id": first, "status": "active" if first else "done", "due_at": now if first else None,
+        "step_id": first, "status": EnrollmentStatus.ACTIVE if first else EnrollmentStatus.DONE, "due_at": now if first else None,
         "waiting_for": None, "visits": {}, "entered_at": at, "ended_at": None if first else now,
         "end_cause": None if first else EndCause.FINISHED, "end_reason": None if first else "no steps", "version_id": version_id, "event_id": event_id,
     }
@@ -58,7 +58,7 @@ def end_enrollments(session: Session, ids: Iterable[int], status: str, cause: En
     for part in chunks(list(ids), 500):
         session.execute(
             update(Enrollment)
-            .where(among(session, Enrollment.id, part), Enrollment.status == "active")
+            .where(among(session, Enrollment.id, part), Enrollment.status == EnrollmentStatus.ACTIVE)
             .values(status=status, due_at=None, ended_at=now, end_cause=cause, end_reason=reason[:200])
         )
         session.execute(
@@ -84,7 +84,7 @@ def cancel_queued_for_leads(session: Session, lead_ids: Sequence[int], reason: s
 def active_enrollment_ids(session: Session, lead_ids: Sequence[int]) -> list[int]:
     ids: list[int] = []
     for part in chunks(list(lead_ids), 500):
-        ids.extend(session.scalars(select(Enrollment.id).where(among(session, Enrollment.lead_id, part), Enrollment.status == "active")))
+        ids.extend(session.scalars(select(Enrollment.id).where(among(session, Enrollment.lead_id, part), Enrollment.status == EnrollmentStatus.ACTIVE)))
     return ids
 
 
@@ -117,4 +117,4 @@ def cursor_of(step_id: str | None, waiting_for: dict[str, Any] | None, visits: d
 
 def ready_to_send(now: datetime | ColumnElement[datetime]) -> ColumnElement[bool]:
     """Queued and not waiting out a retry's back-off: what a worker may claim at `now`."""
-    return (Delivery.status == "queued") & (Delivery.lease_until.is_(None) | (Delivery.lease_until <= now))
+    return (Delivery.status == DeliveryStatus.QUEUED) & (Delivery.lease_until.is_(None) | (Delivery.lease_until <= now))

@@ -21,6 +21,7 @@ from sqlalchemy import BigInteger, any_, bindparam
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
+from autofunnel.domain.statuses import DeliveryStatus, LeadStatus
 from autofunnel.domain.model import Funnel
 from autofunnel.services.enrollments import new_enrollment, timeline_row, write_timeline
 from autofunnel.services.runtime import Runtime
@@ -61,7 +62,7 @@ def confirmation_row(lead_id: int, funnel: str, to_address: str, now: datetime, 
     """
     return {
         "lead_id": lead_id, "enrollment_id": None, "flow": funnel, "stage": "", "step_id": step, "occurrence": 1, "kind": "confirm",
-        "template": "confirm", "variant": None, "to_address": to_address, "status": "queued", "created_at": now,
+        "template": "confirm", "variant": None, "to_address": to_address, "status": DeliveryStatus.QUEUED, "created_at": now,
     }
 
 
@@ -111,7 +112,7 @@ def enter_first_stage(
         new_enrollment(lead_id, flow, first.name, run=1, at=at, now=now, version_id=version, event_id=event_of.get(lead_id))
         for lead_id in entered
     ], conflict=("lead_id", "flow", "stage", "run"))
-    pending = [lead_id for lead_id in entered if by_id[lead_id].status == "pending"]
+    pending = [lead_id for lead_id in entered if by_id[lead_id].status == LeadStatus.PENDING]
     bulk_insert(session, Delivery.__table__, [confirmation_row(lead_id, flow.slug, by_id[lead_id].email, now) for lead_id in pending])
     timeline: list[dict[str, Any]] = []
     waiting = set(pending)

@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 
 from autofunnel.domain.conditions import EventFact
 from autofunnel.domain.engine import suppression_reason, wake_matches
-from autofunnel.domain.statuses import SUPPRESSED, EndCause, EnrollmentStatus
+from autofunnel.domain.statuses import EndCause, EnrollmentStatus, LeadStatus, SUPPRESSED
 from autofunnel.domain.routing import (
     BOUNCE_STREAK_TYPES,
     ChangeStatus,
@@ -144,7 +144,7 @@ def _resolve_leads(session: Session, items: list[EventInput], now: datetime) -> 
     if missing:
         created = insert_returning(
             session, Lead.__table__,
-            [{"email": email, "status": "active", "created_at": now, "updated_at": now, "status_changed_at": now} for email in missing],
+            [{"email": email, "status": LeadStatus.ACTIVE, "created_at": now, "updated_at": now, "status_changed_at": now} for email in missing],
             ("email", "id"), conflict=("email",),
         )
         by_email.update((email, lead_id) for email, lead_id in created)
@@ -171,7 +171,7 @@ def _load(session: Session, rt: Runtime, fresh: list[tuple[dict[str, Any], int]]
         if lead_id in created:
             lead = leads.get(lead_id)
             if lead is None:
-                lead = leads[lead_id] = _Lead(lead_id, "active")
+                lead = leads[lead_id] = _Lead(lead_id, LeadStatus.ACTIVE)
             if row["type"] in stop_types:
                 lead.history.append(EventFact(row["type"], row["properties"], row["at"]))
     lead_ids = sorted({row["lead_id"] for row, _ in fresh} - created)
@@ -251,7 +251,7 @@ class _Changes:
 
     def end(self, lead: _Lead, ref: int | dict[str, Any], status: str, cause: EndCause, reason: str) -> None:
         if isinstance(ref, dict):
-            if ref["status"] == "active":
+            if ref["status"] == EnrollmentStatus.ACTIVE:
                 ref.update(status=status, due_at=None, ended_at=self.now, end_cause=cause, end_reason=reason[:200])
             return
         if ref in lead.active:
@@ -273,7 +273,7 @@ class _Changes:
             entered = insert_returning(session, StageEntry.__table__, self.stage_entries, ("id",), conflict=("lead_id", "funnel", "stage"))
             count_stage_entries(session, ids_in([row.id for row in entered]))
         for part in chunks(sorted(self.wake), 500):
-            session.execute(update(Enrollment).where(among(session, Enrollment.id, part), Enrollment.status == "active").values(due_at=self.now))
+            session.execute(update(Enrollment).where(among(session, Enrollment.id, part), Enrollment.status == EnrollmentStatus.ACTIVE).values(due_at=self.now))
         write_timeline(session, self.timeline)
 
 
@@ -288,7 +288,7 @@ def _apply(session: Session, rt: Runtime, fresh: list[tuple[dict[str, Any], int]
         for effect in route_event(rt.project, lead.status, lead.memberships, active_runs, lead.history, fact):
             _apply_effect(rt, lead, effect, event_id, versions, changes)
         for enrollment_id, parked in list(lead.parked):
-            if wake_matches(parked, fact.type, fact.properties, fact.at) or (parked.kind == "confirm" and lead.status == "active"):
+            if wake_matches(parked, fact.type, fact.properties, fact.at) or (parked.kind == "confirm" and lead.status == LeadStatus.ACTIVE):
                 changes.wake.add(enrollment_id)
                 lead.parked.remove((enrollment_id, parked))
                 changes.timeline.append(timeline_row(lead.id, now, "woken", f"{fact.type} arrived", detail={"enrollment": enrollment_id}))
@@ -305,7 +305,7 @@ def _apply_effect(rt: Runtime, lead: _Lead, effect: Effect, event_id: int, versi
             changes.timeline.append(timeline_row(lead.id, now, "status", f"{status}: {reason}"))
             if status in SUPPRESSED:
                 for ref in [*lead.active, *lead.pending]:
-                    changes.end(lead, ref, "exited", EndCause.SUPPRESSED, suppression_reason(status))
+                    changes.end(lead, ref, EnrollmentStatus.EXITED, EndCause.SUPPRESSED, suppression_reason(status))
                 changes.suppressed[f"suppressed: lead {status}"].append(lead.id)
                 lead.stage_enrollments.clear()
                 lead.runs.clear()
@@ -321,7 +321,7 @@ def _apply_effect(rt: Runtime, lead: _Lead, effect: Effect, event_id: int, versi
                 })
                 reached[pos] = _Entered(at, was_skipped)
             for ref in lead.stage_enrollments.pop(funnel, []):
-                changes.end(lead, ref, "ended", EndCause.MOVED_ON, f"entered stage {stage!r}")
+                changes.end(lead, ref, EnrollmentStatus.ENDED, EndCause.MOVED_ON, f"entered stage {stage!r}")
             row = new_enrollment(lead.id, rt.project.flows[funnel], stage, run=1, at=at, now=now, version_id=versions.get(funnel), event_id=event_id)
             _add(lead, row, changes)
             lead.stage_enrollments[funnel].append(row)
@@ -329,7 +329,7 @@ def _apply_effect(rt: Runtime, lead: _Lead, effect: Effect, event_id: int, versi
         case StartSequence(sequence=slug, at=at, restarting=restarting):
             if restarting is not None:
                 _, old = lead.runs.pop(slug)
-                changes.end(lead, old, "stopped", EndCause.STOPPED, "restarted by a new start event")
+                changes.end(lead, old, EnrollmentStatus.STOPPED, EndCause.STOPPED, "restarted by a new start event")
             run = lead.max_run.get(slug, 0) + 1
             lead.max_run[slug] = run
             row = new_enrollment(lead.id, rt.project.flows[slug], "", run=run, at=at, now=now, version_id=versions.get(slug), event_id=event_id)
@@ -337,7 +337,7 @@ def _apply_effect(rt: Runtime, lead: _Lead, effect: Effect, event_id: int, versi
             lead.runs[slug] = (SequenceRun(slug, run, at), row)
         case StopSequence(run=run, reason=reason):
             _, ref = lead.runs.pop(run.sequence)
-            changes.end(lead, ref, "stopped", EndCause.STOPPED, reason)
+            changes.end(lead, ref, EnrollmentStatus.STOPPED, EndCause.STOPPED, reason)
 
 
 def stage_times(at: datetime, skipped: bool, previous: _Entered | None, first_at: datetime) -> dict[str, float | None]:
@@ -351,5 +351,5 @@ def stage_times(at: datetime, skipped: bool, previous: _Entered | None, first_at
 
 def _add(lead: _Lead, row: dict[str, Any], changes: _Changes) -> None:
     changes.new_rows.append(row)
-    if row["status"] == "active":
+    if row["status"] == EnrollmentStatus.ACTIVE:
         lead.pending.append(row)

@@ -19,6 +19,7 @@ from datetime import UTC, date, datetime, time, timedelta
 
 from sqlalchemy import func, select
 
+from autofunnel.domain.statuses import DeliveryStatus
 from autofunnel.domain.model import EventMatcher, Funnel, Step
 from autofunnel.domain.words import action_text, condition_text, deadline_text, matcher_text
 from autofunnel.services.report import DEFAULT_DAYS
@@ -111,7 +112,7 @@ def _sequence_emails(rt: Runtime, slug: str, start: date, end: date) -> dict[tup
     with rt.db.read() as session:
         rows = session.execute(
             select(Delivery.stage, Delivery.step_id, func.count(), func.count(Delivery.opened_at), func.count(Delivery.clicked_at))
-            .where(Delivery.flow == slug, Delivery.kind == "email", Delivery.status == "sent", Delivery.sent_at >= begin, Delivery.sent_at < stop)
+            .where(Delivery.flow == slug, Delivery.kind == "email", Delivery.status == DeliveryStatus.SENT, Delivery.sent_at >= begin, Delivery.sent_at < stop)
             .group_by(Delivery.stage, Delivery.step_id)
         ).all()
     return {(stage, step): (int(sent), int(opened), int(clicked)) for stage, step, sent, opened, clicked in rows}

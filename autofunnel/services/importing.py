@@ -30,7 +30,7 @@ from typing import Any, TextIO
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from autofunnel.domain.statuses import SUPPRESSED
+from autofunnel.domain.statuses import LeadStatus, SUPPRESSED
 from autofunnel.domain.model import Funnel
 from autofunnel.errors import InvalidInputError
 from autofunnel.services.entry import Entrant, enter_first_stage
@@ -295,7 +295,7 @@ def _enter(session: Session, rt: Runtime, flow: Funnel, file_name: str, rows: li
     outcome = _ChunkOutcome()
     first = flow.stages[0]
     double_opt_in = flow.double_opt_in if flow.double_opt_in is not None else rt.settings.double_opt_in
-    status = "pending" if double_opt_in else "active"
+    status = LeadStatus.PENDING if double_opt_in else LeadStatus.ACTIVE
     stamp = now.isoformat().replace("+00:00", "Z")
     created: dict[str, int] = {}
     if write:

@@ -211,7 +211,7 @@ class _Filters:
     def filter_walk(self) -> Select[Any]:
         """The leads matching the filters, walked along the most selective filter's index."""
         w = self.wanted
-        if w.status and w.status != "active":
+        if w.status and w.status != LeadStatus.ACTIVE:
             # Every status but `active` belongs to few leads: its index leads, the rest is checked per lead.
             return select(Lead.id).where(*self.all_but_search(), *self.keyset(Lead.id)).order_by(Lead.id.desc())
         if w.step and w.funnel and self.step_stage is not None:

@@ -17,7 +17,7 @@ from autofunnel.services.enrollments import active_enrollment_ids, end_enrollmen
 from autofunnel.services.entry import CONFIRM_STEP, Entrant, confirmation_row, enter_first_stage
 from autofunnel.services.inputs import SubscribeInput
 from autofunnel.services.runtime import Runtime
-from autofunnel.domain.statuses import DeliveryStatus, EndCause
+from autofunnel.domain.statuses import DeliveryStatus, EndCause, EnrollmentStatus, LeadStatus
 from autofunnel.store.delivery_moves import move
 from autofunnel.store.lead_facts import Wanted, load_facts
 from autofunnel.store.models import Deadline, Delivery, Enrollment, Event, Lead, StageEntry, TimelineEntry
@@ -81,7 +81,7 @@ def _find_or_create(session: Session, data: SubscribeInput, double_opt_in: bool,
     values = {
         "email": data.email, "first_name": data.first_name, "fields": data.fields, "tags": list(data.tags),
         "timezone": data.timezone, "source": data.source or None, "owner": data.owner,
-        "status": "pending" if double_opt_in else "active", "consent": consent,
+        "status": LeadStatus.PENDING if double_opt_in else LeadStatus.ACTIVE, "consent": consent,
         "created_at": now, "updated_at": now, "status_changed_at": now,
     }
     created = session.execute(insert_ignoring(session, Lead.__table__, ("email",)).returning(Lead.id), [values]).first()
@@ -93,7 +93,7 @@ def _find_or_create(session: Session, data: SubscribeInput, double_opt_in: bool,
 
 def _merge(lead: Lead, data: SubscribeInput, now: datetime) -> None:
     """A known lead subscribing again: new details win, tags and fields are added, the first source stays."""
-    if lead.status == "erased":
+    if lead.status == LeadStatus.ERASED:
         raise InvalidInputError("this lead was erased and cannot be subscribed again with the same record", field="email", code="erased")
     if data.first_name:
         lead.first_name = data.first_name
@@ -200,7 +200,7 @@ def _timeline(rows: Sequence[TimelineEntry], entries: Sequence[Any], enrollments
     for e in enrollments:
         if e.kind == "sequence":
             add(e.entered_at, 1, e.flow, None, None, "started", f"sequence started (run {e.run})")
-        ended_by_event = e.status in ("ended", "stopped") or ended_by_suppression(e.end_cause)
+        ended_by_event = e.status in (EnrollmentStatus.ENDED, EnrollmentStatus.STOPPED) or ended_by_suppression(e.end_cause)
         if e.ended_at is not None and ended_by_event:
             add(e.ended_at, 3, e.flow, e.stage, None, e.status, e.end_reason)
     for e in enrollments:
@@ -221,7 +221,7 @@ def erase_lead(rt: Runtime, key: str, *, reason: str = "personal data erased on 
     with rt.db.transaction() as session:
         lead = find_lead(session, key)
         lead_id = lead.id
-        end_enrollments(session, active_enrollment_ids(session, [lead_id]), "exited", EndCause.SUPPRESSED, suppression_reason("erased"), now)
+        end_enrollments(session, active_enrollment_ids(session, [lead_id]), EnrollmentStatus.EXITED, EndCause.SUPPRESSED, suppression_reason("erased"), now)
         session.execute(
             move(DeliveryStatus.QUEUED, DeliveryStatus.SKIPPED).where(Delivery.lead_id == lead_id)
             .values(reason="suppressed: lead erased", lease_until=None)
@@ -238,7 +238,7 @@ def erase_lead(rt: Runtime, key: str, *, reason: str = "personal data erased on 
         lead.tags = []
         lead.timezone = None
         lead.consent = None
-        lead.status = "erased"
+        lead.status = LeadStatus.ERASED
         lead.status_changed_at = now
         lead.updated_at = now
         write_timeline(session, [timeline_row(lead_id, now, "erased", reason)])

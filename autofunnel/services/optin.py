@@ -23,6 +23,7 @@ from typing import Any
 from sqlalchemy import and_, bindparam, exists, select
 from sqlalchemy.orm import aliased
 
+from autofunnel.domain.statuses import LeadStatus
 from autofunnel.domain.model import Flow, Funnel
 from autofunnel.errors import BadToken, InvalidInputError, NotFoundError
 from autofunnel.mail.render import RenderedEmail, Renderer
@@ -113,7 +114,7 @@ def confirm_state(rt: Runtime, token: str) -> ConfirmState:
     lead_id, funnel, issued = _load(rt, token)
     with rt.db.read() as session:
         lead = session.get(Lead, lead_id)
-        if lead is None or lead.status == "erased":
+        if lead is None or lead.status == LeadStatus.ERASED:
             raise BadToken()
         age = rt.clock.now().timestamp() - issued
         flow = rt.project.flows.get(funnel)
@@ -126,7 +127,7 @@ def confirm_state(rt: Runtime, token: str) -> ConfirmState:
 def confirm(rt: Runtime, token: str) -> ConfirmState:
     """Record `confirmed` for the link's lead (once: the event's key is the lead's), if the link is in date."""
     state = confirm_state(rt, token)
-    if state.expired or state.status != "pending":
+    if state.expired or state.status != LeadStatus.PENDING:
         return state
     now = rt.clock.now()
     record_events(rt, [EventInput(
@@ -139,7 +140,7 @@ def confirm(rt: Runtime, token: str) -> ConfirmState:
 def resend_from_token(rt: Runtime, token: str) -> ConfirmState:
     """An expired link's "send me a new email": a new confirmation for the same lead and funnel."""
     state = confirm_state(rt, token)
-    if state.status == "pending":
+    if state.status == LeadStatus.PENDING:
         send_confirmation(rt, str(state.lead_id), state.funnel)
     return state
 
@@ -153,7 +154,7 @@ def send_confirmation(rt: Runtime, lead: str, funnel: str | None = None) -> int 
     now = rt.clock.now()
     with rt.db.transaction() as session:
         row = find_lead(session, lead)
-        if row.status != "pending":
+        if row.status != LeadStatus.PENDING:
             raise InvalidInputError(f"the lead is {row.status}, not waiting for a confirmation", field="lead", code="not_pending")
         if funnel is None:
             funnel = session.scalars(
@@ -183,12 +184,12 @@ def _opt_in_statements() -> tuple[Any, Any]:
     awaiting_reminder = (
         select(first.lead_id, first.flow, Lead.email).join(Lead, Lead.id == first.lead_id)
         .where(
-            first.kind == "confirm", first.step_id == CONFIRM_STEP, first.created_at <= cutoff, Lead.status == "pending",
+            first.kind == "confirm", first.step_id == CONFIRM_STEP, first.created_at <= cutoff, Lead.status == LeadStatus.PENDING,
             ~exists().where(and_(later.lead_id == first.lead_id, later.kind == "confirm", later.step_id == REMINDER_STEP)),
         )
         .limit(1000)
     )
-    stale_pending = select(Lead.id).where(Lead.status == "pending", Lead.status_changed_at <= cutoff).limit(1000)
+    stale_pending = select(Lead.id).where(Lead.status == LeadStatus.PENDING, Lead.status_changed_at <= cutoff).limit(1000)
     return awaiting_reminder, stale_pending
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import func, select
 
+from autofunnel.domain.statuses import EnrollmentStatus
 from autofunnel.domain.engine import resume_after_removed
 from autofunnel.domain.model import Flow
 from autofunnel.services.versions import layouts_by_id, step_layout, step_texts, texts_by_id
@@ -37,7 +38,7 @@ def edit_plan(db: Database, flows: dict[str, Flow]) -> list[PlanRow]:
     with db.read() as session:
         groups = session.execute(
             select(Enrollment.flow, Enrollment.stage, Enrollment.step_id, Enrollment.version_id, func.count())
-            .where(Enrollment.status == "active")
+            .where(Enrollment.status == EnrollmentStatus.ACTIVE)
             .group_by(Enrollment.flow, Enrollment.stage, Enrollment.step_id, Enrollment.version_id)
         ).all()
         versions = {version for _, _, _, version, _ in groups if version}

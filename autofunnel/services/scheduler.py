@@ -35,7 +35,7 @@ from autofunnel.domain.engine import (
 )
 from autofunnel.domain.model import Clicked, Flow, HasEvent, Opened, Step, walk_condition
 from autofunnel.domain.words import decision_words
-from autofunnel.domain.statuses import DeliveryStatus, EndCause
+from autofunnel.domain.statuses import DeliveryStatus, EndCause, EnrollmentStatus
 from autofunnel.services.enrollments import cursor_of, parked_to_json, timeline_row, write_timeline
 from autofunnel.services.runtime import Runtime
 from autofunnel.services.sweep import sweep
@@ -141,7 +141,7 @@ def _set_aside(rt: Runtime, row: Any, exc: Exception, now: datetime, report: Tic
     log.exception("enrollment %s (lead %s, %s) failed at step %s; trying it again in an hour", row.id, row.lead_id, row.flow, row.step_id)
     reason = f"error: {type(exc).__name__}: {exc}"[:400] + f"; trying again at {(now + SET_ASIDE).isoformat()}"
     with rt.db.transaction() as session:
-        session.execute(update(Enrollment).where(Enrollment.id == row.id, Enrollment.status == "active").values(due_at=now + SET_ASIDE))
+        session.execute(update(Enrollment).where(Enrollment.id == row.id, Enrollment.status == EnrollmentStatus.ACTIVE).values(due_at=now + SET_ASIDE))
         write_timeline(session, [timeline_row(row.lead_id, now, "error", reason, flow=row.flow, stage=row.stage, step_id=row.step_id)])
     report.lines.append(DecisionLine(f"lead {row.lead_id}", row.flow, row.stage, row.step_id, "error", reason))
 
@@ -164,7 +164,7 @@ def _process(session: Session, rt: Runtime, rows: Sequence[Any], now: datetime, 
         stage_steps = _steps(flow, row.stage)
         if flow is None or stage_steps is None:
             reason = f"{'funnel or sequence' if flow is None else 'stage'} removed from the project"
-            enrollment_updates.append(_ended(row.id, "ended", EndCause.REMOVED, reason, now))
+            enrollment_updates.append(_ended(row.id, EnrollmentStatus.ENDED, EndCause.REMOVED, reason, now))
             lines.append(DecisionLine(lead.email, row.flow, row.stage, row.step_id, "ended", reason))
             continue
         previous = (layouts.get(row.version_id) or {}).get(row.stage, []) if row.version_id else []

@@ -31,6 +31,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
+from autofunnel.domain.statuses import DeliveryStatus, LeadStatus
 from autofunnel.clock import ensure_utc
 from autofunnel.domain.durations import parse_duration
 from autofunnel.domain.model import Funnel
@@ -181,7 +182,7 @@ class Behaviour:
         email, channel, first_name = payload
         source = {"channel": channel} if channel else None
         lead = self.t.subscribe(email, self.funnel.slug, source=source, first_name=first_name)
-        if lead.status == "pending" and self.rng.random() < self.rates.confirm:
+        if lead.status == LeadStatus.PENDING and self.rng.random() < self.rates.confirm:
             self.at(self.t.now + timedelta(minutes=self.rng.uniform(1, 120)), "event", (lead.id, "confirmed", {}, None))
         self._entered(lead.id, 0)
 
@@ -378,7 +379,7 @@ def _per_day(t: FunnelTest, flow: Funnel, begin: datetime, days: int) -> list[Da
 
     with t.runtime.db.read() as session:
         sent = session.execute(
-            select(Delivery.sent_at, Delivery.template).where(Delivery.flow == flow.slug, Delivery.status == "sent")
+            select(Delivery.sent_at, Delivery.template).where(Delivery.flow == flow.slug, Delivery.status == DeliveryStatus.SENT)
         ).all()
         entries = session.execute(
             select(StageEntry.lead_id, StageEntry.position, StageEntry.entered_at)

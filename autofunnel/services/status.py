@@ -20,6 +20,7 @@ from typing import Any
 from sqlalchemy import func, select, text
 from sqlalchemy.exc import SQLAlchemyError
 
+from autofunnel.domain.statuses import DeliveryStatus, EnrollmentStatus
 from autofunnel.errors import AutofunnelError
 from autofunnel.services.broker import broker_problem, queue_depth
 from autofunnel.services.delivery import RENDER_FAILED
@@ -56,7 +57,7 @@ def work_status(rt: Runtime, *, broker_depth: int | None) -> WorkStatus:
     ready = ready_to_send(now)
     with rt.db.read() as session:
         steps_due, oldest_step = session.execute(
-            select(func.count(), func.min(Enrollment.due_at)).where(Enrollment.status == "active", Enrollment.due_at <= now)
+            select(func.count(), func.min(Enrollment.due_at)).where(Enrollment.status == EnrollmentStatus.ACTIVE, Enrollment.due_at <= now)
         ).one()
         emails_due, oldest_email = session.execute(
             select(func.count(), func.min(func.coalesce(Delivery.lease_until, Delivery.created_at))).where(ready)
@@ -71,13 +72,13 @@ def work_status(rt: Runtime, *, broker_depth: int | None) -> WorkStatus:
         lease = timedelta(seconds=rt.settings.delivery_lease)
         recent = session.scalar(
             select(func.count()).where(
-                Delivery.finished_at > now - lease, Delivery.status.in_(("sent", "failed")),
+                Delivery.finished_at > now - lease, Delivery.status.in_((DeliveryStatus.SENT, DeliveryStatus.FAILED)),
                 Delivery.reason.is_(None) | Delivery.reason.not_like("interrupted%"),
             )
         ) or 0
         broken = session.execute(
             select(Delivery.flow, Delivery.template, func.count())
-            .where(Delivery.finished_at > now - timedelta(hours=1), Delivery.status == "failed", Delivery.reason.like(f"{RENDER_FAILED}%"))
+            .where(Delivery.finished_at > now - timedelta(hours=1), Delivery.status == DeliveryStatus.FAILED, Delivery.reason.like(f"{RENDER_FAILED}%"))
             .group_by(Delivery.flow, Delivery.template).order_by(Delivery.flow, Delivery.template)
         ).all()
     render_failed = None

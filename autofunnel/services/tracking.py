@@ -27,6 +27,7 @@ from sqlalchemy import case, literal, select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
+from autofunnel.domain.statuses import DeliveryStatus, LeadStatus
 from autofunnel.domain.model import Funnel
 from autofunnel.errors import BadToken, DatabaseUnavailableError, NotFoundError
 from autofunnel.mail.countdown import draw_countdown
@@ -34,7 +35,8 @@ from autofunnel.services.events import record_events
 from autofunnel.services.inputs import EventInput
 from autofunnel.services.runtime import Runtime
 from autofunnel.services.tallies import count_engagement, ids_in
-from autofunnel.store.models import Deadline, Delivery, Lead
+from autofunnel.store.lead_facts import deadlines_of
+from autofunnel.store.models import Delivery, Lead
 from autofunnel.store.queries import chunks
 
 log = logging.getLogger(__name__)
@@ -186,7 +188,7 @@ def record_engagements(rt: Runtime, items: list[Engagement]) -> None:
             continue
         at = item.at or now
         # A delivery still `sending` was handed to SMTP moments ago; its sent_at is not written yet.
-        sent_at = delivery.sent_at or (at if delivery.status == "sending" else None)
+        sent_at = delivery.sent_at or (at if delivery.status == DeliveryStatus.SENDING else None)
         bot = looks_automated(item.user_agent, sent_at, at, item.method)
         properties = {"delivery": item.delivery_id, "flow": delivery.flow, "step": delivery.step_id, "bot": bot, **(item.extra or {})}
         events.append(EventInput(item.kind, at, properties, lead_id=delivery.lead_id))
@@ -239,7 +241,7 @@ def _mark_first(session: Session, figure: str, moments: dict[int, datetime]) -> 
 
 def _deadline(rt: Runtime, lead_id: int, flow: str, name: str) -> datetime | None:
     with rt.db.read() as session:
-        return session.scalar(select(Deadline.due_at).where(Deadline.lead_id == lead_id, Deadline.flow == flow, Deadline.name == name))
+        return deadlines_of(session, [lead_id]).get((lead_id, flow), {}).get(name)
 
 
 def offer_target(rt: Runtime, token: str) -> str:
@@ -290,7 +292,7 @@ def _lead(rt: Runtime, token: str) -> tuple[int, int, str, str]:
 def unsubscribe_preview(rt: Runtime, token: str) -> UnsubscribePreview:
     """Who the link would unsubscribe. Changes nothing: scanners fetch every link with GET."""
     _, _, email, status = _lead(rt, token)
-    return UnsubscribePreview(mask_email(email), status in ("unsubscribed", "erased"))
+    return UnsubscribePreview(mask_email(email), status in (LeadStatus.UNSUBSCRIBED, LeadStatus.ERASED))
 
 
 def unsubscribe(rt: Runtime, token: str, *, one_click: bool = False) -> UnsubscribePreview:
@@ -301,7 +303,7 @@ def unsubscribe(rt: Runtime, token: str, *, one_click: bool = False) -> Unsubscr
     no second event is recorded.
     """
     lead_id, delivery_id, email, status = _lead(rt, token)
-    if status not in ("unsubscribed", "erased"):
+    if status not in (LeadStatus.UNSUBSCRIBED, LeadStatus.ERASED):
         via = "one-click" if one_click else "link"
         record_events(rt, [EventInput("unsubscribed", rt.clock.now(), {"delivery": delivery_id, "via": via}, lead_id=lead_id)])
     return UnsubscribePreview(mask_email(email), True)

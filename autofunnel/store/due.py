@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
+from autofunnel.domain.statuses import EnrollmentStatus
 from autofunnel.store.models import Enrollment
 from autofunnel.store.queries import is_postgres
 from autofunnel.store.types import UTCDateTime
@@ -31,7 +32,7 @@ def _claim_statement(postgres: bool) -> Any:
             Enrollment.id, Enrollment.lead_id, Enrollment.flow, Enrollment.kind, Enrollment.stage, Enrollment.step_id,
             Enrollment.waiting_for, Enrollment.visits, Enrollment.version_id, Enrollment.due_at, Enrollment.history,
         )
-        .where(Enrollment.status == "active", Enrollment.due_at <= bindparam("now", type_=UTCDateTime()))
+        .where(Enrollment.status == EnrollmentStatus.ACTIVE, Enrollment.due_at <= bindparam("now", type_=UTCDateTime()))
         .order_by(Enrollment.due_at)
         .limit(bindparam("batch"))
     )

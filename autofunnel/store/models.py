@@ -160,15 +160,15 @@ class Enrollment(Base):
         Index(
             "ix_enrollments_due",
             "due_at",
-            postgresql_where=text("status = 'active'"),
-            sqlite_where=text("status = 'active'"),
+            postgresql_where=text(f"status = '{EnrollmentStatus.ACTIVE}'"),
+            sqlite_where=text(f"status = '{EnrollmentStatus.ACTIVE}'"),
         ),
         # Who waits on which step now: the flow map's counts and its "leads waiting here".
         Index(
             "ix_enrollments_waiting",
             "flow", "stage", "step_id", "lead_id",
-            postgresql_where=text("status = 'active'"),
-            sqlite_where=text("status = 'active'"),
+            postgresql_where=text(f"status = '{EnrollmentStatus.ACTIVE}'"),
+            sqlite_where=text(f"status = '{EnrollmentStatus.ACTIVE}'"),
         ),
     )
 

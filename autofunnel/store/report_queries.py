@@ -33,6 +33,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Row
 from sqlalchemy.orm import Session, aliased
 
+from autofunnel.domain.statuses import DeliveryStatus
 from autofunnel.domain import report as math
 from autofunnel.domain.model import Funnel
 from autofunnel.domain.report import PURCHASE_WINDOW
@@ -375,7 +376,7 @@ class ReportQueries:
     def _sent(self, columns: Iterable[Any], grouped: bool, periodic: bool, join: Callable[[Select[Any]], Select[Any]] | None = None) -> Any:
         """Emails of this funnel that were sent to the report's leads, with `columns` per step."""
         d = Delivery
-        stmt = select(d.stage, d.step_id, *columns).where(d.flow == self.funnel.slug, d.kind == "email", d.status == "sent")
+        stmt = select(d.stage, d.step_id, *columns).where(d.flow == self.funnel.slug, d.kind == "email", d.status == DeliveryStatus.SENT)
         if join is not None:
             stmt = join(stmt)
         stmt = stmt.group_by(d.stage, d.step_id)

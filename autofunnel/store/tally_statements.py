@@ -14,6 +14,7 @@ from typing import Any, Final
 from sqlalchemy import ColumnElement, Select, and_, bindparam, exists, func, literal, literal_column, select, text
 from sqlalchemy.orm import Session, aliased
 
+from autofunnel.domain.statuses import DeliveryStatus
 from autofunnel.domain.report import PURCHASE_WINDOW
 from autofunnel.store.facts import amount_of, before, currency_of, day_of, order_key, order_of, refund_of
 from autofunnel.store.models import Assignment, Delivery, Event, StageEntry
@@ -75,7 +76,7 @@ def email_first_stage(d: Any) -> tuple[Any, ColumnElement[bool]]:
 def email_parts(session: Session, scope: Condition) -> list[Select[Any]]:
     d = Delivery
     s0, on_s0 = email_first_stage(d)
-    sent = (d.kind == "email", d.status == "sent", scope(d))
+    sent = (d.kind == "email", d.status == DeliveryStatus.SENT, scope(d))
 
     def part(figure: str, n: Any) -> Select[Any]:
         return (
@@ -96,7 +97,7 @@ def engagement_parts(session: Session, figure: str, scope: Condition) -> list[Se
     s0, on_s0 = email_first_stage(d)
     return [
         select(*tally_row(session, d.flow, s0.cohort_at, s0.channel, figure, d.stage, d.step_id, literal(""), func.count()))
-        .select_from(d).join(s0, on_s0).where(d.kind == "email", d.status == "sent", scope(d)).group_by(BY_KEY)
+        .select_from(d).join(s0, on_s0).where(d.kind == "email", d.status == DeliveryStatus.SENT, scope(d)).group_by(BY_KEY)
     ]
 
 
@@ -152,7 +153,7 @@ def event_parts(session: Session, scope: Condition, one_funnel: bool) -> list[Se
         stmt = (
             select(*tally_row(session, d.flow, s1.cohort_at, s1.channel, figure, d.stage, d.step_id, blank, func.count(), amount))
             .select_from(event).join(d, on).join(s1, on_s1)
-            .where(scope(event), d.kind == "email", d.status == "sent")
+            .where(scope(event), d.kind == "email", d.status == DeliveryStatus.SENT)
             .group_by(BY_KEY)
         )
         if funnel is not None:
@@ -164,7 +165,7 @@ def event_parts(session: Session, scope: Condition, one_funnel: bool) -> list[Se
         stmt = (
             select(*tally_row(session, d.flow, s1.cohort_at, s1.channel, "refunds_7d", d.stage, d.step_id, blank, func.count(), func.sum(amount_of(session, r))))
             .select_from(r).join(p, refund_of(r, p)).join(d, purchase_after(session, p, d)).join(s1, on_s1)
-            .where(scope(counted), d.kind == "email", d.status == "sent", *([~scope(outside)] if outside is not None else []))
+            .where(scope(counted), d.kind == "email", d.status == DeliveryStatus.SENT, *([~scope(outside)] if outside is not None else []))
             .group_by(BY_KEY)
         )
         if funnel is not None:

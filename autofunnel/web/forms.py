@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 from flask import Blueprint, Response, redirect, render_template, request, url_for
 from jinja2 import TemplateNotFound
 
+from autofunnel.domain.statuses import LeadStatus
 from autofunnel.errors import InvalidInputError
 from autofunnel.services.forms import SOURCE_FIELDS, FormPage, form_page, subscribe_by_form
 from autofunnel.services.optin import ConfirmState, confirm, confirm_state, resend_from_token
@@ -100,15 +101,15 @@ def confirm_post(token: str) -> Response:
 @limiter.limit("3 per hour")
 def confirm_again(token: str) -> Response:
     state = resend_from_token(runtime(), token)
-    if state.status != "pending":
+    if state.status != LeadStatus.PENDING:
         return _confirm_page(token, state, posted=False)
     return _no_store(render_page("A new email is on its way", f"We sent a new confirmation link to {state.masked_email}."))
 
 
 def _confirm_page(token: str, state: ConfirmState, posted: bool) -> Response:
-    if state.status == "active" or (state.status != "pending" and posted):
+    if state.status == LeadStatus.ACTIVE or (state.status != LeadStatus.PENDING and posted):
         return _no_store(render_page("You're confirmed", f"{state.masked_email} is confirmed for {state.title}. Thank you!"))
-    if state.status != "pending":
+    if state.status != LeadStatus.PENDING:
         return _no_store(render_page("Nothing to confirm", f"{state.masked_email} cannot be confirmed any more ({state.status})."))
     if state.expired:
         return _no_store(render_page(

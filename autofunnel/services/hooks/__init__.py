@@ -19,6 +19,7 @@ from typing import Any
 
 from sqlalchemy import select
 
+from autofunnel.domain.statuses import LeadStatus
 from autofunnel.errors import HookNotConfigured, HookRejected, InvalidInputError, UnknownHook
 from autofunnel.services.events import record_events
 from autofunnel.services.inputs import EventInput, normalize_email
@@ -127,7 +128,7 @@ def _find_purchase(rt: Runtime, key_prefix: str, prop: str, value: Any) -> Purch
             select(Event.lead_id, Event.properties)
             .join(Lead, Lead.id == Event.lead_id)
             .where(Event.type == "purchase", Event.key.startswith(key_prefix, autoescape=True),
-                   Event.properties[prop].as_string() == str(value), Lead.status != "erased")
+                   Event.properties[prop].as_string() == str(value), Lead.status != LeadStatus.ERASED)
             .order_by(Event.at.desc(), Event.id.desc()).limit(1)
         ).first()
     return None if row is None else Purchase(row.lead_id, dict(row.properties or {}))
