@@ -8,7 +8,8 @@ leads with a smaller id than the last one shown).
 Which index leads depends on what was asked, most selective first:
 
 - a search text: up to three walks, merged (one when it has an `@`) — the email prefix (the unique index
-  on the stored, lower-case address), the first name (`ix_leads_first_name`, in
+  on the stored, lower-case address; on PostgreSQL `ix_leads_email_id`, which holds each
+  match's id too, so a prefix thousands of leads share is not read from the table), the first name (`ix_leads_first_name`, in
   the few ways people write a name: as typed, `ann`, `Ann`, `ANN`), and one exact
   tag (a GIN index on PostgreSQL; SQLite cannot index a JSON array's members, so
   there a cheap text test screens each row before the exact check);

@@ -85,10 +85,11 @@ class Lead(Base):
     __table_args__ = (
         CheckConstraint(one_of("status", LeadStatus), name="status"),
         # The admin's leads list (services/lead_search.py): a status, a first name, and on
-        # PostgreSQL one exact tag, each answered newest first from an index.
+        # PostgreSQL one exact tag and an email prefix's ids, each answered from an index.
         Index("ix_leads_status_id", "status", "id"),
         Index("ix_leads_first_name", "first_name", "id"),
         Index("ix_leads_tags", "tags", postgresql_using="gin", postgresql_ops={"tags": "jsonb_path_ops"}).ddl_if(dialect="postgresql"),
+        Index("ix_leads_email_id", "email", "id").ddl_if(dialect="postgresql"),
     )
 
     id: Mapped[Id]
