@@ -262,7 +262,7 @@ class FunnelTest:
         lead = LeadRef(result.lead_id, data.email, result.status)
         if confirm and result.status == LeadStatus.PENDING:
             self.event(lead, "confirmed")
-            lead = LeadRef(result.lead_id, data.email, "active")
+            lead = LeadRef(result.lead_id, data.email, LeadStatus.ACTIVE)
         elif self.auto_run:
             self.run_due()
         return lead

@@ -118,7 +118,7 @@ class Simulator:
 
     def subscribe(self, email: str, funnel: str, at: datetime, *, pending: bool = False, held_out: bool = False) -> None:
         self.run_until(at)
-        lead = self.leads.setdefault(email, SimLead(email, "pending" if pending else "active"))
+        lead = self.leads.setdefault(email, SimLead(email, LeadStatus.PENDING if pending else LeadStatus.ACTIVE))
         flow = self.project.flows[funnel]
         assert isinstance(flow, Funnel)
         if funnel in lead.memberships:
@@ -131,7 +131,7 @@ class Simulator:
     def record(self, email: str, event_type: str, properties: dict[str, Any], at: datetime) -> None:
         """Apply an event at its moment (events are fed in time order)."""
         self.run_until(at)
-        lead = self.leads.setdefault(email, SimLead(email, "active"))
+        lead = self.leads.setdefault(email, SimLead(email, LeadStatus.ACTIVE))
         fact = EventFact(event_type, properties, at)
         runs = {
             e.flow: SequenceRun(e.flow, e.run, at)

@@ -7,10 +7,11 @@ leads with a smaller id than the last one shown).
 
 Which index leads depends on what was asked, most selective first:
 
-- a search text: up to three walks, merged (one when it has an `@`) — the email prefix (the unique index
-  on the stored, lower-case address; on PostgreSQL `ix_leads_email_id`, which holds each
-  match's id too, so a prefix thousands of leads share is not read from the table), the first name (`ix_leads_first_name`, in
-  the few ways people write a name: as typed, `ann`, `Ann`, `ANN`), and one exact
+- a search text: up to three walks, merged (one when it has an `@`) — the email prefix (the
+  unique index on the stored, lower-case address; on PostgreSQL `ix_leads_email_id`, which
+  holds each match's id too, so a prefix thousands of leads share is not read from the
+  table), the first name (`ix_leads_first_name`, in the few ways people write a name: as
+  typed, `ann`, `Ann`, `ANN`), and one exact
   tag (a GIN index on PostgreSQL; SQLite cannot index a JSON array's members, so
   there a cheap text test screens each row before the exact check);
 - a waiting step: the active enrollments on that step (`ix_enrollments_waiting`);
@@ -35,11 +36,11 @@ from sqlalchemy.orm import Session
 from autofunnel.domain.model import Funnel
 from autofunnel.domain.statuses import LeadStatus
 from autofunnel.services.runtime import Runtime
-from autofunnel.store.models import Enrollment, Lead, StageEntry
+from autofunnel.store.models import ACTIVE_ENROLLMENTS, Enrollment, Lead, StageEntry
 from autofunnel.store.queries import is_postgres
 
 PAGE_SIZE = 50
-ACTIVE = text("enrollments.status = 'active'")
+ACTIVE = text(f"enrollments.{ACTIVE_ENROLLMENTS}")
 """Written out, not bound: only then can SQLite (and a generic PostgreSQL plan) tell that
 `ix_enrollments_waiting`, an index of active rows, holds the answer without reading the table."""
 MAX_PAGE_SIZE = 500

@@ -55,6 +55,10 @@ def one_of(column: str, values: Iterable[str]) -> str:
     return f"{column} IN ({', '.join(repr(str(value)) for value in values)})"
 
 
+ACTIVE_ENROLLMENTS = f"status = '{EnrollmentStatus.ACTIVE}'"
+IN_FLIGHT_DELIVERIES = f"status IN ('{DeliveryStatus.QUEUED}', '{DeliveryStatus.SENDING}')"
+"""The partial indexes' predicates, word for word as their migrations wrote them."""
+
 EMPTY_OBJECT = text("'{}'")
 EMPTY_LIST = text("'[]'")
 EMPTY_TEXT = text("''")
@@ -161,15 +165,15 @@ class Enrollment(Base):
         Index(
             "ix_enrollments_due",
             "due_at",
-            postgresql_where=text(f"status = '{EnrollmentStatus.ACTIVE}'"),
-            sqlite_where=text(f"status = '{EnrollmentStatus.ACTIVE}'"),
+            postgresql_where=text(ACTIVE_ENROLLMENTS),
+            sqlite_where=text(ACTIVE_ENROLLMENTS),
         ),
         # Who waits on which step now: the flow map's counts and its "leads waiting here".
         Index(
             "ix_enrollments_waiting",
             "flow", "stage", "step_id", "lead_id",
-            postgresql_where=text(f"status = '{EnrollmentStatus.ACTIVE}'"),
-            sqlite_where=text(f"status = '{EnrollmentStatus.ACTIVE}'"),
+            postgresql_where=text(ACTIVE_ENROLLMENTS),
+            sqlite_where=text(ACTIVE_ENROLLMENTS),
         ),
     )
 
@@ -210,8 +214,8 @@ class Delivery(Base):
             "ix_deliveries_in_flight",
             "status",
             "lease_until",
-            postgresql_where=text("status IN ('queued', 'sending')"),
-            sqlite_where=text("status IN ('queued', 'sending')"),
+            postgresql_where=text(IN_FLIGHT_DELIVERIES),
+            sqlite_where=text(IN_FLIGHT_DELIVERIES),
         ),
         Index(None, "lead_id", "flow", "sent_at"),
         Index(None, "finished_at"),
