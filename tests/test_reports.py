@@ -34,7 +34,7 @@ from autofunnel.cli import main
 from autofunnel.report_format import print_report, report_csv
 from autofunnel.clock import FixedClock
 from autofunnel.services.credentials import create_api_key
-from autofunnel.services.report import funnel_report, parse_report_query
+from autofunnel.services.report import Shown, funnel_report, parse_report_query
 from autofunnel.services.runtime import Runtime
 from autofunnel.services.scheduler import run_tick
 from autofunnel.services.tallies import fold_tallies, rebuild_tallies, tallies_current
@@ -578,6 +578,43 @@ def test_the_csv_carries_every_section_of_the_json(shop: Shop) -> None:
     channels = {r["channel"]: float(r["revenue"]) for r in rows if r["kind"] == "attribution_channel"}
     assert sum(channels.values()) == pytest.approx(15.0)  # attribution shares the net revenue
     assert len([r for r in rows if r["kind"] == "holdout"]) == len(report["holdout"]["stages"])
+
+
+@pytest.mark.parametrize("by", [None, "owner"])
+def test_a_page_that_leaves_parts_out_gets_every_other_figure_unchanged(shop: Shop, by: str | None) -> None:
+    """The admin's pages ask for no per-period times and no list of unknown refunds (seconds at 1M
+    leads): those come back empty, never wrong, and every figure shown equals the API's."""
+    for i, channel in enumerate(["google", "google", "instagram"]):
+        shop.subscribe(f"c{i}@example.com", source={"channel": channel}, owner=f"owner{i % 2}@shop.example", at=START + timedelta(days=i))
+    shop.events([
+        purchase("c0@example.com", "mini-course", START + timedelta(hours=6), amount=30, order_id="A1"),
+        purchase("c2@example.com", "mini-course", START + timedelta(days=2, hours=9), amount=30, order_id="B1"),
+        refund("c0@example.com", "A1", START + timedelta(hours=8), 10), refund("c1@example.com", "never-seen", START + timedelta(days=1, hours=4), 5),
+    ])
+    params = {"from": "2026-03-01", "to": "2026-03-31", "interval": "day", **({"by": by} if by else {})}
+    query = parse_report_query("yoga", params, START.date())
+    full = funnel_report(shop.rt, query)
+    assert full["unmatched_refunds"] and any(row["time_to_reach"]["median_s"] for p in full["periods"] for row in p["stages"])
+    for shown in (Shown(period_times=False, unmatched_refunds=False), Shown(times=False, period_times=False, unmatched_refunds=False)):
+        part = funnel_report(shop.rt, query, shown=shown)
+        assert part["unmatched_refunds"] is None and part["revenue"]["unmatched_refunded"] is None
+        assert all(row["time_to_reach"] == {"median_s": None, "p90_s": None} for p in part["periods"] for row in p["stages"])
+        if not shown.times:
+            assert all(row["time_to_reach"] == {"median_s": None, "p90_s": None} for row in part["stages"])
+            assert part["funnel_length"] == {"median_s": None, "p90_s": None}
+        else:
+            assert part["stages"] == full["stages"] and part["funnel_length"] == full["funnel_length"]
+        assert without_times(part, unmatched=False) == without_times(full, unmatched=False)
+
+
+def without_times(value: Any, *, unmatched: bool = True) -> Any:
+    """Every figure of a report but its times (and, with `unmatched=False`, its unknown orders' refunds)."""
+    left_out = {"median_s", "p90_s"} | (set() if unmatched else {"unmatched_refunds", "unmatched_refunded"})
+    if isinstance(value, dict):
+        return {key: without_times(item, unmatched=unmatched) for key, item in value.items() if key not in left_out}
+    if isinstance(value, list):
+        return [without_times(item, unmatched=unmatched) for item in value]
+    return value
 
 
 def test_the_table_folds_long_names_and_shows_net_revenue_at_80_columns(shop: Shop) -> None:

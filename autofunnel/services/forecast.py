@@ -10,7 +10,7 @@ from typing import Any
 from autofunnel.domain.forecast import Change, CohortDay, Observed, Scenario, forecast, reach_goal
 from autofunnel.domain.model import Funnel
 from autofunnel.errors import InvalidInputError
-from autofunnel.services.report import ReportQuery, funnel_report
+from autofunnel.services.report import ReportQuery, Shown, funnel_report
 from autofunnel.services.runtime import Runtime
 
 OBSERVED_DAYS = 90
@@ -73,7 +73,8 @@ def customer_stage(funnel: Funnel) -> int:
 def observe(rt: Runtime, funnel: Funnel, today: date, days: int) -> tuple[Observed, date | None]:
     """The observed cohort days of the last `days` (from the first with a lead), from the report service."""
     start = today - timedelta(days=days - 1)
-    report = funnel_report(rt, ReportQuery(funnel.slug, start, today, mode="cohort", interval="day"))
+    # Per-day counts and the whole period's times are what a forecast uses; per-day times it does not.
+    report = funnel_report(rt, ReportQuery(funnel.slug, start, today, mode="cohort", interval="day"), shown=Shown(period_times=False, unmatched_refunds=False))
     names = tuple(stage.name for stage in funnel.stages)
     by_day: dict[str, CohortDay] = {}
     for period in report.get("periods", []):

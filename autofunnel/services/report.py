@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, Final
 from zoneinfo import ZoneInfo
@@ -50,6 +51,27 @@ DEFAULT_DAYS: Final = 30
 """Without `from`/`to` the report covers the last 30 days, today included (the seller's today)."""
 PARAMETERS: Final = ("from", "to", "mode", "by", "interval", "attribution", "window")
 _FIELD_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+@dataclass(frozen=True)
+class Shown:
+    """The costly parts of a report a caller shows; the API and the CLI show all of them.
+
+    Per-period times are counted from the stored facts (seconds at a million leads), the
+    others are read off indexes; a page that draws none of them asks for none. A part left
+    out comes back null, never as a wrong figure.
+    """
+
+    times: bool = True
+    """Median and p90 times to reach each stage, and the funnel length, of the whole report and its groups."""
+    period_times: bool = True
+    """The same per period (`interval`)."""
+    unmatched_refunds: bool = True
+    """The list of refunds of orders never recorded, and `unmatched_refunded`, their sum (left out:
+    both null; their amounts count in the refunded and net revenue either way)."""
+
+
+EVERYTHING: Final = Shown()
 
 
 def seller_today(rt: Runtime) -> date:
@@ -111,7 +133,7 @@ def _day(value: str | None, name: str) -> date | None:
     return day
 
 
-def funnel_report(rt: Runtime, query: ReportQuery, *, count_facts: bool = False) -> dict[str, Any]:
+def funnel_report(rt: Runtime, query: ReportQuery, *, count_facts: bool = False, shown: Shown = EVERYTHING) -> dict[str, Any]:
     """The report for one funnel and period, as SPEC.md's JSON; one read transaction.
 
     `count_facts` counts every figure from the stored facts even where the running
@@ -133,28 +155,29 @@ def funnel_report(rt: Runtime, query: ReportQuery, *, count_facts: bool = False)
         # kept per UTC day; other slicings (calendar days, lead fields, products), and every
         # report in another zone than UTC, count the stored facts.
         tallied = query.mode == "cohort" and query.by in (None, "channel") and not count_facts and zone == "UTC" and tallies_current(session)
-        return _build(queries, funnel, query, tallied=tallied)
+        return _build(queries, funnel, query, tallied=tallied, shown=shown)
 
 
-def _build(queries: ReportQueries, funnel: Funnel, q: ReportQuery, *, tallied: bool) -> dict[str, Any]:
+def _build(queries: ReportQueries, funnel: Funnel, q: ReportQuery, *, tallied: bool, shown: Shown) -> dict[str, Any]:
     """The report's body: which figures to count and how, then each section shaped by the domain."""
     if tallied:
-        whole, grouped, periods = queries.from_tallies()
+        whole, grouped, periods = queries.from_tallies(times=shown.times, period_times=shown.period_times)
     else:
-        grouped = queries.figures(grouped=True, periodic=False) if q.by else None
-        periods = queries.figures(grouped=False, periodic=True) if q.interval else None
+        grouped = queries.figures(grouped=True, periodic=False, times=shown.times) if q.by else None
+        periods = queries.figures(grouped=False, periodic=True, times=shown.period_times) if q.interval else None
         # Counts and sums of the whole report are the sums over a slicing that puts each lead
         # in exactly one slice: groups of a lead attribute, or cohort periods. Only the
         # percentiles need a query of their own.
         partition = grouped if grouped is not None and q.by != "product" else periods if q.mode == "cohort" else None
         if partition is not None:
             whole = partition.rolled_up()
-            whole.times = queries.times(grouped=False, periodic=False)
+            if shown.times:
+                whole.times = queries.times(grouped=False, periodic=False)
         else:
-            whole = queries.figures(grouped=False, periodic=False)
+            whole = queries.figures(grouped=False, periodic=False, times=shown.times)
     unmatched = [
         shape.unmatched_refund(row.lead_id, row.order_id, row.at, row.amount, row.currency) for row in queries.unmatched_refunds()
-    ] if any(figures[4] for figures in whole.revenue.get((), {}).values()) else []
+    ] if shown.unmatched_refunds and any(figures[4] for figures in whole.revenue.get((), {}).values()) else []
     stages = [stage.name for stage in funnel.stages]
     order = shape.send_steps(funnel)
     split = shape.split_steps(funnel)
@@ -162,11 +185,14 @@ def _build(queries: ReportQueries, funnel: Funnel, q: ReportQuery, *, tallied: b
         "funnel": funnel.slug, "mode": q.mode, "from": q.start.isoformat(), "to": q.end.isoformat(),
         "by": q.by, "interval": q.interval,
         **shape.section(whole, (), stages, order, unmatched),
-        "unmatched_refunds": unmatched,
+        "unmatched_refunds": unmatched if shown.unmatched_refunds else None,
         "holdout": shape.holdout(queries.holdout_counts(), stages),
         "variants": shape.variant_rows(split, queries.variant_counts(split)) if split else [],
         "spend": shape.spend_rows(queries.spent(()), whole, (), stages[0]),
     }
+    if not shown.unmatched_refunds:
+        for row in [body["revenue"], *body["revenue_by_currency"]]:
+            row["unmatched_refunded"] = None
     if q.attribution:
         channels, emails = queries.attribution_shares()
         totals = shape.net_by_currency(whole.revenue.get((), {}))

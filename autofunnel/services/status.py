@@ -13,6 +13,7 @@ cannot be done until someone fixes the template: it fails `work` as well.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from dataclasses import asdict, dataclass
 from datetime import timedelta
 from typing import Any
@@ -20,13 +21,13 @@ from typing import Any
 from sqlalchemy import func, select, text
 from sqlalchemy.exc import SQLAlchemyError
 
-from autofunnel.domain.statuses import DeliveryStatus, EnrollmentStatus
+from autofunnel.domain.statuses import DeliveryStatus
 from autofunnel.errors import AutofunnelError
 from autofunnel.services.broker import broker_problem, queue_depth
 from autofunnel.services.delivery import RENDER_FAILED
 from autofunnel.services.enrollments import ready_to_send
 from autofunnel.services.runtime import Runtime
-from autofunnel.store.models import Delivery, Enrollment
+from autofunnel.store.models import ACTIVE_ENROLLMENTS, IN_FLIGHT_DELIVERIES, Delivery, Enrollment
 
 log = logging.getLogger(__name__)
 
@@ -56,11 +57,14 @@ def work_status(rt: Runtime, *, broker_depth: int | None) -> WorkStatus:
     now = rt.clock.now()
     ready = ready_to_send(now)
     with rt.db.read() as session:
+        # The partial indexes' own predicates, written out, so that SQLite uses them (a bound
+        # `status = ?` cannot tell it the index holds the rows): at a million leads each of these
+        # two counts read the whole table, 3.0 s and 0.7 s of the admin's home page.
         steps_due, oldest_step = session.execute(
-            select(func.count(), func.min(Enrollment.due_at)).where(Enrollment.status == EnrollmentStatus.ACTIVE, Enrollment.due_at <= now)
+            select(func.count(), func.min(Enrollment.due_at)).where(text(ACTIVE_ENROLLMENTS), Enrollment.due_at <= now)
         ).one()
         emails_due, oldest_email = session.execute(
-            select(func.count(), func.min(func.coalesce(Delivery.lease_until, Delivery.created_at))).where(ready)
+            select(func.count(), func.min(func.coalesce(Delivery.lease_until, Delivery.created_at))).where(text(IN_FLIGHT_DELIVERIES), ready)
         ).one()
         finished = {
             (status, window): count
@@ -76,15 +80,17 @@ def work_status(rt: Runtime, *, broker_depth: int | None) -> WorkStatus:
                 Delivery.reason.is_(None) | Delivery.reason.not_like("interrupted%"),
             )
         ) or 0
-        broken = session.execute(
-            select(Delivery.flow, Delivery.template, func.count())
+        # Counted here rather than by GROUP BY flow: SQLite answered that by walking the
+        # (flow, sent_at) index, every email ever sent (12.7 s at a million leads), instead of
+        # the last hour's few finished ones.
+        broken: Counter[tuple[str, str]] = Counter((row.flow, row.template) for row in session.execute(
+            select(Delivery.flow, Delivery.template)
             .where(Delivery.finished_at > now - timedelta(hours=1), Delivery.status == DeliveryStatus.FAILED, Delivery.reason.like(f"{RENDER_FAILED}%"))
-            .group_by(Delivery.flow, Delivery.template).order_by(Delivery.flow, Delivery.template)
-        ).all()
+        ))
     render_failed = None
     if broken:
-        count = sum(row[2] for row in broken)
-        names = ", ".join(f"{flow}/{template}" for flow, template, _ in broken)
+        count = sum(broken.values())
+        names = ", ".join(f"{flow}/{template}" for flow, template in sorted(broken))
         render_failed = f"{count} email(s) failed to render in the last hour: template {names} (see the leads' timelines; run `autofunnel validate`)"
     oldest = min((moment for moment in (oldest_step, oldest_email) if moment is not None), default=None)
     age = max(0.0, (now - oldest).total_seconds()) if oldest is not None else None

@@ -166,9 +166,10 @@ class ReportQueries:
 
     # Figures from the running tallies ----------------------------------------------
 
-    def from_tallies(self) -> tuple[Figures, Figures | None, Figures | None]:
+    def from_tallies(self, *, times: bool = True, period_times: bool = True) -> tuple[Figures, Figures | None, Figures | None]:
         """The whole report, its channel groups and its periods, added up from `cohort_tallies`
-        (a few rows per funnel, day and channel) with the times read off the stage entries."""
+        (a few rows per funnel, day and channel) with the times read off the stage entries
+        (`times`: the whole report's and its groups'; `period_times`: each period's)."""
         t = CohortTally
         stmt = (
             select(t.cohort_day, t.channel, t.figure, t.stage, t.step, t.detail, func.sum(t.n), func.sum(t.amount))
@@ -191,11 +192,12 @@ class ReportQueries:
                 ranks[()][(figure, stage)] += int(n or 0)
                 if grouped is not None:
                     ranks[(channel or None,)][(figure, stage)] += int(n or 0)
-        whole.times[()] = self._walked_times(ranks.get((), {}), None)
-        if grouped is not None:
-            for key in grouped.slices():
-                grouped.times[key] = self._walked_times(ranks.get(key, {}), key)
-        if periods is not None:
+        if times:
+            whole.times[()] = self._walked_times(ranks.get((), {}), None)
+            if grouped is not None:
+                for key in grouped.slices():
+                    grouped.times[key] = self._walked_times(ranks.get(key, {}), key)
+        if periods is not None and period_times:
             periods.times = self.times(grouped=False, periodic=True)
         return whole, grouped, periods
 
@@ -233,10 +235,11 @@ class ReportQueries:
 
     # Figures from the stored facts ---------------------------------------------------
 
-    def figures(self, *, grouped: bool, periodic: bool) -> Figures:
+    def figures(self, *, grouped: bool, periodic: bool, times: bool = True) -> Figures:
         figures = Figures()
         self._count_stages(figures, grouped, periodic)
-        figures.times = self.times(grouped=grouped, periodic=periodic)
+        if times:
+            figures.times = self.times(grouped=grouped, periodic=periodic)
         self._count_revenue(figures, grouped, periodic)
         self._count_steps(figures, grouped, periodic)
         return figures
@@ -367,7 +370,10 @@ class ReportQueries:
         stmt = (
             select(r.id, r.lead_id, r.at, order_of(r).label("order_id"), amount_of(self.session, r).label("amount"), currency_of(r).label("currency"))
             .select_from(r)
-            .where(r.type == "refund", ~select(p.id).where(p.type == "purchase", refund_of(r, p)).exists())
+            # `r.at >= start` adds nothing (a refund counts only from its lead's entry, which is in or
+            # after the period's start in either mode) but lets the query start from the few refunds
+            # since then (`type, at` index) rather than from every lead of the period: 4.4 s → ms at 1M leads.
+            .where(r.type == "refund", r.at >= self.start, ~select(p.id).where(p.type == "purchase", refund_of(r, p)).exists())
             .order_by(r.at, r.id)
         )
         stmt, _ = self._joined_first(stmt, r, r.at)

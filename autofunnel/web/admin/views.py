@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import date, datetime, timedelta
-from typing import Any
+from typing import Any, Final
 from zoneinfo import ZoneInfo
 
 from flask import Blueprint, Response, abort, current_app, flash, redirect, render_template, request, url_for
@@ -25,7 +25,7 @@ from autofunnel.services.plan import edit_plan
 from autofunnel.services.preview import Preview, flow_templates, preview_email, send_test_email
 from autofunnel.services.project import project_problems
 from autofunnel.services.reload import validation_of
-from autofunnel.services.report import PARAMETERS, funnel_report, parse_report_query, seller_today
+from autofunnel.services.report import EVERYTHING, PARAMETERS, Shown, funnel_report, parse_report_query, seller_today
 from autofunnel.services.runtime import Runtime
 from autofunnel.services.senders import tracks_opens
 from autofunnel.services.spend import add_spend, list_spend, parse_spend, set_spend
@@ -140,13 +140,18 @@ def chosen_days(args: Any) -> str:
     return args.get("days") or ("custom" if args.get("from") or args.get("to") else "30")
 
 
-def _report(slug: str) -> tuple[Funnel, dict[str, Any], dict[str, str]]:
+ON_THE_PAGE: Final = Shown(period_times=False, unmatched_refunds=False)
+"""The funnel page draws each period's counts, conversion and revenue, not its times, and
+the refunds' totals, not their list; its CSV download is the API's whole answer."""
+
+
+def _report(slug: str, shown: Shown) -> tuple[Funnel, dict[str, Any], dict[str, str]]:
     rt = runtime()
     flow = rt.flow(slug)
     if not isinstance(flow, Funnel):
         abort(404)
     params = _report_params()
-    return flow, funnel_report(rt, parse_report_query(slug, params, seller_today(rt))), params
+    return flow, funnel_report(rt, parse_report_query(slug, params, seller_today(rt)), shown=shown), params
 
 
 @admin.get("/funnels/<slug>")
@@ -158,7 +163,7 @@ def funnel(slug: str) -> Any:
     if not isinstance(rt.project.flows[slug], Funnel):
         return redirect(url_for("admin.flow", slug=slug))
     try:
-        flow, report, params = _report(slug)
+        flow, report, params = _report(slug, ON_THE_PAGE)
     except InvalidInputError as exc:
         flash(str(exc))
         return redirect(url_for("admin.funnel", slug=slug))
@@ -189,7 +194,7 @@ def funnel(slug: str) -> Any:
 @admin.get("/funnels/<slug>.csv")
 @login_required
 def funnel_csv(slug: str) -> Response:
-    _, report, _ = _report(slug)
+    _, report, _ = _report(slug, EVERYTHING)
     name = f"{slug}-{report['from']}-{report['to']}.csv"
     return Response(report_csv(report), mimetype="text/csv", headers={"Content-Disposition": f'attachment; filename="{name}"'})
 
