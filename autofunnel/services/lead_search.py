@@ -12,8 +12,8 @@ Which index leads depends on what was asked, most selective first:
   holds each match's id too, so a prefix thousands of leads share is not read from the
   table), the first name (`ix_leads_first_name`, in the few ways people write a name: as
   typed, `ann`, `Ann`, `ANN`), and one exact
-  tag (a GIN index on PostgreSQL; SQLite cannot index a JSON array's members, so
-  there a cheap text test screens each row before the exact check);
+  tag (a GIN index on PostgreSQL; SQLite cannot index a JSON array's members, so there
+  the `lead_tags` table its triggers keep, migration `0019_sqlite_lead_tags`);
 - a waiting step: the active enrollments on that step (`ix_enrollments_waiting`);
 - a stage (or a funnel alone: its first stage): the stage entries
   (`ix_stage_entries_reached`);
@@ -29,14 +29,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, exists, func, literal, select, text
+from sqlalchemy import ColumnElement, Select, exists, func, literal, select, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session
 
 from autofunnel.domain.model import Funnel
 from autofunnel.domain.statuses import LeadStatus
 from autofunnel.services.runtime import Runtime
-from autofunnel.store.models import ACTIVE_ENROLLMENTS, Enrollment, Lead, StageEntry
+from autofunnel.store.models import ACTIVE_ENROLLMENTS, LEAD_TAGS, Enrollment, Lead, StageEntry
 from autofunnel.store.queries import is_postgres
 
 PAGE_SIZE = 50
@@ -200,15 +200,14 @@ class _Filters:
         walks.append(select(Lead.id).where(Lead.email >= lowered, Lead.email < lowered + "\U0010ffff", func.substr(Lead.email, 1, len(lowered)) == lowered, *others))
         if "@" not in self.term:  # an address is looked up as one; no name or tag has an @
             walks.append(select(Lead.id).where(Lead.first_name.in_(name_spellings(self.term)), *others))
-            walks.append(select(Lead.id).where(self.has_tag(self.term), *others))
+            walks.append(self.tagged(self.term).where(*others))
         return [walk.order_by(Lead.id.desc()) for walk in walks]
 
-    def has_tag(self, tag: str) -> ColumnElement[bool]:
+    def tagged(self, tag: str) -> Select[Any]:
+        """The leads with this exact tag: PostgreSQL's GIN index on `tags`, SQLite's trigger-kept `lead_tags`."""
         if self.pg:
-            return Lead.tags.op("@>")(func.cast(literal(json.dumps([tag])), JSONB))
-        member = exists(select(literal(1)).select_from(text("json_each(leads.tags)")).where(text("json_each.value = :tag_value").bindparams(tag_value=tag)))
-        # The tag as the JSON text holds it: a quick test that rules out nearly every row before json_each.
-        return and_(func.instr(Lead.tags, json.dumps(tag)) > 0, member)
+            return select(Lead.id).where(Lead.tags.op("@>")(func.cast(literal(json.dumps([tag])), JSONB)))
+        return select(Lead.id).join(LEAD_TAGS, LEAD_TAGS.c.lead_id == Lead.id).where(LEAD_TAGS.c.tag == tag)
 
     def filter_walk(self) -> Select[Any]:
         """The leads matching the filters, walked along the most selective filter's index."""

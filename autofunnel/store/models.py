@@ -29,7 +29,9 @@ from sqlalchemy import (
     Numeric,
     String,
     UniqueConstraint,
+    column,
     false,
+    table,
     text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -428,11 +430,21 @@ class User(Base):
     last_login_at: Mapped[Moment | None]
 
 
+LEAD_TAGS = table("lead_tags", column("tag", String), column("lead_id", Integer))
+"""SQLite only (migration `0019_sqlite_lead_tags`): each lead's tags, a row each, keyed by tag then
+lead, written by triggers on `leads` so that no code path can leave it behind. SQLite cannot
+index a JSON array's members; PostgreSQL's GIN index on `tags` needs no such table. Not a
+model: nothing writes it but the triggers, and only the leads search reads it."""
+
+
 def on_backend(dialect_name: str) -> Any:
     """An Alembic `include_object` hook that leaves out indexes made only on another backend
-    (`Index(...).ddl_if(dialect=…)`), which autogenerate would otherwise ask to create."""
+    (`Index(...).ddl_if(dialect=…)`), which autogenerate would otherwise ask to create, and
+    SQLite's trigger-kept `lead_tags`, which it would otherwise ask to drop."""
 
     def include(obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any) -> bool:
+        if type_ == "table" and reflected and name == LEAD_TAGS.name:
+            return False
         condition = getattr(obj, "_ddl_if", None) if type_ == "index" and not reflected else None
         return condition is None or condition.dialect is None or condition.dialect == dialect_name
 

@@ -206,7 +206,9 @@ class ReportQueries:
 
         The tallies say how many times there are (n), so each percentile is the pair
         of rows at a known rank: an index walk in order (`OFFSET`), no sort and no
-        other row read. Interpolated exactly as `percentile_cont`.
+        other row read. Interpolated exactly as `percentile_cont`. A rank past the
+        middle is walked to from the longest time down: the 90th percentile then
+        passes a tenth of the rows instead of nine tenths.
         """
         found: Times = {}
         wanted = [(stage, "timed", StageEntry.since_previous_s, stage) for stage in self.stages[1:]]
@@ -219,14 +221,18 @@ class ReportQueries:
             query = (
                 select(column)
                 .where(StageEntry.funnel == self.funnel.slug, StageEntry.stage == stage, column.is_not(None), self._in_period(StageEntry.cohort_at))
-                .order_by(column)
             )
             if group is not None:
                 query = query.where(StageEntry.channel.is_(None) if group[0] is None else StageEntry.channel == group[0])
             values: dict[int, float] = {}
             for p in PERCENTILES:
                 low = int(p * (count - 1))
-                for rank, d in enumerate(self.session.scalars(query.offset(low).limit(2)), start=low + 1):
+                if low <= (count - 1) / 2:
+                    ranked = enumerate(self.session.scalars(query.order_by(column).offset(low).limit(2)), start=low + 1)
+                else:
+                    skip = max(0, count - low - 2)  # the rows above rank low + 2 (1-based)
+                    ranked = ((count - skip - index, d) for index, d in enumerate(self.session.scalars(query.order_by(column.desc()).offset(skip).limit(2))))
+                for rank, d in ranked:
                     values[rank] = float(d)
             if len(values) < len(math.percentile_ranks(count, PERCENTILES)):
                 raise RuntimeError(f"the report's tallies count {count} times for stage {stage!r} but fewer stage entries have one")
