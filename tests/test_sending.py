@@ -279,6 +279,30 @@ def test_the_claims_sql_check_refuses_exactly_what_the_refusal_rule_refuses(rt: 
     assert disagreements == []
 
 
+def test_the_claim_asks_only_about_the_claimed_leads_own_events(rt: Any, clock: FixedClock) -> None:
+    """`may_follow` (whether something recorded may follow the email, so its tally must look) is
+    about the claimed lead: SQLite's RETURNING named `lead_id` bare, which inside the subquery on
+    `events` meant the event's own column, so any lead's unsubscribe made it true for everyone."""
+    from autofunnel.services.delivery_statements import claim_statement
+
+    for email in ("ida@example.com", "bob@example.com"):
+        sub(rt, email)
+        events(rt, {"type": "confirmed", "email": email})
+    events(rt, {"type": "unsubscribed", "email": "bob@example.com"})
+    (delivery_id,) = tick(rt).queued
+
+    def may_follow() -> bool:
+        now = clock.now()
+        with rt.db.transaction() as session:
+            row = session.execute(claim_statement(), {"delivery_id": delivery_id, "now": now, "lease_until": now + timedelta(minutes=5)}).one()
+            session.rollback()
+        return bool(row.may_follow)
+
+    assert may_follow() is False, "bob's unsubscribe is not ida's"
+    events(rt, {"type": "purchase", "email": "ida@example.com", "at": (clock.now() + timedelta(minutes=2)).isoformat(), "properties": {"product": "gift-card"}})
+    assert may_follow() is True, "ida's purchase dated after now may follow her email"
+
+
 def test_abandoned_cart_reminders_stop_on_purchase(rt: Any, smtp_sink: SmtpSink, clock: FixedClock) -> None:
     cart = {"items": [{"name": "Mat", "quantity": 1, "price": 20}], "value": 20, "checkout_url": "https://shop.example/c"}
     events(rt, {"type": "cart_updated", "email": "dan@example.com", "properties": cart})

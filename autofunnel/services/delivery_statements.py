@@ -15,7 +15,7 @@ from datetime import datetime
 from functools import cache
 from typing import Any
 
-from sqlalchemy import ColumnElement, Update, and_, bindparam, insert, null, or_, select, update
+from sqlalchemy import ColumnElement, Update, and_, bindparam, insert, literal_column, null, or_, select, update
 from sqlalchemy.engine import Connection
 
 from autofunnel.domain.delivery import CLOSED_ENROLLMENT, RECIPIENT_STATUS
@@ -90,9 +90,15 @@ def claim_statement(only_if_allowed: bool = False) -> Update:
     """
     d = Delivery
     now = bindparam("now", type_=UTCDateTime())
-    enrollment = select(Enrollment.status).where(Enrollment.id == d.enrollment_id).scalar_subquery()
-    end_reason = select(Enrollment.end_reason).where(Enrollment.id == d.enrollment_id).scalar_subquery()
-    end_cause = select(Enrollment.end_cause).where(Enrollment.id == d.enrollment_id).scalar_subquery()
+    # The claimed row's own columns, named with their table: SQLAlchemy writes SQLite's RETURNING
+    # columns bare, and a bare `lead_id` in a subquery on `events` is the event's own column, so
+    # `may_follow` asked whether anybody at all had unsubscribed (always, in a shop that has run a
+    # while) and every email's record took the slow path.
+    lead_id = literal_column(f"{d.__tablename__}.lead_id")
+    enrollment_id = literal_column(f"{d.__tablename__}.enrollment_id")
+    enrollment = select(Enrollment.status).where(Enrollment.id == enrollment_id).scalar_subquery()
+    end_reason = select(Enrollment.end_reason).where(Enrollment.id == enrollment_id).scalar_subquery()
+    end_cause = select(Enrollment.end_cause).where(Enrollment.id == enrollment_id).scalar_subquery()
     conditions = [d.id == bindparam("delivery_id"), ready_to_send(now)] + ([allowed()] if only_if_allowed else [])
     return (
         move(DeliveryStatus.QUEUED, DeliveryStatus.SENDING, on=d.__table__)
@@ -100,9 +106,9 @@ def claim_statement(only_if_allowed: bool = False) -> Update:
         .values(lease_until=bindparam("lease_until", type_=UTCDateTime()), attempts=d.attempts + 1)
         .returning(
             d.id, d.lead_id, d.flow, d.stage, d.step_id, d.kind, d.template, d.to_address, d.attempts,
-            select(Lead.status).where(Lead.id == d.lead_id).scalar_subquery().label("lead_status"),
+            select(Lead.status).where(Lead.id == lead_id).scalar_subquery().label("lead_status"),
             enrollment.label("enrollment_status"), end_cause.label("end_cause"), end_reason.label("end_reason"),
-            may_follow(d.lead_id, now).label("may_follow"),
+            may_follow(lead_id, now).label("may_follow"),
         )
     )
 

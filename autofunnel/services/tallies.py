@@ -124,7 +124,7 @@ class Cohort:
     """Whether something recorded already may follow the email (see `may_follow`); when not, nothing is looked up."""
 
 
-def may_follow(lead_id: int, now: datetime) -> Exists:
+def may_follow(lead_id: Any, now: Any) -> Exists:
     """Whether a lead has an unsubscribe, or a purchase dated from `now` on, already recorded: the
     only events that can follow an email before it is recorded sent. Asked in the claim's query
     (no extra round trip), so the send's record looks them up only in that rare case."""
