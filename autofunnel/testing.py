@@ -46,7 +46,7 @@ from typing import Any
 
 from autofunnel.clock import FixedClock, ensure_utc
 from autofunnel.domain.durations import parse_duration
-from autofunnel.domain.statuses import DeliveryStatus, EnrollmentStatus, LeadStatus
+from autofunnel.domain.statuses import DeliveryStatus, LeadStatus
 from autofunnel.mail.message import delivery_id_from_message_id
 from autofunnel.mail.transport import InMemoryTransport, SentMessage
 
@@ -133,13 +133,14 @@ def _hrefs(html: str) -> list[str]:
 @functools.cache
 def _next_due_statement() -> Any:
     """Both earliest moments in one statement, built once: a simulation asks before every pass."""
-    from sqlalchemy import func, select
+    from sqlalchemy import func, select, text
 
-    from autofunnel.store.models import Delivery, Enrollment
+    from autofunnel.services.enrollments import in_flight
+    from autofunnel.store.models import ACTIVE_ENROLLMENTS, Delivery, Enrollment
 
     return select(
-        select(func.min(Enrollment.due_at)).where(Enrollment.status == EnrollmentStatus.ACTIVE).scalar_subquery(),
-        select(func.min(Delivery.lease_until)).where(Delivery.status == DeliveryStatus.QUEUED).scalar_subquery(),
+        select(func.min(Enrollment.due_at)).where(text(f"enrollments.{ACTIVE_ENROLLMENTS}")).scalar_subquery(),
+        select(func.min(Delivery.lease_until)).where(in_flight(), Delivery.status == DeliveryStatus.QUEUED).scalar_subquery(),
     )
 
 

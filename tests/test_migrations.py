@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import io
 import threading
+from pathlib import Path
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import bindparam, inspect, select, text
+from sqlalchemy import bindparam, func, inspect, select, text
 from sqlalchemy.exc import IntegrityError, StatementError
 
 from autofunnel.errors import NotMigratedError, UnknownRevisionError
@@ -309,3 +310,29 @@ def test_the_end_cause_upgrade_reads_the_causes_from_the_words_they_were_written
         assert [cause for _, cause in causes] == [cause for _, _, cause in ended]
     finally:
         db.dispose()
+
+
+def test_sqlite_finds_the_in_flight_and_due_rows_through_their_partial_indexes(tmp_path: Path) -> None:
+    """SQLite uses a partial index only when the query's WHERE says the index's own WHERE; a bound
+    `status = ?`, or `status = 'queued'` against the index's `IN (…)`, does not, and the sweep and
+    sending health then read every email ever sent (1.3 s a sweep at 3.3 million). Always SQLite:
+    this is the SQLite planner's rule, and PostgreSQL plans these from its statistics."""
+    from sqlalchemy.dialects import sqlite
+
+    from autofunnel.services.enrollments import ready_to_send
+    from autofunnel.services.sweep import _sweep_statements
+    from autofunnel.store.models import Delivery
+    from autofunnel.testing import _next_due_statement
+
+    url = f"sqlite:///{tmp_path / 'plans.db'}"
+    upgrade(url)
+    db = Database.from_url(url)
+    statements = [*_sweep_statements(), select(func.count()).select_from(Delivery).where(ready_to_send(datetime(2026, 1, 1, tzinfo=UTC))), _next_due_statement()]
+    with db.engine.connect() as connection:
+        for statement in statements:
+            compiled = statement.compile(dialect=sqlite.dialect())
+            moment = "2026-01-01 00:00:00.000000"  # the moments the statements are run with (`now`, …)
+            values = tuple(moment if compiled.binds[name].value is None else str(compiled.binds[name].value) for name in compiled.positiontup or [])
+            plan = " ".join(str(row[-1]) for row in connection.exec_driver_sql(f"EXPLAIN QUERY PLAN {compiled}", values))
+            assert "ix_deliveries_in_flight" in plan and "SCAN deliveries" not in plan and "SCAN enrollments" not in plan, (str(compiled), plan)
+    db.dispose()

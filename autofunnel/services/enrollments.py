@@ -8,14 +8,14 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, select, update
+from sqlalchemy import ColumnElement, select, text, update
 from sqlalchemy.orm import Session
 
 from autofunnel.domain.engine import Cursor, Parked
 from autofunnel.domain.model import EventMatcher, Flow
 from autofunnel.domain.statuses import DeliveryStatus, EndCause, EnrollmentStatus
 from autofunnel.store.delivery_moves import move
-from autofunnel.store.models import Delivery, Enrollment, TimelineEntry
+from autofunnel.store.models import IN_FLIGHT_DELIVERIES, Delivery, Enrollment, TimelineEntry
 from autofunnel.store.queries import Executor, among, bulk_insert, chunks
 
 
@@ -115,6 +115,13 @@ def cursor_of(step_id: str | None, waiting_for: dict[str, Any] | None, visits: d
     return Cursor(step_id, parked_from_json(waiting_for), dict(visits or {}))
 
 
+def in_flight() -> ColumnElement[bool]:
+    """Queued or sending, written as the partial index `ix_deliveries_in_flight` is, so SQLite
+    finds those few rows through it: from a bound `status = ?` it cannot tell the index holds
+    them, and read every email ever sent (1.3 s a sweep at 3.3 million, on every scheduler pass)."""
+    return text(f"{Delivery.__tablename__}.{IN_FLIGHT_DELIVERIES}")
+
+
 def ready_to_send(now: datetime | ColumnElement[datetime]) -> ColumnElement[bool]:
     """Queued and not waiting out a retry's back-off: what a worker may claim at `now`."""
-    return (Delivery.status == DeliveryStatus.QUEUED) & (Delivery.lease_until.is_(None) | (Delivery.lease_until <= now))
+    return in_flight() & (Delivery.status == DeliveryStatus.QUEUED) & (Delivery.lease_until.is_(None) | (Delivery.lease_until <= now))

@@ -15,7 +15,7 @@ from typing import Any
 
 from sqlalchemy import bindparam, update
 
-from autofunnel.services.enrollments import ready_to_send, timeline_row, write_timeline
+from autofunnel.services.enrollments import in_flight, ready_to_send, timeline_row, write_timeline
 from autofunnel.services.runtime import Runtime
 from autofunnel.domain.statuses import DeliveryStatus
 from autofunnel.store.delivery_moves import move
@@ -67,7 +67,7 @@ def _sweep_statements() -> tuple[Any, Any, Any]:
     now = bindparam("now", type_=UTCDateTime())
     interrupt = (
         move(DeliveryStatus.SENDING, DeliveryStatus.FAILED)
-        .where(Delivery.lease_until < now)
+        .where(in_flight(), Delivery.lease_until < now)
         .values(reason=INTERRUPTED, lease_until=None, finished_at=now)
         .returning(Delivery.id, Delivery.lead_id, Delivery.flow, Delivery.stage, Delivery.step_id)
     )
