@@ -12,19 +12,23 @@ lead's status but not its fields, so a shared loader must not make it pay for th
 
 from __future__ import annotations
 
+import functools
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import BigInteger, ColumnElement, Select, any_, bindparam, select
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.orm import Session
 
 from autofunnel.domain.conditions import EventFact
 from autofunnel.domain.engine import LeadFacts
 from autofunnel.domain.statuses import DeliveryStatus
 from autofunnel.store.models import Assignment, Deadline, Delivery, Enrollment, Event, Lead, StageEntry
-from autofunnel.store.queries import Executor, among, chunks
+from autofunnel.store.queries import Executor, chunks, is_postgres
+from autofunnel.store.types import UTCDateTime
 
 PART = 1000
 """Leads per query: one batch of the scheduler (500) or of the API (1000 events) is one query."""
@@ -119,69 +123,83 @@ def deadlines_of(executor: Executor, lead_ids: Iterable[int]) -> dict[tuple[int,
 
 
 def _load_part(executor: Executor, ids: list[int], wanted: Wanted, facts: LoadedFacts) -> None:
+    connection = executor.connection() if isinstance(executor, Session) else executor
+    statements = _statements(is_postgres(connection))
+
+    def read(part: str, **params: Any) -> Any:
+        return connection.execute(statements[part], {"ids": ids, **params})
+
     if wanted.profiles:
-        for row in executor.execute(
-            select(Lead.id, Lead.email, Lead.status, Lead.first_name, Lead.timezone, Lead.owner, Lead.tags, Lead.fields).where(among(executor, Lead.id, ids))  # type: ignore[arg-type]
-        ):
+        for row in read("profiles"):
             facts.profiles[row.id] = StoredLead(row.email, row.status, row.first_name, row.timezone, row.owner, list(row.tags or []), dict(row.fields or {}))
             facts.statuses[row.id] = row.status
     elif wanted.statuses:
-        facts.statuses.update((lead_id, status) for lead_id, status in executor.execute(select(Lead.id, Lead.status).where(among(executor, Lead.id, ids))))  # type: ignore[arg-type]
+        facts.statuses.update((lead_id, status) for lead_id, status in read("statuses"))
     if wanted.deadlines:
-        for lead_id, flow, name, due_at in executor.execute(
-            select(Deadline.lead_id, Deadline.flow, Deadline.name, Deadline.due_at).where(among(executor, Deadline.lead_id, ids))  # type: ignore[arg-type]
-        ):
+        for lead_id, flow, name, due_at in read("deadlines"):
             facts.deadlines[(lead_id, flow)][name] = due_at
     if wanted.assignments:
-        for lead_id, flow, name, value in executor.execute(
-            select(Assignment.lead_id, Assignment.flow, Assignment.name, Assignment.value).where(among(executor, Assignment.lead_id, ids))  # type: ignore[arg-type]
-        ):
+        for lead_id, flow, name, value in read("assignments"):
             facts.assignments[(lead_id, flow)][name] = value
     if wanted.sends_since is not None:
-        for lead_id, created in executor.execute(
-            select(Delivery.lead_id, Delivery.created_at).where(
-                among(executor, Delivery.lead_id, ids), Delivery.kind == "email",  # type: ignore[arg-type]
-                Delivery.status.in_(COUNTED_SENDS), Delivery.created_at > wanted.sends_since,
-            )
-        ):
+        for lead_id, created in read("sends", since=wanted.sends_since):
             facts.recent_sends[lead_id].append(created)
     if wanted.engagement:
-        _load_engagement(executor, ids, facts)
+        # A click counts as an open too: a lead who clicked read the email, pixel or not.
+        # Bot opens and clicks never set these columns, so they are not seen here either.
+        for lead_id, flow, step_id, opened, clicked in read("engagement"):
+            if opened is not None or clicked is not None:
+                facts.opened[(lead_id, flow)].add(step_id)
+            if clicked is not None:
+                facts.clicked[(lead_id, flow)].add(step_id)
     if wanted.event_types:
-        _load_events(executor, ids, wanted, facts)
+        for event_id, lead_id, kind, properties, at in read("events", types=sorted(set(wanted.event_types))):
+            if event_id not in wanted.events_left_out:
+                facts.events[lead_id].append(EventFact(kind, properties or {}, at))
     if wanted.stage_entries:
-        for row in executor.execute(
-            select(StageEntry.lead_id, StageEntry.funnel, StageEntry.stage, StageEntry.position, StageEntry.entered_at, StageEntry.skipped, StageEntry.channel)
-            .where(among(executor, StageEntry.lead_id, ids))  # type: ignore[arg-type]
-        ):
+        for row in read("stage_entries"):
             facts.stage_entries[row.lead_id].append(row)
     if wanted.enrollments:
-        for row in executor.execute(
-            select(Enrollment.id, Enrollment.lead_id, Enrollment.flow, Enrollment.kind, Enrollment.stage, Enrollment.run,
-                   Enrollment.status, Enrollment.entered_at, Enrollment.waiting_for)
-            .where(among(executor, Enrollment.lead_id, ids))  # type: ignore[arg-type]
-        ):
+        for row in read("enrollments"):
             facts.enrollments[row.lead_id].append(row)
 
 
-def _load_engagement(executor: Executor, ids: list[int], facts: LoadedFacts) -> None:
-    """A click counts as an open too: a lead who clicked read the email, pixel or not.
-    Bot opens and clicks never set these columns, so they are not seen here either."""
-    for lead_id, flow, step_id, opened, clicked in executor.execute(
-        select(Delivery.lead_id, Delivery.flow, Delivery.step_id, Delivery.opened_at, Delivery.clicked_at).where(
-            among(executor, Delivery.lead_id, ids), (Delivery.opened_at.is_not(None)) | (Delivery.clicked_at.is_not(None))  # type: ignore[arg-type]
-        )
-    ):
-        if opened is not None or clicked is not None:
-            facts.opened[(lead_id, flow)].add(step_id)
-        if clicked is not None:
-            facts.clicked[(lead_id, flow)].add(step_id)
+def _of_leads(column: Any, pg: bool) -> ColumnElement[bool]:
+    """`column` among the `ids` parameter: on PostgreSQL `= ANY(:ids)`, one array parameter and one
+    statement text for every batch (see `queries.among`); on SQLite an IN list expanded per call."""
+    if pg:
+        return column == any_(bindparam("ids", type_=postgresql.ARRAY(BigInteger())))
+    return column.in_(bindparam("ids", expanding=True))
 
 
-def _load_events(executor: Executor, ids: list[int], wanted: Wanted, facts: LoadedFacts) -> None:
-    for event_id, lead_id, kind, properties, at in executor.execute(
-        select(Event.id, Event.lead_id, Event.type, Event.properties, Event.at)
-        .where(among(executor, Event.lead_id, ids), Event.type.in_(sorted(set(wanted.event_types))))  # type: ignore[arg-type]
-    ):
-        if event_id not in wanted.events_left_out:
-            facts.events[lead_id].append(EventFact(kind, properties or {}, at))
+@functools.cache
+def _statements(pg: bool) -> dict[str, Select[Any]]:
+    """Every part's query, built once per backend and run with the batch's ids as a parameter.
+
+    Built for each call, these statements cost more than running them for the few leads of a
+    simulation's pass or a sending batch (SQLAlchemy makes and keys each clause again), and
+    a Core connection skips the ORM's result handling, which these plain columns do not need.
+    """
+    d = Delivery
+    return {
+        "profiles": select(Lead.id, Lead.email, Lead.status, Lead.first_name, Lead.timezone, Lead.owner, Lead.tags, Lead.fields).where(_of_leads(Lead.id, pg)),
+        "statuses": select(Lead.id, Lead.status).where(_of_leads(Lead.id, pg)),
+        "deadlines": select(Deadline.lead_id, Deadline.flow, Deadline.name, Deadline.due_at).where(_of_leads(Deadline.lead_id, pg)),
+        "assignments": select(Assignment.lead_id, Assignment.flow, Assignment.name, Assignment.value).where(_of_leads(Assignment.lead_id, pg)),
+        "sends": select(d.lead_id, d.created_at).where(
+            _of_leads(d.lead_id, pg), d.kind == "email", d.status.in_(COUNTED_SENDS), d.created_at > bindparam("since", type_=UTCDateTime()),
+        ),
+        "engagement": select(d.lead_id, d.flow, d.step_id, d.opened_at, d.clicked_at).where(
+            _of_leads(d.lead_id, pg), d.opened_at.is_not(None) | d.clicked_at.is_not(None),
+        ),
+        "events": select(Event.id, Event.lead_id, Event.type, Event.properties, Event.at).where(
+            _of_leads(Event.lead_id, pg), Event.type.in_(bindparam("types", expanding=True)),
+        ),
+        "stage_entries": select(
+            StageEntry.lead_id, StageEntry.funnel, StageEntry.stage, StageEntry.position, StageEntry.entered_at, StageEntry.skipped, StageEntry.channel,
+        ).where(_of_leads(StageEntry.lead_id, pg)),
+        "enrollments": select(
+            Enrollment.id, Enrollment.lead_id, Enrollment.flow, Enrollment.kind, Enrollment.stage, Enrollment.run,
+            Enrollment.status, Enrollment.entered_at, Enrollment.waiting_for,
+        ).where(_of_leads(Enrollment.lead_id, pg)),
+    }
