@@ -10,11 +10,12 @@ same id, and how it read before.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import Select, bindparam, select
 from sqlalchemy.orm import Session
 
 from autofunnel.domain.model import Flow
@@ -38,12 +39,25 @@ def _digest(layout: dict[str, list[str]], texts: dict[str, dict[str, str]]) -> s
     return hashlib.sha256(json.dumps(shape, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
+_Shape = tuple[dict[str, list[str]], dict[str, dict[str, str]], str]
+_SHAPES: dict[int, tuple[Flow, _Shape]] = {}
+"""Each loaded flow's layout, words and digest, by the flow object (kept, so its id stays its own):
+a flow is frozen, and every subscription, event batch and scheduler pass asks for its version."""
+
+
+def _shape(flow: Flow) -> _Shape:
+    known = _SHAPES.get(id(flow))
+    if known is None or known[0] is not flow:
+        if len(_SHAPES) >= 256:  # flows reloaded again and again in one process: forget the old ones
+            _SHAPES.clear()
+        layout, texts = step_layout(flow), step_texts(flow)
+        known = _SHAPES[id(flow)] = (flow, (layout, texts, _digest(layout, texts)))
+    return known[1]
+
+
 def current_version_ids(session: Session, flows: list[Flow], now: datetime) -> dict[str, int]:
     """The version row of each flow as it is now, created when new."""
-    wanted = {}
-    for flow in flows:
-        layout, texts = step_layout(flow), step_texts(flow)
-        wanted[flow.slug] = (layout, texts, _digest(layout, texts))
+    wanted = {flow.slug: _shape(flow) for flow in flows}
     if not wanted:
         return {}
     found = _existing(session, wanted)
@@ -58,13 +72,16 @@ def current_version_ids(session: Session, flows: list[Flow], now: datetime) -> d
     return found
 
 
-def _existing(session: Session, wanted: dict[str, tuple[dict[str, list[str]], dict[str, dict[str, str]], str]]) -> dict[str, int]:
-    rows = session.execute(
-        select(FlowVersion.flow, FlowVersion.digest, FlowVersion.id).where(
-            FlowVersion.flow.in_(list(wanted)), FlowVersion.digest.in_([digest for _, _, digest in wanted.values()])
-        )
-    )
+def _existing(session: Session, wanted: dict[str, _Shape]) -> dict[str, int]:
+    rows = session.connection().execute(_existing_statement(), {"flows": list(wanted), "digests": [digest for _, _, digest in wanted.values()]})
     return {flow: id_ for flow, digest, id_ in rows if wanted[flow][2] == digest}
+
+
+@functools.cache
+def _existing_statement() -> Select[tuple[str, str, int]]:
+    return select(FlowVersion.flow, FlowVersion.digest, FlowVersion.id).where(
+        FlowVersion.flow.in_(bindparam("flows", expanding=True)), FlowVersion.digest.in_(bindparam("digests", expanding=True)),
+    )
 
 
 def layouts_by_id(session: Session, ids: set[int]) -> dict[int, dict[str, list[str]]]:
