@@ -193,6 +193,13 @@ def _opt_in_statements() -> tuple[Any, Any]:
     return awaiting_reminder, stale_pending
 
 
+def _any(rt: Runtime, query: Any, params: dict[str, Any]) -> bool:
+    """Whether `query` finds a row, read without SQLite's write lock: on nearly every scheduler
+    pass no reminder is due, and the transaction that queues them need not be opened."""
+    with rt.db.read() as session:
+        return session.execute(query, params).first() is not None
+
+
 def opt_in_pass(rt: Runtime, now: datetime | None = None) -> OptInPass:
     """The scheduler's double opt-in chores: one reminder per pending lead after
     AUTOFUNNEL_CONFIRM_REMINDER_HOURS, and erasure after AUTOFUNNEL_PENDING_ERASE_DAYS."""
@@ -200,9 +207,10 @@ def opt_in_pass(rt: Runtime, now: datetime | None = None) -> OptInPass:
     settings = rt.settings
     awaiting_reminder, stale_pending = _opt_in_statements()
     reminded = 0
-    if settings.confirm_reminder_hours > 0:
+    cutoff = {"cutoff": now - timedelta(hours=settings.confirm_reminder_hours)}
+    if settings.confirm_reminder_hours > 0 and _any(rt, awaiting_reminder, cutoff):
         with rt.db.transaction() as session:
-            rows = session.execute(awaiting_reminder, {"cutoff": now - timedelta(hours=settings.confirm_reminder_hours)}).all()
+            rows = session.execute(awaiting_reminder, cutoff).all()
             seen: set[int] = set()
             for lead_id, funnel, email in rows:
                 if lead_id not in seen:

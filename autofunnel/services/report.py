@@ -137,7 +137,8 @@ def funnel_report(rt: Runtime, query: ReportQuery, *, count_facts: bool = False,
     """The report for one funnel and period, as SPEC.md's JSON; one read transaction.
 
     `count_facts` counts every figure from the stored facts even where the running
-    tallies have it: slower, and the yardstick the tests hold the tallies to.
+    tallies have it: slower, and the yardstick the tests hold the tallies to. `shown`
+    leaves out the costly parts a page does not draw (the API's answer has them all).
     """
     funnel = rt.flow(query.funnel)
     if not isinstance(funnel, Funnel):

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, update
+from sqlalchemy import bindparam, or_, select, update
 
 from autofunnel.services.enrollments import in_flight, ready_to_send, timeline_row, write_timeline
 from autofunnel.services.runtime import Runtime
@@ -47,7 +47,14 @@ def sweep(rt: Runtime, *, now: datetime | None = None, broker_empty: bool = True
     """
     now = now or rt.clock.now()
     lease = timedelta(seconds=rt.settings.delivery_lease)
-    interrupt, hand_out_new, hand_out_lost = _sweep_statements()
+    waited = lease if broker_empty else lease * STALE_AFTER_LEASES
+    interrupt, hand_out_new, hand_out_lost, anything = _sweep_statements()
+    # Nearly every pass finds nothing: a read says so without taking SQLite's write lock, which
+    # the three UPDATEs would hold against every other writer even when they change no row.
+    # Work that turns up after this look is found by the next pass.
+    with rt.db.read() as session:
+        if session.execute(anything, {"now": now, "handed_before": now - waited}).first() is None:
+            return SweepResult([], [], 0)
     with rt.db.transaction() as session:
         interrupted = session.execute(interrupt, {"now": now}).all()
         write_timeline(session, [
@@ -55,16 +62,17 @@ def sweep(rt: Runtime, *, now: datetime | None = None, broker_empty: bool = True
             for row in interrupted
         ])
         retries = sorted(session.scalars(hand_out_new, {"now": now}))
-        waited = lease if broker_empty else lease * STALE_AFTER_LEASES
         lost = sorted(session.scalars(hand_out_lost, {"now": now, "handed_before": now - waited}))
     return SweepResult(retries, lost, len(interrupted))
 
 
 @functools.cache
-def _sweep_statements() -> tuple[Any, Any, Any]:
-    """The sweep's three statements, built once: it runs on every scheduler pass, and building
-    SQLAlchemy statements cost more than running them (a simulation makes thousands of passes)."""
+def _sweep_statements() -> tuple[Any, Any, Any, Any]:
+    """The sweep's three statements and the look that says whether any has work, built once: it
+    runs on every scheduler pass, and building SQLAlchemy statements cost more than running them
+    (a simulation makes thousands of passes)."""
     now = bindparam("now", type_=UTCDateTime())
+    interrupted = (Delivery.status == DeliveryStatus.SENDING) & (Delivery.lease_until < now)
     interrupt = (
         move(DeliveryStatus.SENDING, DeliveryStatus.FAILED)
         .where(in_flight(), Delivery.lease_until < now)
@@ -72,9 +80,10 @@ def _sweep_statements() -> tuple[Any, Any, Any]:
         .returning(Delivery.id, Delivery.lead_id, Delivery.flow, Delivery.stage, Delivery.step_id)
     )
     ready = ready_to_send(now)
-    hand_out_new = _hand_out_statement(ready & Delivery.dispatched_at.is_(None), now)
-    hand_out_lost = _hand_out_statement(ready & (Delivery.dispatched_at <= bindparam("handed_before", type_=UTCDateTime())), now)
-    return interrupt, hand_out_new, hand_out_lost
+    new = ready & Delivery.dispatched_at.is_(None)
+    lost = ready & (Delivery.dispatched_at <= bindparam("handed_before", type_=UTCDateTime()))
+    anything = select(Delivery.id).where(in_flight(), or_(interrupted, new, lost)).limit(1)
+    return interrupt, _hand_out_statement(new, now), _hand_out_statement(lost, now), anything
 
 
 STALE_AFTER_LEASES = 10

@@ -123,7 +123,11 @@ def deadlines_of(executor: Executor, lead_ids: Iterable[int]) -> dict[tuple[int,
 
 
 def _load_part(executor: Executor, ids: list[int], wanted: Wanted, facts: LoadedFacts) -> None:
-    connection = executor.connection() if isinstance(executor, Session) else executor
+    if isinstance(executor, Session):
+        executor.flush()  # what the session's own execute would do first: pending ORM writes are seen
+        connection = executor.connection()
+    else:
+        connection = executor
     statements = _statements(is_postgres(connection))
 
     def read(part: str, **params: Any) -> Any:
