@@ -133,13 +133,13 @@ def _hrefs(html: str) -> list[str]:
 @functools.cache
 def _next_due_statement() -> Any:
     """Both earliest moments in one statement, built once: a simulation asks before every pass."""
-    from sqlalchemy import func, select, text
+    from sqlalchemy import func, select
 
-    from autofunnel.services.enrollments import in_flight
-    from autofunnel.store.models import ACTIVE_ENROLLMENTS, Delivery, Enrollment
+    from autofunnel.services.enrollments import active_enrollment, in_flight
+    from autofunnel.store.models import Delivery, Enrollment
 
     return select(
-        select(func.min(Enrollment.due_at)).where(text(f"enrollments.{ACTIVE_ENROLLMENTS}")).scalar_subquery(),
+        select(func.min(Enrollment.due_at)).where(active_enrollment()).scalar_subquery(),
         select(func.min(Delivery.lease_until)).where(in_flight(), Delivery.status == DeliveryStatus.QUEUED).scalar_subquery(),
     )
 

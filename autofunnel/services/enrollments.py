@@ -15,7 +15,7 @@ from autofunnel.domain.engine import Cursor, Parked
 from autofunnel.domain.model import EventMatcher, Flow
 from autofunnel.domain.statuses import DeliveryStatus, EndCause, EnrollmentStatus
 from autofunnel.store.delivery_moves import move
-from autofunnel.store.models import IN_FLIGHT_DELIVERIES, Delivery, Enrollment, TimelineEntry
+from autofunnel.store.models import ACTIVE_ENROLLMENTS, IN_FLIGHT_DELIVERIES, Delivery, Enrollment, TimelineEntry
 from autofunnel.store.queries import Executor, among, bulk_insert, chunks
 
 
@@ -113,6 +113,12 @@ def parked_from_json(data: dict[str, Any] | None) -> Parked | None:
 
 def cursor_of(step_id: str | None, waiting_for: dict[str, Any] | None, visits: dict[str, Any] | None) -> Cursor:
     return Cursor(step_id, parked_from_json(waiting_for), dict(visits or {}))
+
+
+def active_enrollment() -> ColumnElement[bool]:
+    """Active, written as the partial indexes `ix_enrollments_due` and `ix_enrollments_waiting`
+    are: only then can SQLite (and a generic PostgreSQL plan) tell that they hold the answer."""
+    return text(f"{Enrollment.__tablename__}.{ACTIVE_ENROLLMENTS}")
 
 
 def in_flight() -> ColumnElement[bool]:

@@ -24,7 +24,7 @@ from autofunnel.domain.model import EventMatcher, Funnel, Step
 from autofunnel.domain.words import action_text, condition_text, deadline_text, matcher_text
 from autofunnel.services.report import DEFAULT_DAYS
 from autofunnel.services.runtime import Runtime
-from autofunnel.services.lead_search import ACTIVE
+from autofunnel.services.enrollments import active_enrollment
 from autofunnel.store.models import CohortTally, Delivery, Enrollment
 
 
@@ -71,7 +71,7 @@ def flow_map(rt: Runtime, slug: str, today: date, days: int = DEFAULT_DAYS) -> F
             (stage, step): n
             for stage, step, n in session.execute(
                 select(Enrollment.stage, Enrollment.step_id, func.count())
-                .where(Enrollment.flow == slug, ACTIVE)
+                .where(Enrollment.flow == slug, active_enrollment())
                 .group_by(Enrollment.stage, Enrollment.step_id)
             )
         }

@@ -29,20 +29,18 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, exists, func, literal, select, text
+from sqlalchemy import ColumnElement, Select, exists, func, literal, select
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session
 
 from autofunnel.domain.model import Funnel
 from autofunnel.domain.statuses import LeadStatus
 from autofunnel.services.runtime import Runtime
-from autofunnel.store.models import ACTIVE_ENROLLMENTS, LEAD_TAGS, Enrollment, Lead, StageEntry
+from autofunnel.services.enrollments import active_enrollment
+from autofunnel.store.models import LEAD_TAGS, Enrollment, Lead, StageEntry
 from autofunnel.store.queries import is_postgres
 
 PAGE_SIZE = 50
-ACTIVE = text(f"enrollments.{ACTIVE_ENROLLMENTS}")
-"""Written out, not bound: only then can SQLite (and a generic PostgreSQL plan) tell that
-`ix_enrollments_waiting`, an index of active rows, holds the answer without reading the table."""
 MAX_PAGE_SIZE = 500
 
 
@@ -158,10 +156,10 @@ class _Filters:
         if not w.funnel or self.step_stage is None:
             # A step the file no longer has (leads still parked on it) or no funnel given: any stage.
             by_flow = [Enrollment.flow == w.funnel] if w.funnel else []
-            return [exists().where(Enrollment.lead_id == Lead.id, ACTIVE, Enrollment.step_id == w.step, *by_flow)]
+            return [exists().where(Enrollment.lead_id == Lead.id, active_enrollment(), Enrollment.step_id == w.step, *by_flow)]
         return [exists().where(
             Enrollment.flow == w.funnel, Enrollment.stage == self.step_stage, Enrollment.step_id == w.step,
-            Enrollment.lead_id == Lead.id, ACTIVE,
+            Enrollment.lead_id == Lead.id, active_enrollment(),
         )]
 
     def reached(self) -> list[ColumnElement[bool]]:
@@ -219,7 +217,7 @@ class _Filters:
             e = Enrollment
             return (
                 select(e.lead_id).join(Lead, Lead.id == e.lead_id)
-                .where(e.flow == w.funnel, e.stage == self.step_stage, e.step_id == w.step, ACTIVE,
+                .where(e.flow == w.funnel, e.stage == self.step_stage, e.step_id == w.step, active_enrollment(),
                        *self.keyset(e.lead_id), *self.keyset(Lead.id), *self.status(), *self.reached())
                 .order_by(e.lead_id.desc())
             )

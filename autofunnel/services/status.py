@@ -25,9 +25,9 @@ from autofunnel.domain.statuses import DeliveryStatus
 from autofunnel.errors import AutofunnelError
 from autofunnel.services.broker import broker_problem, queue_depth
 from autofunnel.services.delivery import RENDER_FAILED
-from autofunnel.services.enrollments import ready_to_send
+from autofunnel.services.enrollments import active_enrollment, ready_to_send
 from autofunnel.services.runtime import Runtime
-from autofunnel.store.models import ACTIVE_ENROLLMENTS, Delivery, Enrollment
+from autofunnel.store.models import Delivery, Enrollment
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ def work_status(rt: Runtime, *, broker_depth: int | None) -> WorkStatus:
         # `status = ?` cannot tell it the index holds the rows): at a million leads this count
         # read the whole table, 3.0 s of the admin's home page (`ready_to_send` does the same).
         steps_due, oldest_step = session.execute(
-            select(func.count(), func.min(Enrollment.due_at)).where(text(ACTIVE_ENROLLMENTS), Enrollment.due_at <= now)
+            select(func.count(), func.min(Enrollment.due_at)).where(active_enrollment(), Enrollment.due_at <= now)
         ).one()
         emails_due, oldest_email = session.execute(
             select(func.count(), func.min(func.coalesce(Delivery.lease_until, Delivery.created_at))).where(ready)

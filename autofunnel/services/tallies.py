@@ -53,7 +53,7 @@ from sqlalchemy.orm import Session, aliased
 
 from autofunnel.store.facts import amount_of, refund_of
 from autofunnel.store.models import CohortTally, Event, TallyState
-from autofunnel.store.queries import Executor, chunks
+from autofunnel.store.queries import Executor, among_param, chunks
 from autofunnel.store.tally_statements import KEY_COLUMNS, TALLY_COLUMNS, email_parts, engagement_parts, event_parts, purchase_after, stage_entry_parts, unsubscribe_from
 from autofunnel.store.types import UTCDateTime
 
@@ -80,7 +80,7 @@ everything: Final = Scope("everything", lambda _: true())
 
 def ids_in(ids: Sequence[int]) -> Scope:
     """The rows with these ids."""
-    return Scope("ids", lambda entity: entity.id.in_(bindparam("scope_ids", expanding=True)), {"scope_ids": sorted(set(ids))})
+    return Scope("ids", lambda entity: among_param(entity.id, "scope_ids", pg=False), {"scope_ids": sorted(set(ids))})
 
 
 def of_lead(lead_id: int) -> Scope:

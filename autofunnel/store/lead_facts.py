@@ -19,15 +19,14 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, ColumnElement, Select, any_, bindparam, select
-from sqlalchemy.dialects import postgresql
+from sqlalchemy import Select, bindparam, select
 from sqlalchemy.orm import Session
 
 from autofunnel.domain.conditions import EventFact
 from autofunnel.domain.engine import LeadFacts
 from autofunnel.domain.statuses import DeliveryStatus
 from autofunnel.store.models import Assignment, Deadline, Delivery, Enrollment, Event, Lead, StageEntry
-from autofunnel.store.queries import Executor, chunks, is_postgres
+from autofunnel.store.queries import Executor, among_param, chunks, is_postgres
 from autofunnel.store.types import UTCDateTime
 
 PART = 1000
@@ -168,14 +167,6 @@ def _load_part(executor: Executor, ids: list[int], wanted: Wanted, facts: Loaded
             facts.enrollments[row.lead_id].append(row)
 
 
-def _of_leads(column: Any, pg: bool) -> ColumnElement[bool]:
-    """`column` among the `ids` parameter: on PostgreSQL `= ANY(:ids)`, one array parameter and one
-    statement text for every batch (see `queries.among`); on SQLite an IN list expanded per call."""
-    if pg:
-        return column == any_(bindparam("ids", type_=postgresql.ARRAY(BigInteger())))
-    return column.in_(bindparam("ids", expanding=True))
-
-
 @functools.cache
 def _statements(pg: bool) -> dict[str, Select[Any]]:
     """Every part's query, built once per backend and run with the batch's ids as a parameter.
@@ -186,24 +177,24 @@ def _statements(pg: bool) -> dict[str, Select[Any]]:
     """
     d = Delivery
     return {
-        "profiles": select(Lead.id, Lead.email, Lead.status, Lead.first_name, Lead.timezone, Lead.owner, Lead.tags, Lead.fields).where(_of_leads(Lead.id, pg)),
-        "statuses": select(Lead.id, Lead.status).where(_of_leads(Lead.id, pg)),
-        "deadlines": select(Deadline.lead_id, Deadline.flow, Deadline.name, Deadline.due_at).where(_of_leads(Deadline.lead_id, pg)),
-        "assignments": select(Assignment.lead_id, Assignment.flow, Assignment.name, Assignment.value).where(_of_leads(Assignment.lead_id, pg)),
+        "profiles": select(Lead.id, Lead.email, Lead.status, Lead.first_name, Lead.timezone, Lead.owner, Lead.tags, Lead.fields).where(among_param(Lead.id, "ids", pg=pg)),
+        "statuses": select(Lead.id, Lead.status).where(among_param(Lead.id, "ids", pg=pg)),
+        "deadlines": select(Deadline.lead_id, Deadline.flow, Deadline.name, Deadline.due_at).where(among_param(Deadline.lead_id, "ids", pg=pg)),
+        "assignments": select(Assignment.lead_id, Assignment.flow, Assignment.name, Assignment.value).where(among_param(Assignment.lead_id, "ids", pg=pg)),
         "sends": select(d.lead_id, d.created_at).where(
-            _of_leads(d.lead_id, pg), d.kind == "email", d.status.in_(COUNTED_SENDS), d.created_at > bindparam("since", type_=UTCDateTime()),
+            among_param(d.lead_id, "ids", pg=pg), d.kind == "email", d.status.in_(COUNTED_SENDS), d.created_at > bindparam("since", type_=UTCDateTime()),
         ),
         "engagement": select(d.lead_id, d.flow, d.step_id, d.opened_at, d.clicked_at).where(
-            _of_leads(d.lead_id, pg), d.opened_at.is_not(None) | d.clicked_at.is_not(None),
+            among_param(d.lead_id, "ids", pg=pg), d.opened_at.is_not(None) | d.clicked_at.is_not(None),
         ),
         "events": select(Event.id, Event.lead_id, Event.type, Event.properties, Event.at).where(
-            _of_leads(Event.lead_id, pg), Event.type.in_(bindparam("types", expanding=True)),
+            among_param(Event.lead_id, "ids", pg=pg), Event.type.in_(bindparam("types", expanding=True)),
         ),
         "stage_entries": select(
             StageEntry.lead_id, StageEntry.funnel, StageEntry.stage, StageEntry.position, StageEntry.entered_at, StageEntry.skipped, StageEntry.channel,
-        ).where(_of_leads(StageEntry.lead_id, pg)),
+        ).where(among_param(StageEntry.lead_id, "ids", pg=pg)),
         "enrollments": select(
             Enrollment.id, Enrollment.lead_id, Enrollment.flow, Enrollment.kind, Enrollment.stage, Enrollment.run,
             Enrollment.status, Enrollment.entered_at, Enrollment.waiting_for,
-        ).where(_of_leads(Enrollment.lead_id, pg)),
+        ).where(among_param(Enrollment.lead_id, "ids", pg=pg)),
     }

@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Insert, String, Table, Text, any_, bindparam, update
+from sqlalchemy import JSON, BigInteger, ColumnElement, Insert, String, Table, Text, any_, bindparam, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
@@ -55,6 +55,15 @@ def among(session: Session, column: Any, values: Sequence[Any]) -> Any:
         element = Text() if values and isinstance(values[0], str) else BigInteger()
         return column == any_(bindparam(None, values, type_=postgresql.ARRAY(element)))
     return column.in_(values)
+
+
+def among_param(column: Any, name: str, *, pg: bool) -> ColumnElement[bool]:
+    """`column` among the list passed as parameter `name` when the statement runs, so one built
+    statement serves every batch: on PostgreSQL `= ANY(:name)`, one array parameter whose plan
+    does not grow with the batch (see `among`); on SQLite an IN list expanded per run."""
+    if pg:
+        return column == any_(bindparam(name, type_=postgresql.ARRAY(BigInteger())))
+    return column.in_(bindparam(name, expanding=True))
 
 
 def bulk_update(session: Session, table: Table, rows: Sequence[dict[str, Any]]) -> None:
