@@ -475,6 +475,12 @@ def test_the_running_tallies_equal_a_recount_and_give_the_report_counted_from_th
     assert set(steps) == set(expected)
     for key, (purchases, revenue) in expected.items():
         assert steps[key][0] == purchases and steps[key][1] == pytest.approx(revenue), key
+    # The per-email figures counted from the facts, starting from the unsubscribes, purchases and
+    # refunds, equal the tallies': for leads split by a field (all in one group here), and by
+    # calendar over a period that holds every email ever sent, as the cohort of every lead does.
+    assert [group["steps"] for group in shop.report(**period, by="owner")["groups"]] == [shop.report(**period)["steps"]]
+    everything = {"from": f"{START - timedelta(days=1):%Y-%m-%d}", "to": f"{day + timedelta(days=30):%Y-%m-%d}"}
+    assert shop.report(**everything, mode="calendar")["steps"] == shop.report(**everything)["steps"]
     shop.events([purchase(f"t{day:%Y%m%d}-0@example.com", "coaching", day + timedelta(days=1), amount=5)])
     running = tallies(shop.rt)
     assert unfolded(shop.rt) > 0

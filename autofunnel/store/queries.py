@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, ColumnElement, Insert, String, Table, Text, any_, bindparam, update
+from sqlalchemy import JSON, BigInteger, ColumnElement, Insert, Join, String, Table, Text, any_, bindparam, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.base import _de_clone
+from sqlalchemy.sql.visitors import InternalTraversal
 
 from autofunnel.store.types import UTCDateTime
 
@@ -55,6 +59,41 @@ def among(session: Session, column: Any, values: Sequence[Any]) -> Any:
         element = Text() if values and isinstance(values[0], str) else BigInteger()
         return column == any_(bindparam(None, values, type_=postgresql.ARRAY(element)))
     return column.in_(values)
+
+
+class OuterFirst(Join):
+    """An inner join SQLite must run with its left side as the outer loop (`CROSS JOIN … ON`).
+
+    For a few rows that each find their partner by an index among many: the report's
+    unsubscribes and refunds, each pointing at one email among the period's million.
+    Without statistics, SQLite's planner takes an indexed range of those emails for
+    the smaller side and probes every one of them for events (11 s against 0.1 s at
+    1M leads). PostgreSQL, which keeps statistics, gets a plain join.
+    """
+
+    inherit_cache = True
+    _traverse_internals = [*Join._traverse_internals, ("index", InternalTraversal.dp_string)]
+
+    def __init__(self, left: Any, right: Any, onclause: Any, *, index: str | None = None) -> None:
+        super().__init__(left, right, onclause)
+        self.index = index
+        """An index of the right side SQLite must find its rows with (`INDEXED BY`): a range of
+        the left side's rows can look cheaper to it than one lead's rows."""
+
+
+@compiles(OuterFirst, "sqlite")
+def _cross_join(join: OuterFirst, compiler: Any, asfrom: bool = False, from_linter: Any = None, **kw: Any) -> str:
+    # SQLAlchemy's `visit_join` with `CROSS JOIN` for `JOIN`: it has no flag for the keyword.
+    if from_linter:
+        from_linter.edges.update(itertools.product(_de_clone(join.left._from_objects), _de_clone(join.right._from_objects)))
+    return (
+        join.left._compiler_dispatch(compiler, asfrom=True, from_linter=from_linter, **kw)
+        + " CROSS JOIN "
+        + join.right._compiler_dispatch(compiler, asfrom=True, from_linter=from_linter, **kw)
+        + (f" INDEXED BY {join.index}" if join.index else "")
+        + " ON "
+        + join.onclause._compiler_dispatch(compiler, from_linter=from_linter, **kw)
+    )
 
 
 def among_param(column: Any, name: str, *, pg: bool) -> ColumnElement[bool]:
