@@ -155,11 +155,12 @@ def funnel_report(rt: Runtime, query: ReportQuery, *, count_facts: bool = False,
         # A cohort report, whole or by channel, is added up from the running tallies, which are
         # kept per UTC day; other slicings (calendar days, lead fields, products), and every
         # report in another zone than UTC, count the stored facts.
-        tallied = query.mode == "cohort" and query.by in (None, "channel") and not count_facts and zone == "UTC" and tallies_current(session)
-        return _build(queries, funnel, query, tallied=tallied, shown=shown)
+        # Another split of a cohort still reads the whole report's times at the tallies' ranks.
+        walk = query.mode == "cohort" and not count_facts and zone == "UTC" and tallies_current(session)
+        return _build(queries, funnel, query, tallied=walk and query.by in (None, "channel"), walk=walk, shown=shown)
 
 
-def _build(queries: ReportQueries, funnel: Funnel, q: ReportQuery, *, tallied: bool, shown: Shown) -> dict[str, Any]:
+def _build(queries: ReportQueries, funnel: Funnel, q: ReportQuery, *, tallied: bool, walk: bool, shown: Shown) -> dict[str, Any]:
     """The report's body: which figures to count and how, then each section shaped by the domain."""
     if tallied:
         whole, grouped, periods = queries.from_tallies(times=shown.times, period_times=shown.period_times)
@@ -173,7 +174,7 @@ def _build(queries: ReportQueries, funnel: Funnel, q: ReportQuery, *, tallied: b
         if partition is not None:
             whole = partition.rolled_up()
             if shown.times:
-                whole.times = queries.times(grouped=False, periodic=False)
+                whole.times = {(): queries.walked_times()} if walk else queries.times(grouped=False, periodic=False)
         else:
             whole = queries.figures(grouped=False, periodic=False, times=shown.times)
     unmatched = [

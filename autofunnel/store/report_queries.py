@@ -211,6 +211,19 @@ class ReportQueries:
             periods.times = self.times(grouped=False, periodic=True)
         return whole, grouped, periods
 
+    def walked_times(self) -> Times:
+        """The whole cohort's times, read off the stage entries at the ranks the tallies give, for a
+        report whose other figures are counted from the facts (a split by a lead field, a product):
+        the whole report's percentiles then cost index walks, not a sort of every time (2.3 s at 1M
+        leads on SQLite)."""
+        t = CohortTally
+        stmt = (
+            select(t.figure, t.stage, func.sum(t.n))
+            .where(t.funnel == self.funnel.slug, t.cohort_day >= self.q.start, t.cohort_day <= self.q.end, t.figure.in_(("timed", "lasted")))
+            .group_by(t.figure, t.stage)
+        )
+        return self._walked_times({(figure, stage): int(n or 0) for figure, stage, n in self.session.execute(stmt)}, None)
+
     def _walked_times(self, counts: Mapping[tuple[str, str], int], group: Key | None) -> Times:
         """Median and p90 of each stage's time (and of the funnel's length) for the cohort, or one channel of it.
 
