@@ -154,3 +154,13 @@ def test_a_step_changed_under_its_id_is_in_the_plan_and_its_leads_keep_their_tim
     assert step_of(after, "a1@example.com") == step_of(after, "a2@example.com") == "wait-after-tripwire-offer"  # woke after 1d
     assert step_of(after, "late@example.com") == "wait-after-welcome"  # waits the new 2d
     assert [row.leads for row in edit_plan(after.db, after.project.flows)] == []
+
+    # Back to 1d: only the lead scheduled with the 2d version waits on a changed step; the
+    # leads of the 1d version at other steps are counted apart from it, and not listed.
+    yoga.write_text(longer.replace("      - wait: 2d                  # durations", "      - wait: 1d                  # durations"))
+    back = validate_project(project_dir)
+    assert back.ok, [str(p) for p in back.problems]
+    assert edit_plan(after.db, back.flows) == [PlanRow(
+        "yoga", "lead", "wait-after-welcome", 1,
+        "step changed from “wait 2d” to “wait 1d”: they wake at the time set when they started waiting, then go on as now written; later arrivals get the new step",
+    )]

@@ -16,12 +16,12 @@ from dataclasses import dataclass
 
 from sqlalchemy import func, select
 
-from autofunnel.domain.statuses import EnrollmentStatus
 from autofunnel.domain.engine import resume_after_removed
 from autofunnel.domain.model import Flow
-from autofunnel.services.versions import layouts_by_id, step_layout, step_texts, texts_by_id
+from autofunnel.services.enrollments import active_enrollment
+from autofunnel.services.versions import step_layout, step_texts
 from autofunnel.store.db import Database
-from autofunnel.store.models import Enrollment
+from autofunnel.store.models import Enrollment, FlowVersion
 
 
 @dataclass(frozen=True)
@@ -34,22 +34,42 @@ class PlanRow:
 
 
 def edit_plan(db: Database, flows: dict[str, Flow]) -> list[PlanRow]:
-    """One row per (flow, stage, step) whose waiting leads the files would move or end; unaffected ones are left out."""
-    with db.read() as session:
-        groups = session.execute(
-            select(Enrollment.flow, Enrollment.stage, Enrollment.step_id, Enrollment.version_id, func.count())
-            .where(Enrollment.status == EnrollmentStatus.ACTIVE)
-            .group_by(Enrollment.flow, Enrollment.stage, Enrollment.step_id, Enrollment.version_id)
-        ).all()
-        versions = {version for _, _, _, version, _ in groups if version}
-        layouts, texts = layouts_by_id(session, versions), texts_by_id(session, versions)
+    """One row per (flow, stage, step) whose waiting leads the files would move or end; unaffected ones are left out.
+
+    The leads waiting on each step are counted off the index of active enrollments, and
+    split by the flow version they were scheduled with only at a step whose fate differs
+    between versions: with no edit pending, that is none, where counting every active
+    enrollment by version read each one from the table (0.94 s at 877k on SQLite).
+    """
     counted: dict[tuple[str, str, str | None, str], int] = {}
-    for slug, stage, step_id, version, leads in groups:
-        before = (texts.get(version) or {}).get(stage, {}).get(step_id or "") if version else None
-        outcome = _outcome(flows.get(slug), stage, step_id, (layouts.get(version) or {}).get(stage, []) if version else [], before)
-        if outcome is not None:
-            key = (slug, stage, step_id, outcome)
-            counted[key] = counted.get(key, 0) + leads
+    with db.read() as session:
+        steps = session.execute(
+            select(Enrollment.flow, Enrollment.stage, Enrollment.step_id, func.count())
+            .where(active_enrollment())
+            .group_by(Enrollment.flow, Enrollment.stage, Enrollment.step_id)
+        ).all()
+        versions: dict[str, dict[int | None, tuple[list[str], dict[str, dict[str, str]]]]] = {}
+        for version in session.execute(select(FlowVersion.id, FlowVersion.flow, FlowVersion.steps, FlowVersion.texts)):
+            versions.setdefault(version.flow, {})[version.id] = (version.steps or {}, version.texts or {})
+        for slug, stage, step_id, leads in steps:
+            # A lead without a version (or with one since removed) is judged with no layout and no words.
+            outcomes = {
+                version: _outcome(flows.get(slug), stage, step_id, layout.get(stage, []), texts.get(stage, {}).get(step_id or ""))
+                for version, (layout, texts) in {None: ({}, {}), **versions.get(slug, {})}.items()
+            }
+            if len(set(outcomes.values())) == 1:
+                per_version = [(None, leads)]
+            else:
+                per_version = session.execute(
+                    select(Enrollment.version_id, func.count())
+                    .where(active_enrollment(), Enrollment.flow == slug, Enrollment.stage == stage, Enrollment.step_id.is_(None) if step_id is None else Enrollment.step_id == step_id)
+                    .group_by(Enrollment.version_id)
+                ).all()
+            for version, n in per_version:
+                outcome = outcomes.get(version, outcomes[None])
+                if outcome is not None:
+                    key = (slug, stage, step_id, outcome)
+                    counted[key] = counted.get(key, 0) + n
     return [PlanRow(slug, stage, step, leads, outcome) for (slug, stage, step, outcome), leads in sorted(counted.items(), key=lambda item: item[0][:3] + (item[0][3],))]
 
 

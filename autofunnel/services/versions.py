@@ -89,9 +89,3 @@ def layouts_by_id(session: Session, ids: set[int]) -> dict[int, dict[str, list[s
         return {}
     return {row.id: row.steps for row in session.execute(select(FlowVersion.id, FlowVersion.steps).where(FlowVersion.id.in_(ids)))}
 
-
-def texts_by_id(session: Session, ids: set[int]) -> dict[int, dict[str, dict[str, str]]]:
-    """Each version's steps in words; versions recorded before the words were kept have none."""
-    if not ids:
-        return {}
-    return {row.id: row.texts or {} for row in session.execute(select(FlowVersion.id, FlowVersion.texts).where(FlowVersion.id.in_(ids)))}
