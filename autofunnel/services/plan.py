@@ -48,7 +48,7 @@ def edit_plan(db: Database, flows: dict[str, Flow]) -> list[PlanRow]:
             .where(active_enrollment())
             .group_by(Enrollment.flow, Enrollment.stage, Enrollment.step_id)
         ).all()
-        versions: dict[str, dict[int | None, tuple[list[str], dict[str, dict[str, str]]]]] = {}
+        versions: dict[str, dict[int | None, tuple[dict[str, list[str]], dict[str, dict[str, str]]]]] = {}
         for version in session.execute(select(FlowVersion.id, FlowVersion.flow, FlowVersion.steps, FlowVersion.texts)):
             versions.setdefault(version.flow, {})[version.id] = (version.steps or {}, version.texts or {})
         for slug, stage, step_id, leads in steps:
