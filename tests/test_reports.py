@@ -467,7 +467,7 @@ def test_the_running_tallies_equal_a_recount_and_give_the_report_counted_from_th
 
     running = tallies(shop.rt)
     period = {"from": f"{day:%Y-%m-%d}", "to": f"{day:%Y-%m-%d}"}
-    for params in ({}, {"by": "channel"}, {"interval": "week"}, {"by": "owner"}):
+    for params in ({}, {"by": "channel"}, {"interval": "week"}, {"by": "owner"}, {"by": "product"}):
         query = parse_report_query("yoga", {**period, **params}, day.date())
         assert shop.report(**period, **params) == funnel_report(shop.rt, query, count_facts=True)
     steps = {(row["stage"], row["step"]): (row["purchases_7d"], row["revenue_7d"]) for row in shop.report(**period)["steps"] if row["sent"]}
