@@ -173,12 +173,12 @@ def _build(queries: ReportQueries, funnel: Funnel, q: ReportQuery, *, tallied: b
         partition = grouped if grouped is not None and q.by != "product" else periods if q.mode == "cohort" else None
         if partition is not None:
             whole = partition.rolled_up()
-            if shown.times:
-                whole.times = {(): queries.walked_times()} if walk else queries.times(grouped=False, periodic=False)
+            if shown.times and not walk:
+                whole.times = queries.times(grouped=False, periodic=False)
         else:
             whole = queries.figures(grouped=False, periodic=False, times=shown.times and not walk)
-            if shown.times and walk:
-                whole.times = {(): queries.walked_times()}
+        if shown.times and walk:
+            whole.times = {(): queries.walked_times()}
     unmatched = [
         shape.unmatched_refund(row.lead_id, row.order_id, row.at, row.amount, row.currency) for row in queries.unmatched_refunds()
     ] if shown.unmatched_refunds and any(figures[4] for figures in whole.revenue.get((), {}).values()) else []

@@ -54,9 +54,20 @@ def order_key(refund: Any) -> ColumnElement[str]:
     return cast(refund.lead_id, String) + literal(":") + order
 
 
+def _interval(span: timedelta) -> Any:
+    return literal_column(f"interval '{int(span.total_seconds())} seconds'")
+
+
 def before(session: Executor, later: Any, earlier: Any, span: timedelta) -> ColumnElement[bool]:
     """`later < earlier + span`, written so each backend compares it directly."""
-    seconds = int(span.total_seconds())
     if is_postgres(session):
-        return later < earlier + literal_column(f"interval '{seconds} seconds'")
-    return func.julianday(later) < func.julianday(earlier) + seconds / 86400.0
+        return later < earlier + _interval(span)
+    return func.julianday(later) < func.julianday(earlier) + int(span.total_seconds()) / 86400.0
+
+
+def within_before(session: Executor, earlier: Any, later: Any, span: timedelta) -> ColumnElement[bool]:
+    """`earlier` after `later - span`, as a range an index of `earlier` serves; `before` holds the
+    exact bound (SQLite's `datetime()` drops the fraction of a second, so its range is a little wider)."""
+    if is_postgres(session):
+        return earlier > later - _interval(span)
+    return earlier >= func.datetime(later, f"-{int(span.total_seconds())} seconds")

@@ -38,7 +38,7 @@ from autofunnel.domain import report as math
 from autofunnel.domain.model import Funnel
 from autofunnel.domain.report import PURCHASE_WINDOW
 from autofunnel.domain.report_body import LENGTH, PERCENTILES, Figures, Key, ReportQuery, SplitSteps, Times, period_of_day, tally_into
-from autofunnel.store.facts import amount_of, before, currency_of, order_key, order_of, refund_of
+from autofunnel.store.facts import amount_of, before, currency_of, order_key, order_of, refund_of, within_before
 from autofunnel.store.tally_statements import purchase_after, unsubscribe_from
 from autofunnel.store.models import Assignment, CohortTally, Delivery, Event, Lead, Spend, StageEntry
 from autofunnel.store.queries import OuterFirst, is_postgres
@@ -408,19 +408,16 @@ class ReportQueries:
         stmt, _ = self._joined_first(stmt, r, r.at)
         return list(self.session.execute(stmt))
 
-    def _sent(self, columns: Iterable[Any], grouped: bool, periodic: bool, source: Any = None, where: Any = None) -> Any:
+    def _sent(self, columns: Iterable[Any], grouped: bool, periodic: bool, source: Any = None) -> Any:
         """Emails of this funnel that were sent to the report's leads, with `columns` per step.
 
-        `source` is a join of events that leads to the emails (`where` picks those events);
-        the query starts from them, fewer than the period's emails (unsubscribes, purchases,
+        `source` is a join of events that leads to the emails; the query starts from them, fewer than the period's emails (unsubscribes, purchases,
         refunds), each finding its email by an index: counting them from the emails' side
         probed every email sent in the period for events of its lead (11–12 s a query at 1M
         leads on SQLite).
         """
         d = Delivery
         stmt = select(d.stage, d.step_id, *columns).where(d.flow == self.funnel.slug, d.kind == "email", d.status == DeliveryStatus.SENT)
-        if where is not None:
-            stmt = stmt.where(where)
         stmt = stmt.group_by(d.stage, d.step_id)
         if self.q.mode == "cohort":
             stmt, moment = self._joined_first(stmt, d, d.sent_at, after=source)
@@ -443,26 +440,17 @@ class ReportQueries:
         # A purchase counts from the email's sending on, and every email counted was sent in or
         # after the period's start (its own moment in calendar mode, its lead's entry in cohort
         # mode), so `p.at >= start` only lets the purchases be read from that day on.
-        after = and_(purchase_after(self.session, p, d), p.at >= self.start, self._sent_since(d, p.at))
-        followed: list[tuple[list[int], list[Any], Any, Any]] = [
-            ([3], [func.count()], OuterFirst(u, d, unsubscribe_from(u, d)), u.type == "unsubscribed"),
-            ([4, 5], [func.count(), func.sum(amount_of(self.session, p))], OuterFirst(p, d, after, index=BY_LEAD), p.type == "purchase"),
-            ([6], [func.sum(amount_of(self.session, r))], OuterFirst(OuterFirst(r, p, refund_of(r, p)), d, after, index=BY_LEAD), r.type == "refund"),
+        after = and_(purchase_after(self.session, p, d), p.at >= self.start, within_before(self.session, d.sent_at, p.at, PURCHASE_WINDOW))
+        followed: list[tuple[list[int], list[Any], Any]] = [
+            ([3], [func.count()], OuterFirst(u, d, unsubscribe_from(u, d))),
+            ([4, 5], [func.count(), func.sum(amount_of(self.session, p))], OuterFirst(p, d, after, index=BY_LEAD)),
+            ([6], [func.sum(amount_of(self.session, r))], OuterFirst(OuterFirst(r, p, refund_of(r, p)), d, after, index=BY_LEAD)),
         ]
-        for indexes, columns, source, where in followed:
-            for key, step, row in self._sent([column.label(f"f{index}") for index, column in zip(indexes, columns, strict=True)], grouped, periodic, source, where):
+        for indexes, columns, source in followed:
+            for key, step, row in self._sent([column.label(f"f{index}") for index, column in zip(indexes, columns, strict=True)], grouped, periodic, source):
                 into = figures.steps[key].setdefault(step, [0, 0, 0, 0, 0, 0.0, 0.0])
                 for index in indexes:
                     into[index] = row._mapping[f"f{index}"] or 0
-
-    def _sent_since(self, d: Any, moment: Any) -> ColumnElement[bool]:
-        """`d.sent_at` after `moment` less the purchase window, as a range an index of emails can
-        serve; `purchase_after` holds the exact bound (SQLite's `datetime()` drops the fraction of
-        a second, so its range is a little wider)."""
-        seconds = int(PURCHASE_WINDOW.total_seconds())
-        if self.pg:
-            return d.sent_at > moment - literal_column(f"interval '{seconds} seconds'")
-        return d.sent_at >= func.datetime(moment, f"-{seconds} seconds")
 
     # Holdout, variants, spend and attribution -----------------------------------------
 
