@@ -13,7 +13,8 @@ import itertools
 import json
 import random
 import re
-from collections import Counter
+import statistics
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from email import message_from_bytes, policy
@@ -527,6 +528,33 @@ def test_the_upgrade_that_brings_tallies_counts_what_was_already_stored(shop: Sh
 
 
 # The CLI prints the API's report -----------------------------------------------------------
+
+
+def percentile_cont(values: list[float]) -> dict[str, float]:
+    """The median and 90th percentile as PostgreSQL's `percentile_cont` gives them (linear between ranks)."""
+    return {"median_s": statistics.median(values), "p90_s": statistics.quantiles(values, n=10, method="inclusive")[8]}
+
+
+@pytest.mark.parametrize("count_facts", [False, True])
+def test_each_week_and_each_owner_has_the_median_and_p90_of_its_own_times(shop: Shop, count_facts: bool) -> None:
+    hours = {0: [1, 2, 3, 4, 9], 7: [10, 20, 30]}  # days after START: each lead's hours from joining to buying the mini-course
+    by_week: dict[str, list[float]] = defaultdict(list)
+    by_owner: dict[str, list[float]] = defaultdict(list)
+    for day, taken in hours.items():
+        for index, hour in enumerate(taken):
+            email, owner = f"w{day}-{index}@example.com", f"m{index % 2}@shop.example"
+            joined = START + timedelta(days=day, minutes=index)
+            shop.subscribe(email, at=joined, owner=owner)
+            shop.events([purchase(email, "mini-course", joined + timedelta(hours=hour))])
+            by_week[f"{joined:%Y-%m-%d}"].append(hour * 3600.0)
+            by_owner[owner].append(hour * 3600.0)
+    params = {"from": "2026-03-02", "to": "2026-03-15", "interval": "week", "by": "owner"}
+    report = funnel_report(shop.rt, parse_report_query("yoga", params, START.date()), count_facts=count_facts)
+    weeks = {period["period"]: period["stages"][1]["time_to_reach"] for period in report["periods"]}
+    assert weeks == {"2026-03-02": percentile_cont(by_week["2026-03-02"]), "2026-03-09": percentile_cont(by_week["2026-03-09"])}
+    owners = {group["value"]: group["stages"][1]["time_to_reach"] for group in report["groups"]}
+    assert owners == {owner: percentile_cont(taken) for owner, taken in by_owner.items()}
+    assert report["stages"][1]["time_to_reach"] == percentile_cont([t for taken in by_owner.values() for t in taken])
 
 
 def test_cli_json_is_the_api_json_and_the_table_and_csv_draw_it(shop: Shop) -> None:
