@@ -122,6 +122,8 @@ class Behaviour:
         self.orders = 0
         self.refund_every = 0
         self.actions = 0
+        self._flow_of: dict[int, str] = {}
+        """Each sent email's flow, from `_schedule_engagement`'s read, for the links its clicks follow."""
 
     def at(self, moment: datetime, kind: str, payload: Any) -> None:
         self._seq += 1
@@ -223,11 +225,7 @@ class Behaviour:
     def _first_link(self, delivery_id: int) -> str | None:
         """The URL a simulated click goes to: the funnel's first offer, else the site's base URL
         (which link of an email was clicked changes no figure the report shows)."""
-        from autofunnel.store.models import Delivery
-
-        with self.t.runtime.db.read() as session:
-            row = session.execute(select(Delivery.flow, Delivery.template).where(Delivery.id == delivery_id)).one()
-        flow = self.t.runtime.project.flows.get(row.flow)
+        flow = self.t.runtime.project.flows.get(self._flow_of[delivery_id])
         offers = getattr(flow, "offers", {}) or {}
         for offer in offers.values():
             return str(offer.url)
@@ -242,12 +240,13 @@ class Behaviour:
         if not fresh:
             return
         with self.t.runtime.db.read() as session:
-            rows = session.execute(
-                select(Delivery.id, Delivery.lead_id, Delivery.kind, Delivery.sent_at).where(Delivery.id.in_(fresh))
+            rows = session.connection().execute(
+                select(Delivery.id, Delivery.lead_id, Delivery.kind, Delivery.sent_at, Delivery.flow).where(Delivery.id.in_(fresh))
             ).all()
         for row in sorted(rows):
             if row.kind != "email":
                 continue
+            self._flow_of[row.id] = row.flow
             sent = ensure_utc(row.sent_at)
             if self.rng.random() < self.rates.open:
                 self.at(sent + timedelta(minutes=self.rng.uniform(5, 2880)), "open", row.id)
