@@ -18,6 +18,7 @@ The behaviour model, per lead:
 
 from __future__ import annotations
 
+import functools
 import heapq
 import json
 import random
@@ -28,7 +29,7 @@ from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Select, bindparam, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from autofunnel.domain.statuses import DeliveryStatus, LeadStatus
@@ -233,16 +234,12 @@ class Behaviour:
 
     def _schedule_engagement(self) -> None:
         """Opens, clicks and unsubscribes for the emails sent since the last look."""
-        from autofunnel.store.models import Delivery
-
         fresh = self.t.sent_ids[self._seen_sent:]
         self._seen_sent = len(self.t.sent_ids)
         if not fresh:
             return
         with self.t.runtime.db.read() as session:
-            rows = session.connection().execute(
-                select(Delivery.id, Delivery.lead_id, Delivery.kind, Delivery.sent_at, Delivery.flow).where(Delivery.id.in_(fresh))
-            ).all()
+            rows = session.connection().execute(_sent_statement(), {"ids": fresh}).all()
         for row in sorted(rows):
             if row.kind != "email":
                 continue
@@ -252,6 +249,14 @@ class Behaviour:
                 self.at(sent + timedelta(minutes=self.rng.uniform(5, 2880)), "open", row.id)
             if self.rng.random() < self.rates.unsubscribe:
                 self.at(sent + timedelta(minutes=self.rng.uniform(5, 2880)), "unsubscribe", (row.lead_id, row.id))
+
+
+@functools.cache
+def _sent_statement() -> Select[Any]:
+    """The emails sent since the last look, built once: the walk looks after every pass."""
+    from autofunnel.store.models import Delivery
+
+    return select(Delivery.id, Delivery.lead_id, Delivery.kind, Delivery.sent_at, Delivery.flow).where(Delivery.id.in_(bindparam("ids", expanding=True)))
 
 
 # Replaying a recorded or hand-written stream ---------------------------------------------------
