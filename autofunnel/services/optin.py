@@ -205,8 +205,7 @@ def opt_in_pass(rt: Runtime, now: datetime | None = None) -> OptInPass:
     due, stale = False, []
     if reminding or erasing:
         # One look for both chores, without SQLite's write lock: on nearly every pass neither has work.
-        with rt.db.read() as session:
-            connection = session.connection()  # Core look-ups: the ORM's execution path cost more than their run
+        with rt.db.look() as connection:
             due = reminding and connection.execute(awaiting_reminder, cutoff).first() is not None
             if erasing and not due:
                 stale = connection.scalars(stale_pending, stale_cutoff).all()

@@ -238,8 +238,8 @@ class Behaviour:
         self._seen_sent = len(self.t.sent_ids)
         if not fresh:
             return
-        with self.t.runtime.db.read() as session:
-            rows = session.connection().execute(_sent_statement(), {"ids": fresh}).all()
+        with self.t.runtime.db.look() as connection:
+            rows = connection.execute(_sent_statement(), {"ids": fresh}).all()
         for row in sorted(rows):
             if row.kind != "email":
                 continue

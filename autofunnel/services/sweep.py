@@ -54,8 +54,8 @@ def sweep(rt: Runtime, *, now: datetime | None = None, broker_empty: bool = True
     # Work that turns up after this look is found by the next pass.
     # The statements are Core's, run on the session's connection: the ORM's execution path added
     # ~55 µs to each, and these sessions hold no ORM objects to flush or keep in step.
-    with rt.db.read() as session:
-        if session.connection().execute(anything, {"now": now, "handed_before": now - waited}).first() is None:
+    with rt.db.look() as connection:
+        if connection.execute(anything, {"now": now, "handed_before": now - waited}).first() is None:
             return SweepResult([], [], 0)
     with rt.db.transaction() as session:
         connection = session.connection()

@@ -173,10 +173,8 @@ def record_engagements(rt: Runtime, items: list[Engagement]) -> None:
     The bot rule is judged against the moment of each fetch, not of the write, so an
     open gathered for a second counts exactly as one written in its request."""
     now = rt.clock.now()
-    with rt.db.read() as session:
-        rows = {
-            row.id: row for row in session.connection().execute(_deliveries_statement(), {"ids": sorted({item.delivery_id for item in items})})
-        }
+    with rt.db.look() as connection:
+        rows = {row.id: row for row in connection.execute(_deliveries_statement(), {"ids": sorted({item.delivery_id for item in items})})}
     events: list[EventInput] = []
     human: list[tuple[datetime, Engagement]] = []
     for item in items:

@@ -240,6 +240,15 @@ class Database:
         with self._reads() as session:
             yield session
 
+    @contextmanager
+    def look(self) -> Iterator[Connection]:
+        """`read` on a plain connection, for the Core look-ups made on every scheduler pass
+        ("is anything due?"): the ORM session around one short query cost as much as the query.
+        Rolled back when the block ends, like `read`."""
+        with self.engine.connect() as connection:
+            connection.begin()
+            yield connection
+
     def dispose(self) -> None:
         self.engine.dispose()
 
