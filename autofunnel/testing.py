@@ -369,8 +369,8 @@ class FunnelTest:
 
     def next_due(self) -> datetime | None:
         """The earliest moment a step or a retried email falls due."""
-        with self.runtime.db.read() as session:
-            step, retry = session.execute(_next_due_statement()).one()
+        with self.runtime.db.look() as connection:
+            step, retry = connection.execute(_next_due_statement()).one()
         moments = [ensure_utc(m if m.tzinfo else m.replace(tzinfo=UTC)) for m in (step, retry) if m is not None]
         return min(moments) if moments else None
 

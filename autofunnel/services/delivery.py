@@ -131,10 +131,9 @@ def deliver(rt: Runtime, delivery_ids: Sequence[int], *, transport: Transport | 
         return report
     with rt.db.held() as held:
         batch = _Batch(rt, held, report)
-        ready = batch.run(lambda connection: mark_taken(connection, rt.clock.now(), delivery_ids), "taking a batch")
+        ready, batch.leads = batch.run(lambda connection: _take(connection, rt.clock.now(), delivery_ids), "taking a batch")
         if not ready:
             return report
-        batch.leads = batch.run(lambda connection: read_leads(connection, ready), "reading the batch's leads")
         held.use_generic_plans()
         paced = rt.send_pace.limited
         with (transport or rt.transport).session() as smtp:
@@ -151,6 +150,13 @@ def deliver(rt: Runtime, delivery_ids: Sequence[int], *, transport: Transport | 
                 _record_on_the_way_out(batch)
                 raise
     return report
+
+
+def _take(connection: Connection, now: datetime, delivery_ids: Sequence[int]) -> tuple[list[int], dict[int, LeadDetails]]:
+    """The batch's emails still to send, and what their templates need, in one transaction: a
+    batch is often a pass's one or two emails, and a commit of its own cost more than the read."""
+    ready = mark_taken(connection, now, delivery_ids)
+    return ready, read_leads(connection, ready) if ready else {}
 
 
 def _record_on_the_way_out(batch: _Batch) -> None:

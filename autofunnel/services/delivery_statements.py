@@ -15,7 +15,7 @@ from datetime import datetime
 from functools import cache
 from typing import Any
 
-from sqlalchemy import ColumnElement, Update, and_, bindparam, insert, literal_column, null, or_, select, update
+from sqlalchemy import ColumnElement, Select, Update, and_, bindparam, insert, literal_column, null, or_, select, update
 from sqlalchemy.engine import Connection
 
 from autofunnel.domain.delivery import CLOSED_ENROLLMENT, RECIPIENT_STATUS
@@ -26,7 +26,7 @@ from autofunnel.services.tallies import Cohort, may_follow, sent_email_tally
 from autofunnel.store.delivery_moves import move
 from autofunnel.store.lead_facts import Wanted, load_facts
 from autofunnel.store.models import Delivery, Enrollment, Event, Lead, StageEntry, TimelineEntry
-from autofunnel.store.queries import among
+from autofunnel.store.queries import among_param
 from autofunnel.store.types import UTCDateTime
 
 
@@ -48,26 +48,26 @@ def mark_taken(connection: Connection, now: datetime, delivery_ids: Sequence[int
     retry's back-off meanwhile are left out (and not stamped): a second copy of a
     batch costs one statement, not a send-rate slot per email.
     """
-    ready = set(connection.scalars(
+    pg = connection.dialect.name == "postgresql"
+    ready = set(connection.scalars(_take_statement(pg), {"ids": list(delivery_ids), "now": now}))
+    return [delivery_id for delivery_id in delivery_ids if delivery_id in ready]
+
+
+@cache
+def _take_statement(pg: bool) -> Update:
+    """`mark_taken`'s UPDATE, built once per backend: every batch, however small, runs it."""
+    now = bindparam("now", type_=UTCDateTime())
+    return (
         update(Delivery.__table__)
-        .where(among(connection, Delivery.id, delivery_ids), ready_to_send(now))
+        .where(among_param(Delivery.id, "ids", pg=pg), ready_to_send(now))
         .values(dispatched_at=now)
         .returning(Delivery.id)
-    ))
-    return [delivery_id for delivery_id in delivery_ids if delivery_id in ready]
+    )
 
 
 def read_leads(connection: Connection, delivery_ids: Sequence[int]) -> dict[int, LeadDetails]:
     """Per delivery, its lead's details for the template and its first stage entry for the tallies."""
-    d = Delivery
-    rows = connection.execute(
-        select(d.id, d.lead_id, d.flow, Event.properties.label("event"), StageEntry.cohort_at, StageEntry.channel, StageEntry.entered_at)
-        .select_from(d)
-        .outerjoin(Enrollment, Enrollment.id == d.enrollment_id)
-        .outerjoin(Event, Event.id == Enrollment.event_id)
-        .outerjoin(StageEntry, and_(StageEntry.lead_id == d.lead_id, StageEntry.funnel == d.flow, StageEntry.position == 0))
-        .where(among(connection, d.id, delivery_ids))
-    ).all()
+    rows = connection.execute(_leads_statement(connection.dialect.name == "postgresql"), {"ids": list(delivery_ids)}).all()
     facts = load_facts(connection, {row.lead_id for row in rows}, Wanted(profiles=True, deadlines=True))
     details: dict[int, LeadDetails] = {}
     for row in rows:
@@ -78,6 +78,20 @@ def read_leads(connection: Connection, delivery_ids: Sequence[int]) -> dict[int,
             Cohort(row.cohort_at, row.channel, row.entered_at) if row.cohort_at is not None else None,
         )
     return details
+
+
+@cache
+def _leads_statement(pg: bool) -> Select[Any]:
+    """`read_leads`' query, built once per backend: every batch, however small, runs it."""
+    d = Delivery
+    return (
+        select(d.id, d.lead_id, d.flow, Event.properties.label("event"), StageEntry.cohort_at, StageEntry.channel, StageEntry.entered_at)
+        .select_from(d)
+        .outerjoin(Enrollment, Enrollment.id == d.enrollment_id)
+        .outerjoin(Event, Event.id == Enrollment.event_id)
+        .outerjoin(StageEntry, and_(StageEntry.lead_id == d.lead_id, StageEntry.funnel == d.flow, StageEntry.position == 0))
+        .where(among_param(d.id, "ids", pg=pg))
+    )
 
 
 @cache

@@ -5,10 +5,12 @@ always inside the caller's transaction."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from functools import cache
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, select, text, update
+from sqlalchemy import ColumnElement, Update, bindparam, select, text, update
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from autofunnel.domain.engine import Cursor, Parked
@@ -16,7 +18,8 @@ from autofunnel.domain.model import EventMatcher, Flow
 from autofunnel.domain.statuses import DeliveryStatus, EndCause, EnrollmentStatus
 from autofunnel.store.delivery_moves import move
 from autofunnel.store.models import ACTIVE_ENROLLMENTS, IN_FLIGHT_DELIVERIES, Delivery, Enrollment, TimelineEntry
-from autofunnel.store.queries import Executor, among, bulk_insert, chunks
+from autofunnel.store.queries import Executor, among, among_param, bulk_insert, chunks, is_postgres
+from autofunnel.store.types import UTCDateTime
 
 
 def timeline_row(
@@ -55,30 +58,53 @@ def end_enrollments(session: Session, ids: Iterable[int], status: str, cause: En
     Cancelling here, where the stop is recorded, is what makes the delivery
     claim (`queued` → `sending`) the single place where send and stop race.
     """
+    connection = _core(session)
+    end, cancel, _ = _ending_statements(is_postgres(session))
     for part in chunks(list(ids), 500):
-        session.execute(
-            update(Enrollment)
-            .where(among(session, Enrollment.id, part), Enrollment.status == EnrollmentStatus.ACTIVE)
-            .values(status=status, due_at=None, ended_at=now, end_cause=cause, end_reason=reason[:200])
-        )
-        session.execute(
-            move(DeliveryStatus.QUEUED, DeliveryStatus.SKIPPED)
-            .where(among(session, Delivery.enrollment_id, part))
-            .values(reason=f"cancelled: {reason}"[:500], lease_until=None)
-        )
+        connection.execute(end, {"ids": list(part), "status": status, "now": now, "cause": cause, "reason": reason[:200]})
+        connection.execute(cancel, {"ids": list(part), "reason": f"cancelled: {reason}"[:500]})
 
 
 def cancel_queued_for_leads(session: Session, lead_ids: Sequence[int], reason: str) -> int:
     """A suppressed lead gets nothing more: every queued email to it is skipped."""
+    connection = _core(session)
+    _, _, cancel = _ending_statements(is_postgres(session))
     count = 0
     for part in chunks(list(lead_ids), 500):
-        result = session.execute(
-            move(DeliveryStatus.QUEUED, DeliveryStatus.SKIPPED)
-            .where(among(session, Delivery.lead_id, part), Delivery.kind == "email")
-            .values(reason=reason[:500], lease_until=None)
-        )
-        count += result.rowcount or 0
+        count += connection.execute(cancel, {"ids": list(part), "reason": reason[:500]}).rowcount or 0
     return count
+
+
+def _core(session: Session) -> Connection:
+    """The transaction's connection, for Core statements, once what the session holds is flushed
+    (what its own execute would do first). Through the session, an ORM UPDATE also looks for the
+    rows it changes among the session's objects: ~1 ms more per call than the statements' run, and
+    no caller holds an enrollment or an email as an object."""
+    session.flush()
+    return session.connection()
+
+
+@cache
+def _ending_statements(pg: bool) -> tuple[Update, Update, Update]:
+    """Ending enrollments, cancelling their queued emails, cancelling a lead's: built once per backend,
+    the ids (and the words) bound when they run."""
+    reason = bindparam("reason")
+    end = (
+        update(Enrollment.__table__)
+        .where(among_param(Enrollment.id, "ids", pg=pg), Enrollment.status == EnrollmentStatus.ACTIVE)
+        .values(status=bindparam("status"), due_at=None, ended_at=bindparam("now", type_=UTCDateTime()), end_cause=bindparam("cause"), end_reason=reason)
+    )
+    cancel = (
+        move(DeliveryStatus.QUEUED, DeliveryStatus.SKIPPED, on=Delivery.__table__)
+        .where(among_param(Delivery.enrollment_id, "ids", pg=pg))
+        .values(reason=reason, lease_until=None)
+    )
+    cancel_leads = (
+        move(DeliveryStatus.QUEUED, DeliveryStatus.SKIPPED, on=Delivery.__table__)
+        .where(among_param(Delivery.lead_id, "ids", pg=pg), Delivery.kind == "email")
+        .values(reason=reason, lease_until=None)
+    )
+    return end, cancel, cancel_leads
 
 
 def active_enrollment_ids(session: Session, lead_ids: Sequence[int]) -> list[int]:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import Select, bindparam, delete, select, update
 from sqlalchemy.orm import Session
 
 from autofunnel.domain.model import Funnel
@@ -85,10 +86,16 @@ def _find_or_create(session: Session, data: SubscribeInput, double_opt_in: bool,
         "created_at": now, "updated_at": now, "status_changed_at": now,
     }
     created = session.execute(insert_ignoring(session, Lead.__table__, ("email",)).returning(Lead.id), [values]).first()
-    lead = session.scalars(select(Lead).where(Lead.email == data.email).with_for_update()).one()
+    lead = session.scalars(_lead_by_email(), {"email": data.email}).one()
     if created is None:
         _merge(lead, data, now)
     return lead, created is not None
+
+
+@functools.cache
+def _lead_by_email() -> Select[tuple[Lead]]:
+    """Built once: every subscription reads its lead back, locked."""
+    return select(Lead).where(Lead.email == bindparam("email")).with_for_update()
 
 
 def _merge(lead: Lead, data: SubscribeInput, now: datetime) -> None:

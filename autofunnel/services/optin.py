@@ -193,22 +193,24 @@ def _opt_in_statements() -> tuple[Any, Any]:
     return awaiting_reminder, stale_pending
 
 
-def _any(rt: Runtime, query: Any, params: dict[str, Any]) -> bool:
-    """Whether `query` finds a row, read without SQLite's write lock: on nearly every scheduler
-    pass no reminder is due, and the transaction that queues them need not be opened."""
-    with rt.db.read() as session:
-        return session.execute(query, params).first() is not None
-
-
 def opt_in_pass(rt: Runtime, now: datetime | None = None) -> OptInPass:
     """The scheduler's double opt-in chores: one reminder per pending lead after
     AUTOFUNNEL_CONFIRM_REMINDER_HOURS, and erasure after AUTOFUNNEL_PENDING_ERASE_DAYS."""
     now = now or rt.clock.now()
     settings = rt.settings
     awaiting_reminder, stale_pending = _opt_in_statements()
-    reminded = 0
+    reminding, erasing = settings.confirm_reminder_hours > 0, settings.pending_erase_days > 0
     cutoff = {"cutoff": now - timedelta(hours=settings.confirm_reminder_hours)}
-    if settings.confirm_reminder_hours > 0 and _any(rt, awaiting_reminder, cutoff):
+    stale_cutoff = {"cutoff": now - timedelta(days=settings.pending_erase_days)}
+    due, stale = False, []
+    if reminding or erasing:
+        # One look for both chores, without SQLite's write lock: on nearly every pass neither has work.
+        with rt.db.look() as connection:
+            due = reminding and connection.execute(awaiting_reminder, cutoff).first() is not None
+            if erasing and not due:
+                stale = connection.scalars(stale_pending, stale_cutoff).all()
+    reminded = 0
+    if due:
         with rt.db.transaction() as session:
             rows = session.execute(awaiting_reminder, cutoff).all()
             seen: set[int] = set()
@@ -217,11 +219,11 @@ def opt_in_pass(rt: Runtime, now: datetime | None = None) -> OptInPass:
                     seen.add(lead_id)
                     queue_confirmation(session, lead_id, funnel, email, now, REMINDER_STEP)
             reminded = len(seen)
+        if erasing:  # read after the reminders' commit, as a lead may have confirmed meanwhile
+            with rt.db.read() as session:
+                stale = session.scalars(stale_pending, stale_cutoff).all()
     erased = 0
-    if settings.pending_erase_days > 0:
-        with rt.db.read() as session:
-            stale = session.scalars(stale_pending, {"cutoff": now - timedelta(days=settings.pending_erase_days)}).all()
-        for lead_id in stale:
-            erase_lead(rt, str(lead_id))
-            erased += 1
+    for lead_id in stale:
+        erase_lead(rt, str(lead_id))
+        erased += 1
     return OptInPass(reminded, erased)

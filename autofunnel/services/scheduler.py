@@ -194,13 +194,31 @@ def _process(session: Session, rt: Runtime, rows: Sequence[Any], now: datetime, 
 def _wanted(flows: list[Flow], now: datetime) -> Wanted:
     """What the batch's flows can ask of a lead: opens and clicks, events and recent sends
     are read only when some step's condition or a frequency cap looks at them."""
-    periods = [flow.rules.frequency_cap.per for flow in flows if flow.rules.frequency_cap]
-    return Wanted(
-        profiles=True, deadlines=True, assignments=True,
-        sends_since=now - max(periods) if periods else None,
-        engagement=bool(_uses(flows, (Opened, Clicked))),
-        event_types=sorted({node.matcher.event for node in _uses(flows, (HasEvent,))}),
-    )
+    cap, engagement, event_types = _asked(flows)
+    return Wanted(profiles=True, deadlines=True, assignments=True, sends_since=now - cap if cap else None, engagement=engagement, event_types=list(event_types))
+
+
+_Asked = tuple[timedelta | None, bool, tuple[str, ...]]
+_ASKED: dict[tuple[int, ...], tuple[list[Flow], _Asked]] = {}
+"""`_asked` by the flow objects themselves (kept, so their ids stay theirs), as `versions._shape` keeps shapes."""
+
+
+def _asked(flows: list[Flow]) -> _Asked:
+    """The longest frequency cap of these flows, whether a step looks at opens or clicks, and the event
+    types steps ask about: a flow is frozen, and every pass walked every step's condition again."""
+    key = tuple(id(flow) for flow in flows)
+    known = _ASKED.get(key)
+    if known is None or any(a is not b for a, b in zip(known[0], flows, strict=True)):
+        if len(_ASKED) >= 256:  # flows reloaded again and again in one process: forget the old ones
+            _ASKED.clear()
+        periods = [flow.rules.frequency_cap.per for flow in flows if flow.rules.frequency_cap]
+        asked = (
+            max(periods) if periods else None,
+            bool(_uses(flows, (Opened, Clicked))),
+            tuple(sorted({node.matcher.event for node in _uses(flows, (HasEvent,))})),
+        )
+        known = _ASKED[key] = (list(flows), asked)
+    return known[1]
 
 
 def _steps(flow: Flow | None, stage: str) -> tuple[Step, ...] | None:

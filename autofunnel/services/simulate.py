@@ -18,6 +18,7 @@ The behaviour model, per lead:
 
 from __future__ import annotations
 
+import functools
 import heapq
 import json
 import random
@@ -28,7 +29,7 @@ from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Select, bindparam, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from autofunnel.domain.statuses import DeliveryStatus, LeadStatus
@@ -122,6 +123,8 @@ class Behaviour:
         self.orders = 0
         self.refund_every = 0
         self.actions = 0
+        self._flow_of: dict[int, str] = {}
+        """Each sent email's flow, from `_schedule_engagement`'s read, for the links its clicks follow."""
 
     def at(self, moment: datetime, kind: str, payload: Any) -> None:
         self._seq += 1
@@ -223,11 +226,7 @@ class Behaviour:
     def _first_link(self, delivery_id: int) -> str | None:
         """The URL a simulated click goes to: the funnel's first offer, else the site's base URL
         (which link of an email was clicked changes no figure the report shows)."""
-        from autofunnel.store.models import Delivery
-
-        with self.t.runtime.db.read() as session:
-            row = session.execute(select(Delivery.flow, Delivery.template).where(Delivery.id == delivery_id)).one()
-        flow = self.t.runtime.project.flows.get(row.flow)
+        flow = self.t.runtime.project.flows.get(self._flow_of[delivery_id])
         offers = getattr(flow, "offers", {}) or {}
         for offer in offers.values():
             return str(offer.url)
@@ -235,24 +234,29 @@ class Behaviour:
 
     def _schedule_engagement(self) -> None:
         """Opens, clicks and unsubscribes for the emails sent since the last look."""
-        from autofunnel.store.models import Delivery
-
         fresh = self.t.sent_ids[self._seen_sent:]
         self._seen_sent = len(self.t.sent_ids)
         if not fresh:
             return
-        with self.t.runtime.db.read() as session:
-            rows = session.execute(
-                select(Delivery.id, Delivery.lead_id, Delivery.kind, Delivery.sent_at).where(Delivery.id.in_(fresh))
-            ).all()
+        with self.t.runtime.db.look() as connection:
+            rows = connection.execute(_sent_statement(), {"ids": fresh}).all()
         for row in sorted(rows):
             if row.kind != "email":
                 continue
+            self._flow_of[row.id] = row.flow
             sent = ensure_utc(row.sent_at)
             if self.rng.random() < self.rates.open:
                 self.at(sent + timedelta(minutes=self.rng.uniform(5, 2880)), "open", row.id)
             if self.rng.random() < self.rates.unsubscribe:
                 self.at(sent + timedelta(minutes=self.rng.uniform(5, 2880)), "unsubscribe", (row.lead_id, row.id))
+
+
+@functools.cache
+def _sent_statement() -> Select[Any]:
+    """The emails sent since the last look, built once: the walk looks after every pass."""
+    from autofunnel.store.models import Delivery
+
+    return select(Delivery.id, Delivery.lead_id, Delivery.kind, Delivery.sent_at, Delivery.flow).where(Delivery.id.in_(bindparam("ids", expanding=True)))
 
 
 # Replaying a recorded or hand-written stream ---------------------------------------------------

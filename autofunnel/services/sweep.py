@@ -52,17 +52,20 @@ def sweep(rt: Runtime, *, now: datetime | None = None, broker_empty: bool = True
     # Nearly every pass finds nothing: a read says so without taking SQLite's write lock, which
     # the three UPDATEs would hold against every other writer even when they change no row.
     # Work that turns up after this look is found by the next pass.
-    with rt.db.read() as session:
-        if session.execute(anything, {"now": now, "handed_before": now - waited}).first() is None:
+    # The statements are Core's, run on the session's connection: the ORM's execution path added
+    # ~55 µs to each, and these sessions hold no ORM objects to flush or keep in step.
+    with rt.db.look() as connection:
+        if connection.execute(anything, {"now": now, "handed_before": now - waited}).first() is None:
             return SweepResult([], [], 0)
     with rt.db.transaction() as session:
-        interrupted = session.execute(interrupt, {"now": now}).all()
-        write_timeline(session, [
+        connection = session.connection()
+        interrupted = connection.execute(interrupt, {"now": now}).all()
+        write_timeline(connection, [
             timeline_row(row.lead_id, now, "failed", "interrupted", flow=row.flow, stage=row.stage, step_id=row.step_id)
             for row in interrupted
         ])
-        retries = sorted(session.scalars(hand_out_new, {"now": now}))
-        lost = sorted(session.scalars(hand_out_lost, {"now": now, "handed_before": now - waited}))
+        retries = sorted(connection.scalars(hand_out_new, {"now": now}))
+        lost = sorted(connection.scalars(hand_out_lost, {"now": now, "handed_before": now - waited}))
     return SweepResult(retries, lost, len(interrupted))
 
 
@@ -74,7 +77,7 @@ def _sweep_statements() -> tuple[Any, Any, Any, Any]:
     now = bindparam("now", type_=UTCDateTime())
     interrupted = (Delivery.status == DeliveryStatus.SENDING) & (Delivery.lease_until < now)
     interrupt = (
-        move(DeliveryStatus.SENDING, DeliveryStatus.FAILED)
+        move(DeliveryStatus.SENDING, DeliveryStatus.FAILED, on=Delivery.__table__)
         .where(in_flight(), Delivery.lease_until < now)
         .values(reason=INTERRUPTED, lease_until=None, finished_at=now)
         .returning(Delivery.id, Delivery.lead_id, Delivery.flow, Delivery.stage, Delivery.step_id)
@@ -92,4 +95,4 @@ INTERRUPTED = "interrupted: the worker stopped between claiming the email and re
 
 
 def _hand_out_statement(condition: Any, now: Any) -> Any:
-    return update(Delivery).where(condition).values(dispatched_at=now).returning(Delivery.id)
+    return update(Delivery.__table__).where(condition).values(dispatched_at=now).returning(Delivery.id)

@@ -41,6 +41,7 @@ never queue on a hot row; `fold_tallies` merges them in the background.
 
 from __future__ import annotations
 
+import functools
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -140,10 +141,10 @@ def count_sent_email(session: Executor, delivery_id: int, lead_id: int, sent_at:
     handed over, a purchase dated after it): rows, not an INSERT … SELECT to plan,
     on the path of every email. `count_emails` is the same rule in SQL, for recounts.
     """
-    e = Event
-    email = SimpleNamespace(id=literal(delivery_id), lead_id=literal(lead_id), sent_at=literal(sent_at, UTCDateTime()))
     counts: list[tuple[str, int, float]] = [(figure, 1, 0.0) for figure in figures]
     if cohort.followed:
+        e = Event
+        email = SimpleNamespace(id=literal(delivery_id), lead_id=literal(lead_id), sent_at=literal(sent_at, UTCDateTime()))
         r = aliased(Event, name="r")
         followed = union_all(
             select(e.type.label("kind"), func.count().label("n"), func.sum(amount_of(session, e)).label("amount"))
@@ -154,7 +155,13 @@ def count_sent_email(session: Executor, delivery_id: int, lead_id: int, sent_at:
         names = {"purchase": "purchases_7d", "unsubscribed": "unsubscribed", "refund": "refunds_7d"}
         counts += [(names[kind], int(n), float(amount or 0.0) if kind != "unsubscribed" else 0.0) for kind, n, amount in session.execute(followed) if n]
     where = _sent_email_tally_key(funnel, cohort, stage, step)
-    session.execute(insert(CohortTally.__table__), [{**where, "figure": figure, "detail": "", "n": n, "amount": amount} for figure, n, amount in counts])
+    session.execute(_tally_rows_statement(), [{**where, "figure": figure, "detail": "", "n": n, "amount": amount} for figure, n, amount in counts])
+
+
+@functools.cache
+def _tally_rows_statement() -> Insert:
+    """Built once: every sent email's record runs it."""
+    return insert(CohortTally.__table__)
 
 
 def _sent_email_tally_key(funnel: str, cohort: Cohort, stage: str, step: str) -> dict[str, Any]:

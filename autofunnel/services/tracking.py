@@ -17,13 +17,14 @@ an email, often within seconds of delivery. So:
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Final
 
-from sqlalchemy import case, literal, select, update
+from sqlalchemy import Select, bindparam, case, literal, select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
@@ -172,14 +173,8 @@ def record_engagements(rt: Runtime, items: list[Engagement]) -> None:
     The bot rule is judged against the moment of each fetch, not of the write, so an
     open gathered for a second counts exactly as one written in its request."""
     now = rt.clock.now()
-    with rt.db.read() as session:
-        rows = {
-            row.id: row for row in session.execute(
-                select(Delivery.id, Delivery.lead_id, Delivery.flow, Delivery.step_id, Delivery.status, Delivery.sent_at,
-                       Delivery.opened_at, Delivery.clicked_at)
-                .where(Delivery.id.in_(sorted({item.delivery_id for item in items})))
-            )
-        }
+    with rt.db.look() as connection:
+        rows = {row.id: row for row in connection.execute(_deliveries_statement(), {"ids": sorted({item.delivery_id for item in items})})}
     events: list[EventInput] = []
     human: list[tuple[datetime, Engagement]] = []
     for item in items:
@@ -218,6 +213,14 @@ def record_engagements(rt: Runtime, items: list[Engagement]) -> None:
             marked = _mark_first(session, figure, moments)
             if marked:  # an email still `sending` gets its opens counted with its send, when it is recorded sent
                 count_engagement(session, figure, ids_in(sorted(marked)))
+
+
+@functools.cache
+def _deliveries_statement() -> Select[Any]:
+    """What `record_engagements` reads of the fetched emails, built once: every batch of opens runs it."""
+    return select(
+        Delivery.id, Delivery.lead_id, Delivery.flow, Delivery.step_id, Delivery.status, Delivery.sent_at, Delivery.opened_at, Delivery.clicked_at,
+    ).where(Delivery.id.in_(bindparam("ids", expanding=True)))
 
 
 def _mark_first(session: Session, figure: str, moments: dict[int, datetime]) -> set[int]:

@@ -14,6 +14,7 @@ import functools
 import hashlib
 import json
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import Select, bindparam, select
 from sqlalchemy.orm import Session
@@ -87,5 +88,11 @@ def _existing_statement() -> Select[tuple[str, str, int]]:
 def layouts_by_id(session: Session, ids: set[int]) -> dict[int, dict[str, list[str]]]:
     if not ids:
         return {}
-    return {row.id: row.steps for row in session.execute(select(FlowVersion.id, FlowVersion.steps).where(FlowVersion.id.in_(ids)))}
+    return {row.id: row.steps for row in session.connection().execute(_layouts_statement(), {"ids": sorted(ids)})}
+
+
+@functools.cache
+def _layouts_statement() -> Select[tuple[int, Any]]:
+    """Built once: every scheduler pass reads the layouts of its enrollments' versions."""
+    return select(FlowVersion.id, FlowVersion.steps).where(FlowVersion.id.in_(bindparam("ids", expanding=True)))
 
