@@ -82,7 +82,7 @@ def print_simulation(result: Any, console: Any) -> None:
 
 @click.command()
 @click.argument("directory", required=False, default="demo", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--leads", default=800, show_default=True, type=click.IntRange(10, 50_000), help="Simulated leads over the 90 days.")
+@click.option("--leads", default=2000, show_default=True, type=click.IntRange(10, 50_000), help="Simulated leads over the 90 days.")
 @click.option("--seed", default=0, show_default=True, type=int)
 @friendly_errors
 def demo(directory: Path, leads: int, seed: int) -> None:

@@ -69,7 +69,7 @@ def print_report(report: Mapping[str, Any], console: Console) -> None:
         for revenue in part["revenue_by_currency"]:
             console.print(revenue_line(revenue))
         for spend in part.get("spend") or []:
-            console.print(f"spend {spend['spend']:.2f} {spend['currency']}: per lead {spend['cost_per_lead']}, per customer {spend['cost_per_customer']}, return {spend['return_on_spend']}")
+            console.print(spend_line(spend))
         if part["steps"]:
             emails = Table(title=f"{title}: emails", title_justify="left")
             _name_column(emails, "stage")
@@ -83,6 +83,17 @@ def print_report(report: Mapping[str, Any], console: Console) -> None:
                 )
             console.print(emails)
     _print_comparisons(report, console)
+
+
+def spend_line(spend: Mapping[str, Any]) -> str:
+    """`spend 8609.11 EUR: per lead 4.30, per customer 20.45, return 5.44`, as the admin rounds them."""
+    def money(value: float | None) -> str:
+        return "–" if value is None else f"{value:.2f}"
+
+    return (
+        f"spend {spend['spend']:.2f} {spend['currency']}: per lead {money(spend['cost_per_lead'])}, "
+        f"per customer {money(spend['cost_per_customer'])}, return {money(spend['return_on_spend'])}"
+    )
 
 
 def revenue_line(revenue: Mapping[str, Any]) -> str:

@@ -733,6 +733,10 @@ def test_spend_adds_up_and_gives_cost_per_lead_customer_and_return(shop: Shop) -
     groups = {g["value"]: g["spend"] for g in report["groups"]}
     assert groups["google"] == [{"currency": "EUR", "spend": 30.5, "cost_per_lead": pytest.approx(10.17), "cost_per_customer": 30.5, "return_on_spend": pytest.approx(60 / 30.5)}]
     assert groups["instagram"] == [{"currency": "EUR", "spend": 9.5, "cost_per_lead": 9.5, "cost_per_customer": None, "return_on_spend": 0.0}]
+    table = CliRunner().invoke(main, ["report", "yoga", "--from", "2026-03-01", "--to", "2026-03-31", "--by", "channel"], env=shop.environ)
+    assert "spend 40.00 EUR: per lead 10.00, per customer 40.00, return 1.50\n" in table.output
+    assert "spend 30.50 EUR: per lead 10.17, per customer 30.50, return 1.97\n" in table.output  # 60 / 30.5, not 1.9672131…
+    assert "spend 9.50 EUR: per lead 9.50, per customer –, return 0.00\n" in table.output
 
 
 def test_holdout_lift_compares_treated_with_held_out_leads(shop: Shop) -> None:

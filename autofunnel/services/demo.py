@@ -58,7 +58,7 @@ class DemoSummary:
         )
 
 
-def make_demo(directory: Path, *, leads: int = 800, seed: int = 0, console: Any = None) -> DemoSummary:
+def make_demo(directory: Path, *, leads: int = 2000, seed: int = 0, console: Any = None) -> DemoSummary:
     """Write the example project into `directory` and fill its database; refuses an existing project."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
