@@ -48,6 +48,11 @@ def percentile_from_ranks(values: Mapping[int, float], count: int, p: float) -> 
     return below + (values[low + 2] - below) * (position - low)
 
 
+def median_and_p90(values: Mapping[int, float], count: int) -> tuple[float | None, float | None]:
+    """The report's two percentiles of a time, from the values at their ranks (`percentile_ranks`)."""
+    return percentile_from_ranks(values, count, 0.5), percentile_from_ranks(values, count, 0.9)
+
+
 def percentile_ranks(count: int, ps: Sequence[float]) -> set[int]:
     """The 1-based ranks `percentile_from_ranks` needs for these percentiles."""
     ranks: set[int] = set()

@@ -34,6 +34,7 @@ from autofunnel.domain.engine import (
     advance,
 )
 from autofunnel.domain.model import Clicked, Flow, HasEvent, Opened, Step, walk_condition
+from autofunnel.domain.per_flow import PerFlow
 from autofunnel.domain.words import decision_words
 from autofunnel.domain.statuses import DeliveryStatus, EndCause, EnrollmentStatus
 from autofunnel.services.enrollments import cursor_of, parked_to_json, timeline_row, write_timeline
@@ -194,31 +195,22 @@ def _process(session: Session, rt: Runtime, rows: Sequence[Any], now: datetime, 
 def _wanted(flows: list[Flow], now: datetime) -> Wanted:
     """What the batch's flows can ask of a lead: opens and clicks, events and recent sends
     are read only when some step's condition or a frequency cap looks at them."""
-    cap, engagement, event_types = _asked(flows)
-    return Wanted(profiles=True, deadlines=True, assignments=True, sends_since=now - cap if cap else None, engagement=engagement, event_types=list(event_types))
+    asked = [_asked(flow) for flow in flows]
+    caps = [cap for cap, _, _ in asked if cap]
+    return Wanted(
+        profiles=True, deadlines=True, assignments=True, sends_since=now - max(caps) if caps else None,
+        engagement=any(engagement for _, engagement, _ in asked), event_types=sorted({kind for _, _, kinds in asked for kind in kinds}),
+    )
 
 
-_Asked = tuple[timedelta | None, bool, tuple[str, ...]]
-_ASKED: dict[tuple[int, ...], tuple[list[Flow], _Asked]] = {}
-"""`_asked` by the flow objects themselves (kept, so their ids stay theirs), as `versions._shape` keeps shapes."""
+def _work_out_asked(flow: Flow) -> tuple[timedelta | None, bool, frozenset[str]]:
+    """The flow's frequency cap, whether a step looks at opens or clicks, and the event types steps ask about."""
+    cap = flow.rules.frequency_cap
+    return cap.per if cap else None, bool(_uses(flow, (Opened, Clicked))), frozenset(node.matcher.event for node in _uses(flow, (HasEvent,)))
 
 
-def _asked(flows: list[Flow]) -> _Asked:
-    """The longest frequency cap of these flows, whether a step looks at opens or clicks, and the event
-    types steps ask about: a flow is frozen, and every pass walked every step's condition again."""
-    key = tuple(id(flow) for flow in flows)
-    known = _ASKED.get(key)
-    if known is None or any(a is not b for a, b in zip(known[0], flows, strict=True)):
-        if len(_ASKED) >= 256:  # flows reloaded again and again in one process: forget the old ones
-            _ASKED.clear()
-        periods = [flow.rules.frequency_cap.per for flow in flows if flow.rules.frequency_cap]
-        asked = (
-            max(periods) if periods else None,
-            bool(_uses(flows, (Opened, Clicked))),
-            tuple(sorted({node.matcher.event for node in _uses(flows, (HasEvent,))})),
-        )
-        known = _ASKED[key] = (list(flows), asked)
-    return known[1]
+_asked = PerFlow(_work_out_asked)
+"""Worked out once per loaded flow: every pass walked every step's condition again."""
 
 
 def _steps(flow: Flow | None, stage: str) -> tuple[Step, ...] | None:
@@ -231,12 +223,11 @@ def _steps(flow: Flow | None, stage: str) -> tuple[Step, ...] | None:
         return None
 
 
-def _uses(flows: list[Flow], kinds: tuple[type, ...]) -> list[Any]:
+def _uses(flow: Flow, kinds: tuple[type, ...]) -> list[Any]:
     found = []
-    for flow in flows:
-        for _, steps in flow.step_lists:
-            for step in steps:
-                found.extend(node for node in walk_condition(step.condition) if isinstance(node, kinds))
+    for _, steps in flow.step_lists:
+        for step in steps:
+            found.extend(node for node in walk_condition(step.condition) if isinstance(node, kinds))
     return found
 
 

@@ -20,6 +20,7 @@ from sqlalchemy import Select, bindparam, select
 from sqlalchemy.orm import Session
 
 from autofunnel.domain.model import Flow
+from autofunnel.domain.per_flow import PerFlow
 from autofunnel.domain.words import step_text
 from autofunnel.store.models import FlowVersion
 from autofunnel.store.queries import insert_ignoring
@@ -41,19 +42,15 @@ def _digest(layout: dict[str, list[str]], texts: dict[str, dict[str, str]]) -> s
 
 
 _Shape = tuple[dict[str, list[str]], dict[str, dict[str, str]], str]
-_SHAPES: dict[int, tuple[Flow, _Shape]] = {}
-"""Each loaded flow's layout, words and digest, by the flow object (kept, so its id stays its own):
-a flow is frozen, and every subscription, event batch and scheduler pass asks for its version."""
 
 
-def _shape(flow: Flow) -> _Shape:
-    known = _SHAPES.get(id(flow))
-    if known is None or known[0] is not flow:
-        if len(_SHAPES) >= 256:  # flows reloaded again and again in one process: forget the old ones
-            _SHAPES.clear()
-        layout, texts = step_layout(flow), step_texts(flow)
-        known = _SHAPES[id(flow)] = (flow, (layout, texts, _digest(layout, texts)))
-    return known[1]
+def _work_out_shape(flow: Flow) -> _Shape:
+    layout, texts = step_layout(flow), step_texts(flow)
+    return layout, texts, _digest(layout, texts)
+
+
+_shape = PerFlow(_work_out_shape)
+"""Each loaded flow's layout, words and digest: every subscription, event batch and scheduler pass asks for its version."""
 
 
 def current_version_ids(session: Session, flows: list[Flow], now: datetime) -> dict[str, int]:

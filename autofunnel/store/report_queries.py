@@ -259,7 +259,7 @@ class ReportQueries:
                     values[rank] = float(d)
             if len(values) < len(math.percentile_ranks(count, PERCENTILES)):
                 raise RuntimeError(f"the report's tallies count {count} times for stage {stage!r} but fewer stage entries have one")
-            found[bucket] = (math.percentile_from_ranks(values, count, 0.5), math.percentile_from_ranks(values, count, 0.9))
+            found[bucket] = math.median_and_p90(values, count)
         return found
 
     # Figures from the stored facts ---------------------------------------------------
@@ -344,7 +344,7 @@ class ReportQueries:
             durations_of.sort()
             count = len(durations_of)
             at_ranks = {rank: float(durations_of[rank - 1]) for rank in math.percentile_ranks(count, PERCENTILES)}
-            found[key][bucket] = (math.percentile_from_ranks(at_ranks, count, 0.5), math.percentile_from_ranks(at_ranks, count, 0.9))
+            found[key][bucket] = math.median_and_p90(at_ranks, count)
         return found
 
     def _purchases(self) -> Any:
