@@ -26,7 +26,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from click.testing import CliRunner
 from flask.testing import FlaskClient
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from rich.console import Console
 from sqlalchemy import func, select
@@ -34,6 +34,7 @@ from sqlalchemy import func, select
 from autofunnel.cli import main
 from autofunnel.report_format import print_report, report_csv
 from autofunnel.clock import FixedClock
+from autofunnel.domain.report_body import period_of_day
 from autofunnel.services.credentials import create_api_key
 from autofunnel.services.report import Shown, funnel_report, parse_report_query
 from autofunnel.services.runtime import Runtime
@@ -382,15 +383,87 @@ def test_days_weeks_and_months_are_the_sellers(shop: Shop, zone: str, plans: lis
         assert {row["period"]: row["stages"][0]["reached"] for row in week["periods"] if row["stages"][0]["reached"]} == dict(mondays)
 
 
+customer_plan = st.tuples(
+    st.sampled_from(["instagram", None]),
+    st.lists(st.tuples(st.integers(-30, 10 * 24), st.sampled_from(["EUR", "EUR", "EUR", "USD"])), max_size=5),
+)
+"""A webinar lead: its channel, and its purchases (hours after registering, currency)."""
+
+
+# No shrinking: every example adds leads to the same store, and shrinking one ran past five minutes.
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow], phases=[Phase.generate])
+@given(
+    plans=st.lists(customer_plan, min_size=1, max_size=6), batches=st.integers(2, 5), seed=st.integers(0, 1000),
+    cut=st.integers(-1, 10), length=st.integers(0, 10),
+)
+def test_a_calendar_period_counts_each_paying_lead_once(shop: Shop, plans: list[Any], batches: int, seed: int, cut: int, length: int) -> None:
+    """By calendar, a paying customer is a lead with a purchase in the slice, however many days it
+    bought on: the tallies keep purchase days and their consecutive pairs, written as purchases
+    arrive in any order and batches, and every period, week and channel must still count each lead once."""
+    midnight = datetime(2031, 1, 1, tzinfo=UTC) + timedelta(days=60 * next(EXAMPLE))
+    items: list[dict[str, Any]] = []
+    days: dict[tuple[str, str | None, str], set[date]] = defaultdict(set)
+    for number, (channel, buys) in enumerate(plans):
+        email = f"c{midnight:%Y%m%d}-{number}@example.com"
+        joined = midnight + timedelta(minutes=number)
+        shop.subscribe(email, "webinar", at=joined, **({"source": {"channel": channel}} if channel else {}))
+        for index, (hours, currency) in enumerate(buys):
+            at = joined + timedelta(hours=hours)
+            items.append(purchase(email, "course", at, amount=10, order_id=f"{email}#{index}", currency=currency))
+            if at >= joined:  # a purchase before the lead entered the funnel is not the funnel's
+                days[(email, channel, currency)].add(at.date())
+    random.Random(seed).shuffle(items)
+    size = -(-len(items) // batches) if items else 1
+    for low in range(0, len(items), size):
+        shop.events(items[low : low + size])
+
+    first = midnight.date() + timedelta(days=cut)
+    last = first + timedelta(days=length)
+
+    def paying(within: Any) -> Counter[tuple[Any, ...]]:
+        """Leads with a purchase day in the slice, per (slice key, currency)."""
+        found: Counter[tuple[Any, ...]] = Counter()
+        for (_, channel, currency), bought_on in days.items():
+            for key in {within(day, channel) for day in bought_on if first <= day <= last}:
+                found[(key, currency)] += 1
+        return found
+
+    def customers(section: dict[str, Any]) -> dict[str, int]:
+        return {row["currency"]: row["customers"] for row in section["revenue_by_currency"] if row["customers"]}
+
+    def expected(found: Counter[tuple[Any, ...]], key: Any) -> dict[str, int]:
+        return {currency: n for (k, currency), n in found.items() if k == key and n}
+
+    period = {"from": first.isoformat(), "to": last.isoformat(), "mode": "calendar"}
+    today = shop.clock.now().date()
+    for params in (period, {**period, "by": "channel"}, {**period, "interval": "day"}, {**period, "interval": "week", "by": "channel"}):
+        query = parse_report_query("webinar", params, today)
+        report = funnel_report(shop.rt, query)
+        assert report == funnel_report(shop.rt, query, count_facts=True), params
+        assert customers(report) == expected(paying(lambda day, channel: "all"), "all"), params
+        for group in report.get("groups", []):
+            assert customers(group) == expected(paying(lambda day, channel: channel), group["value"]), params
+        unit = params.get("interval")
+        if unit is not None:
+            found = paying(lambda day, channel: period_of_day(day, unit))
+            assert {row["period"]: customers(row) for row in report["periods"] if customers(row)} == {
+                start: expected(found, start) for start in {k for k, _ in found}
+            }, params
+    running = tallies(shop.rt)
+    with shop.rt.db.transaction() as session:
+        rebuild_tallies(session)
+    assert tallies(shop.rt) == running
+
+
 def tallies(rt: Runtime) -> dict[tuple[Any, ...], tuple[int, float]]:
     """Every figure of `cohort_tallies`, summed over its rows."""
     t = CohortTally
     with rt.db.read() as session:
         rows = session.execute(
-            select(t.funnel, t.cohort_day, t.channel, t.figure, t.stage, t.step, t.detail, func.sum(t.n), func.sum(t.amount))
-            .group_by(t.funnel, t.cohort_day, t.channel, t.figure, t.stage, t.step, t.detail)
+            select(t.funnel, t.basis, t.cohort_day, t.channel, t.figure, t.stage, t.step, t.detail, func.sum(t.n), func.sum(t.amount))
+            .group_by(t.funnel, t.basis, t.cohort_day, t.channel, t.figure, t.stage, t.step, t.detail)
         ).all()
-    return {tuple(row[:7]): (int(row[7]), round(float(row[8]), 6)) for row in rows if row[7] or row[8]}
+    return {tuple(row[:8]): (int(row[8]), round(float(row[9]), 6)) for row in rows if row[8] or row[9]}
 
 
 def unfolded(rt: Runtime) -> int:
@@ -468,9 +541,13 @@ def test_the_running_tallies_equal_a_recount_and_give_the_report_counted_from_th
 
     running = tallies(shop.rt)
     period = {"from": f"{day:%Y-%m-%d}", "to": f"{day:%Y-%m-%d}"}
-    for params in ({}, {"by": "channel"}, {"interval": "week"}, {"by": "owner"}, {"by": "product"}):
-        query = parse_report_query("yoga", {**period, **params}, day.date())
-        assert shop.report(**period, **params) == funnel_report(shop.rt, query, count_facts=True)
+    calendar = {"from": f"{day:%Y-%m-%d}", "to": f"{day + timedelta(days=10):%Y-%m-%d}", "mode": "calendar"}
+    for params in (
+        period, {**period, "by": "channel"}, {**period, "interval": "week"}, {**period, "by": "owner"}, {**period, "by": "product"},
+        calendar, {**calendar, "by": "channel"}, {**calendar, "interval": "day"}, {**calendar, "by": "channel", "interval": "week"},
+    ):
+        query = parse_report_query("yoga", params, day.date())
+        assert shop.report(**params) == funnel_report(shop.rt, query, count_facts=True), params
     steps = {(row["stage"], row["step"]): (row["purchases_7d"], row["revenue_7d"]) for row in shop.report(**period)["steps"] if row["sent"]}
     expected = per_email(shop.rt, f"t{day:%Y%m%d}-", bought)
     assert set(steps) == set(expected)
@@ -506,7 +583,9 @@ def test_the_upgrade_that_brings_tallies_counts_what_was_already_stored(shop: Sh
     with shop.rt.db.read() as session:
         entries = set(session.execute(select(*columns)).all())
     running, report = tallies(shop.rt), shop.report(**{"from": "2026-03-02", "to": "2026-03-02"}, by="channel")
-    assert running and any(channel for _, _, channel, _, _ in entries)
+    days = {"from": "2026-03-01", "to": "2026-03-05"}
+    calendar = shop.report(**days, mode="calendar", by="channel")
+    assert running and any(channel for _, _, channel, _, _ in entries) and calendar["revenue"]["orders"] == 2
 
     url = shop.rt.settings.resolved_database_url
     shop.rt.db.engine.dispose()
@@ -514,8 +593,9 @@ def test_the_upgrade_that_brings_tallies_counts_what_was_already_stored(shop: Sh
     upgrade(url)
     with shop.rt.db.read() as session:
         assert set(session.execute(select(*columns)).all()) == entries
-        assert not tallies_current(session)  # purchases were stored: 0015 asks for a recount of refunds and revenue_7d
-    assert tallies(shop.rt) == running
+        assert not tallies_current(session)  # 0015 asks for a recount of refunds and revenue_7d, 0020 for the calendar days
+    assert tallies(shop.rt) == {key: figures for key, figures in running.items() if key[1] == "cohort"}  # 0004 counted the cohorts
+    assert shop.report(**days, mode="calendar", by="channel") == calendar
     assert shop.report(**{"from": "2026-03-02", "to": "2026-03-02"}, by="channel") == report  # counted from the facts meanwhile
 
     recounted = CliRunner().invoke(main, ["report-recount"], env=shop.environ)
@@ -525,6 +605,7 @@ def test_the_upgrade_that_brings_tallies_counts_what_was_already_stored(shop: Sh
         assert tallies_current(session)
     assert tallies(shop.rt) == running
     assert shop.report(**{"from": "2026-03-02", "to": "2026-03-02"}, by="channel") == report
+    assert shop.report(**days, mode="calendar", by="channel") == calendar
 
 
 # The CLI prints the API's report -----------------------------------------------------------

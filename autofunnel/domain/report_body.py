@@ -154,7 +154,7 @@ def section(figures: Figures, key: Key, stages: Sequence[str], order: Sequence[t
             ),
             "customers": int(customers),
         }
-        for currency, (gross, orders, customers, refunded, refunds, orders_refunded) in sorted(revenue.items(), key=lambda item: -item[1][0])
+        for currency, (gross, orders, customers, refunded, refunds, orders_refunded) in sorted(revenue.items(), key=lambda item: (-item[1][0], item[0] or ""))
     ]
     return {
         "stages": rows,

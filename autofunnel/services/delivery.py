@@ -341,7 +341,7 @@ def _recorded_with_claim(held: HeldConnection, outcome: _Outcome) -> tuple[Updat
     params = _finish_params(outcome) | {f"noted_{name}": value for name, value in _timeline_entry(outcome).items()}
     if tallied:
         assert claim.cohort is not None
-        params |= sent_email_tally_params(claim.flow, claim.cohort, claim.stage, claim.step_id)
+        params |= sent_email_tally_params(claim.flow, claim.cohort, outcome.at, claim.stage, claim.step_id)
     return record_and_claim_statement(outcome.status == DeliveryStatus.SENT, tallied), params
 
 

@@ -152,11 +152,11 @@ def funnel_report(rt: Runtime, query: ReportQuery, *, count_facts: bool = False,
             session.execute(text("SET LOCAL jit = off"))
         zone = rt.settings.timezone
         queries = ReportQueries(session, funnel, query, start=day_start(query.start, zone), stop=day_start(query.end + timedelta(days=1), zone), zone=zone)
-        # A cohort report, whole or by channel, is added up from the running tallies, which are
-        # kept per UTC day; other slicings (calendar days, lead fields, products), and every
-        # report in another zone than UTC, count the stored facts.
-        # Another split of a cohort still reads the whole report's times at the tallies' ranks.
-        walk = query.mode == "cohort" and not count_facts and zone == "UTC" and tallies_current(session)
+        # A report, whole or by channel, in either mode, is added up from the running tallies,
+        # which are kept per UTC day; other slicings (lead fields, products), and every report
+        # in another zone than UTC, count the stored facts.
+        # Another split still reads the whole report's times at the tallies' ranks.
+        walk = not count_facts and zone == "UTC" and tallies_current(session)
         return _build(queries, funnel, query, tallied=walk and query.by in (None, "channel"), walk=walk, shown=shown)
 
 

@@ -1,4 +1,4 @@
-"""The report's running tallies: every count and sum of a cohort report, kept per funnel, cohort day and channel.
+"""The report's running tallies: every count and sum of a report, kept per funnel, day and channel.
 
 A cohort report over a million leads cannot count five million events in a
 second, so the figures are counted as the facts are written, in the same
@@ -11,6 +11,14 @@ callers: the engine adding what it just did, a funnel's first stage entry
 catching up on purchases recorded before it, and `rebuild_tallies`, which runs
 the same statements over everything and is how the tests prove the running
 tallies equal a recount.
+
+Each figure is kept on two bases (`basis`): `cohort`, on the day the fact's lead
+entered the funnel, and `calendar`, on the day the fact happened: a stage entry's
+day, an email's sending day (for the email and what followed it), a purchase's or
+a refund's own day. Distinct counts add up over cohort days (each lead has one) but
+not over calendar days: `customers`, `refunded_orders` and the holdout groups are
+kept on the cohort basis; by calendar, paying customers are kept as purchase days
+and their consecutive pairs (below), and refunded orders are not kept.
 
 What the figures count (`figure`, with `stage`, `step`, `detail`):
 
@@ -30,6 +38,9 @@ What the figures count (`figure`, with `stage`, `step`, `detail`):
 - `refunded` per currency: `n` refund events, `amount` their total, by the
   funnel's leads after they entered it (the order need not be known: a refund counts
   like a negative purchase); `refunded_orders` per currency: distinct orders refunded.
+- Calendar only, per currency: `customer_days`, each day a funnel's lead bought on;
+  `customer_repeats`, each pair of consecutive such days of one lead, on the later
+  day with `step` the earlier (a report holding both subtracts it: the lead counts once).
 
 A refund belongs to the purchase of the same lead with the same `order_id` (see
 `store/facts.py`'s `refund_of`); a refund, its purchase and an email before the purchase are counted
@@ -55,7 +66,7 @@ from sqlalchemy.orm import Session, aliased
 from autofunnel.store.facts import amount_of, refund_of
 from autofunnel.store.models import CohortTally, Event, TallyState
 from autofunnel.store.queries import Executor, among_param, chunks
-from autofunnel.store.tally_statements import KEY_COLUMNS, TALLY_COLUMNS, email_parts, engagement_parts, event_parts, purchase_after, stage_entry_parts, unsubscribe_from
+from autofunnel.store.tally_statements import CALENDAR, COHORT, KEY_COLUMNS, TALLY_COLUMNS, email_parts, engagement_parts, event_parts, purchase_after, stage_entry_parts, unsubscribe_from
 from autofunnel.store.types import UTCDateTime
 
 
@@ -154,8 +165,10 @@ def count_sent_email(session: Executor, delivery_id: int, lead_id: int, sent_at:
         )
         names = {"purchase": "purchases_7d", "unsubscribed": "unsubscribed", "refund": "refunds_7d"}
         counts += [(names[kind], int(n), float(amount or 0.0) if kind != "unsubscribed" else 0.0) for kind, n, amount in session.execute(followed) if n]
-    where = _sent_email_tally_key(funnel, cohort, stage, step)
-    session.execute(_tally_rows_statement(), [{**where, "figure": figure, "detail": "", "n": n, "amount": amount} for figure, n, amount in counts])
+    session.execute(_tally_rows_statement(), [
+        {**where, "figure": figure, "detail": "", "n": n, "amount": amount}
+        for where in _sent_email_tally_keys(funnel, cohort, sent_at, stage, step) for figure, n, amount in counts
+    ])
 
 
 @functools.cache
@@ -164,9 +177,14 @@ def _tally_rows_statement() -> Insert:
     return insert(CohortTally.__table__)
 
 
-def _sent_email_tally_key(funnel: str, cohort: Cohort, stage: str, step: str) -> dict[str, Any]:
-    """Where a sent email counts: its funnel, its lead's cohort day and channel, its stage and step."""
-    return {"funnel": funnel, "cohort_day": cohort.cohort_at.astimezone(UTC).date(), "channel": cohort.channel or "", "stage": stage, "step": step}
+def _sent_email_tally_keys(funnel: str, cohort: Cohort, sent_at: datetime, stage: str, step: str) -> list[dict[str, Any]]:
+    """Where a sent email counts: its funnel, its lead's channel, its stage and step, on its lead's
+    cohort day and on the day it was sent (the two bases)."""
+    where = {"funnel": funnel, "channel": cohort.channel or "", "stage": stage, "step": step}
+    return [
+        {**where, "basis": COHORT, "cohort_day": cohort.cohort_at.astimezone(UTC).date()},
+        {**where, "basis": CALENDAR, "cohort_day": sent_at.astimezone(UTC).date()},
+    ]
 
 
 def sent_email_tally(finished: CTE) -> Insert:
@@ -181,21 +199,29 @@ def sent_email_tally(finished: CTE) -> Insert:
     """
     t = CohortTally.__table__
     figures = values(column("figure", String), name="figures").data([("sent",), ("opened",), ("clicked",)])
+    days = union_all(
+        select(literal(COHORT, t.c.basis.type).label("basis"), bindparam("tally_cohort_day", type_=t.c.cohort_day.type).label("day")),
+        select(literal(CALENDAR, t.c.basis.type), bindparam("tally_sent_day", type_=t.c.cohort_day.type)),
+    ).subquery("days")
     shown = or_(
         figures.c.figure == "sent",
         and_(figures.c.figure == "opened", finished.c.opened_at.is_not(None)),
         and_(figures.c.figure == "clicked", finished.c.clicked_at.is_not(None)),
     )
     row = select(
-        bindparam("tally_funnel", type_=t.c.funnel.type), bindparam("tally_cohort_day", type_=t.c.cohort_day.type),
+        bindparam("tally_funnel", type_=t.c.funnel.type), days.c.day,
         bindparam("tally_channel", type_=t.c.channel.type), figures.c.figure, bindparam("tally_stage", type_=t.c.stage.type),
-        bindparam("tally_step", type_=t.c.step.type), literal("", t.c.detail.type), literal(1, t.c.n.type), literal(0.0, t.c.amount.type),
-    ).select_from(finished).join(figures, shown)
-    return insert(t).from_select(["funnel", "cohort_day", "channel", "figure", "stage", "step", "detail", "n", "amount"], row)
+        bindparam("tally_step", type_=t.c.step.type), literal("", t.c.detail.type), days.c.basis, literal(1, t.c.n.type), literal(0.0, t.c.amount.type),
+    ).select_from(finished).join(figures, shown).join(days, true())
+    return insert(t).from_select(list(TALLY_COLUMNS), row)
 
 
-def sent_email_tally_params(funnel: str, cohort: Cohort, stage: str, step: str) -> dict[str, Any]:
-    return {f"tally_{name}": value for name, value in _sent_email_tally_key(funnel, cohort, stage, step).items()}
+def sent_email_tally_params(funnel: str, cohort: Cohort, sent_at: datetime, stage: str, step: str) -> dict[str, Any]:
+    cohort_key, calendar_key = _sent_email_tally_keys(funnel, cohort, sent_at, stage, step)
+    return {
+        "tally_funnel": funnel, "tally_channel": cohort_key["channel"], "tally_stage": stage, "tally_step": step,
+        "tally_cohort_day": cohort_key["cohort_day"], "tally_sent_day": calendar_key["cohort_day"],
+    }
 
 
 def count_engagement(session: Session, figure: str, scope: Scope) -> None:
@@ -276,7 +302,7 @@ def fold_tallies(session: Session, *, limit: int = 100_000) -> int:
         ).all()
     merged: dict[tuple[Any, ...], list[Any]] = defaultdict(lambda: [0, 0.0])
     for row in taken:
-        figures = merged[tuple(row[:7])]
+        figures = merged[tuple(row[: len(KEY_COLUMNS)])]
         figures[0] += int(row.n)
         figures[1] += float(row.amount)
     rows = [dict(zip(KEY_COLUMNS, key, strict=True), n=n, amount=amount, folded=True) for key, (n, amount) in merged.items() if n or amount]

@@ -293,11 +293,12 @@ class StageEntry(Base):
         Index(None, "funnel", "stage", "entered_at"),
         Index("ix_stage_entries_reached", "funnel", "stage", "lead_id"),
         # Time percentiles read the k-th duration of a stage straight off these, in order
-        # (see store/report_queries.py): the whole funnel's, and one channel's.
-        Index("ix_stage_entries_since_previous", "funnel", "stage", "since_previous_s", "cohort_at", sqlite_where=text("since_previous_s IS NOT NULL"), postgresql_where=text("since_previous_s IS NOT NULL")),
-        Index("ix_stage_entries_channel_since_previous", "funnel", "channel", "stage", "since_previous_s", "cohort_at", sqlite_where=text("since_previous_s IS NOT NULL"), postgresql_where=text("since_previous_s IS NOT NULL")),
-        Index("ix_stage_entries_since_first", "funnel", "stage", "since_first_s", "cohort_at", sqlite_where=text("since_first_s IS NOT NULL"), postgresql_where=text("since_first_s IS NOT NULL")),
-        Index("ix_stage_entries_channel_since_first", "funnel", "channel", "stage", "since_first_s", "cohort_at", sqlite_where=text("since_first_s IS NOT NULL"), postgresql_where=text("since_first_s IS NOT NULL")),
+        # (see store/report_queries.py): the whole funnel's, and one channel's, for a cohort
+        # (`cohort_at`) or by calendar (`entered_at`).
+        Index("ix_stage_entries_since_previous", "funnel", "stage", "since_previous_s", "cohort_at", "entered_at", sqlite_where=text("since_previous_s IS NOT NULL"), postgresql_where=text("since_previous_s IS NOT NULL")),
+        Index("ix_stage_entries_channel_since_previous", "funnel", "channel", "stage", "since_previous_s", "cohort_at", "entered_at", sqlite_where=text("since_previous_s IS NOT NULL"), postgresql_where=text("since_previous_s IS NOT NULL")),
+        Index("ix_stage_entries_since_first", "funnel", "stage", "since_first_s", "cohort_at", "entered_at", sqlite_where=text("since_first_s IS NOT NULL"), postgresql_where=text("since_first_s IS NOT NULL")),
+        Index("ix_stage_entries_channel_since_first", "funnel", "channel", "stage", "since_first_s", "cohort_at", "entered_at", sqlite_where=text("since_first_s IS NOT NULL"), postgresql_where=text("since_first_s IS NOT NULL")),
     )
 
     id: Mapped[Id]
@@ -317,9 +318,12 @@ class StageEntry(Base):
 
 
 class CohortTally(Base):
-    """One count or sum of the report for a funnel, cohort day and channel: what the report adds up.
+    """One count or sum of the report for a funnel, day and channel: what the report adds up.
 
-    Writers only insert rows (+1 for a send, +29.00 for a purchase), in the same
+    Every fact is counted twice, once per `basis`: `cohort` on the day its lead
+    entered the funnel (the cohort report), `calendar` on the day it happened
+    (`mode=calendar`: a stage entry's day, an email's sending day for the email
+    and what followed it, a purchase's or refund's own day). Writers only insert rows (+1 for a send, +29.00 for a purchase), in the same
     transaction as the fact they count, so two workers never wait on one hot row;
     `fold_tallies` merges them now and then. A figure is the sum of all its rows.
     `services/tallies.py` says what each figure counts.
@@ -331,6 +335,7 @@ class CohortTally(Base):
     id: Mapped[Id]
     funnel: Mapped[FlowName]
     cohort_day: Mapped[date] = mapped_column(Date)
+    """The UTC day the row counts for: its lead's cohort day, or with `basis` calendar the fact's own day."""
     channel: Mapped[str] = mapped_column(String(100), default="", server_default=EMPTY_TEXT)
     figure: Mapped[str] = mapped_column(String(32))
     stage: Mapped[str] = mapped_column(String(100), default="", server_default=EMPTY_TEXT)
@@ -339,6 +344,7 @@ class CohortTally(Base):
     n: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
     amount: Mapped[float] = mapped_column(Float, default=0.0, server_default=text("0"))
     folded: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    basis: Mapped[str] = mapped_column(String(16), default="cohort", server_default=text("'cohort'"))
 
 
 class TallyState(Base):

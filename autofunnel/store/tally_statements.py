@@ -11,62 +11,84 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Final
 
-from sqlalchemy import ColumnElement, Select, and_, bindparam, exists, func, literal, literal_column, select, text
+from sqlalchemy import ColumnElement, Select, String, and_, bindparam, case, cast, exists, func, literal, literal_column, or_, select, text, true, union_all
 from sqlalchemy.orm import Session, aliased
 
 from autofunnel.domain.statuses import DeliveryStatus
 from autofunnel.domain.report import PURCHASE_WINDOW
 from autofunnel.store.facts import amount_of, before, currency_of, day_of, order_key, order_of, refund_of
 from autofunnel.store.models import Assignment, Delivery, Event, StageEntry
-from autofunnel.store.queries import Executor
+from autofunnel.store.queries import Executor, OuterFirst
 
 Condition = Callable[[Any], ColumnElement[bool]]
 """Which rows of an entity (or of an alias of it) a statement counts."""
 
 
-TALLY_COLUMNS: Final = ("funnel", "cohort_day", "channel", "figure", "stage", "step", "detail", "n", "amount")
-KEY_COLUMNS: Final = TALLY_COLUMNS[:7]
+KEY_COLUMNS: Final = ("funnel", "cohort_day", "channel", "figure", "stage", "step", "detail", "basis")
+TALLY_COLUMNS: Final = (*KEY_COLUMNS, "n", "amount")
+COHORT: Final = "cohort"
+CALENDAR: Final = "calendar"
+"""The two days a fact counts on (`cohort_tallies.basis`): its lead's cohort day, and its own."""
 
-BY_KEY: Final = text("1, 2, 3, 4, 5, 6, 7")
+BY_KEY: Final = text("1, 2, 3, 4, 5, 6, 7, 8")
 """Every tally statement groups by its key columns by position: the same expression in the
 select list and in GROUP BY, bound parameters and all, on both backends."""
 
 
-def tally_row(session: Session, funnel: Any, moment: Any, channel: Any, figure: Any, stage: Any, step: Any, detail: Any, n: Any, amount: Any = None) -> list[Any]:
-    """The select list of one tally row, in `TALLY_COLUMNS` order."""
+def tally_row(
+    session: Session, basis: Any, funnel: Any, moment: Any, channel: Any, figure: Any, stage: Any, step: Any, detail: Any, n: Any, amount: Any = None
+) -> list[Any]:
+    """The select list of one tally row, in `TALLY_COLUMNS` order; `moment` gives its day on `basis`."""
     return [
         funnel.label("funnel"), day_of(session, moment).label("cohort_day"), func.coalesce(channel, "").label("channel"),
         (literal(figure) if isinstance(figure, str) else figure).label("figure"), stage.label("stage"), step.label("step"), detail.label("detail"),
-        n.label("n"), (amount if amount is not None else literal_column("0.0")).label("amount"),
+        (literal(basis) if isinstance(basis, str) else basis).label("basis"), n.label("n"), (amount if amount is not None else literal_column("0.0")).label("amount"),
     ]
 
 
+def _tried(names: tuple[str, ...], name: str) -> Any:
+    """A few constant rows each source row is tried against, so one pass over the
+    scope counts several figures or both bases (joined as `OuterFirst`: the scope stays the
+    outer loop on SQLite)."""
+    return union_all(*(select(literal(value, String).label(name)) for value in names)).subquery(f"{name}_tried")
+
+
+BASES: Final = (COHORT, CALENDAR)
+
+
 def stage_entry_parts(session: Session, scope: Condition) -> list[Select[Any]]:
+    """Reached, skipped, timed and lasted on both bases in one pass over the scope's stage
+    entries (eight passes made an import's tally cost twice what it did on one basis), and
+    reach by holdout group."""
     e = StageEntry
     blank = literal("")
-
-    def part(figure: str, n: Any, *where: Any) -> Select[Any]:
-        return (
-            select(*tally_row(session, e.funnel, e.cohort_at, e.channel, figure, e.stage, blank, blank, n))
-            .where(scope(e), *where).group_by(BY_KEY)
-        )
-
+    counted, bases = _tried(("reached", "skipped", "timed", "lasted"), "figure"), _tried(BASES, "basis")
+    counts = or_(
+        counted.c.figure == "reached", and_(counted.c.figure == "skipped", e.skipped.is_(True)),
+        and_(counted.c.figure == "timed", e.since_previous_s.is_not(None)), and_(counted.c.figure == "lasted", e.since_first_s.is_not(None)),
+    )
+    moment = case((bases.c.basis == COHORT, e.cohort_at), else_=e.entered_at)
+    entries = (
+        select(*tally_row(session, bases.c.basis, e.funnel, moment, e.channel, counted.c.figure, e.stage, blank, blank, func.count()))
+        .select_from(OuterFirst(OuterFirst(e, counted, counts), bases, true())).where(scope(e)).group_by(BY_KEY)
+    )
     a = Assignment
     # The lead's holdout group looked up entry by entry (by the unique key), not joined: for an
     # import's chunk of 5000 entries PostgreSQL chose to hash every lead's assignment instead,
     # 235 ms a chunk at 1M leads and growing with the list (a fifth of the import's time).
     group = select(a.value).where(a.lead_id == e.lead_id, a.flow == e.funnel, a.name == "holdout").scalar_subquery()
     holdout = (
-        select(*tally_row(session, e.funnel, e.cohort_at, e.channel, "holdout", e.stage, blank, group, func.count()))
+        select(*tally_row(session, COHORT, e.funnel, e.cohort_at, e.channel, "holdout", e.stage, blank, group, func.count()))
         .where(scope(e)).group_by(BY_KEY).having(group.is_not(None))
     )
-    return [
-        part("reached", func.count()),
-        part("skipped", func.count(), e.skipped.is_(True)),
-        part("timed", func.count(), e.since_previous_s.is_not(None)),
-        part("lasted", func.count(), e.since_first_s.is_not(None)),
-        holdout,
-    ]
+    return [entries, holdout]
+
+
+def email_day(basis: Any, s0: Any, d: Any) -> Any:
+    """The moment an email and what followed it count on: its lead's cohort, or its own sending."""
+    if isinstance(basis, str):
+        return s0.cohort_at if basis == COHORT else d.sent_at
+    return case((basis == COHORT, s0.cohort_at), else_=d.sent_at)
 
 
 def email_first_stage(d: Any) -> tuple[Any, ColumnElement[bool]]:
@@ -77,20 +99,18 @@ def email_first_stage(d: Any) -> tuple[Any, ColumnElement[bool]]:
 
 
 def email_parts(session: Session, scope: Condition) -> list[Select[Any]]:
+    """Sent, first opens and first clicks on both bases, in one pass over the scope's emails."""
     d = Delivery
     s0, on_s0 = email_first_stage(d)
-    sent = (d.kind == "email", d.status == DeliveryStatus.SENT, scope(d))
-
-    def part(figure: str, n: Any) -> Select[Any]:
-        return (
-            select(*tally_row(session, d.flow, s0.cohort_at, s0.channel, figure, d.stage, d.step_id, literal(""), n))
-            .select_from(d).join(s0, on_s0).where(*sent).group_by(BY_KEY)
-        )
-
+    counted, bases = _tried(("sent", "opened", "clicked"), "figure"), _tried(BASES, "basis")
+    counts = or_(
+        counted.c.figure == "sent", and_(counted.c.figure == "opened", d.opened_at.is_not(None)),
+        and_(counted.c.figure == "clicked", d.clicked_at.is_not(None)),
+    )
     return [
-        part("sent", func.count()),
-        part("opened", func.count(d.opened_at)).having(func.count(d.opened_at) > 0),
-        part("clicked", func.count(d.clicked_at)).having(func.count(d.clicked_at) > 0),
+        select(*tally_row(session, bases.c.basis, d.flow, email_day(bases.c.basis, s0, d), s0.channel, counted.c.figure, d.stage, d.step_id, literal(""), func.count()))
+        .select_from(OuterFirst(OuterFirst(d.__table__.join(s0, on_s0), counted, counts), bases, true()))
+        .where(d.kind == "email", d.status == DeliveryStatus.SENT, scope(d)).group_by(BY_KEY)
     ]
 
 
@@ -99,8 +119,9 @@ def engagement_parts(session: Session, figure: str, scope: Condition) -> list[Se
     d = Delivery
     s0, on_s0 = email_first_stage(d)
     return [
-        select(*tally_row(session, d.flow, s0.cohort_at, s0.channel, figure, d.stage, d.step_id, literal(""), func.count()))
+        select(*tally_row(session, basis, d.flow, email_day(basis, s0, d), s0.channel, figure, d.stage, d.step_id, literal(""), func.count()))
         .select_from(d).join(s0, on_s0).where(d.kind == "email", d.status == DeliveryStatus.SENT, scope(d)).group_by(BY_KEY)
+        for basis in BASES
     ]
 
 
@@ -123,12 +144,16 @@ def event_parts(session: Session, scope: Condition, one_funnel: bool) -> list[Se
         earlier.at >= s0.entered_at, ~scope(earlier),
     )
     blank = literal("")
-    revenue = (
-        select(*tally_row(session, s0.funnel, s0.cohort_at, s0.channel, "revenue", blank, blank, currency_of(p), func.count(), func.sum(amount_of(session, p))))
+    revenue = [
+        select(*tally_row(session, basis, s0.funnel, moment, s0.channel, "revenue", blank, blank, currency_of(p), func.count(), func.sum(amount_of(session, p))))
         .select_from(p).join(s0, on_s0(p)).where(*bought).group_by(BY_KEY)
-    )
+        for basis, moment in ((COHORT, s0.cohort_at), (CALENDAR, p.at))
+    ]
+    # Customers are distinct leads, which add up over cohort days (a lead has one) but not over
+    # calendar days: see `calendar_customer_parts`. Refunded orders, distinct too, a calendar
+    # report counts from the period's refunds (a few per cent of its purchases).
     customers = (
-        select(*tally_row(session, s0.funnel, s0.cohort_at, s0.channel, "customers", blank, blank, currency_of(p), func.count(p.lead_id.distinct())))
+        select(*tally_row(session, COHORT, s0.funnel, s0.cohort_at, s0.channel, "customers", blank, blank, currency_of(p), func.count(p.lead_id.distinct())))
         .select_from(p).join(s0, on_s0(p)).where(*bought, ~counted_before).group_by(BY_KEY)
     )
     r = aliased(Event, name="r")
@@ -139,22 +164,26 @@ def event_parts(session: Session, scope: Condition, one_funnel: bool) -> list[Se
         earlier_refund.lead_id == r.lead_id, earlier_refund.type == "refund", order_of(earlier_refund) == order_of(r),
         currency_of(earlier_refund) == currency_of(r), earlier_refund.at >= s2.entered_at, ~scope(earlier_refund),
     )
-    refunds = (
-        select(*tally_row(session, s2.funnel, s2.cohort_at, s2.channel, "refunded", blank, blank, currency_of(r), func.count(), func.sum(amount_of(session, r))))
+    refunds = [
+        select(*tally_row(session, basis, s2.funnel, moment, s2.channel, "refunded", blank, blank, currency_of(r), func.count(), func.sum(amount_of(session, r))))
         .select_from(r).join(s2, on_s2(r)).where(*refunded).group_by(BY_KEY)
-    )
+        for basis, moment in ((COHORT, s2.cohort_at), (CALENDAR, r.at))
+    ]
     refunded_orders = (
-        select(*tally_row(session, s2.funnel, s2.cohort_at, s2.channel, "refunded_orders", blank, blank, currency_of(r), func.count(order_key(r).distinct())))
+        select(*tally_row(session, COHORT, s2.funnel, s2.cohort_at, s2.channel, "refunded_orders", blank, blank, currency_of(r), func.count(order_key(r).distinct())))
         .select_from(r).join(s2, on_s2(r)).where(*refunded, ~order_counted_before).group_by(BY_KEY)
     )
     d = Delivery
     s1, on_s1 = email_first_stage(d)
     u = aliased(Event, name="u")
     followed = []
-    for figure, event, on in (("unsubscribed", u, unsubscribe_from(u, d)), ("purchases_7d", p, purchase_after(session, p, d))):
+    for basis, figure, event, on in (
+        (basis, figure, event, on) for basis in BASES
+        for figure, event, on in (("unsubscribed", u, unsubscribe_from(u, d)), ("purchases_7d", p, purchase_after(session, p, d)))
+    ):
         amount = func.sum(amount_of(session, p)) if figure == "purchases_7d" else None
         stmt = (
-            select(*tally_row(session, d.flow, s1.cohort_at, s1.channel, figure, d.stage, d.step_id, blank, func.count(), amount))
+            select(*tally_row(session, basis, d.flow, email_day(basis, s1, d), s1.channel, figure, d.stage, d.step_id, blank, func.count(), amount))
             .select_from(event).join(d, on).join(s1, on_s1)
             .where(scope(event), d.kind == "email", d.status == DeliveryStatus.SENT)
             .group_by(BY_KEY)
@@ -164,9 +193,9 @@ def event_parts(session: Session, scope: Condition, one_funnel: bool) -> list[Se
         followed.append(stmt)
     # A refund of a purchase that followed an email: counted with the refund when the purchase is
     # already stored, else with the purchase (the refunds stored before it, outside the scope).
-    for counted, outside in ((r, None), (p, r)):
+    for basis, counted, outside in ((basis, counted, outside) for basis in BASES for counted, outside in ((r, None), (p, r))):
         stmt = (
-            select(*tally_row(session, d.flow, s1.cohort_at, s1.channel, "refunds_7d", d.stage, d.step_id, blank, func.count(), func.sum(amount_of(session, r))))
+            select(*tally_row(session, basis, d.flow, email_day(basis, s1, d), s1.channel, "refunds_7d", d.stage, d.step_id, blank, func.count(), func.sum(amount_of(session, r))))
             .select_from(r).join(p, refund_of(r, p)).join(d, purchase_after(session, p, d)).join(s1, on_s1)
             .where(scope(counted), d.kind == "email", d.status == DeliveryStatus.SENT, *([~scope(outside)] if outside is not None else []))
             .group_by(BY_KEY)
@@ -174,7 +203,52 @@ def event_parts(session: Session, scope: Condition, one_funnel: bool) -> list[Se
         if funnel is not None:
             stmt = stmt.where(d.flow == funnel)
         followed.append(stmt)
-    return [revenue, customers, refunds, refunded_orders, *followed]
+    return [*revenue, customers, *calendar_customer_parts(session, scope, funnel), *refunds, refunded_orders, *followed]
+
+
+def calendar_customer_parts(session: Session, scope: Condition, funnel: Any) -> list[Select[Any]]:
+    """Paying customers by calendar, kept so that any period's count is a sum of tally rows.
+
+    A lead (per funnel and currency) is a customer of a period if it bought on at least
+    one of the period's days. With its purchase days d1 < d2 < … that is the number of
+    those days in the period less the number of consecutive pairs (dk, dk+1) both in it.
+    So each purchase day counts +1 (`customer_days`, on its day) and each consecutive
+    pair −1 where the report finds both days in its period (`customer_repeats`, on the
+    later day, `step` the earlier one). A batch of purchases adds its new days, the
+    pairs they make, and takes back each earlier pair a new day now splits.
+    """
+    cp, touched = aliased(Event, name="cp"), aliased(Event, name="touched")
+    s, on_s = _purchasers_stage(funnel)
+    day = day_of(session, cp.at)
+    days = (
+        select(
+            s.funnel.label("funnel"), s.channel.label("channel"), cp.lead_id.label("lead_id"), currency_of(cp).label("currency"), day.label("day"),
+            func.min(cp.at).label("first_at"), func.max(case((scope(cp), 0), else_=1)).label("old"),
+        )
+        .select_from(cp).join(s, on_s(cp))
+        .where(cp.type == "purchase", cp.at >= s.entered_at, cp.lead_id.in_(select(touched.lead_id).where(touched.type == "purchase", scope(touched))))
+        .group_by(text("1, 2, 3, 4, 5"))
+        .subquery("purchase_days")
+    )
+    lead = {"partition_by": (days.c.lead_id, days.c.funnel, days.c.currency), "order_by": days.c.first_at}
+    pairs = select(
+        days, func.lead(days.c.first_at).over(**lead).label("next_at"), func.lead(days.c.old).over(**lead).label("next_old"),
+        func.min(case((days.c.old == 1, days.c.first_at))).over(**lead, rows=(1, None)).label("next_old_at"),
+    ).subquery("purchase_day_pairs")
+    blank = literal("")
+    earlier = cast(day_of(session, pairs.c.first_at), String)
+
+    def part(moment: Any, figure: str, step: Any, n: Any, *where: Any) -> Select[Any]:
+        return (
+            select(*tally_row(session, CALENDAR, pairs.c.funnel, moment, pairs.c.channel, figure, blank, step, pairs.c.currency, n))
+            .where(*where).group_by(BY_KEY)
+        )
+
+    return [
+        part(pairs.c.first_at, "customer_days", blank, func.count(), pairs.c.old == 0),
+        part(pairs.c.next_at, "customer_repeats", earlier, func.count(), pairs.c.next_at.is_not(None), or_(pairs.c.old == 0, pairs.c.next_old == 0)),
+        part(pairs.c.next_old_at, "customer_repeats", earlier, -func.count(), pairs.c.old == 1, pairs.c.next_old_at.is_not(None), pairs.c.next_old == 0),
+    ]
 
 
 def _purchasers_stage(funnel: Any) -> tuple[Any, Callable[[Any], ColumnElement[bool]]]:
