@@ -1,7 +1,7 @@
 """Server time of every admin page over a filled database: milliseconds per page, median.
 
     python bench/gen_report_data.py --leads 1000000 --database-url sqlite:////tmp/af-report-1m.db
-    python bench/bench_admin.py --database-url sqlite:////tmp/af-report-1m.db [--skip owner --skip calendar]
+    python bench/bench_admin.py --database-url sqlite:////tmp/af-report-1m.db [--skip owner]
 
 Pages are requested through the Flask app in this process (a logged-in test
 client: routing, the service calls, templates and all), as of the generator's
@@ -34,7 +34,7 @@ def main() -> None:
     parser.add_argument("--database-url", required=True)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--skip", action="append", default=[], metavar="TEXT",
-                        help="leave out the pages whose name contains TEXT (e.g. --skip owner --skip calendar: minutes each at 1M leads)")
+                        help="leave out the pages whose name contains TEXT (e.g. --skip owner: counted from the facts, seconds at 1M leads)")
     args = parser.parse_args()
     rt = history_runtime(args.database_url, "af-admin-bench-")
     try:
