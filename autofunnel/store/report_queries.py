@@ -216,9 +216,17 @@ class ReportQueries:
                 if grouped is not None:
                     ranks[(channel or None,)][(figure, stage)] += int(n or 0)
         if self.q.mode == "calendar":
-            for figures, by, periodic in ((whole, False, False), (grouped, True, False), (periods, False, True)):
+            for figures, by, periodic in ((grouped, True, False), (periods, False, True)):
                 if figures is not None:
                     self._count_refunds(figures, by, periodic, orders_only=True)
+            if grouped is not None:
+                # An order is one lead's, and a lead has one channel: the whole report's refunded
+                # orders are the channels' added up.
+                for by_currency in grouped.revenue.values():
+                    for currency, figures in by_currency.items():
+                        whole.revenue[()].setdefault(currency, [0.0, 0, 0, 0.0, 0, 0])[5] += figures[5]
+            else:
+                self._count_refunds(whole, False, False, orders_only=True)
         if times:
             whole.times[()] = self._walked_times(ranks.get((), {}), None)
             if grouped is not None:
