@@ -397,7 +397,7 @@ class ReportQueries:
             func.count(p.lead_id.distinct()).label("customers"),
         ).select_from(p).where(p.type == "purchase").group_by(currency)
         # By calendar, the period's purchases (`type, at`) find their leads' first stages: from
-        # the stage entries' side SQLite read every lead's purchases (5 s at 1M leads against 1.7).
+        # the stage entries' side SQLite read every lead's purchases (5.0 s at 1M leads against 4.0).
         stmt, moment = self._joined_first(stmt, p, p.at, after=p if self.q.mode == "calendar" else None)
         stmt, keys = self._keyed(stmt, p, moment, grouped=grouped, periodic=periodic, product=p.properties["product"].as_string())
         for row in self.session.execute(stmt):
