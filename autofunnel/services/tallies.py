@@ -17,8 +17,8 @@ entered the funnel, and `calendar`, on the day the fact happened: a stage entry'
 day, an email's sending day (for the email and what followed it), a purchase's or
 a refund's own day. Distinct counts add up over cohort days (each lead has one) but
 not over calendar days: `customers`, `refunded_orders` and the holdout groups are
-kept on the cohort basis; by calendar, paying customers are kept as purchase days
-and their consecutive pairs (below), and refunded orders are not kept.
+kept on the cohort basis; by calendar, paying customers and refunded orders are
+kept as event days and their consecutive pairs (below).
 
 What the figures count (`figure`, with `stage`, `step`, `detail`):
 
@@ -40,7 +40,8 @@ What the figures count (`figure`, with `stage`, `step`, `detail`):
   like a negative purchase); `refunded_orders` per currency: distinct orders refunded.
 - Calendar only, per currency: `customer_days`, each day a funnel's lead bought on;
   `customer_repeats`, each pair of consecutive such days of one lead, on the later
-  day with `step` the earlier (a report holding both subtracts it: the lead counts once).
+  day with `step` the earlier (a report holding both subtracts it: the lead counts once);
+  `refunded_order_days` and `refunded_order_repeats`, the same for an order's refunds.
 
 A refund belongs to the purchase of the same lead with the same `order_id` (see
 `store/facts.py`'s `refund_of`); a refund, its purchase and an email before the purchase are counted

@@ -11,7 +11,7 @@ import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from datetime import date, datetime
-from typing import Any
+from typing import Any, Final
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import (
@@ -39,7 +39,7 @@ from autofunnel.domain.model import Funnel
 from autofunnel.domain.report import PURCHASE_WINDOW
 from autofunnel.domain.report_body import LENGTH, PERCENTILES, Figures, Key, ReportQuery, SplitSteps, Times, period_of_day, tally_into
 from autofunnel.store.facts import amount_of, before, currency_of, order_key, order_of, refund_of, within_before
-from autofunnel.store.tally_statements import purchase_after, unsubscribe_from
+from autofunnel.store.tally_statements import CALENDAR_DISTINCT, purchase_after, unsubscribe_from
 from autofunnel.store.models import Assignment, CohortTally, Delivery, Event, Lead, Spend, StageEntry
 from autofunnel.store.queries import OuterFirst, is_postgres
 
@@ -48,6 +48,12 @@ BY_LEAD = "ix_deliveries_lead_id_flow_sent_at"
 LEAD_STAGES = "sqlite_autoindex_stage_entries_1"
 """A lead's stage entries in a funnel (the unique `lead_id, funnel, stage`; SQLite names the index of a
 table's first unique constraint itself): where an event finds its lead's first stage."""
+CALENDAR_DAYS: Final = {
+    figure: (distinct, repeated)
+    for distinct, days, repeats in CALENDAR_DISTINCT.values()
+    for figure, repeated in ((days, False), (repeats, True))
+}
+"""The calendar tallies of distinct counts: each figure, what it counts for, and whether it is a pair of days to take back."""
 _ZONE_NAME = re.compile(r"^[A-Za-z0-9_+\-/]{1,64}$")
 
 
@@ -182,9 +188,8 @@ class ReportQueries:
         the stage entries (`times`: the whole report's and its groups'; `period_times`: each period's).
 
         A calendar report's paying customers are its purchase days less the consecutive
-        pairs of a lead's purchase days inside one slice (see `calendar_customer_parts`);
-        its refunded orders, distinct orders over its period, are counted from the period's
-        refunds (a few per cent of its purchases).
+        pairs of a lead's purchase days inside one slice, and its refunded orders the same
+        of an order's refund days (see `calendar_distinct_parts`).
         """
         t = CohortTally
         stmt = (
@@ -202,31 +207,19 @@ class ReportQueries:
                 keyed.append((grouped, (channel or None,)))
             if periods is not None:
                 keyed.append((periods, (period_of_day(day, self.q.interval or "day"),)))
-            if figure == "customer_repeats":
-                # A lead's purchase days `step` and `day`, one after the other: one customer, not two,
-                # in a slice that holds both.
-                keyed = [(figures, key) for figures, key in keyed if self._holds(figures is periods, date.fromisoformat(step), day)]
-                figure, n = "customers", -int(n or 0)
-            elif figure == "customer_days":
-                figure = "customers"
+            if figure in CALENDAR_DAYS:
+                figure, repeated = CALENDAR_DAYS[figure]
+                if repeated:
+                    # A lead's (an order's) days `step` and `day`, one after the other: one customer
+                    # (refunded order), not two, in a slice that holds both.
+                    keyed = [(figures, key) for figures, key in keyed if self._holds(figures is periods, date.fromisoformat(step), day)]
+                    n = -int(n or 0)
             for figures, key in keyed:
                 tally_into(figures, key, figure, stage, step, detail, int(n or 0), float(amount or 0.0))
             if figure in ("timed", "lasted"):
                 ranks[()][(figure, stage)] += int(n or 0)
                 if grouped is not None:
                     ranks[(channel or None,)][(figure, stage)] += int(n or 0)
-        if self.q.mode == "calendar":
-            for figures, by, periodic in ((grouped, True, False), (periods, False, True)):
-                if figures is not None:
-                    self._count_refunds(figures, by, periodic, orders_only=True)
-            if grouped is not None:
-                # An order is one lead's, and a lead has one channel: the whole report's refunded
-                # orders are the channels' added up.
-                for by_currency in grouped.revenue.values():
-                    for currency, figures in by_currency.items():
-                        whole.revenue[()].setdefault(currency, [0.0, 0, 0, 0.0, 0, 0])[5] += figures[5]
-            else:
-                self._count_refunds(whole, False, False, orders_only=True)
         if times:
             whole.times[()] = self._walked_times(ranks.get((), {}), None)
             if grouped is not None:
@@ -404,26 +397,20 @@ class ReportQueries:
             key = tuple(row._mapping[k.name] for k in keys)
             into = figures.revenue[key].setdefault(row.currency, [0.0, 0, 0, 0.0, 0, 0])
             into[:3] = [float(row.total or 0), int(row.orders), int(row.customers)]
-        self._count_refunds(figures, grouped, periodic)
-
-    def _count_refunds(self, figures: Figures, grouped: bool, periodic: bool, *, orders_only: bool = False) -> None:
-        """Refunds by the report's leads, counted by their own moment like a purchase: whether or
-        not the order they give money back for was ever recorded. `orders_only`: only the distinct
-        refunded orders, into figures whose sums came from the tallies."""
+        # Refunds by the same leads, counted by their own moment like a purchase: whether or not
+        # the order they give money back for was ever recorded.
         r = self._refunds()
         refund_currency = currency_of(r)
-        sums = [] if orders_only else [func.sum(amount_of(self.session, r)).label("total"), func.count().label("refunds")]
         stmt = select(
-            refund_currency.label("currency"), *sums, func.count(order_key(r).distinct()).label("orders"),
+            refund_currency.label("currency"), func.sum(amount_of(self.session, r)).label("total"), func.count().label("refunds"),
+            func.count(order_key(r).distinct()).label("orders"),
         ).where(r.type == "refund").group_by(refund_currency)
         stmt, moment = self._joined_first(stmt, r, r.at, after=r)
         stmt, keys = self._keyed(stmt, r, moment, grouped=grouped, periodic=periodic, product=r.properties["product"].as_string())
         for row in self.session.execute(stmt):
             key = tuple(row._mapping[k.name] for k in keys)
             into = figures.revenue[key].setdefault(row.currency, [0.0, 0, 0, 0.0, 0, 0])
-            into[5] = int(row.orders)
-            if not orders_only:
-                into[3:5] = [float(row.total or 0), int(row.refunds)]
+            into[3:] = [float(row.total or 0), int(row.refunds), int(row.orders)]
 
     def _refunds(self) -> Any:
         return aliased(Event, name="r")

@@ -149,9 +149,8 @@ def event_parts(session: Session, scope: Condition, one_funnel: bool) -> list[Se
         .select_from(p).join(s0, on_s0(p)).where(*bought).group_by(BY_KEY)
         for basis, moment in ((COHORT, s0.cohort_at), (CALENDAR, p.at))
     ]
-    # Customers are distinct leads, which add up over cohort days (a lead has one) but not over
-    # calendar days: see `calendar_customer_parts`. Refunded orders, distinct too, a calendar
-    # report counts from the period's refunds (a few per cent of its purchases).
+    # Customers and refunded orders are distinct leads and orders, which add up over cohort days
+    # (a lead has one) but not over calendar days: see `calendar_distinct_parts`.
     customers = (
         select(*tally_row(session, COHORT, s0.funnel, s0.cohort_at, s0.channel, "customers", blank, blank, currency_of(p), func.count(p.lead_id.distinct())))
         .select_from(p).join(s0, on_s0(p)).where(*bought, ~counted_before).group_by(BY_KEY)
@@ -203,38 +202,49 @@ def event_parts(session: Session, scope: Condition, one_funnel: bool) -> list[Se
         if funnel is not None:
             stmt = stmt.where(d.flow == funnel)
         followed.append(stmt)
-    return [*revenue, customers, *calendar_customer_parts(session, scope, funnel), *refunds, refunded_orders, *followed]
+    calendar_distinct = [part for kind in CALENDAR_DISTINCT for part in calendar_distinct_parts(session, scope, funnel, kind)]
+    return [*revenue, customers, *refunds, refunded_orders, *calendar_distinct, *followed]
 
 
-def calendar_customer_parts(session: Session, scope: Condition, funnel: Any) -> list[Select[Any]]:
-    """Paying customers by calendar, kept so that any period's count is a sum of tally rows.
+CALENDAR_DISTINCT: Final = {
+    "purchase": ("customers", "customer_days", "customer_repeats"),
+    "refund": ("refunded_orders", "refunded_order_days", "refunded_order_repeats"),
+}
+"""The calendar tallies of distinct counts: per event type, the report's figure, the figure of its days and that of its pairs of days."""
 
-    A lead (per funnel and currency) is a customer of a period if it bought on at least
-    one of the period's days. With its purchase days d1 < d2 < … that is the number of
-    those days in the period less the number of consecutive pairs (dk, dk+1) both in it.
-    So each purchase day counts +1 (`customer_days`, on its day) and each consecutive
-    pair −1 where the report finds both days in its period (`customer_repeats`, on the
-    later day, `step` the earlier one). A batch of purchases adds its new days, the
-    pairs they make, and takes back each earlier pair a new day now splits.
+
+def calendar_distinct_parts(session: Session, scope: Condition, funnel: Any, kind: str) -> list[Select[Any]]:
+    """Paying customers (`kind` purchase) or refunded orders (refund) by calendar, kept so that
+    any period's count is a sum of tally rows.
+
+    A lead (or an order; per funnel and currency) counts in a period if it has an event on
+    at least one of the period's days. With its event days d1 < d2 < … that is the number
+    of those days in the period less the number of consecutive pairs (dk, dk+1) both in it.
+    So each day counts +1 (`customer_days`, on its day) and each consecutive pair −1 where
+    the report finds both days in its slice (`customer_repeats`, on the later day, `step`
+    the earlier one). A batch of events adds its new days, the pairs they make, and takes
+    back each earlier pair a new day now splits.
     """
-    cp, touched = aliased(Event, name="cp"), aliased(Event, name="touched")
+    _, days_figure, repeats_figure = CALENDAR_DISTINCT[kind]
+    e, touched = aliased(Event, name=f"{kind}_e"), aliased(Event, name="touched")
     s, on_s = _purchasers_stage(funnel)
-    day = day_of(session, cp.at)
+    who = e.lead_id if kind == "purchase" else order_key(e)
+    day = day_of(session, e.at)
     days = (
         select(
-            s.funnel.label("funnel"), s.channel.label("channel"), cp.lead_id.label("lead_id"), currency_of(cp).label("currency"), day.label("day"),
-            func.min(cp.at).label("first_at"), func.max(case((scope(cp), 0), else_=1)).label("old"),
+            s.funnel.label("funnel"), s.channel.label("channel"), who.label("who"), currency_of(e).label("currency"), day.label("day"),
+            func.min(e.at).label("first_at"), func.max(case((scope(e), 0), else_=1)).label("old"),
         )
-        .select_from(cp).join(s, on_s(cp))
-        .where(cp.type == "purchase", cp.at >= s.entered_at, cp.lead_id.in_(select(touched.lead_id).where(touched.type == "purchase", scope(touched))))
+        .select_from(e).join(s, on_s(e))
+        .where(e.type == kind, e.at >= s.entered_at, e.lead_id.in_(select(touched.lead_id).where(touched.type == kind, scope(touched))))
         .group_by(text("1, 2, 3, 4, 5"))
-        .subquery("purchase_days")
+        .subquery(f"{kind}_days")
     )
-    lead = {"partition_by": (days.c.lead_id, days.c.funnel, days.c.currency), "order_by": days.c.first_at}
+    one = {"partition_by": (days.c.who, days.c.funnel, days.c.currency), "order_by": days.c.first_at}
     pairs = select(
-        days, func.lead(days.c.first_at).over(**lead).label("next_at"), func.lead(days.c.old).over(**lead).label("next_old"),
-        func.min(case((days.c.old == 1, days.c.first_at))).over(**lead, rows=(1, None)).label("next_old_at"),
-    ).subquery("purchase_day_pairs")
+        days, func.lead(days.c.first_at).over(**one).label("next_at"), func.lead(days.c.old).over(**one).label("next_old"),
+        func.min(case((days.c.old == 1, days.c.first_at))).over(**one, rows=(1, None)).label("next_old_at"),
+    ).subquery(f"{kind}_day_pairs")
     blank = literal("")
     earlier = cast(day_of(session, pairs.c.first_at), String)
 
@@ -245,9 +255,9 @@ def calendar_customer_parts(session: Session, scope: Condition, funnel: Any) -> 
         )
 
     return [
-        part(pairs.c.first_at, "customer_days", blank, func.count(), pairs.c.old == 0),
-        part(pairs.c.next_at, "customer_repeats", earlier, func.count(), pairs.c.next_at.is_not(None), or_(pairs.c.old == 0, pairs.c.next_old == 0)),
-        part(pairs.c.next_old_at, "customer_repeats", earlier, -func.count(), pairs.c.old == 1, pairs.c.next_old_at.is_not(None), pairs.c.next_old == 0),
+        part(pairs.c.first_at, days_figure, blank, func.count(), pairs.c.old == 0),
+        part(pairs.c.next_at, repeats_figure, earlier, func.count(), pairs.c.next_at.is_not(None), or_(pairs.c.old == 0, pairs.c.next_old == 0)),
+        part(pairs.c.next_old_at, repeats_figure, earlier, -func.count(), pairs.c.old == 1, pairs.c.next_old_at.is_not(None), pairs.c.next_old == 0),
     ]
 
 
