@@ -58,6 +58,7 @@ def main() -> None:
         ("funnel interval=week", "/admin/funnels/yoga?interval=week&days=90"),
         ("funnel by=owner", "/admin/funnels/yoga?by=owner"),
         ("funnel mode=calendar", "/admin/funnels/yoga?mode=calendar"),
+        ("funnel attribution=linear", "/admin/funnels/yoga?attribution=linear"),
         ("flow map", "/admin/flows/yoga"),
         ("leads, first page", "/admin/leads"),
         ("leads, email prefix", "/admin/leads?q=lead12"),

@@ -224,7 +224,7 @@ def test_an_imported_lead_gets_the_same_rows_as_a_subscribed_one(rt: Any, tmp_pa
         ).all()
     by_group: dict[str, set[tuple[Any, ...]]] = {"s": set(), "i": set()}
     for channel, *rest in tallies:
-        by_group[channel[0]].add(tuple(rest))
+        by_group[channel[0]].add(tuple(ungrouped(value, channel[0]) for value in rest))  # an attribution label is the channel
     assert by_group["s"] == by_group["i"]
     assert {figure for figure, *_ in by_group["s"]} >= {"reached", "holdout", "revenue"}
     with rt.db.read() as session:

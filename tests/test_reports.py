@@ -34,6 +34,8 @@ from sqlalchemy import func, select
 from autofunnel.cli import main
 from autofunnel.report_format import print_report, report_csv
 from autofunnel.clock import FixedClock
+from autofunnel.domain import report as math
+from autofunnel.domain.report import ATTRIBUTION_MODELS
 from autofunnel.domain.report_body import period_of_day
 from autofunnel.services.credentials import create_api_key
 from autofunnel.services.report import Shown, funnel_report, parse_report_query
@@ -463,7 +465,17 @@ def tallies(rt: Runtime) -> dict[tuple[Any, ...], tuple[int, float]]:
             select(t.funnel, t.basis, t.cohort_day, t.channel, t.figure, t.stage, t.step, t.detail, func.sum(t.n), func.sum(t.amount))
             .group_by(t.funnel, t.basis, t.cohort_day, t.channel, t.figure, t.stage, t.step, t.detail)
         ).all()
-    return {tuple(row[:8]): (int(row[8]), round(float(row[9]), 6)) for row in rows if row[8] or row[9]}
+    return {tuple(row[:8]): (int(row[8]), round(float(row[9]), 6)) for row in rows if row[8] or round(float(row[9]), 6)}
+
+
+def assert_same_attribution(tallied: dict[str, Any], counted: dict[str, Any]) -> None:
+    """Two reports alike, their attribution alike to the cent: the tallies add the same shares up in
+    another order, so a share at half a cent may round the other way."""
+    assert {**tallied, "attribution": None} == {**counted, "attribution": None}
+    for kind, name in (("channels", "channel"), ("emails", "step")):
+        def shares(report: dict[str, Any]) -> dict[tuple[Any, ...], float]:
+            return {(row.get(name), row.get("stage"), row["currency"]): row["revenue"] for row in report["attribution"][kind]}
+        assert shares(tallied) == pytest.approx(shares(counted), abs=0.011), kind
 
 
 def unfolded(rt: Runtime) -> int:
@@ -499,8 +511,10 @@ def per_email(rt: Runtime, prefix: str, bought: list[tuple[str, datetime, float,
 
 
 @settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-@given(plans=st.lists(email_plan, min_size=1, max_size=6), batches=st.integers(1, 3), seed=st.integers(0, 1000))
-def test_the_running_tallies_equal_a_recount_and_give_the_report_counted_from_the_facts(shop: Shop, plans: list[Any], batches: int, seed: int) -> None:
+@given(plans=st.lists(email_plan, min_size=1, max_size=6), batches=st.integers(1, 3), seed=st.integers(0, 1000), late_touches=st.booleans())
+def test_the_running_tallies_equal_a_recount_and_give_the_report_counted_from_the_facts(
+    shop: Shop, plans: list[Any], batches: int, seed: int, late_touches: bool
+) -> None:
     day = START + timedelta(days=10 * next(EXAMPLE))
     shop.clock.advance(max(day - shop.clock.now(), timedelta(0)))
     items, late, bought = [], [], []
@@ -519,19 +533,30 @@ def test_the_running_tallies_equal_a_recount_and_give_the_report_counted_from_th
             bought.append((email, at, float(amount), sum(back for back, _ in backs)))
     run_tick(shop.rt)
     shop.clock.advance(timedelta(minutes=3))
-    for number, (_, _, reader) in enumerate(plans):
-        if reader == "none" or not any(f"t{day:%Y%m%d}-{number}@" in path.read_text() for path in shop.outbox.glob("*.eml")):
-            continue  # the funnel's 10 % holdout gets no email
-        links = _links(shop, f"t{day:%Y%m%d}-{number}@")
-        if reader in ("click", "bot"):
-            agent = BROWSER if reader == "click" else "python-requests/2.31"
-            assert shop.client.get(links["click"], headers={"User-Agent": agent}).status_code == 302
-        elif reader == "unsubscribe":
-            assert shop.client.post(links["unsubscribe"]).status_code == 200
+
+    def read() -> None:
+        for number, (_, _, reader) in enumerate(plans):
+            if reader == "none" or not any(f"t{day:%Y%m%d}-{number}@" in path.read_text() for path in shop.outbox.glob("*.eml")):
+                continue  # the funnel's 10 % holdout gets no email
+            links = _links(shop, f"t{day:%Y%m%d}-{number}@")
+            if reader in ("click", "bot"):
+                agent = BROWSER if reader == "click" else "python-requests/2.31"
+                assert shop.client.get(links["click"], headers={"User-Agent": agent}).status_code == 302
+            elif reader == "unsubscribe":
+                assert shop.client.post(links["unsubscribe"]).status_code == 200
+
+    if not late_touches:
+        read()
     random.Random(seed).shuffle(items)
     size = -(-len(items) // batches) if items else 1
     for low in range(0, len(items), size):
         shop.events(items[low : low + size])
+    if late_touches:
+        # Touches recorded after the purchases they came before: clicks, and every other lead
+        # seen again, with another source, in a subscription backdated to before its purchases.
+        read()
+        for number in range(0, len(plans), 2):
+            shop.subscribe(f"t{day:%Y%m%d}-{number}@example.com", "webinar", at=day - timedelta(hours=1), source={"channel": "newsletter"})
     shop.clock.advance(timedelta(days=1))
     run_tick(shop.rt)  # the tripwire and later stages' emails, to leads who bought, and a fold
     shop.catch_up(late)
@@ -548,6 +573,24 @@ def test_the_running_tallies_equal_a_recount_and_give_the_report_counted_from_th
     ):
         query = parse_report_query("yoga", params, day.date())
         assert shop.report(**params) == funnel_report(shop.rt, query, count_facts=True), params
+    for funnel, model, basis in itertools.product(("yoga", "webinar"), ATTRIBUTION_MODELS, (period, calendar)):
+        params = {**basis, "attribution": model}
+        tallied = shop.report(funnel, **params)
+        assert_same_attribution(tallied, funnel_report(shop.rt, parse_report_query(funnel, params, day.date()), count_facts=True))
+        if model == "linear" and funnel == "yoga" and basis is period:
+            # counted in plain Python: each purchase made in the funnel, net, shared equally by the sources seen before it
+            expected: dict[str, float] = defaultdict(float)
+            for email, at, amount, given_back in bought:
+                number = int(email.split("-")[1].split("@")[0])
+                joined = day + timedelta(minutes=number)
+                seen = [(joined, plans[number][0])] if plans[number][0] else []
+                if late_touches and number % 2 == 0:
+                    seen.append((day - timedelta(hours=1), "newsletter"))
+                sources = [label for moment, label in seen if moment <= at]
+                for label in sources if at >= joined else []:
+                    expected[label] += (amount - given_back) / len(sources)
+            shares = {row["channel"]: row["revenue"] for row in tallied["attribution"]["channels"] if row["channel"]}
+            assert shares == pytest.approx({label: value for label, value in expected.items() if label in shares or abs(value) >= 0.005}, abs=0.011)
     steps = {(row["stage"], row["step"]): (row["purchases_7d"], row["revenue_7d"]) for row in shop.report(**period)["steps"] if row["sent"]}
     expected = per_email(shop.rt, f"t{day:%Y%m%d}-", bought)
     assert set(steps) == set(expected)
@@ -585,16 +628,27 @@ def test_the_upgrade_that_brings_tallies_counts_what_was_already_stored(shop: Sh
     running, report = tallies(shop.rt), shop.report(**{"from": "2026-03-02", "to": "2026-03-02"}, by="channel")
     days = {"from": "2026-03-01", "to": "2026-03-05"}
     calendar = shop.report(**days, mode="calendar", by="channel")
+    attributed = shop.report(**days, attribution="linear")
     assert running and any(channel for _, _, channel, _, _ in entries) and calendar["revenue"]["orders"] == 2
+    assert {row["step"]: row["revenue"] for row in attributed["attribution"]["emails"]} == {"welcome": 19.0, None: 290.0}
 
     url = shop.rt.settings.resolved_database_url
+    shop.rt.db.engine.dispose()
+    downgrade(url, "0020_calendar_tallies")
+    assert not any(key[4] in ("attributed_email", "decayed_channel") for key in tallies(shop.rt))
+    upgrade(url)
+    with shop.rt.db.read() as session:
+        assert not tallies_current(session)  # 0021 asks for a recount of the attribution
+    assert shop.report(**days, attribution="linear") == attributed  # counted from the facts meanwhile
     shop.rt.db.engine.dispose()
     downgrade(url, "0003_reports")
     upgrade(url)
     with shop.rt.db.read() as session:
         assert set(session.execute(select(*columns)).all()) == entries
         assert not tallies_current(session)  # 0015 asks for a recount of refunds and revenue_7d, 0020 for the calendar days
-    assert tallies(shop.rt) == {key: figures for key, figures in running.items() if key[1] == "cohort"}  # 0004 counted the cohorts
+    assert tallies(shop.rt) == {  # 0004 counted the cohorts
+        key: figures for key, figures in running.items() if key[1] == "cohort" and not key[4].startswith(("attributed_", "decayed_"))
+    }
     assert shop.report(**days, mode="calendar", by="channel") == calendar
     assert shop.report(**{"from": "2026-03-02", "to": "2026-03-02"}, by="channel") == report  # counted from the facts meanwhile
 
@@ -606,6 +660,7 @@ def test_the_upgrade_that_brings_tallies_counts_what_was_already_stored(shop: Sh
     assert tallies(shop.rt) == running
     assert shop.report(**{"from": "2026-03-02", "to": "2026-03-02"}, by="channel") == report
     assert shop.report(**days, mode="calendar", by="channel") == calendar
+    assert shop.report(**days, attribution="linear") == attributed
 
 
 # The CLI prints the API's report -----------------------------------------------------------
@@ -853,6 +908,40 @@ def _links(shop: Shop, to: str) -> dict[str, str]:
             assert header is not None
             return {"click": next(u for u in urls if u.startswith("/t/c/")), "unsubscribe": urlsplit(header.group(1)).path}
     raise AssertionError(f"no email to {to}")
+
+
+def test_touches_recorded_after_the_purchase_they_came_before_still_share_it(shop: Shop) -> None:
+    day = START + timedelta(days=400)
+    shop.clock.advance(max(day - shop.clock.now(), timedelta(0)))
+    lead = shop.subscribe("late@example.com", at=day, source={"channel": "instagram"})
+    shop.post("/api/v1/events", {"type": "confirmed", "lead_id": lead}, 202)
+    run_tick(shop.rt)
+    shop.clock.advance(timedelta(minutes=3))
+    shop.events([purchase("late@example.com", "coaching", day + timedelta(hours=2), amount=100, order_id="o1")])
+    running = tallies(shop.rt)
+    # the welcome email's click, its lead seen again from a newsletter an hour before it joined, a refund
+    assert shop.client.get(_links(shop, "late@example.com")["click"], headers={"User-Agent": BROWSER}).status_code == 302
+    shop.subscribe("late@example.com", "webinar", at=day - timedelta(hours=1), source={"channel": "newsletter"})
+    shop.events([refund("late@example.com", "o1", day + timedelta(days=1), 40)])
+    assert tallies(shop.rt) != running
+    period = {"from": f"{day:%Y-%m-%d}", "to": f"{day + timedelta(days=1):%Y-%m-%d}"}
+    for model, basis in itertools.product(ATTRIBUTION_MODELS, ("cohort", "calendar")):
+        params = {**period, "mode": basis, "attribution": model}
+        tallied = shop.report(**params)
+        assert_same_attribution(tallied, funnel_report(shop.rt, parse_report_query("yoga", params, day.date()), count_facts=True))
+        channels = {row["channel"]: row["revenue"] for row in tallied["attribution"]["channels"]}
+        emails = {row["step"]: row["revenue"] for row in tallied["attribution"]["emails"]}
+        assert emails == {"welcome": 60.0, None: 0.0}, model
+        older, newer = math.decay_weight(3 * 3600), math.decay_weight(2 * 3600)
+        assert channels == {
+            "first": {"newsletter": 60.0, "instagram": 0.0, None: 0.0}, "last": {"instagram": 60.0, "newsletter": 0.0, None: 0.0},
+            "linear": {"newsletter": 30.0, "instagram": 30.0, None: 0.0}, "position": {"newsletter": 30.0, "instagram": 30.0, None: 0.0},
+            "time_decay": {"newsletter": round(60 * older / (older + newer), 2), "instagram": round(60 * newer / (older + newer), 2), None: 0.0},
+        }[model], model
+    running = tallies(shop.rt)
+    with shop.rt.db.transaction() as session:
+        rebuild_tallies(session)
+    assert tallies(shop.rt) == running
 
 
 def test_email_results_and_attribution_leave_bots_out(shop: Shop) -> None:

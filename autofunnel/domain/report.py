@@ -22,6 +22,9 @@ TIME_DECAY_HALF_LIFE_S: Final = 7 * 86400
 """`time_decay` attribution: a touch 7 days before the purchase weighs half as much as one at the purchase."""
 PURCHASE_WINDOW: Final = timedelta(days=7)
 """A step's `purchases_7d` counts purchases within this long after its email was sent."""
+ATTRIBUTION_WINDOW: Final = timedelta(days=7)
+"""The default `window`: a purchase is attributed to the emails clicked within this long before it.
+The running tallies keep attribution for this window; another is counted from the facts."""
 Z_95: Final = 1.959963984540054
 """The two-sided 95 % point of the standard normal distribution."""
 

@@ -16,6 +16,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any, Final
 
 from autofunnel.domain import report as math
+from autofunnel.domain.report import ATTRIBUTION_WINDOW
 from autofunnel.domain.model import Funnel, Send
 
 Key = tuple[Any, ...]
@@ -42,7 +43,7 @@ class ReportQuery:
     by: str | None = None
     interval: str | None = None
     attribution: str | None = None
-    window: timedelta = timedelta(days=7)
+    window: timedelta = ATTRIBUTION_WINDOW
     window_text: str = "7d"
 
 

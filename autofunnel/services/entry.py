@@ -23,7 +23,7 @@ from autofunnel.domain.statuses import DeliveryStatus, LeadStatus
 from autofunnel.domain.model import Funnel
 from autofunnel.services.enrollments import new_enrollment, timeline_row, write_timeline
 from autofunnel.services.runtime import Runtime
-from autofunnel.services.tallies import Scope, count_events, count_stage_entries, ids_in, of_lead
+from autofunnel.services.tallies import Scope, count_events, count_sources, count_stage_entries, ids_in, of_lead
 from autofunnel.services.versions import current_version_ids
 from autofunnel.store.models import Assignment, Delivery, Enrollment, Event, StageEntry
 from autofunnel.store.queries import among_param, bulk_insert, insert_returning, is_postgres
@@ -97,6 +97,9 @@ def enter_first_stage(
         for lead_id in entered
     ], ("id", "lead_id"), conflict=("key",))
     event_of = {lead_id: event_id for event_id, lead_id in events}
+    known = [event_id for event_id, lead_id in events if by_id[lead_id].known]
+    if known:  # a known lead's purchases in its other funnels have a new source to share with
+        count_sources(session, ids_scope(session, known), flow.slug)
     held: set[int] = set()
     if flow.holdout > 0:
         draws = {lead_id: rt.rng.random() < flow.holdout for lead_id in entered}

@@ -65,7 +65,8 @@ def normalize_email(value: Any, field_name: str = "email") -> str:
     if not isinstance(value, str) or not (text := value.strip()):
         raise InvalidInputError("an email address is required", field=field_name, code="required")
     lowered = text.lower()
-    if _PLAIN_EMAIL.match(lowered) and not lowered.endswith(_SPECIAL_USE_ENDINGS):
+    # A domain label with "--" (IDNA reserves it in the third and fourth places, `xn--…`) goes to the full check too.
+    if _PLAIN_EMAIL.match(lowered) and not lowered.endswith(_SPECIAL_USE_ENDINGS) and "--" not in lowered.rpartition("@")[2]:
         return lowered
     checked = _checked_email(text)
     if isinstance(checked, EmailNotValidError):

@@ -37,6 +37,7 @@ from autofunnel.domain import report as math
 from autofunnel.domain import report_body as shape
 from autofunnel.domain.durations import DurationError, parse_duration
 from autofunnel.domain.model import Funnel
+from autofunnel.domain.report import ATTRIBUTION_WINDOW
 from autofunnel.domain.report_body import ReportQuery
 from autofunnel.errors import InvalidInputError
 from autofunnel.services.runtime import Runtime
@@ -152,18 +153,19 @@ def funnel_report(rt: Runtime, query: ReportQuery, *, count_facts: bool = False,
             session.execute(text("SET LOCAL jit = off"))
         zone = rt.settings.timezone
         queries = ReportQueries(session, funnel, query, start=day_start(query.start, zone), stop=day_start(query.end + timedelta(days=1), zone), zone=zone)
-        # A report, whole or by channel, in either mode, is added up from the running tallies,
-        # which are kept per UTC day; other slicings (lead fields, products), and every report
-        # in another zone than UTC, count the stored facts.
-        # Another split still reads the whole report's times at the tallies' ranks.
-        walk = not count_facts and zone == "UTC" and tallies_current(session)
-        return _build(queries, funnel, query, tallied=walk and query.by in (None, "channel"), walk=walk, shown=shown)
+        # A report, whole, by channel or per period, in either mode, is added up from the running
+        # tallies, which are kept per UTC day; the groups of other splits (lead fields, products),
+        # and every report in another zone than UTC, count the stored facts.
+        return _build(queries, funnel, query, tallied=not count_facts and zone == "UTC" and tallies_current(session), shown=shown)
 
 
-def _build(queries: ReportQueries, funnel: Funnel, q: ReportQuery, *, tallied: bool, walk: bool, shown: Shown) -> dict[str, Any]:
+def _build(queries: ReportQueries, funnel: Funnel, q: ReportQuery, *, tallied: bool, shown: Shown) -> dict[str, Any]:
     """The report's body: which figures to count and how, then each section shaped by the domain."""
     if tallied:
         whole, grouped, periods = queries.from_tallies(times=shown.times, period_times=shown.period_times)
+        if q.by not in (None, "channel"):
+            # A split by a lead field or a product: its groups are counted from the facts.
+            grouped = queries.figures(grouped=True, periodic=False, times=shown.times)
     else:
         grouped = queries.figures(grouped=True, periodic=False, times=shown.times) if q.by else None
         periods = queries.figures(grouped=False, periodic=True, times=shown.period_times) if q.interval else None
@@ -173,12 +175,10 @@ def _build(queries: ReportQueries, funnel: Funnel, q: ReportQuery, *, tallied: b
         partition = grouped if grouped is not None and q.by != "product" else periods if q.mode == "cohort" else None
         if partition is not None:
             whole = partition.rolled_up()
-            if shown.times and not walk:
+            if shown.times:
                 whole.times = queries.times(grouped=False, periodic=False)
         else:
-            whole = queries.figures(grouped=False, periodic=False, times=shown.times and not walk)
-        if shown.times and walk:
-            whole.times = {(): queries.walked_times()}
+            whole = queries.figures(grouped=False, periodic=False, times=shown.times)
     unmatched = [
         shape.unmatched_refund(row.lead_id, row.order_id, row.at, row.amount, row.currency) for row in queries.unmatched_refunds()
     ] if shown.unmatched_refunds and any(figures[4] for figures in whole.revenue.get((), {}).values()) else []
@@ -198,7 +198,8 @@ def _build(queries: ReportQueries, funnel: Funnel, q: ReportQuery, *, tallied: b
         for row in [body["revenue"], *body["revenue_by_currency"]]:
             row["unmatched_refunded"] = None
     if q.attribution:
-        channels, emails = queries.attribution_shares()
+        # The tallies keep the shares of the default window; another window counts the facts.
+        channels, emails = queries.tallied_attribution() if tallied and q.window == ATTRIBUTION_WINDOW else queries.attribution_shares()
         totals = shape.net_by_currency(whole.revenue.get((), {}))
         body["attribution"] = {
             "model": q.attribution, "window": q.window_text,

@@ -43,6 +43,16 @@ What the figures count (`figure`, with `stage`, `step`, `detail`):
   day with `step` the earlier (a report holding both subtracts it: the lead counts once);
   `refunded_order_days` and `refunded_order_repeats`, the same for an order's refunds.
 
+- Attribution, for the default window, per kind of touch (`channel`: the sources a lead was seen
+  with; `email`: the funnel's emails a person clicked within 7 days before the purchase):
+  `attributed_channel` / `attributed_email` with `stage` a touch's place among its purchase's
+  touches ("rank/count"), `step` its label, `detail` the currency and `amount` the net revenue of
+  the purchases it touched at that place (any rank-based model weighs these); `decayed_channel` /
+  `decayed_email`, `amount` the time-decay shares. A purchase is counted with its touches when
+  it is written; a refund takes its amount off the purchase's shares; a touch recorded after a
+  purchase it came before (a click gathered late, a backdated subscription) takes the purchase's
+  shares back as they were counted and counts them again with it.
+
 A refund belongs to the purchase of the same lead with the same `order_id` (see
 `store/facts.py`'s `refund_of`); a refund, its purchase and an email before the purchase are counted
 for `refunds_7d` by whichever of the three is written last.
@@ -67,7 +77,7 @@ from sqlalchemy.orm import Session, aliased
 from autofunnel.store.facts import amount_of, refund_of
 from autofunnel.store.models import CohortTally, Event, TallyState
 from autofunnel.store.queries import Executor, among_param, chunks
-from autofunnel.store.tally_statements import CALENDAR, COHORT, KEY_COLUMNS, TALLY_COLUMNS, email_parts, engagement_parts, event_parts, purchase_after, stage_entry_parts, unsubscribe_from
+from autofunnel.store.tally_statements import CALENDAR, COHORT, KEY_COLUMNS, TALLY_COLUMNS, email_parts, engagement_parts, event_parts, purchase_after, purchases_after, stage_entry_parts, touch_moves, unsubscribe_from
 from autofunnel.store.types import UTCDateTime
 
 
@@ -227,21 +237,41 @@ def sent_email_tally_params(funnel: str, cohort: Cohort, sent_at: datetime, stag
 
 def count_engagement(session: Session, figure: str, scope: Scope) -> None:
     """People's first opens or first clicks (`figure`) of the sent emails in `scope`: a batch of
-    gathered opens is counted in one statement, grouped as `count_emails` groups them."""
+    gathered opens is counted in one statement, grouped as `count_emails` groups them. A first
+    click is also a touch: a purchase it came before, already counted, has its shares counted again
+    (rarely: a click is nearly always recorded before the purchase it leads to, so a short lookup
+    comes first, and the recount only when it finds one)."""
     _write(session, ("engagement", figure, scope.name), lambda: engagement_parts(session, figure, scope), scope.params)
+    if figure != "clicked":
+        return
+    key = ("clicked before purchases", scope.name, session.get_bind().dialect.name)
+    check = _STATEMENTS.get(key)
+    if check is None:
+        check = _STATEMENTS[key] = select(purchases_after(session, "email", scope).exists())
+    if session.scalar(check, scope.params):
+        _write(session, ("clicks", scope.name), lambda: touch_moves(session, "email", scope), scope.params)
 
 
-def count_events(session: Session, scope: Scope, *, funnel: str | None = None) -> None:
+def count_sources(session: Session, scope: Scope, entering: str) -> None:
+    """New subscriptions in `scope` of leads already known: a source is a touch of the lead's
+    purchases after it, in the funnels it had entered before `entering` (whose purchases the
+    entry counts itself)."""
+    _write(session, ("sources", scope.name), lambda: touch_moves(session, "channel", scope, bindparam("scope_funnel")), {**scope.params, "scope_funnel": entering})
+
+
+def count_events(session: Session, scope: Scope, *, funnel: str | None = None, new_refunds: bool = False) -> None:
     """Events in `scope`: purchases (revenue, orders, customers, and the emails they followed),
     refunds (refunded, refunded orders, and the emails their purchases followed) and unsubscribes from emails.
 
     A purchase counts for every funnel its lead had entered by then (or only for
     `funnel`). A lead becomes a customer with its first counted purchase in a
     currency: one of the scope's purchases, when none of its purchases outside the
-    scope already counted.
+    scope already counted. `new_refunds`: the scope is a batch of new events with refunds
+    among them, whose purchases, counted before, have their attribution shares taken down
+    (a lead's events or everything count each purchase whole, net).
     """
     params = {**scope.params, **({"scope_funnel": funnel} if funnel is not None else {})}
-    _write(session, ("events", scope.name, funnel is None), lambda: event_parts(session, scope, funnel is not None), params)
+    _write(session, ("events", scope.name, funnel is None, new_refunds), lambda: event_parts(session, scope, funnel is not None, new_refunds), params)
 
 
 # Upkeep -----------------------------------------------------------------------------------
@@ -306,7 +336,8 @@ def fold_tallies(session: Session, *, limit: int = 100_000) -> int:
         figures = merged[tuple(row[: len(KEY_COLUMNS)])]
         figures[0] += int(row.n)
         figures[1] += float(row.amount)
-    rows = [dict(zip(KEY_COLUMNS, key, strict=True), n=n, amount=amount, folded=True) for key, (n, amount) in merged.items() if n or amount]
+    # A figure that adds up to nothing goes (a share taken back and counted again leaves float dust).
+    rows = [dict(zip(KEY_COLUMNS, key, strict=True), n=n, amount=amount, folded=True) for key, (n, amount) in merged.items() if n or abs(amount) > 1e-9]
     for part in chunks(rows, 5000):
         session.execute(insert(t), list(part))
     return len(taken) - len(rows)

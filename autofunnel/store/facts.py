@@ -8,6 +8,7 @@ differently.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -42,9 +43,10 @@ def order_of(event: Any) -> ColumnElement[Any]:
     return event.properties["order_id"].as_string()
 
 
-def refund_of(refund: Any, purchase: Any) -> ColumnElement[bool]:
-    """`refund` (an event of type refund) gives money back for `purchase`: the same lead and order."""
-    return and_(refund.lead_id == purchase.lead_id, refund.type == "refund", order_of(refund) == order_of(purchase))
+def refund_of(refund: Any, purchase: Any, typed: Callable[[Any], Any] = lambda column: column) -> ColumnElement[bool]:
+    """`refund` (an event of type refund) gives money back for `purchase`: the same lead and order.
+    `typed` wraps `refund.type` (`Unindexed` when the refunds are a batch's ids)."""
+    return and_(refund.lead_id == purchase.lead_id, typed(refund.type) == "refund", order_of(refund) == order_of(purchase))
 
 
 def order_key(refund: Any) -> ColumnElement[str]:
@@ -52,6 +54,13 @@ def order_key(refund: Any) -> ColumnElement[str]:
     without one is an order of its own."""
     order = func.coalesce(cast(order_of(refund), String), literal("#") + cast(refund.id, String))
     return cast(refund.lead_id, String) + literal(":") + order
+
+
+def seconds_between(session: Executor, later: Any, earlier: Any) -> Any:
+    """`later - earlier` in seconds, as a number."""
+    if is_postgres(session):
+        return func.extract("epoch", later - earlier)
+    return (func.julianday(later) - func.julianday(earlier)) * 86400.0
 
 
 def _interval(span: timedelta) -> Any:

@@ -38,8 +38,8 @@ from autofunnel.domain import report as math
 from autofunnel.domain.model import Funnel
 from autofunnel.domain.report import PURCHASE_WINDOW
 from autofunnel.domain.report_body import LENGTH, PERCENTILES, Figures, Key, ReportQuery, SplitSteps, Times, period_of_day, tally_into
-from autofunnel.store.facts import amount_of, before, currency_of, order_key, order_of, refund_of, within_before
-from autofunnel.store.tally_statements import CALENDAR_DISTINCT, purchase_after, unsubscribe_from
+from autofunnel.store.facts import amount_of, currency_of, order_key, order_of, refund_of, within_before
+from autofunnel.store.tally_statements import ATTRIBUTED, ATTRIBUTION_FIGURES, CALENDAR_DISTINCT, decay_of, net_of, purchase_after, touched_by, touches, unsubscribe_from
 from autofunnel.store.models import Assignment, CohortTally, Delivery, Event, Lead, Spend, StageEntry
 from autofunnel.store.queries import OuterFirst, is_postgres
 
@@ -194,7 +194,10 @@ class ReportQueries:
         t = CohortTally
         stmt = (
             select(t.cohort_day, t.channel, t.figure, t.stage, t.step, t.detail, func.sum(t.n), func.sum(t.amount))
-            .where(t.funnel == self.funnel.slug, t.basis == self.q.mode, t.cohort_day >= self.q.start, t.cohort_day <= self.q.end)
+            .where(
+                t.funnel == self.funnel.slug, t.basis == self.q.mode, t.cohort_day >= self.q.start, t.cohort_day <= self.q.end,
+                t.figure.not_in(ATTRIBUTION_FIGURES),  # added up on their own, when asked
+            )
             .group_by(t.cohort_day, t.channel, t.figure, t.stage, t.step, t.detail)
         )
         whole = Figures()
@@ -236,22 +239,6 @@ class ReportQueries:
             return False
         unit = self.q.interval or "day"
         return not per_period or period_of_day(earlier, unit) == period_of_day(later, unit)
-
-    def walked_times(self) -> Times:
-        """The whole cohort's times, read off the stage entries at the ranks the tallies give, for a
-        report whose other figures are counted from the facts (a split by a lead field, a product):
-        the whole report's percentiles then cost index walks, not a sort of every time (2.3 s at 1M
-        leads on SQLite)."""
-        t = CohortTally
-        stmt = (
-            select(t.figure, t.stage, func.sum(t.n))
-            .where(
-                t.funnel == self.funnel.slug, t.basis == self.q.mode, t.cohort_day >= self.q.start, t.cohort_day <= self.q.end,
-                t.figure.in_(("timed", "lasted")),
-            )
-            .group_by(t.figure, t.stage)
-        )
-        return self._walked_times({(figure, stage): int(n or 0) for figure, stage, n in self.session.execute(stmt)}, None)
 
     def _walked_times(self, counts: Mapping[tuple[str, str], int], group: Key | None) -> Times:
         """Median and p90 of each stage's time (and of the funnel's length) for the report's leads (its
@@ -319,11 +306,6 @@ class ReportQueries:
         for row in self.session.execute(stmt):
             key = tuple(row._mapping[k.name] for k in keys)
             figures.counts[key][row.stage] = [int(row.reached), int(row.skipped or 0)]
-
-    def _seconds(self, later: Any, earlier: Any) -> Any:
-        if self.pg:
-            return func.extract("epoch", later - earlier)
-        return (func.julianday(later) - func.julianday(earlier)) * 86400.0
 
     def times(self, *, grouped: bool, periodic: bool) -> dict[Key, Times]:
         """Median and 90th percentile of each stage's time to reach it and of the funnel's length, per key.
@@ -528,50 +510,49 @@ class ReportQueries:
         purchase. Emails: every email of this funnel a person clicked within `window`
         before it. Each purchase is shared at its net amount (less the refunds of its order).
         """
-        p, r = self._purchases(), self._refunds()
-        currency = func.coalesce(p.properties["currency"].as_string(), "")
-        refunded = select(func.coalesce(func.sum(amount_of(self.session, r)), 0.0)).where(refund_of(r, p)).scalar_subquery()
-        net = (amount_of(self.session, p) - refunded).label("amount")
-        purchases = select(p.id.label("pid"), p.lead_id, p.at, net, currency.label("currency")).where(p.type == "purchase")
-        purchases, _ = self._joined_first(purchases, p, p.at)
+        p = self._purchases()
+        purchases = select(p.id.label("pid"), p.lead_id, p.at, net_of(self.session)(p).label("amount"), currency_of(p).label("currency"), literal(self.funnel.slug).label("funnel"))
+        purchases, _ = self._joined_first(purchases.where(p.type == "purchase"), p, p.at)
         bought = purchases.subquery("bought")
+        return self._attribute(bought, "channel"), self._attribute(bought, "email")
 
-        s = aliased(Event, name="s")
-        channel = func.coalesce(s.properties["source"]["channel"].as_string(), s.properties["source"]["utm_source"].as_string())
-        sources = select(s.lead_id, s.at, s.id, channel.label("label")).where(s.type == "subscribed").subquery("sources")
-        channels = self._attribute(bought, sources, sources.c.label.is_not(None))
-        d = Delivery
-        clicks = (
-            select(d.lead_id, d.clicked_at.label("at"), d.id, (d.stage + literal("/") + d.step_id).label("label"))
-            .where(d.flow == self.funnel.slug, d.clicked_at.is_not(None))
-            .subquery("clicks")
-        )
-        window = and_(before(self.session, bought.c.at, clicks.c.at, self.q.window))
-        emails = self._attribute(bought, clicks, window)
-        return channels, emails
-
-    def _attribute(self, bought: Any, touches: Any, condition: ColumnElement[bool]) -> dict[tuple[str | None, str], float]:
-        """Each purchase's revenue shared among its touches (rows of `touches` at or before it)."""
+    def tallied_attribution(self) -> tuple[dict[tuple[str | None, str], float], dict[tuple[str | None, str], float]]:
+        """`attribution_shares` of the default window added up from the running tallies: per label,
+        currency and place among a purchase's touches (the rank-based models), or time-decay shares."""
+        t = CohortTally
         model = self.q.attribution or "last"
+        figures = {kind: pair[1] if model == "time_decay" else pair[0] for kind, pair in ATTRIBUTED.items()}
+        stmt = (
+            select(t.figure, t.stage, t.step, t.detail, func.sum(t.amount))
+            .where(t.funnel == self.funnel.slug, t.basis == self.q.mode, t.cohort_day >= self.q.start, t.cohort_day <= self.q.end, t.figure.in_(list(figures.values())))
+            .group_by(t.figure, t.stage, t.step, t.detail)
+        )
+        shares: dict[str, dict[tuple[str | None, str], float]] = {kind: defaultdict(float) for kind in figures}
+        kind_of = {figure: kind for kind, figure in figures.items()}
+        for figure, place, label, currency, amount in self.session.execute(stmt):
+            weight = 1.0
+            if model != "time_decay":
+                rank, _, count = place.partition("/")
+                weight = math.rank_weight(model, int(rank), int(count))
+            shares[kind_of[figure]][(label, currency)] += float(amount or 0.0) * weight
+        return shares["channel"], shares["email"]
+
+    def _attribute(self, bought: Any, kind: str) -> dict[tuple[str | None, str], float]:
+        """Each purchase's revenue shared among its touches of `kind` (at or before it)."""
+        model = self.q.attribution or "last"
+        touch = touches(self.session, kind)
+        one = {"partition_by": bought.c.pid}
         joined = (
             select(
-                bought.c.pid, bought.c.amount, bought.c.currency, touches.c.label,
-                self._seconds(bought.c.at, touches.c.at).label("age"),
-                func.row_number().over(partition_by=bought.c.pid, order_by=(touches.c.at, touches.c.id)).label("rank"),
-                func.count().over(partition_by=bought.c.pid).label("n"),
+                bought.c.pid, bought.c.amount, bought.c.currency, touch.c.label, decay_of(self.session, bought.c.at, touch.c.at).label("w"),
+                func.row_number().over(**one, order_by=(touch.c.at, touch.c.id)).label("rank"), func.count().over(**one).label("n"),
             )
-            .join(touches, and_(touches.c.lead_id == bought.c.lead_id, touches.c.at <= bought.c.at))
-            .where(condition)
+            .join(touch, touched_by(self.session, bought, kind, touch, self.q.window))
             .subquery("touched")
         )
         shares: dict[tuple[str | None, str], float] = defaultdict(float)
         if model == "time_decay":
-            # exp(-ln 2 · age / half-life), normalized per purchase: math.decay_weight in SQL.
-            weight = func.exp(-0.6931471805599453 * joined.c.age / math.TIME_DECAY_HALF_LIFE_S)
-            weighted = select(
-                joined.c.label, joined.c.currency, joined.c.amount, weight.label("w"),
-                func.sum(weight).over(partition_by=joined.c.pid).label("total_w"),
-            ).subquery("weighted")
+            weighted = select(joined.c.label, joined.c.currency, joined.c.amount, joined.c.w, func.sum(joined.c.w).over(partition_by=joined.c.pid).label("total_w")).subquery("weighted")
             stmt = select(weighted.c.label, weighted.c.currency, func.sum(weighted.c.amount * weighted.c.w / weighted.c.total_w)).group_by(weighted.c.label, weighted.c.currency)
             for label, cur, value in self.session.execute(stmt):
                 shares[(label, cur)] += float(value or 0)

@@ -15,10 +15,10 @@ from sqlalchemy import ColumnElement, Select, String, and_, bindparam, case, cas
 from sqlalchemy.orm import Session, aliased
 
 from autofunnel.domain.statuses import DeliveryStatus
-from autofunnel.domain.report import PURCHASE_WINDOW
-from autofunnel.store.facts import amount_of, before, currency_of, day_of, order_key, order_of, refund_of
+from autofunnel.domain.report import ATTRIBUTION_WINDOW, PURCHASE_WINDOW, TIME_DECAY_HALF_LIFE_S
+from autofunnel.store.facts import amount_of, before, currency_of, day_of, order_key, order_of, refund_of, seconds_between
 from autofunnel.store.models import Assignment, Delivery, Event, StageEntry
-from autofunnel.store.queries import Executor, OuterFirst
+from autofunnel.store.queries import Executor, OuterFirst, Unindexed
 
 Condition = Callable[[Any], ColumnElement[bool]]
 """Which rows of an entity (or of an alias of it) a statement counts."""
@@ -125,19 +125,21 @@ def engagement_parts(session: Session, figure: str, scope: Condition) -> list[Se
     ]
 
 
-def unsubscribe_from(u: Any, d: Any) -> ColumnElement[bool]:
-    return and_(u.lead_id == d.lead_id, u.type == "unsubscribed", u.properties["delivery"].as_integer() == d.id)
+def unsubscribe_from(u: Any, d: Any, typed: Callable[[Any], Any] = lambda column: column) -> ColumnElement[bool]:
+    """`u` is an unsubscribe from email `d`; `typed` wraps `u.type` (`Unindexed` when `u` is a batch's ids)."""
+    return and_(u.lead_id == d.lead_id, typed(u.type) == "unsubscribed", u.properties["delivery"].as_integer() == d.id)
 
 
-def purchase_after(session: Executor, p: Any, d: Any) -> ColumnElement[bool]:
-    return and_(p.lead_id == d.lead_id, p.type == "purchase", p.at >= d.sent_at, before(session, p.at, d.sent_at, PURCHASE_WINDOW))
+def purchase_after(session: Executor, p: Any, d: Any, typed: Callable[[Any], Any] = lambda column: column) -> ColumnElement[bool]:
+    """`p` is a purchase within 7 days after email `d` was sent; `typed` as `unsubscribe_from`'s."""
+    return and_(p.lead_id == d.lead_id, typed(p.type) == "purchase", p.at >= d.sent_at, before(session, p.at, d.sent_at, PURCHASE_WINDOW))
 
 
-def event_parts(session: Session, scope: Condition, one_funnel: bool) -> list[Select[Any]]:
+def event_parts(session: Session, scope: Condition, one_funnel: bool, new_refunds: bool) -> list[Select[Any]]:
     funnel = bindparam("scope_funnel") if one_funnel else None
     p = aliased(Event, name="p")
     s0, on_s0 = _purchasers_stage(funnel)
-    bought = (p.type == "purchase", scope(p), p.at >= s0.entered_at)
+    bought = (Unindexed(p.type) == "purchase", scope(p), p.at >= s0.entered_at)
     earlier = aliased(Event, name="earlier")
     counted_before = exists().where(
         earlier.lead_id == p.lead_id, earlier.type == "purchase", currency_of(earlier) == currency_of(p),
@@ -157,7 +159,7 @@ def event_parts(session: Session, scope: Condition, one_funnel: bool) -> list[Se
     )
     r = aliased(Event, name="r")
     s2, on_s2 = _purchasers_stage(funnel)
-    refunded = (r.type == "refund", scope(r), r.at >= s2.entered_at)
+    refunded = (Unindexed(r.type) == "refund", scope(r), r.at >= s2.entered_at)
     earlier_refund = aliased(Event, name="earlier_refund")
     order_counted_before = exists().where(
         earlier_refund.lead_id == r.lead_id, earlier_refund.type == "refund", order_of(earlier_refund) == order_of(r),
@@ -178,7 +180,7 @@ def event_parts(session: Session, scope: Condition, one_funnel: bool) -> list[Se
     followed = []
     for basis, figure, event, on in (
         (basis, figure, event, on) for basis in BASES
-        for figure, event, on in (("unsubscribed", u, unsubscribe_from(u, d)), ("purchases_7d", p, purchase_after(session, p, d)))
+        for figure, event, on in (("unsubscribed", u, unsubscribe_from(u, d, Unindexed)), ("purchases_7d", p, purchase_after(session, p, d, Unindexed)))
     ):
         amount = func.sum(amount_of(session, p)) if figure == "purchases_7d" else None
         stmt = (
@@ -195,7 +197,7 @@ def event_parts(session: Session, scope: Condition, one_funnel: bool) -> list[Se
     for basis, counted, outside in ((basis, counted, outside) for basis in BASES for counted, outside in ((r, None), (p, r))):
         stmt = (
             select(*tally_row(session, basis, d.flow, email_day(basis, s1, d), s1.channel, "refunds_7d", d.stage, d.step_id, blank, func.count(), func.sum(amount_of(session, r))))
-            .select_from(r).join(p, refund_of(r, p)).join(d, purchase_after(session, p, d)).join(s1, on_s1)
+            .select_from(r).join(p, refund_of(r, p, Unindexed)).join(d, purchase_after(session, p, d, Unindexed)).join(s1, on_s1)
             .where(scope(counted), d.kind == "email", d.status == DeliveryStatus.SENT, *([~scope(outside)] if outside is not None else []))
             .group_by(BY_KEY)
         )
@@ -203,7 +205,39 @@ def event_parts(session: Session, scope: Condition, one_funnel: bool) -> list[Se
             stmt = stmt.where(d.flow == funnel)
         followed.append(stmt)
     calendar_distinct = [part for kind in CALENDAR_DISTINCT for part in calendar_distinct_parts(session, scope, funnel, kind)]
-    return [*revenue, customers, *refunds, refunded_orders, *calendar_distinct, *followed]
+    attributed = attribution_parts(session, funnel, scope, net_of(session))
+    if new_refunds:
+        # A refund of a purchase counted before: its amount taken off the purchase's shares.
+        r2, p2 = aliased(Event, name="moved_r"), aliased(Event, name="moved_p")
+        refunded_now = select(p2.id).select_from(r2).join(p2, refund_of(r2, p2, Unindexed)).where(scope(r2), Unindexed(p2.type) == "purchase")
+        attributed += attribution_parts(
+            session, funnel, lambda p: and_(~scope(p), p.id.in_(refunded_now)), lambda p: -given_back(session, p, scope), counted=False,
+        )
+    return [*revenue, customers, *refunds, refunded_orders, *calendar_distinct, *followed, *attributed]
+
+
+def purchases_after(session: Session, kind: str, scope: Condition) -> Select[Any]:
+    """The ids of the purchases the touches of `kind` in `scope` came before: the lead's, from the
+    touch on (an email's: within the attribution window after its click)."""
+    t, p2 = aliased(Event if kind == "channel" else Delivery, name="new_touch"), aliased(Event, name="touched_p")
+    at = t.at if kind == "channel" else t.clicked_at
+    after = [p2.lead_id == t.lead_id, Unindexed(p2.type) == "purchase", p2.at >= at]
+    if kind == "email":
+        after.append(before(session, p2.at, at, ATTRIBUTION_WINDOW))
+    return select(p2.id).select_from(t).join(p2, and_(*after)).where(scope(t), at.is_not(None))
+
+
+def touch_moves(session: Session, kind: str, scope: Condition, other_than: Any = None) -> list[Select[Any]]:
+    """New touches of `kind` in `scope` (subscriptions, first clicks) of purchases already counted:
+    each such purchase's shares taken back as they were counted without these touches, and counted
+    again with them (a source or a click recorded after the purchase it came before). `other_than`:
+    a funnel whose purchases are left out (the one the lead is entering now counts them afresh)."""
+    bought_after = purchases_after(session, kind, scope)
+    moved = {"kinds": (kind,), "excluded": other_than is not None}
+    return [
+        *attribution_parts(session, other_than, lambda p: p.id.in_(bought_after), net_of(session), kept=lambda touch: ~scope(touch), sign=-1, **moved),
+        *attribution_parts(session, other_than, lambda p: p.id.in_(bought_after), net_of(session), **moved),
+    ]
 
 
 CALENDAR_DISTINCT: Final = {
@@ -236,7 +270,7 @@ def calendar_distinct_parts(session: Session, scope: Condition, funnel: Any, kin
             func.min(e.at).label("first_at"), func.max(case((scope(e), 0), else_=1)).label("old"),
         )
         .select_from(e).join(s, on_s(e))
-        .where(e.type == kind, e.at >= s.entered_at, e.lead_id.in_(select(touched.lead_id).where(touched.type == kind, scope(touched))))
+        .where(Unindexed(e.type) == kind, e.at >= s.entered_at, e.lead_id.in_(select(touched.lead_id).where(Unindexed(touched.type) == kind, scope(touched))))
         .group_by(text("1, 2, 3, 4, 5"))
         .subquery(f"{kind}_days")
     )
@@ -261,11 +295,115 @@ def calendar_distinct_parts(session: Session, scope: Condition, funnel: Any, kin
     ]
 
 
-def _purchasers_stage(funnel: Any) -> tuple[Any, Callable[[Any], ColumnElement[bool]]]:
+# Attribution ------------------------------------------------------------------------------
+
+ATTRIBUTED: Final = {"channel": ("attributed_channel", "decayed_channel"), "email": ("attributed_email", "decayed_email")}
+"""Per kind of touch, the figure of its rank-based shares (`stage` "rank/count", `step` the label,
+`detail` the currency, `amount` the net revenue of the purchases it touched at that place) and the
+figure of its time-decay shares (`amount` each purchase's net revenue times the touch's weight)."""
+ATTRIBUTION_FIGURES: Final = tuple(figure for pair in ATTRIBUTED.values() for figure in pair)
+LABEL_LENGTH: Final = 200
+"""A touch's label is kept to the length of the tallies' `step` column, in the report from the facts too."""
+
+
+def touches(session: Executor, kind: str, kept: Condition | None = None) -> Any:
+    """Every touch of one kind, as rows of `lead_id, at, id, label, flow`: the sources a lead was seen
+    with (`channel`: its subscriptions, labelled by their `channel`, else `utm_source`) or the emails
+    a person clicked (`email`: the first click, labelled "stage/step", `flow` the email's funnel).
+    `kept` leaves out the touches it is false for (a tally taking back what it counted before them)."""
+    if kind == "channel":
+        s = aliased(Event, name="s")
+        label = func.substr(func.coalesce(s.properties["source"]["channel"].as_string(), s.properties["source"]["utm_source"].as_string()), 1, LABEL_LENGTH)
+        stmt = select(s.lead_id, s.at, s.id, label.label("label"), literal(None, String).label("flow")).where(Unindexed(s.type) == "subscribed", label.is_not(None))
+        return (stmt.where(kept(s)) if kept is not None else stmt).subquery("sources")
+    d = aliased(Delivery, name="c")
+    label = func.substr(d.stage + literal("/") + d.step_id, 1, LABEL_LENGTH)
+    stmt = select(d.lead_id, d.clicked_at.label("at"), d.id, label.label("label"), d.flow).where(d.clicked_at.is_not(None))
+    return (stmt.where(kept(d)) if kept is not None else stmt).subquery("clicks")
+
+
+def touched_by(session: Executor, bought: Any, kind: str, touch: Any, window: Any) -> ColumnElement[bool]:
+    """Whether a touch counts for a purchase (`bought`: rows with `lead_id, at`, and `funnel`): the
+    lead's, at or before it; an email also of the purchase's funnel and clicked within `window` before it."""
+    on = and_(touch.c.lead_id == bought.c.lead_id, touch.c.at <= bought.c.at)
+    if kind == "email":
+        on = and_(on, touch.c.flow == bought.c.funnel, before(session, bought.c.at, touch.c.at, window))
+    return on
+
+
+def decay_of(session: Executor, later: Any, earlier: Any) -> Any:
+    """`domain.report.decay_weight` in SQL: a touch's raw time-decay weight."""
+    return func.exp(-0.6931471805599453 * seconds_between(session, later, earlier) / TIME_DECAY_HALF_LIFE_S)
+
+
+def attribution_parts(
+    session: Session, funnel: Any, which: Callable[[Any], ColumnElement[bool]], amount: Callable[[Any], Any], *,
+    kinds: tuple[str, ...] = ("channel", "email"), kept: Condition | None = None, sign: int = 1, counted: bool = True, excluded: bool = False,
+) -> list[Select[Any]]:
+    """The attribution tallies of the purchases `which` picks (an `Event` alias in), each at `amount`
+    (of it), among its touches of `kinds` (less those `kept` is false for), times `sign`; `counted`:
+    whether the rows count the purchases too (not for a refund's correction). On both bases, as revenue.
+
+    The rank-based models need each touch's place among its purchase's touches; time decay needs its
+    share of the purchase's weights. Both are kept, so any model of the default window adds up tally rows.
+    """
+    p = aliased(Event, name="ap")
+    s0, on_s0 = _purchasers_stage(funnel, excluded=excluded)
+    bought = (
+        select(p.id.label("pid"), p.lead_id, p.at, s0.funnel, s0.cohort_at, s0.channel, amount(p).label("amount"), currency_of(p).label("currency"))
+        .select_from(p).join(s0, on_s0(p)).where(Unindexed(p.type) == "purchase", p.at >= s0.entered_at, which(p))
+        .subquery("bought")
+    )
+    blank = literal("")
+    parts = []
+    for kind in kinds:
+        touch = touches(session, kind, kept)
+        one = {"partition_by": (bought.c.pid, bought.c.funnel)}
+        weight = decay_of(session, bought.c.at, touch.c.at)
+        place = cast(func.row_number().over(**one, order_by=(touch.c.at, touch.c.id)), String) + literal("/") + cast(func.count().over(**one), String)
+        joined = (
+            select(
+                bought.c.funnel, bought.c.cohort_at, bought.c.at, bought.c.channel, bought.c.amount, bought.c.currency, touch.c.label,
+                place.label("place"), weight.label("w"), func.sum(weight).over(**one).label("total_w"),
+            )
+            .select_from(bought).join(touch, touched_by(session, bought, kind, touch, ATTRIBUTION_WINDOW))
+            .subquery(f"{kind}_touched")
+        )
+        # Both figures on both bases in one pass over the purchases' touches, as `stage_entry_parts` does.
+        ranked, decayed = ATTRIBUTED[kind]
+        figures, bases = _tried((ranked, decayed), "figure"), _tried(BASES, "basis")
+        is_ranked = figures.c.figure == ranked
+        moment = case((bases.c.basis == COHORT, joined.c.cohort_at), else_=joined.c.at)
+        value = case((is_ranked, joined.c.amount), else_=joined.c.amount * joined.c.w / joined.c.total_w)
+        n = func.count() * sign if counted else literal(0)
+        parts.append(
+            select(*tally_row(
+                session, bases.c.basis, joined.c.funnel, moment, joined.c.channel, figures.c.figure, case((is_ranked, joined.c.place), else_=blank),
+                joined.c.label, joined.c.currency, n, func.sum(value) * sign,
+            ))
+            .select_from(OuterFirst(OuterFirst(joined, figures, true()), bases, true()))
+            .group_by(BY_KEY)
+        )
+    return parts
+
+
+def given_back(session: Session, p: Any, refunds: Condition | None = None) -> Any:
+    """The refunds of a purchase (those `refunds` is true for), as one number."""
+    r = aliased(Event, name="given_back")
+    return select(func.coalesce(func.sum(amount_of(session, r)), 0.0)).where(refund_of(r, p), *([refunds(r)] if refunds is not None else [])).scalar_subquery()
+
+
+def net_of(session: Session) -> Callable[[Any], Any]:
+    """A purchase's amount less all its refunds."""
+    return lambda p: amount_of(session, p) - given_back(session, p)
+
+
+def _purchasers_stage(funnel: Any, *, excluded: bool = False) -> tuple[Any, Callable[[Any], ColumnElement[bool]]]:
+    """The first-stage rows of a purchase's lead: in every funnel, in `funnel`, or (`excluded`) in every other one."""
     s0 = aliased(StageEntry, name="s0")
 
     def on(p: Any) -> ColumnElement[bool]:
         condition = and_(s0.lead_id == p.lead_id, s0.position == 0)
-        return condition if funnel is None else and_(condition, s0.funnel == funnel)
+        return condition if funnel is None else and_(condition, s0.funnel != funnel if excluded else s0.funnel == funnel)
 
     return s0, on
