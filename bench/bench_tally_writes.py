@@ -7,7 +7,9 @@ Each round, in one transaction that is then rolled back: 100 first clicks of
 emails of random funnel leads (`count_engagement`), then 100 purchases by the
 same leads an hour after those emails (`count_events`), then another 100
 purchases and the first clicks of their emails, recorded after them (late
-touches: each purchase's attribution is counted again). `--no-buyers` takes
+touches: each purchase's attribution is counted again), then a refund of each of
+the first 100 purchases (`count_events` of a batch of refunds: their shares taken down,
+and each refund looked up for a purchase of its order). `--no-buyers` takes
 leads who never bought: the usual click, with no purchase after it. Prints the
 median and the fastest of `--rounds` rounds, ms per 100. Run the code before
 and after alternately on the same database to compare.
@@ -55,7 +57,7 @@ def main() -> None:
             buyers = set(session.scalars(select(Event.lead_id).where(Event.type == "purchase", Event.lead_id.in_({lead for _, lead, _ in sent}))))
             sent = [row for row in sent if row[1] not in buyers]
     rng = random.Random(7)  # the same batches for every run, before and after
-    times: dict[str, list[float]] = {"first clicks": [], "purchases": [], "late clicks": []}
+    times: dict[str, list[float]] = {"first clicks": [], "purchases": [], "late clicks": [], "refunds": []}
     for number in range(args.rounds):
         batch = rng.sample(sent, 200)
         with rt.db.engine.connect() as connection, Session(bind=connection) as session:
@@ -64,6 +66,7 @@ def main() -> None:
             times["purchases"].append(buy(session, batch[:100], f"a{number}"))
             buy(session, batch[100:], f"b{number}")
             times["late clicks"].append(click(session, batch[100:]))
+            times["refunds"].append(give_back(session, batch[:100], f"a{number}"))
             transaction.rollback()
     for name, spent in times.items():
         print(f"{name}: median {statistics.median(spent) * 1000:.1f} ms per 100 (fastest {min(spent) * 1000:.1f})")
@@ -86,7 +89,21 @@ def buy(session: Session, emails: Sequence[Any], tag: str) -> float:
         for index, (_, lead_id, sent_at) in enumerate(emails)
     ]
     started = time.perf_counter()
-    count_events(session, ids_in(ids))
+    count_events(session, ids_in(ids), batch=frozenset({"purchase"}))
+    return time.perf_counter() - started
+
+
+def give_back(session: Session, emails: Sequence[Any], tag: str) -> float:
+    """A refund of each purchase `buy` made with `tag` (its order), two hours after it."""
+    ids = [
+        session.scalar(insert(Event).values(
+            lead_id=lead_id, key=f"bench-{tag}-{index}-refund", type="refund", at=sent_at + timedelta(hours=3), received_at=sent_at,
+            properties={"amount": 29, "currency": "EUR", "order_id": f"bench-{tag}-{index}"},
+        ).returning(Event.id))
+        for index, (_, lead_id, sent_at) in enumerate(emails)
+    ]
+    started = time.perf_counter()
+    count_events(session, ids_in(ids), batch=frozenset({"refund"}))
     return time.perf_counter() - started
 
 

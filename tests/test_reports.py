@@ -520,7 +520,7 @@ def test_the_running_tallies_equal_a_recount_and_give_the_report_counted_from_th
 ) -> None:
     day = START + timedelta(days=10 * next(EXAMPLE))
     shop.clock.advance(max(day - shop.clock.now(), timedelta(0)))
-    items, late, bought = [], [], []
+    items, late, early, bought = [], [], [], []
     for number, (channel, buys, reader) in enumerate(plans):
         email = f"t{day:%Y%m%d}-{number}@example.com"
         joined = day + timedelta(minutes=number)
@@ -530,10 +530,13 @@ def test_the_running_tallies_equal_a_recount_and_give_the_report_counted_from_th
             at, order = joined + timedelta(hours=hours), f"{email}#{index}"
             items.append(purchase(email, product, at, amount=amount, order_id=order))
             backs = [(round(amount * percent / 100, 2), at + timedelta(hours=later)) for percent, later in given_back]
-            # some refunds come in with the purchases, in any order; others only after the later emails went out
+            # some refunds come in with the purchases, in any order, some before them (of an order
+            # not yet known); others only after the later emails went out
             for number_back, (back, back_at) in enumerate(backs):
-                (items if number_back % 2 == 0 else late).append(refund(email, order, back_at, back))
+                (late if number_back % 2 else early if index % 2 else items).append(refund(email, order, back_at, back))
             bought.append((email, at, float(amount), sum(back for back, _ in backs)))
+        if number % 3 == 1:
+            items.append(refund(email, f"{email}#never-bought", joined + timedelta(hours=number), 3))
     run_tick(shop.rt)
     shop.clock.advance(timedelta(minutes=3))
 
@@ -552,6 +555,8 @@ def test_the_running_tallies_equal_a_recount_and_give_the_report_counted_from_th
         read()
     random.Random(seed).shuffle(items)
     size = -(-len(items) // batches) if items else 1
+    if early:
+        shop.events(early)
     for low in range(0, len(items), size):
         shop.events(items[low : low + size])
     if late_touches:
@@ -626,7 +631,11 @@ def test_the_upgrade_that_brings_tallies_counts_what_was_already_stored(shop: Sh
     run_tick(shop.rt)
     shop.clock.advance(timedelta(minutes=3))
     assert shop.client.get(_links(shop, "up0@")["click"], headers={"User-Agent": BROWSER}).status_code == 302
-    shop.events([purchase("up0@example.com", "mini-course", START + timedelta(days=1), amount=19), purchase("up1@example.com", "full-course", START + timedelta(days=2), amount=290)])
+    shop.events([
+        purchase("up0@example.com", "mini-course", START + timedelta(days=1), amount=19), purchase("up1@example.com", "full-course", START + timedelta(days=2), amount=290),
+        refund("up2@example.com", "never-seen", START + timedelta(days=2), 7), refund("up1@example.com", "of-a-later-purchase", START + timedelta(days=3), 5),
+    ])
+    shop.events([purchase("up1@example.com", "coaching", START + timedelta(days=3), amount=50, order_id="of-a-later-purchase")])
     columns = (StageEntry.lead_id, StageEntry.stage, StageEntry.channel, StageEntry.since_previous_s, StageEntry.since_first_s)
     with shop.rt.db.read() as session:
         entries = set(session.execute(select(*columns)).all())
@@ -634,10 +643,20 @@ def test_the_upgrade_that_brings_tallies_counts_what_was_already_stored(shop: Sh
     days = {"from": "2026-03-01", "to": "2026-03-05"}
     calendar = shop.report(**days, mode="calendar", by="channel")
     attributed = shop.report(**days, attribution="linear")
-    assert running and any(channel for _, _, channel, _, _ in entries) and calendar["revenue"]["orders"] == 2
-    assert {row["step"]: row["revenue"] for row in attributed["attribution"]["emails"]} == {"welcome": 19.0, None: 290.0}
+    assert running and any(channel for _, _, channel, _, _ in entries) and calendar["revenue"]["orders"] == 3
+    assert {row["step"]: row["revenue"] for row in attributed["attribution"]["emails"]} == {"welcome": 19.0, None: 290.0 + 50.0 - 5.0 - 7.0}
+    assert [row["order_id"] for row in calendar["unmatched_refunds"]] == ["never-seen"]
+    unmatched = {key: figures for key, figures in running.items() if key[4] == "unmatched_refunds"}
+    assert {key[1]: figures for key, figures in unmatched.items()} == {"cohort": (1, 7.0), "calendar": (1, 7.0)}
 
     url = shop.rt.settings.resolved_database_url
+    shop.rt.db.engine.dispose()
+    downgrade(url, "0021_attribution_tallies")
+    assert not any(key[4] == "unmatched_refunds" for key in tallies(shop.rt))
+    upgrade(url)  # 0022 counts the refunds of unknown orders already stored
+    with shop.rt.db.read() as session:
+        assert tallies_current(session)
+    assert tallies(shop.rt) == running
     shop.rt.db.engine.dispose()
     downgrade(url, "0020_calendar_tallies")
     assert not any(key[4] in ("attributed_email", "decayed_channel") for key in tallies(shop.rt))
@@ -652,8 +671,9 @@ def test_the_upgrade_that_brings_tallies_counts_what_was_already_stored(shop: Sh
         assert set(session.execute(select(*columns)).all()) == entries
         assert not tallies_current(session)  # 0015 asks for a recount of refunds and revenue_7d, 0020 for the calendar days
     assert tallies(shop.rt) == {  # 0004 counted the cohorts
-        key: figures for key, figures in running.items() if key[1] == "cohort" and not key[4].startswith(("attributed_", "decayed_"))
-    }
+        key: figures for key, figures in running.items()
+        if (key[1] == "cohort" or key[4] == "unmatched_refunds") and not key[4].startswith(("attributed_", "decayed_"))
+    }  # and 0022 those refunds of unknown orders
     assert shop.report(**days, mode="calendar", by="channel") == calendar
     assert shop.report(**{"from": "2026-03-02", "to": "2026-03-02"}, by="channel") == report  # counted from the facts meanwhile
 

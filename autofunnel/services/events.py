@@ -110,7 +110,7 @@ def record_events(rt: Runtime, items: list[EventInput]) -> RecordResult:
             _apply(session, rt, fresh, created, now)
             counted = [event_id for row, event_id in fresh if row["type"] in ("purchase", "refund", "unsubscribed")]
             if counted:
-                count_events(session, ids_in(counted), new_refunds=any(row["type"] == "refund" for row, _ in fresh))
+                count_events(session, ids_in(counted), batch=frozenset(row["type"] for row, _ in fresh))
         return RecordResult(len(inserted), len(rows) - len(inserted))
 
 

@@ -37,7 +37,9 @@ What the figures count (`figure`, with `stage`, `step`, `detail`):
   least one such purchase.
 - `refunded` per currency: `n` refund events, `amount` their total, by the
   funnel's leads after they entered it (the order need not be known: a refund counts
-  like a negative purchase); `refunded_orders` per currency: distinct orders refunded.
+  like a negative purchase); `refunded_orders` per currency: distinct orders refunded;
+  `unmatched_refunds` per currency: those refunds whose order has no purchase stored (a purchase
+  of the order stored later takes them back), so a report looks for them only when there are some.
 - Calendar only, per currency: `customer_days`, each day a funnel's lead bought on;
   `customer_repeats`, each pair of consecutive such days of one lead, on the later
   day with `step` the earlier (a report holding both subtracts it: the lead counts once);
@@ -77,7 +79,10 @@ from sqlalchemy.orm import Session, aliased
 from autofunnel.store.facts import amount_of, refund_of
 from autofunnel.store.models import CohortTally, Event, TallyState
 from autofunnel.store.queries import Executor, among_param, chunks
-from autofunnel.store.tally_statements import CALENDAR, COHORT, KEY_COLUMNS, TALLY_COLUMNS, email_parts, engagement_parts, event_parts, purchase_after, purchases_after, stage_entry_parts, touch_moves, unsubscribe_from
+from autofunnel.store.tally_statements import (
+    CALENDAR, COHORT, KEY_COLUMNS, TALLY_COLUMNS, email_parts, engagement_parts, event_parts, purchase_after, purchases_after, refunded_before,
+    stage_entry_parts, touch_moves, unmatched_refund_parts, unsubscribe_from,
+)
 from autofunnel.store.types import UTCDateTime
 
 
@@ -242,36 +247,56 @@ def count_engagement(session: Session, figure: str, scope: Scope) -> None:
     (rarely: a click is nearly always recorded before the purchase it leads to, so a short lookup
     comes first, and the recount only when it finds one)."""
     _write(session, ("engagement", figure, scope.name), lambda: engagement_parts(session, figure, scope), scope.params)
-    if figure != "clicked":
-        return
-    key = ("clicked before purchases", scope.name, session.get_bind().dialect.name)
+    if figure == "clicked" and _touched_purchases(session, "email", scope):
+        _write(session, ("clicks", scope.name), lambda: touch_moves(session, "email", scope), scope.params)
+
+
+def _touched_purchases(session: Session, kind: str, scope: Scope) -> bool:
+    """Whether the touches of `kind` in `scope` came before purchases already stored: a short
+    lookup, so that the recount of those purchases' shares (a statement PostgreSQL plans afresh
+    each time, ~10 ms) runs only in that rare case."""
+    key = ("touched purchases", kind, scope.name, session.get_bind().dialect.name)
     check = _STATEMENTS.get(key)
     if check is None:
-        check = _STATEMENTS[key] = select(purchases_after(session, "email", scope).exists())
-    if session.scalar(check, scope.params):
-        _write(session, ("clicks", scope.name), lambda: touch_moves(session, "email", scope), scope.params)
+        check = _STATEMENTS[key] = select(purchases_after(session, kind, scope).exists())
+    return bool(session.scalar(check, scope.params))
 
 
 def count_sources(session: Session, scope: Scope, entering: str) -> None:
     """New subscriptions in `scope` of leads already known: a source is a touch of the lead's
     purchases after it, in the funnels it had entered before `entering` (whose purchases the
     entry counts itself)."""
-    _write(session, ("sources", scope.name), lambda: touch_moves(session, "channel", scope, bindparam("scope_funnel")), {**scope.params, "scope_funnel": entering})
+    if _touched_purchases(session, "channel", scope):
+        _write(session, ("sources", scope.name), lambda: touch_moves(session, "channel", scope, bindparam("scope_funnel")), {**scope.params, "scope_funnel": entering})
 
 
-def count_events(session: Session, scope: Scope, *, funnel: str | None = None, new_refunds: bool = False) -> None:
+def count_events(session: Session, scope: Scope, *, funnel: str | None = None, batch: frozenset[str] | None = None) -> None:
     """Events in `scope`: purchases (revenue, orders, customers, and the emails they followed),
-    refunds (refunded, refunded orders, and the emails their purchases followed) and unsubscribes from emails.
+    refunds (refunded, refunded orders, refunds of unknown orders, and the emails their purchases
+    followed) and unsubscribes from emails.
 
     A purchase counts for every funnel its lead had entered by then (or only for
     `funnel`). A lead becomes a customer with its first counted purchase in a
     currency: one of the scope's purchases, when none of its purchases outside the
-    scope already counted. `new_refunds`: the scope is a batch of new events with refunds
-    among them, whose purchases, counted before, have their attribution shares taken down
-    (a lead's events or everything count each purchase whole, net).
+    scope already counted. `batch`: the scope is a batch of new events of these types (else a
+    lead's or every event, each purchase counted whole, net). A batch with refunds has their
+    purchases, counted before, take their attribution shares down; a batch's purchases take back
+    the refunds of their orders stored before them (rarely: a short lookup comes first).
     """
     params = {**scope.params, **({"scope_funnel": funnel} if funnel is not None else {})}
-    _write(session, ("events", scope.name, funnel is None, new_refunds), lambda: event_parts(session, scope, funnel is not None, new_refunds), params)
+    new_refunds = batch is not None and "refund" in batch
+    with_refunds = batch is None or new_refunds
+    _write(
+        session, ("events", scope.name, funnel is None, new_refunds, with_refunds),
+        lambda: event_parts(session, scope, funnel is not None, new_refunds, with_refunds), params,
+    )
+    if batch is not None and "purchase" in batch and funnel is None:
+        key = ("refunds before purchases", scope.name, session.get_bind().dialect.name)
+        check = _STATEMENTS.get(key)
+        if check is None:
+            check = _STATEMENTS[key] = select(refunded_before(scope).exists())
+        if session.scalar(check, scope.params):
+            _write(session, ("refunds now bought", scope.name), lambda: unmatched_refund_parts(session, scope, None, taken_back=True), scope.params)
 
 
 # Upkeep -----------------------------------------------------------------------------------

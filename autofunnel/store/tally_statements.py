@@ -135,7 +135,8 @@ def purchase_after(session: Executor, p: Any, d: Any, typed: Callable[[Any], Any
     return and_(p.lead_id == d.lead_id, typed(p.type) == "purchase", p.at >= d.sent_at, before(session, p.at, d.sent_at, PURCHASE_WINDOW))
 
 
-def event_parts(session: Session, scope: Condition, one_funnel: bool, new_refunds: bool) -> list[Select[Any]]:
+def event_parts(session: Session, scope: Condition, one_funnel: bool, new_refunds: bool, with_refunds: bool = True) -> list[Select[Any]]:
+    """`with_refunds`: the scope may hold refunds (a batch without any leaves out the refunds of unknown orders)."""
     funnel = bindparam("scope_funnel") if one_funnel else None
     p = aliased(Event, name="p")
     s0, on_s0 = _purchasers_stage(funnel)
@@ -213,7 +214,41 @@ def event_parts(session: Session, scope: Condition, one_funnel: bool, new_refund
         attributed += attribution_parts(
             session, funnel, lambda p: and_(~scope(p), p.id.in_(refunded_now)), lambda p: -given_back(session, p, scope), counted=False,
         )
-    return [*revenue, customers, *refunds, refunded_orders, *calendar_distinct, *followed, *attributed]
+    return [*revenue, customers, *refunds, refunded_orders, *(unmatched_refund_parts(session, scope, funnel) if with_refunds else []), *calendar_distinct, *followed, *attributed]
+
+
+UNMATCHED: Final = "unmatched_refunds"
+
+
+def unmatched_refund_parts(session: Session, scope: Condition, funnel: Any, *, taken_back: bool = False) -> list[Select[Any]]:
+    """Refunds of orders never recorded (`unmatched_refunds`, `refunded`'s count and sum of those):
+    a report whose tallies hold none skips looking for them. A refund in the scope counts when no
+    purchase of its order is stored; `taken_back`: the refunds stored before the scope's purchases
+    of their order, counted so then, are taken back (each once, however many purchases of the
+    order the scope holds)."""
+    r, ordered = aliased(Event, name="unmatched_r"), aliased(Event, name="ordered")
+    s2, on_s2 = _purchasers_stage(funnel)
+    blank = literal("")
+    if taken_back:
+        bought_before = exists().where(Unindexed(ordered.type) == "purchase", refund_of(r, ordered), ~scope(ordered))
+        where: tuple[Any, ...] = (r.id.in_(refunded_before(scope)), ~bought_before)
+    else:
+        where = (scope(r), ~exists().where(Unindexed(ordered.type) == "purchase", refund_of(r, ordered)))
+
+    def signed(value: Any) -> Any:
+        return -value if taken_back else value
+
+    return [
+        select(*tally_row(session, basis, s2.funnel, moment, s2.channel, UNMATCHED, blank, blank, currency_of(r), signed(func.count()), signed(func.sum(amount_of(session, r)))))
+        .select_from(r).join(s2, on_s2(r)).where(Unindexed(r.type) == "refund", r.at >= s2.entered_at, *where).group_by(BY_KEY)
+        for basis, moment in ((COHORT, s2.cohort_at), (CALENDAR, r.at))
+    ]
+
+
+def refunded_before(scope: Condition) -> Select[Any]:
+    """The ids of the refunds stored before the scope's purchases of their order."""
+    found, earlier = aliased(Event, name="found_p"), aliased(Event, name="earlier_r")
+    return select(earlier.id).select_from(found).join(earlier, refund_of(earlier, found, Unindexed)).where(Unindexed(found.type) == "purchase", scope(found), ~scope(earlier))
 
 
 def purchases_after(session: Session, kind: str, scope: Condition) -> Select[Any]:
