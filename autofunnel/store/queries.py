@@ -107,19 +107,28 @@ class Unindexed(ColumnElement[Any]):
     """A column SQLite must not look rows up by (`+column`): the type of an event, when the rows
     to count are a batch's ids. Without statistics SQLite takes `type = 'purchase'` for a few
     rows and walks every purchase ever recorded to find the batch's (15 s a batch of 100 at 1M
-    leads) instead of fetching the batch by id. PostgreSQL, which keeps statistics, gets the column."""
+    leads) instead of fetching the batch by id. PostgreSQL, which keeps statistics, gets the column,
+    unless `postgres` (a text column: `column || ''`): until a fresh database's first ANALYZE every
+    index looks alike to it too."""
 
     inherit_cache = True
-    _traverse_internals = [("column", InternalTraversal.dp_clauseelement)]
+    _traverse_internals = [("column", InternalTraversal.dp_clauseelement), ("postgres", InternalTraversal.dp_boolean)]
 
-    def __init__(self, column: Any) -> None:
+    def __init__(self, column: Any, *, postgres: bool = False) -> None:
         self.column = column
         self.type = column.type
+        self.postgres = postgres
 
 
 @compiles(Unindexed)
 def _plain(element: Unindexed, compiler: Any, **kw: Any) -> str:
     return str(compiler.process(element.column, **kw))
+
+
+@compiles(Unindexed, "postgresql")
+def _appended(element: Unindexed, compiler: Any, **kw: Any) -> str:
+    column = str(compiler.process(element.column, **kw))
+    return f"({column} || '')" if element.postgres else column
 
 
 @compiles(Unindexed, "sqlite")

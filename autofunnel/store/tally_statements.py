@@ -75,8 +75,13 @@ def stage_entry_parts(session: Session, scope: Condition) -> list[Select[Any]]:
     a = Assignment
     # The lead's holdout group looked up entry by entry (by the unique key), not joined: for an
     # import's chunk of 5000 entries PostgreSQL chose to hash every lead's assignment instead,
-    # 235 ms a chunk at 1M leads and growing with the list (a fifth of the import's time).
-    group = select(a.value).where(a.lead_id == e.lead_id, a.flow == e.funnel, a.name == "holdout").scalar_subquery()
+    # 235 ms a chunk at 1M leads and growing with the list (a fifth of the import's time). Only the
+    # lead can find it (`Unindexed` flow and name): in a fresh database, before its first ANALYZE,
+    # PostgreSQL took the funnel's assignments by (flow, name) and read all of them for each entry
+    # (an import of 30,000 leads into a new database: 524 rows/s, each chunk slower than the last).
+    group = select(a.value).where(
+        a.lead_id == e.lead_id, Unindexed(a.flow, postgres=True) == e.funnel, Unindexed(a.name, postgres=True) == "holdout",
+    ).scalar_subquery()
     holdout = (
         select(*tally_row(session, COHORT, e.funnel, e.cohort_at, e.channel, "holdout", e.stage, blank, group, func.count()))
         .where(scope(e)).group_by(BY_KEY).having(group.is_not(None))
