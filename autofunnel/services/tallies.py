@@ -247,18 +247,17 @@ def count_engagement(session: Session, figure: str, scope: Scope) -> None:
     (rarely: a click is nearly always recorded before the purchase it leads to, so a short lookup
     comes first, and the recount only when it finds one)."""
     _write(session, ("engagement", figure, scope.name), lambda: engagement_parts(session, figure, scope), scope.params)
-    if figure == "clicked" and _touched_purchases(session, "email", scope):
+    if figure == "clicked" and _found(session, ("touched purchases", "email"), lambda: purchases_after(session, "email", scope), scope):
         _write(session, ("clicks", scope.name), lambda: touch_moves(session, "email", scope), scope.params)
 
 
-def _touched_purchases(session: Session, kind: str, scope: Scope) -> bool:
-    """Whether the touches of `kind` in `scope` came before purchases already stored: a short
-    lookup, so that the recount of those purchases' shares (a statement PostgreSQL plans afresh
-    each time, ~10 ms) runs only in that rare case."""
-    key = ("touched purchases", kind, scope.name, session.get_bind().dialect.name)
+def _found(session: Session, key: tuple[Any, ...], rows: Callable[[], Select[Any]], scope: Scope) -> bool:
+    """Whether `rows` (built once per kind and backend) finds any: the short lookup before a recount
+    that is rarely needed (a big statement PostgreSQL plans afresh each time, ~10 ms)."""
+    key = (*key, scope.name, session.get_bind().dialect.name)
     check = _STATEMENTS.get(key)
     if check is None:
-        check = _STATEMENTS[key] = select(purchases_after(session, kind, scope).exists())
+        check = _STATEMENTS[key] = select(rows().exists())
     return bool(session.scalar(check, scope.params))
 
 
@@ -266,7 +265,7 @@ def count_sources(session: Session, scope: Scope, entering: str) -> None:
     """New subscriptions in `scope` of leads already known: a source is a touch of the lead's
     purchases after it, in the funnels it had entered before `entering` (whose purchases the
     entry counts itself)."""
-    if _touched_purchases(session, "channel", scope):
+    if _found(session, ("touched purchases", "channel"), lambda: purchases_after(session, "channel", scope), scope):
         _write(session, ("sources", scope.name), lambda: touch_moves(session, "channel", scope, bindparam("scope_funnel")), {**scope.params, "scope_funnel": entering})
 
 
@@ -290,13 +289,8 @@ def count_events(session: Session, scope: Scope, *, funnel: str | None = None, b
         session, ("events", scope.name, funnel is None, new_refunds, with_refunds),
         lambda: event_parts(session, scope, funnel is not None, new_refunds, with_refunds), params,
     )
-    if batch is not None and "purchase" in batch and funnel is None:
-        key = ("refunds before purchases", scope.name, session.get_bind().dialect.name)
-        check = _STATEMENTS.get(key)
-        if check is None:
-            check = _STATEMENTS[key] = select(refunded_before(scope).exists())
-        if session.scalar(check, scope.params):
-            _write(session, ("refunds now bought", scope.name), lambda: unmatched_refund_parts(session, scope, None, taken_back=True), scope.params)
+    if batch is not None and "purchase" in batch and funnel is None and _found(session, ("refunds before purchases",), lambda: refunded_before(scope), scope):
+        _write(session, ("refunds now bought", scope.name), lambda: unmatched_refund_parts(session, scope, None, taken_back=True), scope.params)
 
 
 # Upkeep -----------------------------------------------------------------------------------
