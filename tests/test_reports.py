@@ -29,7 +29,7 @@ from flask.testing import FlaskClient
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from rich.console import Console
-from sqlalchemy import func, select
+from sqlalchemy import func, inspect, literal, select
 
 from autofunnel.cli import main
 from autofunnel.report_format import print_report, report_csv
@@ -38,12 +38,13 @@ from autofunnel.domain import report as math
 from autofunnel.domain.report import ATTRIBUTION_MODELS
 from autofunnel.domain.report_body import period_of_day
 from autofunnel.services.credentials import create_api_key
+from autofunnel.services.importing import import_leads
 from autofunnel.services.report import Shown, funnel_report, parse_report_query
 from autofunnel.services.runtime import Runtime
 from autofunnel.services.scheduler import run_tick
-from autofunnel.services.tallies import fold_tallies, rebuild_tallies, tallies_current
+from autofunnel.services.tallies import fold_tallies, rebuild_tallies, recount_tallies, splits_current, tallies_current
 from autofunnel.store.migrate import downgrade, upgrade
-from autofunnel.store.models import CohortTally, Delivery, Lead, StageEntry
+from autofunnel.store.models import CohortTally, Delivery, StageEntry
 from autofunnel.web import create_app
 
 pytestmark = pytest.mark.db
@@ -458,14 +459,30 @@ def test_a_calendar_period_counts_each_paying_lead_once(shop: Shop, plans: list[
 
 
 def tallies(rt: Runtime) -> dict[tuple[Any, ...], tuple[int, float]]:
-    """Every figure of `cohort_tallies`, summed over its rows."""
+    """Every figure of `cohort_tallies`, summed over its rows: by channel, and by each lead split and
+    its value, a writer's row (not folded yet) counted under its channel and its leads' values."""
     t = CohortTally
+    key = [t.funnel, t.basis, t.cohort_day, t.channel, t.figure, t.stage, t.step, t.detail, t.split, t.split_value, t.lead_split]
     with rt.db.read() as session:
-        rows = session.execute(
-            select(t.funnel, t.basis, t.cohort_day, t.channel, t.figure, t.stage, t.step, t.detail, func.sum(t.n), func.sum(t.amount))
-            .group_by(t.funnel, t.basis, t.cohort_day, t.channel, t.figure, t.stage, t.step, t.detail)
-        ).all()
-    return {tuple(row[:8]): (int(row[8]), round(float(row[9]), 6)) for row in rows if row[8] or round(float(row[9]), 6)}
+        if "split" not in {column["name"] for column in inspect(session.connection()).get_columns("cohort_tallies")}:
+            key[-3:] = [literal(""), literal(""), literal("")]  # a database downgraded to before the lead splits
+        rows = session.execute(select(*key, func.sum(t.n), func.sum(t.amount)).group_by(*key)).all()
+    found: dict[tuple[Any, ...], list[Any]] = defaultdict(lambda: [0, 0.0])
+    for *figure, split, value, lead_split, n, amount in rows:
+        keys = [(*figure, split, value)]
+        if lead_split:
+            keys = [(*figure, "", "")] + [
+                (*figure[:3], "", *figure[4:], name, "" if found_value is None else str(found_value)) for name, found_value in json.loads(lead_split).items()
+            ]
+        for each in keys:
+            found[each][0] += int(n)
+            found[each][1] += float(amount)
+    return {each: (n, round(amount, 6)) for each, (n, amount) in found.items() if n or round(amount, 6)}
+
+
+def by_channel(found: dict[tuple[Any, ...], tuple[int, float]]) -> dict[tuple[Any, ...], tuple[int, float]]:
+    """`tallies` without the lead splits' figures."""
+    return {key: figures for key, figures in found.items() if key[8] == ""}
 
 
 def assert_same_attribution(tallied: dict[str, Any], counted: dict[str, Any]) -> None:
@@ -483,25 +500,30 @@ def unfolded(rt: Runtime) -> int:
         return int(session.scalar(select(func.count()).select_from(CohortTally).where(CohortTally.folded.is_(False))) or 0)
 
 
+OWNERS = [None, "ann@shop.example", "bob@shop.example"]
+SEGMENTS = [None, "pro", "new"]
 email_plan = st.tuples(
     st.sampled_from(["instagram", "google", None]),
     st.lists(st.tuples(st.sampled_from(sorted(PRODUCTS)), st.integers(-2, 200), st.integers(1, 500), refund_plan), max_size=3),
     st.sampled_from(["none", "click", "bot", "unsubscribe"]),
 )
+lead_plan = st.tuples(st.sampled_from(OWNERS), st.sampled_from(SEGMENTS), st.sampled_from(["stays", "moves", "moves late", "erased"]))
+"""A lead's owner and segment, and whether they change (subscribing again, after its first events or its
+last) or it is erased (its fields go) after its events."""
 
 
-def per_email(rt: Runtime, prefix: str, bought: list[tuple[str, datetime, float, float]]) -> dict[tuple[str, str], tuple[int, float]]:
-    """Purchases within 7 days after each sent email of the yoga funnel to leads whose address starts with
-    `prefix`, and their net amount, counted in Python from the stored emails and the purchases made
-    (email, moment, amount, refunded)."""
+def per_email(rt: Runtime, addresses: dict[int, str], bought: list[tuple[str, datetime, float, float]]) -> dict[tuple[str, str], tuple[int, float]]:
+    """Purchases within 7 days after each sent email of the yoga funnel to these leads (id: address
+    when subscribing; an erased lead's is gone since), and their net amount, counted in Python from the
+    stored emails and the purchases made (email, moment, amount, refunded)."""
     with rt.db.read() as session:
         sent = session.execute(
-            select(Lead.email, Delivery.stage, Delivery.step_id, Delivery.sent_at)
-            .join(Lead, Lead.id == Delivery.lead_id)
-            .where(Delivery.flow == "yoga", Delivery.status == "sent", Delivery.kind == "email", Lead.email.startswith(prefix))
+            select(Delivery.lead_id, Delivery.stage, Delivery.step_id, Delivery.sent_at)
+            .where(Delivery.flow == "yoga", Delivery.status == "sent", Delivery.kind == "email", Delivery.lead_id.in_(list(addresses)))
         ).all()
     found: dict[tuple[str, str], list[float]] = {}
-    for email, stage, step, sent_at in sent:
+    for lead_id, stage, step, sent_at in sent:
+        email = addresses[lead_id]
         into = found.setdefault((stage, step), [0, 0.0])
         for buyer, at, amount, given_back in bought:
             if buyer == email and sent_at <= at < sent_at + timedelta(days=7):
@@ -513,18 +535,35 @@ def per_email(rt: Runtime, prefix: str, bought: list[tuple[str, datetime, float,
 @settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(
     plans=st.lists(email_plan, min_size=1, max_size=6), batches=st.integers(1, 3), seed=st.integers(0, 1000), late_touches=st.booleans(),
-    model=st.sampled_from(ATTRIBUTION_MODELS),
+    model=st.sampled_from(ATTRIBUTION_MODELS), people=st.lists(lead_plan, min_size=6, max_size=6),
 )
 def test_the_running_tallies_equal_a_recount_and_give_the_report_counted_from_the_facts(
-    shop: Shop, plans: list[Any], batches: int, seed: int, late_touches: bool, model: str
+    shop: Shop, plans: list[Any], batches: int, seed: int, late_touches: bool, model: str, people: list[Any]
 ) -> None:
     day = START + timedelta(days=10 * next(EXAMPLE))
     shop.clock.advance(max(day - shop.clock.now(), timedelta(0)))
     items, late, early, bought = [], [], [], []
+    addresses: dict[int, str] = {}
+
+    def moved(when: str) -> None:
+        """The leads whose owner and segment change now (subscribing again to the funnel they are in) or who are erased."""
+        for number, (owner, segment, change) in enumerate(people[: len(plans)]):
+            email = f"t{day:%Y%m%d}-{number}@example.com"
+            if change == when == "erased":
+                assert shop.client.delete(f"/api/v1/leads/{email}", headers=shop.headers).status_code == 200
+            elif change == when:
+                others = {"owner": OWNERS[(OWNERS.index(owner) + 1) % len(OWNERS)] or "cy@shop.example", "fields": {"segment": SEGMENTS[(SEGMENTS.index(segment) + 1) % 3]}}
+                shop.subscribe(email, at=day + timedelta(minutes=number), **others)
+
     for number, (channel, buys, reader) in enumerate(plans):
         email = f"t{day:%Y%m%d}-{number}@example.com"
         joined = day + timedelta(minutes=number)
-        lead = shop.subscribe(email, at=joined, **({"source": {"channel": channel}} if channel else {}))
+        owner, segment, _ = people[number]
+        lead = shop.subscribe(
+            email, at=joined, **({"source": {"channel": channel}} if channel else {}), **({"owner": owner} if owner else {}),
+            **({"fields": {"segment": segment, "region": "eu"}} if segment else {}),
+        )
+        addresses[lead] = email
         shop.post("/api/v1/events", {"type": "confirmed", "lead_id": lead}, 202)
         for index, (product, hours, amount, given_back) in enumerate(buys):
             at, order = joined + timedelta(hours=hours), f"{email}#{index}"
@@ -559,6 +598,8 @@ def test_the_running_tallies_equal_a_recount_and_give_the_report_counted_from_th
         shop.events(early)
     for low in range(0, len(items), size):
         shop.events(items[low : low + size])
+        if low == 0:
+            moved("moves")
     if late_touches:
         # Touches recorded after the purchases they came before: clicks, and every other lead
         # seen again, with another source, in a subscription backdated to before its purchases.
@@ -569,6 +610,8 @@ def test_the_running_tallies_equal_a_recount_and_give_the_report_counted_from_th
     run_tick(shop.rt)  # the tripwire and later stages' emails, to leads who bought, and a fold
     shop.catch_up(late)
     shop.events(late)
+    moved("moves late")
+    moved("erased")
     run_tick(shop.rt)
     assert unfolded(shop.rt) == 0
 
@@ -577,7 +620,9 @@ def test_the_running_tallies_equal_a_recount_and_give_the_report_counted_from_th
     calendar = {"from": f"{day:%Y-%m-%d}", "to": f"{day + timedelta(days=10):%Y-%m-%d}", "mode": "calendar"}
     for params in (
         period, {**period, "by": "channel"}, {**period, "interval": "week"}, {**period, "by": "owner"}, {**period, "by": "product"},
+        {**period, "by": "segment"}, {**period, "by": "field:region", "interval": "day"},
         calendar, {**calendar, "by": "channel"}, {**calendar, "interval": "day"}, {**calendar, "by": "channel", "interval": "week"},
+        {**calendar, "by": "owner"}, {**calendar, "by": "field:segment", "interval": "week"},
     ):
         query = parse_report_query("yoga", params, day.date())
         assert shop.report(**params) == funnel_report(shop.rt, query, count_facts=True), params
@@ -602,17 +647,21 @@ def test_the_running_tallies_equal_a_recount_and_give_the_report_counted_from_th
     shares = {row["channel"]: row["revenue"] for row in tallied["attribution"]["channels"] if row["channel"]}
     assert shares == pytest.approx({label: value for label, value in expected_shares.items() if label in shares or abs(value) >= 0.005}, abs=0.011)
     steps = {(row["stage"], row["step"]): (row["purchases_7d"], row["revenue_7d"]) for row in shop.report(**period)["steps"] if row["sent"]}
-    expected = per_email(shop.rt, f"t{day:%Y%m%d}-", bought)
+    expected = per_email(shop.rt, addresses, bought)
     assert set(steps) == set(expected)
     for key, (purchases, revenue) in expected.items():
         assert steps[key][0] == purchases and steps[key][1] == pytest.approx(revenue), key
     # The per-email figures counted from the facts, starting from the unsubscribes, purchases and
-    # refunds, equal the tallies': for leads split by a field (all in one group here), and by
-    # calendar over a period that holds every email ever sent, as the cohort of every lead does.
-    assert [group["steps"] for group in shop.report(**period, by="owner")["groups"]] == [shop.report(**period)["steps"]]
+    # refunds, equal the tallies': for leads split by a field the tallies do not keep (none has it:
+    # all in one group), and by calendar over a period that holds every email ever sent, as the cohort
+    # of every lead does.
+    assert [group["steps"] for group in shop.report(**period, by="field:plan")["groups"]] == [shop.report(**period)["steps"]]
     everything = {"from": f"{START - timedelta(days=1):%Y-%m-%d}", "to": f"{day + timedelta(days=30):%Y-%m-%d}"}
     assert shop.report(**everything, mode="calendar")["steps"] == shop.report(**everything)["steps"]
-    shop.events([purchase(f"t{day:%Y%m%d}-0@example.com", "coaching", day + timedelta(days=1), amount=5)])
+    kept = next(number for number in range(len(plans) + 1) if number == len(plans) or people[number][2] != "erased")
+    if kept == len(plans):  # all were erased
+        shop.subscribe(f"t{day:%Y%m%d}-{kept}@example.com", at=day)
+    shop.events([purchase(f"t{day:%Y%m%d}-{kept}@example.com", "coaching", day + timedelta(days=1), amount=5)])
     running = tallies(shop.rt)
     assert unfolded(shop.rt) > 0
     with shop.rt.db.transaction() as session:
@@ -642,6 +691,7 @@ def test_the_upgrade_that_brings_tallies_counts_what_was_already_stored(shop: Sh
     running, report = tallies(shop.rt), shop.report(**{"from": "2026-03-02", "to": "2026-03-02"}, by="channel")
     days = {"from": "2026-03-01", "to": "2026-03-05"}
     calendar = shop.report(**days, mode="calendar", by="channel")
+    by_owner = shop.report(**days, mode="calendar", by="owner")
     attributed = shop.report(**days, attribution="linear")
     assert running and any(channel for _, _, channel, _, _ in entries) and calendar["revenue"]["orders"] == 3
     assert {row["step"]: row["revenue"] for row in attributed["attribution"]["emails"]} == {"welcome": 19.0, None: 290.0 + 50.0 - 5.0 - 7.0}
@@ -655,7 +705,11 @@ def test_the_upgrade_that_brings_tallies_counts_what_was_already_stored(shop: Sh
     assert not any(key[4] == "unmatched_refunds" for key in tallies(shop.rt))
     upgrade(url)  # 0022 counts the refunds of unknown orders already stored
     with shop.rt.db.read() as session:
-        assert tallies_current(session)
+        assert tallies_current(session) and not splits_current(session)  # 0023 leaves the lead splits to a recount
+    assert tallies(shop.rt) == by_channel(running)
+    assert shop.report(**days, mode="calendar", by="owner") == by_owner  # counted from the facts meanwhile
+    with shop.rt.db.transaction() as session:
+        recount_tallies(session)
     assert tallies(shop.rt) == running
     shop.rt.db.engine.dispose()
     downgrade(url, "0020_calendar_tallies")
@@ -671,7 +725,7 @@ def test_the_upgrade_that_brings_tallies_counts_what_was_already_stored(shop: Sh
         assert set(session.execute(select(*columns)).all()) == entries
         assert not tallies_current(session)  # 0015 asks for a recount of refunds and revenue_7d, 0020 for the calendar days
     assert tallies(shop.rt) == {  # 0004 counted the cohorts
-        key: figures for key, figures in running.items()
+        key: figures for key, figures in by_channel(running).items()
         if (key[1] == "cohort" or key[4] == "unmatched_refunds") and not key[4].startswith(("attributed_", "decayed_"))
     }  # and 0022 those refunds of unknown orders
     assert shop.report(**days, mode="calendar", by="channel") == calendar
@@ -681,8 +735,9 @@ def test_the_upgrade_that_brings_tallies_counts_what_was_already_stored(shop: Sh
     assert recounted.exit_code == 0, recounted.output
     assert "recounted" in recounted.output
     with shop.rt.db.read() as session:
-        assert tallies_current(session)
+        assert tallies_current(session) and splits_current(session)
     assert tallies(shop.rt) == running
+    assert shop.report(**days, mode="calendar", by="owner") == by_owner
     assert shop.report(**{"from": "2026-03-02", "to": "2026-03-02"}, by="channel") == report
     assert shop.report(**days, mode="calendar", by="channel") == calendar
     assert shop.report(**days, attribution="linear") == attributed
@@ -1022,6 +1077,60 @@ def test_segment_region_and_any_field_split_the_leads(shop: Shop) -> None:
     assert split("region") == {"eu": ([2, 1], 25.0), "us": ([1, 0], 0.0)}
     assert split("field:plan") == {"gold": ([2, 1], 25.0), None: ([1, 0], 0.0)}
     assert split("product") == {"mini-course": ([1, 1], 25.0), None: ([2, 0], 0.0)}
+
+
+LEVELS = """\
+funnel: levels
+title: Set steps move leads to another segment
+stages:
+  - stage: joined
+    steps:
+      - wait: 1h
+      - set: {segment: vip}
+  - stage: bought
+    enter_on: {event: purchase, product: guide}
+    steps:
+      - set: {segment: customer}
+"""
+
+
+def test_a_lead_whose_owner_or_segment_changes_is_reported_under_its_value_of_now(project_dir: Path, runtime_factory: Any, tmp_path: Path) -> None:
+    """A `set` step and an import change leads' segment and owner after their purchases were
+    tallied: the reports by segment and owner, added up from the tallies, group them by their values
+    of now, as the same reports counted from the facts do, and the tallies equal a recount."""
+    (project_dir / "funnels" / "levels.yml").write_text(LEVELS)
+    clock = FixedClock(START)
+    rt = runtime_factory(project_dir, f"file://{tmp_path / 'outbox'}", clock)
+    _, key = create_api_key(rt.db, clock, "shop")
+    client = create_app(runtime=rt).test_client()
+    headers = {"Authorization": f"Bearer {key}"}
+    for i in range(4):
+        body = {"email": f"l{i}@example.com", "funnel": "levels", "owner": "ann@shop.example", "fields": {"segment": "new"}}
+        assert client.post("/api/v1/subscribe", json=body, headers=headers).status_code == 201
+    clock.advance(timedelta(minutes=30))
+    events = [purchase(f"l{i}@example.com", "guide", START + timedelta(minutes=20), amount=10 * (i + 1)) for i in range(2)]
+    assert client.post("/api/v1/events", json=events, headers=headers).status_code == 202
+    period = {"from": "2026-03-02", "to": "2026-03-02"}
+
+    def split(by: str, **extra: str) -> dict[Any, tuple[list[int], float]]:
+        params = {**period, "by": by, **extra}
+        tallied = client.get("/api/v1/reports/levels", query_string=params, headers=headers).json
+        assert tallied == funnel_report(rt, parse_report_query("levels", params, clock.now().date()), count_facts=True), params
+        return {g["value"]: (reached(g), g["revenue"]["total"]) for g in tallied["groups"]}
+
+    assert split("segment") == {"new": ([4, 2], 30.0)}
+    clock.advance(timedelta(hours=1))
+    run_tick(rt)  # the buyers l0 and l1 become customers, l2 and l3, who waited an hour, vips
+    csv_file = tmp_path / "owners.csv"
+    csv_file.write_text("email,owner,region\nl1@example.com,bob@shop.example,eu\nl2@example.com,,us\n")
+    import_leads(rt, csv_file, "yoga")  # known leads entering another funnel: their details are merged
+    assert split("segment") == {"customer": ([2, 2], 30.0), "vip": ([2, 0], 0.0)}
+    assert split("owner", mode="calendar") == {"ann@shop.example": ([3, 1], 10.0), "bob@shop.example": ([1, 1], 20.0)}
+    assert split("field:region", interval="day") == {None: ([2, 1], 10.0), "eu": ([1, 1], 20.0), "us": ([1, 0], 0.0)}
+    running = tallies(rt)
+    with rt.db.transaction() as session:
+        rebuild_tallies(session)
+    assert tallies(rt) == running
 
 
 SPLIT = """\

@@ -29,6 +29,7 @@ from autofunnel.services.leads import lead_view, subscribe
 from autofunnel.services.scheduler import run_tick, sweep, tick
 from autofunnel.services.tallies import rebuild_tallies
 from autofunnel.store.db import HeldConnection
+from autofunnel.store.facts import CHANNEL_ROWS
 from autofunnel.store.models import CohortTally, Delivery, Enrollment, Lead, TimelineEntry
 
 T0 = datetime(2026, 3, 2, 9, 30, tzinfo=UTC)  # a Monday, 10:30 in Berlin
@@ -407,10 +408,10 @@ def test_an_open_and_click_written_before_the_send_is_recorded_count_with_it(rt:
                 session.execute(update(Delivery).where(Delivery.to_address == recipient).values(opened_at=now, clicked_at=now))
 
     def figures() -> dict[str, int]:
-        """Per figure, its count on each basis (cohort and calendar count every email once each)."""
+        """Per figure, its count on each basis (cohort and calendar count every email once each), by channel."""
         with rt.db.read() as session:
             rows = session.execute(
-                select(CohortTally.figure, CohortTally.basis, func.sum(CohortTally.n)).group_by(CohortTally.figure, CohortTally.basis)
+                select(CohortTally.figure, CohortTally.basis, func.sum(CohortTally.n)).where(CHANNEL_ROWS).group_by(CohortTally.figure, CohortTally.basis)
             ).all()
         counts: dict[str, set[int]] = {}
         for figure, _, n in rows:

@@ -16,6 +16,22 @@ from datetime import timedelta
 from typing import Any, Final
 
 ATTRIBUTION_MODELS: Final = ("first", "last", "linear", "position", "time_decay")
+LEAD_SPLITS: Final = ("owner", "segment", "region")
+"""The lead attributes the running tallies are also kept by (`by=owner`, `by=segment` or
+`field:segment`, `by=region`): their reports add tally rows up; another `field:` counts the facts."""
+
+
+def tallied_split(by: str | None) -> str | None:
+    """The lead split a report's `by` reads from the tallies (`field:segment` is `segment`), if any."""
+    if by in LEAD_SPLITS:
+        return by
+    field = by.removeprefix("field:") if by is not None and by.startswith("field:") else None
+    return field if field in LEAD_SPLITS and field != "owner" else None  # `field:owner` is a field, not the owner
+
+
+def lead_split_values(owner: str | None, fields: Mapping[str, Any] | None) -> tuple[Any, ...]:
+    """A lead's values of `LEAD_SPLITS`: when one changes, the lead's tallies move with it."""
+    return tuple(owner if split == "owner" else (fields or {}).get(split) for split in LEAD_SPLITS)
 POSITION_ENDS: Final = 0.4
 """`position` (U-shaped) attribution: 40 % to the first touch, 40 % to the last, 20 % shared by the middle."""
 TIME_DECAY_HALF_LIFE_S: Final = 7 * 86400

@@ -238,7 +238,7 @@ def _claimed(batch: _Batch, row: Any) -> _Claim:
     lead = batch.leads.get(row.id) or LeadDetails(lead_context(email=row.to_address, first_name=None, fields={}, tags=[], timezone=None), {}, {}, None)
     cohort = lead.cohort
     if cohort is not None:
-        cohort = Cohort(cohort.cohort_at, cohort.channel, cohort.entered_at, bool(row.may_follow))
+        cohort = Cohort(cohort.cohort_at, cohort.channel, cohort.entered_at, cohort.lead_split, bool(row.may_follow))
     return _Claim(
         row.id, row.lead_id, row.flow, row.stage, row.step_id, row.kind, row.template, row.to_address, row.attempts,
         lead.lead, lead.deadlines, lead.event, cohort,

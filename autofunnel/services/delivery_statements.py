@@ -24,6 +24,7 @@ from autofunnel.mail.templates import lead_context
 from autofunnel.services.enrollments import ready_to_send
 from autofunnel.services.tallies import Cohort, may_follow, sent_email_tally
 from autofunnel.store.delivery_moves import move
+from autofunnel.store.facts import lead_splits
 from autofunnel.store.lead_facts import Wanted, load_facts
 from autofunnel.store.models import Delivery, Enrollment, Event, Lead, StageEntry, TimelineEntry
 from autofunnel.store.queries import among_param
@@ -75,7 +76,7 @@ def read_leads(connection: Connection, delivery_ids: Sequence[int]) -> dict[int,
         details[row.id] = LeadDetails(
             lead_context(email=lead.email, first_name=lead.first_name, fields=dict(lead.fields), tags=list(lead.tags), timezone=lead.timezone),
             facts.deadlines.get((row.lead_id, row.flow), {}), dict(row.event or {}),
-            Cohort(row.cohort_at, row.channel, row.entered_at) if row.cohort_at is not None else None,
+            Cohort(row.cohort_at, row.channel, row.entered_at, row.lead_split) if row.cohort_at is not None else None,
         )
     return details
 
@@ -85,7 +86,10 @@ def _leads_statement(pg: bool) -> Select[Any]:
     """`read_leads`' query, built once per backend: every batch, however small, runs it."""
     d = Delivery
     return (
-        select(d.id, d.lead_id, d.flow, Event.properties.label("event"), StageEntry.cohort_at, StageEntry.channel, StageEntry.entered_at)
+        select(
+            d.id, d.lead_id, d.flow, Event.properties.label("event"), StageEntry.cohort_at, StageEntry.channel, StageEntry.entered_at,
+            lead_splits(pg, d.lead_id).label("lead_split"),
+        )
         .select_from(d)
         .outerjoin(Enrollment, Enrollment.id == d.enrollment_id)
         .outerjoin(Event, Event.id == Enrollment.event_id)

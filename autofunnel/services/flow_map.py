@@ -25,6 +25,7 @@ from autofunnel.domain.words import action_text, condition_text, deadline_text, 
 from autofunnel.services.report import DEFAULT_DAYS
 from autofunnel.services.runtime import Runtime
 from autofunnel.services.enrollments import active_enrollment
+from autofunnel.store.facts import CHANNEL_ROWS
 from autofunnel.store.models import CohortTally, Delivery, Enrollment
 
 
@@ -99,7 +100,7 @@ def _funnel_emails(rt: Runtime, slug: str, start: date, end: date) -> dict[tuple
     with rt.db.read() as session:
         for stage, step, figure, n in session.execute(
             select(t.stage, t.step, t.figure, func.sum(t.n))
-            .where(t.funnel == slug, t.basis == "cohort", t.cohort_day >= start, t.cohort_day <= end, t.figure.in_(EMAIL_FIGURES))
+            .where(t.funnel == slug, t.basis == "cohort", t.cohort_day >= start, t.cohort_day <= end, t.figure.in_(EMAIL_FIGURES), CHANNEL_ROWS)
             .group_by(t.stage, t.step, t.figure)
         ):
             found.setdefault((stage, step), [0, 0, 0])[EMAIL_FIGURES.index(figure)] += int(n or 0)

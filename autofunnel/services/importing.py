@@ -32,11 +32,13 @@ from sqlalchemy.orm import Session
 
 from autofunnel.domain.statuses import LeadStatus, SUPPRESSED
 from autofunnel.domain.model import Funnel
+from autofunnel.domain.report import lead_split_values
 from autofunnel.errors import InvalidInputError
 from autofunnel.services.entry import Entrant, enter_first_stage
 from autofunnel.services.inputs import SOURCE_KEYS, normalize_email, parse_timezone
 from autofunnel.services.leads import lead_channel
 from autofunnel.services.runtime import Runtime
+from autofunnel.services.tallies import regroup_leads
 from autofunnel.store.models import Lead, StageEntry
 from autofunnel.store.queries import among, bulk_update, chunks, insert_returning
 
@@ -342,7 +344,11 @@ def _enter(session: Session, rt: Runtime, flow: Funnel, file_name: str, rows: li
     outcome.imported = len(entering)
     if not write or not entering:
         return outcome
-    bulk_update(session, Lead.__table__, merges)
+    regrouped = {
+        merged["id"]: new for merged in merges
+        if (new := lead_split_values(merged["owner"], merged["fields"])) != lead_split_values(details[merged["id"]].owner, details[merged["id"]].fields)
+    }
+    regroup_leads(session, regrouped, lambda: bulk_update(session, Lead.__table__, merges))
     entrants = [
         Entrant(
             lead_id, row.email, known_lead["status"] if known_lead is not None else status,

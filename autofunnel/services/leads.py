@@ -6,18 +6,20 @@ import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Final
 
 from sqlalchemy import Select, bindparam, delete, select, update
 from sqlalchemy.orm import Session
 
 from autofunnel.domain.model import Funnel
+from autofunnel.domain.report import lead_split_values
 from autofunnel.errors import InvalidInputError, NotFoundError
 from autofunnel.domain.engine import ended_by_suppression, suppression_reason
 from autofunnel.services.enrollments import active_enrollment_ids, end_enrollments, timeline_row, write_timeline
 from autofunnel.services.entry import CONFIRM_STEP, Entrant, confirmation_row, enter_first_stage
 from autofunnel.services.inputs import SubscribeInput
 from autofunnel.services.runtime import Runtime
+from autofunnel.services.tallies import regroup_leads
 from autofunnel.domain.statuses import DeliveryStatus, EndCause, EnrollmentStatus, LeadStatus
 from autofunnel.store.delivery_moves import move
 from autofunnel.store.lead_facts import Wanted, load_facts
@@ -26,6 +28,13 @@ from autofunnel.store.queries import insert_ignoring
 
 PURCHASE_KEPT = ("product", "amount", "currency", "order_id")
 """What erasure keeps of a purchase or refund: the anonymous figures reports count."""
+ERASURE_KEEPS: Final = {
+    "purchase": PURCHASE_KEPT, "refund": PURCHASE_KEPT, "unsubscribed": ("delivery",), "subscribed": ("source",),
+}
+"""What erasure keeps of each type of event: what the reports count (the email an unsubscribe came
+through, the channel a subscription came from), so the report of an erased lead's days stays the same."""
+SOURCE_KEPT = ("channel", "utm_source")
+"""Of a subscription's source, only what labels its channel (not the referrer or the campaign)."""
 
 
 @dataclass(frozen=True)
@@ -88,7 +97,8 @@ def _find_or_create(session: Session, data: SubscribeInput, double_opt_in: bool,
     created = session.execute(insert_ignoring(session, Lead.__table__, ("email",)).returning(Lead.id), [values]).first()
     lead = session.scalars(_lead_by_email(), {"email": data.email}).one()
     if created is None:
-        _merge(lead, data, now)
+        fields = {**(lead.fields or {}), **data.fields} if data.fields else lead.fields
+        regroup_leads(session, {lead.id: lead_split_values(data.owner or lead.owner, fields)}, lambda: _merge(lead, data, now))
     return lead, created is not None
 
 
@@ -115,6 +125,14 @@ def _merge(lead: Lead, data: SubscribeInput, now: datetime) -> None:
     if data.source and not lead.source:
         lead.source = data.source
     lead.updated_at = now
+
+
+def _anonymous(event: Event) -> dict[str, Any]:
+    """An erased lead's event, with only what `ERASURE_KEEPS` keeps of it."""
+    kept = {key: value for key, value in (event.properties or {}).items() if key in ERASURE_KEEPS.get(event.type, ())}
+    if isinstance(kept.get("source"), dict):
+        kept["source"] = {key: value for key, value in kept["source"].items() if key in SOURCE_KEPT}
+    return kept
 
 
 def find_lead(session: Session, key: str) -> Lead:
@@ -228,6 +246,8 @@ def erase_lead(rt: Runtime, key: str, *, reason: str = "personal data erased on 
     with rt.db.transaction() as session:
         lead = find_lead(session, key)
         lead_id = lead.id
+        # Its fields go first, its tallies moving with them (before its events lose their details).
+        regroup_leads(session, {lead_id: lead_split_values(lead.owner, {})}, lambda: setattr(lead, "fields", {}))
         end_enrollments(session, active_enrollment_ids(session, [lead_id]), EnrollmentStatus.EXITED, EndCause.SUPPRESSED, suppression_reason("erased"), now)
         session.execute(
             move(DeliveryStatus.QUEUED, DeliveryStatus.SKIPPED).where(Delivery.lead_id == lead_id)
@@ -235,13 +255,11 @@ def erase_lead(rt: Runtime, key: str, *, reason: str = "personal data erased on 
         )
         session.execute(update(Delivery).where(Delivery.lead_id == lead_id).values(to_address="erased"))
         for event in session.scalars(select(Event).where(Event.lead_id == lead_id)):
-            kept = {k: v for k, v in (event.properties or {}).items() if k in PURCHASE_KEPT} if event.type in ("purchase", "refund") else {}
-            event.properties = kept
+            event.properties = _anonymous(event)
         session.execute(update(TimelineEntry).where(TimelineEntry.lead_id == lead_id).values(detail=None))
         session.execute(delete(Deadline).where(Deadline.lead_id == lead_id))
         lead.email = f"erased-{lead_id}@erased.invalid"
         lead.first_name = None
-        lead.fields = {}
         lead.tags = []
         lead.timezone = None
         lead.consent = None

@@ -35,12 +35,13 @@ from autofunnel.domain.engine import (
 )
 from autofunnel.domain.model import Clicked, Flow, HasEvent, Opened, Step, walk_condition
 from autofunnel.domain.per_flow import PerFlow
+from autofunnel.domain.report import lead_split_values
 from autofunnel.domain.words import decision_words
 from autofunnel.domain.statuses import DeliveryStatus, EndCause, EnrollmentStatus
 from autofunnel.services.enrollments import cursor_of, parked_to_json, timeline_row, write_timeline
 from autofunnel.services.runtime import Runtime
 from autofunnel.services.sweep import sweep
-from autofunnel.services.tallies import fold_tallies
+from autofunnel.services.tallies import fold_tallies, regroup_leads
 from autofunnel.services.versions import current_version_ids, layouts_by_id
 from autofunnel.store.due import claim_due
 from autofunnel.store.lead_facts import LoadedFacts, Wanted, load_facts
@@ -289,9 +290,12 @@ def _write_enrollments(session: Session, updates: list[dict[str, Any]]) -> None:
 
 
 def _write_leads(session: Session, facts: LoadedFacts, changed: set[int], now: datetime) -> None:
-    bulk_update(session, Lead.__table__, [
-        {"id": lead_id, "tags": facts.profiles[lead_id].tags, "fields": facts.profiles[lead_id].fields, "updated_at": now} for lead_id in sorted(changed)
-    ])
+    regroup_leads(
+        session, {lead_id: lead_split_values(facts.profiles[lead_id].owner, facts.profiles[lead_id].fields) for lead_id in changed},
+        lambda: bulk_update(session, Lead.__table__, [
+            {"id": lead_id, "tags": facts.profiles[lead_id].tags, "fields": facts.profiles[lead_id].fields, "updated_at": now} for lead_id in sorted(changed)
+        ]),
+    )
 
 
 @dataclass

@@ -61,24 +61,31 @@ for `refunds_7d` by whichever of the three is written last.
 
 Writers only ever insert rows, never update one, so concurrent transactions
 never queue on a hot row; `fold_tallies` merges them in the background.
+
+Each writer's row also carries its leads' owner, segment and region (`lead_split`,
+`domain.report.LEAD_SPLITS`): as many rows as before, the batch's leads grouped by
+those values too. The fold files each under its channel and, channel left out, under
+each split and value, so a report by owner adds rows up as one by channel does.
+A lead whose values change has its whole count moved (`regroup_leads`).
 """
 
 from __future__ import annotations
 
 import functools
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import SimpleNamespace
 from typing import Any, Final
 
-from sqlalchemy import CTE, ColumnElement, Exists, Insert, Select, String, and_, bindparam, column, delete, exists, func, insert, literal, or_, select, true, tuple_, union_all, values
+from sqlalchemy import CTE, ColumnElement, Exists, Insert, Select, String, and_, bindparam, column, delete, exists, func, insert, literal, or_, select, text, true, tuple_, union_all, values
 from sqlalchemy.orm import Session, aliased
 
-from autofunnel.store.facts import amount_of, refund_of
-from autofunnel.store.models import CohortTally, Event, TallyState
-from autofunnel.store.queries import Executor, among_param, chunks
+from autofunnel.store.facts import amount_of, refund_of, split_pairs, split_value_in
+from autofunnel.domain.report import LEAD_SPLITS, lead_split_values
+from autofunnel.store.models import CohortTally, Event, Lead, TallyState
+from autofunnel.store.queries import Executor, among_param, chunks, is_postgres
 from autofunnel.store.tally_statements import (
     CALENDAR, COHORT, KEY_COLUMNS, TALLY_COLUMNS, email_parts, engagement_parts, event_parts, purchase_after, purchases_after, refunded_before,
     stage_entry_parts, touch_moves, unmatched_refund_parts, unsubscribe_from,
@@ -116,29 +123,59 @@ def of_lead(lead_id: int) -> Scope:
     return Scope("lead", lambda entity: entity.lead_id == bindparam("scope_lead"), {"scope_lead": lead_id})
 
 
+def of_leads(lead_ids: Sequence[int]) -> Scope:
+    """The rows about these leads."""
+    return Scope("leads", lambda entity: among_param(entity.lead_id, "scope_leads", pg=False), {"scope_leads": sorted(set(lead_ids))})
+
+
 _STATEMENTS: dict[tuple[Any, ...], Any] = {}
 
 
 # The figures ------------------------------------------------------------------------------
 
 
-def _write(session: Session, key: tuple[Any, ...], build: Callable[[], list[Select[Any]]], params: dict[str, Any]) -> None:
-    """One statement for all the parts, built once per kind and backend: one round trip per tally."""
-    key = (*key, session.get_bind().dialect.name)
+def _write(session: Session, key: tuple[Any, ...], build: Callable[[], list[Select[Any]]], scope: Scope, params: dict[str, Any] | None = None, *, sign: int = 1) -> None:
+    """One statement for all the parts, built once per kind and backend: one round trip per tally.
+    `params`: the scope's and more. `sign` -1 takes what the parts count back. Over `everything` (a recount) the rows are written
+    folded, filed under each lead split in SQL: a writer's rows carry their leads' split values, and a
+    million leads' make millions of rows, too many to fold in Python."""
+    key = (*key, sign, session.get_bind().dialect.name)
     statement = _STATEMENTS.get(key)
     if statement is None:
-        statement = _STATEMENTS[key] = insert(CohortTally.__table__).from_select(list(TALLY_COLUMNS), union_all(*build()), include_defaults=False)
-    session.execute(statement, params)
+        counted: Any = union_all(*build())
+        if sign < 0:
+            rows = counted.subquery("taken_back")
+            counted = select(*(rows.c[name] for name in KEY_COLUMNS), (-rows.c.n).label("n"), (-rows.c.amount).label("amount"))
+        if scope is everything:
+            statement = _folded_insert(session, counted.cte("counted"))
+        else:
+            statement = insert(CohortTally.__table__).from_select(list(TALLY_COLUMNS), counted, include_defaults=False)
+        _STATEMENTS[key] = statement
+    session.execute(statement, scope.params if params is None else params)
 
 
-def count_stage_entries(session: Session, scope: Scope) -> None:
+def _folded_insert(session: Session, counted: CTE) -> Insert:
+    """The tally rows `counted`, written folded: by channel, and channel left out, by each lead split."""
+    pg = is_postgres(session)
+    figure = [counted.c[name] for name in ("figure", "stage", "step", "detail", "basis")]
+    blank = literal("")
+    filed = [(counted.c.channel, blank, blank)] + [(blank, literal(split), split_value_in(pg, counted.c.lead_split, split)) for split in LEAD_SPLITS]
+    rows = union_all(*(
+        select(counted.c.funnel, counted.c.cohort_day, channel, *figure, split, value, func.sum(counted.c.n), func.sum(counted.c.amount), true())
+        .group_by(text("1, 2, 3, 4, 5, 6, 7, 8, 9, 10"))
+        for channel, split, value in filed
+    ))
+    return insert(CohortTally.__table__).from_select([*FOLDED_KEY, "n", "amount", "folded"], rows, include_defaults=False)
+
+
+def count_stage_entries(session: Session, scope: Scope, *, sign: int = 1) -> None:
     """Stage entries in `scope`: reached, skipped, timed, lasted, and reach by holdout group."""
-    _write(session, ("stage_entries", scope.name), lambda: stage_entry_parts(session, scope), scope.params)
+    _write(session, ("stage_entries", scope.name), lambda: stage_entry_parts(session, scope), scope, sign=sign)
 
 
-def count_emails(session: Session, scope: Scope) -> None:
+def count_emails(session: Session, scope: Scope, *, sign: int = 1) -> None:
     """Sent emails in `scope`: sent, first opens, first clicks (what followed them is `count_events`'s)."""
-    _write(session, ("emails", scope.name), lambda: email_parts(session, scope), scope.params)
+    _write(session, ("emails", scope.name), lambda: email_parts(session, scope), scope, sign=sign)
 
 
 @dataclass(frozen=True)
@@ -148,6 +185,8 @@ class Cohort:
     cohort_at: datetime
     channel: str | None
     entered_at: datetime
+    lead_split: str
+    """Its lead's values of the lead splits (`store.facts.lead_splits`), read with it."""
     followed: bool = True
     """Whether something recorded already may follow the email (see `may_follow`); when not, nothing is looked up."""
 
@@ -196,7 +235,7 @@ def _tally_rows_statement() -> Insert:
 def _sent_email_tally_keys(funnel: str, cohort: Cohort, sent_at: datetime, stage: str, step: str) -> list[dict[str, Any]]:
     """Where a sent email counts: its funnel, its lead's channel, its stage and step, on its lead's
     cohort day and on the day it was sent (the two bases)."""
-    where = {"funnel": funnel, "channel": cohort.channel or "", "stage": stage, "step": step}
+    where = {"funnel": funnel, "channel": cohort.channel or "", "stage": stage, "step": step, "lead_split": cohort.lead_split}
     return [
         {**where, "basis": COHORT, "cohort_day": cohort.cohort_at.astimezone(UTC).date()},
         {**where, "basis": CALENDAR, "cohort_day": sent_at.astimezone(UTC).date()},
@@ -227,7 +266,8 @@ def sent_email_tally(finished: CTE) -> Insert:
     row = select(
         bindparam("tally_funnel", type_=t.c.funnel.type), days.c.day,
         bindparam("tally_channel", type_=t.c.channel.type), figures.c.figure, bindparam("tally_stage", type_=t.c.stage.type),
-        bindparam("tally_step", type_=t.c.step.type), literal("", t.c.detail.type), days.c.basis, literal(1, t.c.n.type), literal(0.0, t.c.amount.type),
+        bindparam("tally_step", type_=t.c.step.type), literal("", t.c.detail.type), days.c.basis, bindparam("tally_lead_split", type_=t.c.lead_split.type),
+        literal(1, t.c.n.type), literal(0.0, t.c.amount.type),
     ).select_from(finished).join(figures, shown).join(days, true())
     return insert(t).from_select(list(TALLY_COLUMNS), row)
 
@@ -236,7 +276,7 @@ def sent_email_tally_params(funnel: str, cohort: Cohort, sent_at: datetime, stag
     cohort_key, calendar_key = _sent_email_tally_keys(funnel, cohort, sent_at, stage, step)
     return {
         "tally_funnel": funnel, "tally_channel": cohort_key["channel"], "tally_stage": stage, "tally_step": step,
-        "tally_cohort_day": cohort_key["cohort_day"], "tally_sent_day": calendar_key["cohort_day"],
+        "tally_cohort_day": cohort_key["cohort_day"], "tally_sent_day": calendar_key["cohort_day"], "tally_lead_split": cohort.lead_split,
     }
 
 
@@ -246,9 +286,9 @@ def count_engagement(session: Session, figure: str, scope: Scope) -> None:
     click is also a touch: a purchase it came before, already counted, has its shares counted again
     (rarely: a click is nearly always recorded before the purchase it leads to, so a short lookup
     comes first, and the recount only when it finds one)."""
-    _write(session, ("engagement", figure, scope.name), lambda: engagement_parts(session, figure, scope), scope.params)
+    _write(session, ("engagement", figure, scope.name), lambda: engagement_parts(session, figure, scope), scope)
     if figure == "clicked" and _found(session, ("touched purchases", "email"), lambda: purchases_after(session, "email", scope), scope):
-        _write(session, ("clicks", scope.name), lambda: touch_moves(session, "email", scope), scope.params)
+        _write(session, ("clicks", scope.name), lambda: touch_moves(session, "email", scope), scope)
 
 
 def _found(session: Session, key: tuple[Any, ...], rows: Callable[[], Select[Any]], scope: Scope) -> bool:
@@ -266,10 +306,10 @@ def count_sources(session: Session, scope: Scope, entering: str) -> None:
     purchases after it, in the funnels it had entered before `entering` (whose purchases the
     entry counts itself)."""
     if _found(session, ("touched purchases", "channel"), lambda: purchases_after(session, "channel", scope), scope):
-        _write(session, ("sources", scope.name), lambda: touch_moves(session, "channel", scope, bindparam("scope_funnel")), {**scope.params, "scope_funnel": entering})
+        _write(session, ("sources", scope.name), lambda: touch_moves(session, "channel", scope, bindparam("scope_funnel")), scope, {**scope.params, "scope_funnel": entering})
 
 
-def count_events(session: Session, scope: Scope, *, funnel: str | None = None, batch: frozenset[str] | None = None) -> None:
+def count_events(session: Session, scope: Scope, *, funnel: str | None = None, batch: frozenset[str] | None = None, sign: int = 1) -> None:
     """Events in `scope`: purchases (revenue, orders, customers, and the emails they followed),
     refunds (refunded, refunded orders, refunds of unknown orders, and the emails their purchases
     followed) and unsubscribes from emails.
@@ -280,20 +320,48 @@ def count_events(session: Session, scope: Scope, *, funnel: str | None = None, b
     scope already counted. `batch`: the scope is a batch of new events of these types (else a
     lead's or every event, each purchase counted whole, net). A batch with refunds has their
     purchases, counted before, take their attribution shares down; a batch's purchases take back
-    the refunds of their orders stored before them (rarely: a short lookup comes first).
+    the refunds of their orders stored before them (rarely: a short lookup comes first). `sign` -1
+    takes a lead's or every event's count back.
     """
     params = {**scope.params, **({"scope_funnel": funnel} if funnel is not None else {})}
     new_refunds = batch is not None and "refund" in batch
     with_refunds = batch is None or new_refunds
     _write(
         session, ("events", scope.name, funnel is None, new_refunds, with_refunds),
-        lambda: event_parts(session, scope, funnel is not None, new_refunds, with_refunds), params,
+        lambda: event_parts(session, scope, funnel is not None, new_refunds, with_refunds), scope, params, sign=sign,
     )
     if batch is not None and "purchase" in batch and funnel is None and _found(session, ("refunds before purchases",), lambda: refunded_before(scope), scope):
-        _write(session, ("refunds now bought", scope.name), lambda: unmatched_refund_parts(session, scope, None, taken_back=True), scope.params)
+        _write(session, ("refunds now bought", scope.name), lambda: unmatched_refund_parts(session, scope, None, taken_back=True), scope)
 
 
 # Upkeep -----------------------------------------------------------------------------------
+
+
+def regroup_leads(session: Session, new_values: Mapping[int, tuple[Any, ...]], write: Callable[[], None]) -> None:
+    """Write changes of leads whose owner or fields may change (`write`, with `new_values`, each lead's
+    `lead_split_values` after it). A lead whose values of the lead splits change has its tallies
+    moved with it: taken back under the old values before the change, counted again under the new
+    ones after it, so a report by owner files every lead under its owner of now, as the facts do.
+    Its channel's figures are taken back and counted again alike, and add up as before."""
+    moved = []
+    for part in chunks(sorted(new_values), 1000):
+        for lead_id, owner, fields in session.execute(select(Lead.id, Lead.owner, Lead.fields).where(Lead.id.in_(list(part)))):
+            if lead_split_values(owner, fields) != new_values[lead_id]:
+                moved.append(lead_id)
+    for part in chunks(moved, 1000):
+        _count_leads(session, of_leads(part), -1)
+    write()
+    if moved:
+        session.flush()
+    for part in chunks(moved, 1000):
+        _count_leads(session, of_leads(part), 1)
+
+
+def _count_leads(session: Session, scope: Scope, sign: int) -> None:
+    """Everything the tallies count about the leads in `scope` (`sign` -1: taken back)."""
+    count_stage_entries(session, scope, sign=sign)
+    count_emails(session, scope, sign=sign)
+    count_events(session, scope, sign=sign)
 
 
 def rebuild_tallies(session: Session) -> None:
@@ -318,6 +386,11 @@ def tallies_current(session: Session) -> bool:
     return not session.scalar(select(TallyState.recount_needed).where(TallyState.id == 1))
 
 
+def splits_current(session: Session) -> bool:
+    """Whether the tallies are kept by lead split too (migration 0023 leaves that to `recount_tallies`)."""
+    return not session.scalar(select(or_(TallyState.recount_needed, TallyState.splits_needed)).where(TallyState.id == 1))
+
+
 def recount_tallies(session: Session, progress: Callable[[str], None] = lambda _: None) -> None:
     """`rebuild_tallies`, telling `progress` each part as it starts, then marked current."""
     session.execute(delete(CohortTally))
@@ -327,22 +400,28 @@ def recount_tallies(session: Session, progress: Callable[[str], None] = lambda _
     progress("folding")
     fold_tallies(session)
     session.execute(delete(TallyState))
-    session.execute(insert(TallyState), [{"id": 1, "recount_needed": False}])
+    session.execute(insert(TallyState), [{"id": 1, "recount_needed": False, "splits_needed": False}])
+
+
+FOLDED_KEY: Final = (*(name for name in KEY_COLUMNS if name != "lead_split"), "split", "split_value")
+"""A folded row's key: a writer's row has its leads' split values instead of the last two."""
 
 
 def fold_tallies(session: Session, *, limit: int = 100_000) -> int:
-    """Merge tally rows that add to the same figure into one; returns how many rows went.
+    """Merge tally rows that add to the same figure into one; returns how many writers' rows it took.
 
     The rows written since the last fold are taken out, together with the folded
     rows of the same funnel days, and written back as one row per figure. A
     concurrent fold or writer is safe: rows are only deleted and re-added in one
-    transaction, and a figure is the sum of whatever rows it has.
+    transaction, and a figure is the sum of whatever rows it has. A writer's row
+    adds to its channel's figure and, channel left out, to each lead split's.
     """
     t = CohortTally
     newest = session.scalar(select(t.id).where(t.folded.is_(False)).order_by(t.id).offset(limit - 1).limit(1))
     fresh_where = [t.folded.is_(False)] + ([t.id <= newest] if newest is not None else [])
-    columns = [t.__table__.c[name] for name in TALLY_COLUMNS]
+    columns = [t.__table__.c[name] for name in (*FOLDED_KEY, "lead_split", "n", "amount")]
     taken = session.execute(delete(t).where(*fresh_where).returning(*columns)).all()
+    fresh = len(taken)
     if not taken:
         return 0
     days = sorted({(row.funnel, row.cohort_day) for row in taken})
@@ -352,11 +431,17 @@ def fold_tallies(session: Session, *, limit: int = 100_000) -> int:
         ).all()
     merged: dict[tuple[Any, ...], list[Any]] = defaultdict(lambda: [0, 0.0])
     for row in taken:
-        figures = merged[tuple(row[: len(KEY_COLUMNS)])]
-        figures[0] += int(row.n)
-        figures[1] += float(row.amount)
+        keys = [tuple(row[: len(FOLDED_KEY)])]
+        if row.lead_split:
+            funnel, day, channel, *figure, _, _ = keys[0]
+            keys = [(funnel, day, channel, *figure, "", "")] + [(funnel, day, "", *figure, *pair) for pair in split_pairs(row.lead_split)]
+        for key in keys:
+            figures = merged[key]
+            figures[0] += int(row.n)
+            figures[1] += float(row.amount)
     # A figure that adds up to nothing goes (a share taken back and counted again leaves float dust).
-    rows = [dict(zip(KEY_COLUMNS, key, strict=True), n=n, amount=amount, folded=True) for key, (n, amount) in merged.items() if n or abs(amount) > 1e-9]
+    rows = [dict(zip(FOLDED_KEY, key, strict=True), n=n, amount=amount, folded=True) for key, (n, amount) in merged.items() if n or abs(amount) > 1e-9]
     for part in chunks(rows, 5000):
         session.execute(insert(t), list(part))
-    return len(taken) - len(rows)
+    return fresh
+

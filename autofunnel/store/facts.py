@@ -8,15 +8,23 @@ differently.
 
 from __future__ import annotations
 
+import functools
+import json
 from collections.abc import Callable
 from datetime import timedelta
-from typing import Any
+from typing import Any, Final
 
-from sqlalchemy import ColumnElement, Float, String, and_, case, cast, func, literal, literal_column
-from sqlalchemy.orm import Session
+from sqlalchemy import JSON, ColumnElement, Float, String, and_, case, cast, func, literal, literal_column, select
+from sqlalchemy.orm import Session, aliased
 
-from autofunnel.store.models import CohortTally
+from autofunnel.domain.report import LEAD_SPLITS
+from autofunnel.store.models import CohortTally, Lead
 from autofunnel.store.queries import Executor, is_postgres
+
+
+CHANNEL_ROWS: Final = CohortTally.split == ""
+"""The tally rows that count each figure once (by channel, and the writers' rows not folded yet):
+every reader of the tallies but a report by lead split reads only these."""
 
 
 def day_of(session: Session, moment: Any) -> Any:
@@ -25,6 +33,39 @@ def day_of(session: Session, moment: Any) -> Any:
         # A literal zone, not a bound one: PostgreSQL must see the same expression in GROUP BY.
         return cast(func.timezone(literal_column("'UTC'"), moment), CohortTally.cohort_day.type)
     return func.date(moment, type_=String)
+
+
+def lead_value(lead: Any, split: str) -> ColumnElement[Any]:
+    """What a lead is grouped by for `split` (a report's `by`): its owner, or the field of that name."""
+    # Text on both backends: SQLite's json_extract would give a number field as a number.
+    return lead.owner if split == "owner" else cast(lead.fields[split.removeprefix("field:")].as_string(), String)
+
+
+def splits_of(pg: bool, lead: Any) -> Any:
+    """A lead's (an alias of `Lead` joined) values of `LEAD_SPLITS`, as the JSON object text a raw
+    tally row carries (`cohort_tallies.lead_split`) until `fold_tallies` files it under each split."""
+    pairs = [part for split in LEAD_SPLITS for part in (literal_column(f"'{split}'"), lead_value(lead, split))]
+    return cast(func.json_build_object(*pairs) if pg else func.json_object(*pairs), String)
+
+
+def lead_splits(pg: bool, lead_id: Any) -> Any:
+    """`splits_of` the lead with this id, looked up (for a statement that reads one row per fact;
+    where each is tried against several figures, the lead is joined once instead)."""
+    lead = aliased(Lead, name="split_lead")
+    return func.coalesce(select(splits_of(pg, lead)).where(lead.id == lead_id).scalar_subquery(), "{}")
+
+
+def split_value_in(pg: bool, lead_split: Any, split: str) -> Any:
+    """`split_pairs` in SQL: one split's value in a `lead_split` text, empty when it has none."""
+    found = func.json_extract_path_text(cast(lead_split, JSON), split) if pg else func.json_extract(lead_split, f"$.{split}")
+    return func.coalesce(found, "")
+
+
+@functools.lru_cache(maxsize=4096)
+def split_pairs(lead_split: str) -> tuple[tuple[str, str], ...]:
+    """A writer's tally row's `lead_split` as (split, value) pairs; no value is empty text, as no channel is."""
+    values = json.loads(lead_split)
+    return tuple((split, "" if values.get(split) is None else str(values[split])) for split in LEAD_SPLITS)
 
 
 def amount_of(session: Executor, event: Any) -> ColumnElement[float]:

@@ -327,10 +327,15 @@ class CohortTally(Base):
     transaction as the fact they count, so two workers never wait on one hot row;
     `fold_tallies` merges them now and then. A figure is the sum of all its rows.
     `services/tallies.py` says what each figure counts.
+
+    A writer's row carries its leads' values of the lead splits (`lead_split`); the fold
+    files it twice over: under its channel (`split` empty) and, channel left empty, under
+    each split and the leads' value of it (`split`, `split_value`), so a report by owner
+    reads a few rows per owner as a report by channel does per channel.
     """
 
     __tablename__ = "cohort_tallies"
-    __table_args__ = (Index(None, "funnel", "cohort_day"), Index(None, "folded", "id"))
+    __table_args__ = (Index("ix_cohort_tallies_funnel_day_split", "funnel", "cohort_day", "split"), Index(None, "folded", "id"))
 
     id: Mapped[Id]
     funnel: Mapped[FlowName]
@@ -345,6 +350,11 @@ class CohortTally(Base):
     amount: Mapped[float] = mapped_column(Float, default=0.0, server_default=text("0"))
     folded: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     basis: Mapped[str] = mapped_column(String(16), default="cohort", server_default=text("'cohort'"))
+    lead_split: Mapped[str] = mapped_column(String, default="", server_default=EMPTY_TEXT)
+    """A writer's row: the JSON object of its leads' `LEAD_SPLITS` values; empty once folded."""
+    split: Mapped[str] = mapped_column(String(40), default="", server_default=EMPTY_TEXT)
+    """A folded row: empty when counted by channel, else the lead split it is counted under."""
+    split_value: Mapped[str] = mapped_column(String, default="", server_default=EMPTY_TEXT)
 
 
 class TallyState(Base):
@@ -355,6 +365,8 @@ class TallyState(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     recount_needed: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    splits_needed: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    """Whether the tallies by lead split (migration 0023) are still to be counted: until then those reports count the facts."""
 
 
 class Assignment(Base):

@@ -37,9 +37,9 @@ from sqlalchemy.orm import Session, aliased
 from autofunnel.domain.statuses import DeliveryStatus
 from autofunnel.domain import report as math
 from autofunnel.domain.model import Funnel
-from autofunnel.domain.report import PURCHASE_WINDOW
+from autofunnel.domain.report import PURCHASE_WINDOW, tallied_split
 from autofunnel.domain.report_body import LENGTH, PERCENTILES, Figures, Key, ReportQuery, SplitSteps, Times, period_of_day, tally_into
-from autofunnel.store.facts import amount_of, currency_of, order_key, order_of, refund_of, within_before
+from autofunnel.store.facts import CHANNEL_ROWS, amount_of, currency_of, lead_value, order_key, order_of, refund_of, split_pairs, within_before
 from autofunnel.store.tally_statements import ATTRIBUTED, ATTRIBUTION_FIGURES, CALENDAR_DISTINCT, UNMATCHED, decay_of, net_of, purchase_after, touched_by, touches, unsubscribe_from
 from autofunnel.store.models import Assignment, CohortTally, Delivery, Event, Lead, Spend, StageEntry
 from autofunnel.store.queries import OuterFirst, is_postgres
@@ -108,11 +108,7 @@ class ReportQueries:
 
     def _lead_group(self) -> Any:
         """The value a lead is grouped by: a lead field, or its owner (channels are kept on stage entries)."""
-        by = self.q.by or ""
-        if by == "owner":
-            return Lead.owner
-        name = by.removeprefix("field:")
-        return Lead.fields[name].as_string()
+        return lead_value(Lead, self.q.by or "")
 
     def _keyed(
         self, stmt: Any, rows: Any, moment: Any, *, grouped: bool, periodic: bool, product: Any = None
@@ -198,26 +194,30 @@ class ReportQueries:
 
     # Figures from the running tallies ----------------------------------------------
 
-    def from_tallies(self, *, times: bool = True, period_times: bool = True) -> tuple[Figures, Figures | None, Figures | None]:
-        """The whole report, its channel groups and its periods, added up from `cohort_tallies`
+    def from_tallies(self, *, times: bool = True, period_times: bool = True, splits: bool = False) -> tuple[Figures, Figures | None, Figures | None]:
+        """The whole report, its groups and its periods, added up from `cohort_tallies`
         (a few rows per funnel, day and channel, on the report's basis) with the times read off
         the stage entries (`times`: the whole report's and its groups'; `period_times`: each period's).
+        Groups by channel, and with `splits` (the tallies are kept by lead split) by a lead split;
+        `None` for other groups.
 
         A calendar report's paying customers are its purchase days less the consecutive
         pairs of a lead's purchase days inside one slice, and its refunded orders the same
         of an order's refund days (see `calendar_distinct_parts`).
         """
         t = CohortTally
+        in_report = (
+            t.funnel == self.funnel.slug, t.basis == self.q.mode, t.cohort_day >= self.q.start, t.cohort_day <= self.q.end,
+            t.figure.not_in(ATTRIBUTION_FIGURES),  # added up on their own, when asked
+        )
         stmt = (
             select(t.cohort_day, t.channel, t.figure, t.stage, t.step, t.detail, func.sum(t.n), func.sum(t.amount))
-            .where(
-                t.funnel == self.funnel.slug, t.basis == self.q.mode, t.cohort_day >= self.q.start, t.cohort_day <= self.q.end,
-                t.figure.not_in(ATTRIBUTION_FIGURES),  # added up on their own, when asked
-            )
+            .where(*in_report, CHANNEL_ROWS)
             .group_by(t.cohort_day, t.channel, t.figure, t.stage, t.step, t.detail)
         )
+        split = tallied_split(self.q.by) if splits else None
         whole = Figures()
-        grouped = Figures() if self.q.by == "channel" else None
+        grouped = Figures() if self.q.by == "channel" or split is not None else None
         periods = Figures() if self.q.interval else None
         ranks: dict[Key, dict[tuple[str, str], int]] = defaultdict(lambda: defaultdict(int))
         self._unmatched_tallied = False
@@ -226,31 +226,52 @@ class ReportQueries:
                 self._unmatched_tallied = self._unmatched_tallied or int(n or 0) > 0
                 continue
             keyed = [(whole, ())]
-            if grouped is not None:
+            if grouped is not None and split is None:
                 keyed.append((grouped, (channel or None,)))
             if periods is not None:
                 keyed.append((periods, (period_of_day(day, self.q.interval or "day"),)))
-            if figure in CALENDAR_DAYS:
-                figure, repeated = CALENDAR_DAYS[figure]
-                if repeated:
-                    # A lead's (an order's) days `step` and `day`, one after the other: one customer
-                    # (refunded order), not two, in a slice that holds both.
-                    keyed = [(figures, key) for figures, key in keyed if self._holds(figures is periods, date.fromisoformat(step), day)]
-                    n = -int(n or 0)
-            for figures, key in keyed:
-                tally_into(figures, key, figure, stage, step, detail, int(n or 0), float(amount or 0.0))
+            self._add_tally(keyed, periods, day, figure, stage, step, detail, n, amount)
             if figure in ("timed", "lasted"):
                 ranks[()][(figure, stage)] += int(n or 0)
-                if grouped is not None:
+                if grouped is not None and split is None:
                     ranks[(channel or None,)][(figure, stage)] += int(n or 0)
+        if split is not None and grouped is not None:
+            # Folded rows of the split, and the writers' rows not folded yet, filed by their leads' value.
+            folded = select(t.cohort_day, t.split_value, literal("").label("lead_split"), t.figure, t.stage, t.step, t.detail, func.sum(t.n), func.sum(t.amount)).where(
+                *in_report, t.split == split,
+            ).group_by(t.cohort_day, t.split_value, t.figure, t.stage, t.step, t.detail)
+            fresh = select(t.cohort_day, literal(""), t.lead_split, t.figure, t.stage, t.step, t.detail, func.sum(t.n), func.sum(t.amount)).where(
+                *in_report, t.folded.is_(False), t.lead_split != "",
+            ).group_by(t.cohort_day, t.lead_split, t.figure, t.stage, t.step, t.detail)
+            for day, value, lead_split, figure, stage, step, detail, n, amount in self.session.execute(union_all(folded, fresh)):
+                if figure != UNMATCHED:
+                    value = dict(split_pairs(lead_split))[split] if lead_split else value
+                    self._add_tally([(grouped, (value or None,))], None, day, figure, stage, step, detail, n, amount)
         if times:
             whole.times[()] = self._walked_times(ranks.get((), {}), None)
-            if grouped is not None:
+            if grouped is not None and split is None:
                 for key in grouped.slices():
                     grouped.times[key] = self._walked_times(ranks.get(key, {}), key)
+            elif grouped is not None:
+                # Each group's own percentiles are counted from its stage entries (the tallies hold no order).
+                grouped.times = self.times(grouped=True, periodic=False)
         if periods is not None and period_times:
             periods.times = self.times(grouped=False, periodic=True)
         return whole, grouped, periods
+
+    def _add_tally(
+        self, keyed: list[tuple[Figures, Key]], periods: Figures | None, day: date, figure: str, stage: str, step: str, detail: str, n: Any, amount: Any,
+    ) -> None:
+        """One figure's tally rows of a day, summed, added to each slice in `keyed` (`periods`: the slices that are periods)."""
+        if figure in CALENDAR_DAYS:
+            figure, repeated = CALENDAR_DAYS[figure]
+            if repeated:
+                # A lead's (an order's) days `step` and `day`, one after the other: one customer
+                # (refunded order), not two, in a slice that holds both.
+                keyed = [(figures, key) for figures, key in keyed if self._holds(figures is periods, date.fromisoformat(step), day)]
+                n = -int(n or 0)
+        for figures, key in keyed:
+            tally_into(figures, key, figure, stage, step, detail, int(n or 0), float(amount or 0.0))
 
     def _holds(self, per_period: bool, earlier: date, later: date) -> bool:
         """Whether a slice of the report holds both days: the report's period (`later` is in it), and
@@ -486,7 +507,7 @@ class ReportQueries:
         if self.zone == "UTC":
             stmt = (
                 select(t.detail, t.stage, func.sum(t.n))
-                .where(t.funnel == self.funnel.slug, t.basis == "cohort", t.figure == "holdout", t.cohort_day >= self.q.start, t.cohort_day <= self.q.end)
+                .where(t.funnel == self.funnel.slug, t.basis == "cohort", t.figure == "holdout", t.cohort_day >= self.q.start, t.cohort_day <= self.q.end, CHANNEL_ROWS)
                 .group_by(t.detail, t.stage)
             )
         else:
@@ -548,7 +569,7 @@ class ReportQueries:
         figures = {kind: pair[1] if model == "time_decay" else pair[0] for kind, pair in ATTRIBUTED.items()}
         stmt = (
             select(t.figure, t.stage, t.step, t.detail, func.sum(t.amount))
-            .where(t.funnel == self.funnel.slug, t.basis == self.q.mode, t.cohort_day >= self.q.start, t.cohort_day <= self.q.end, t.figure.in_(list(figures.values())))
+            .where(t.funnel == self.funnel.slug, t.basis == self.q.mode, t.cohort_day >= self.q.start, t.cohort_day <= self.q.end, t.figure.in_(list(figures.values())), CHANNEL_ROWS)
             .group_by(t.figure, t.stage, t.step, t.detail)
         )
         shares: dict[str, dict[tuple[str | None, str], float]] = {kind: defaultdict(float) for kind in figures}

@@ -16,33 +16,36 @@ from sqlalchemy.orm import Session, aliased
 
 from autofunnel.domain.statuses import DeliveryStatus
 from autofunnel.domain.report import ATTRIBUTION_WINDOW, PURCHASE_WINDOW, TIME_DECAY_HALF_LIFE_S
-from autofunnel.store.facts import amount_of, before, currency_of, day_of, order_key, order_of, refund_of, seconds_between
-from autofunnel.store.models import Assignment, Delivery, Event, StageEntry
-from autofunnel.store.queries import Executor, OuterFirst, Unindexed
+from autofunnel.store.facts import amount_of, before, currency_of, day_of, lead_splits, order_key, order_of, refund_of, seconds_between, splits_of
+from autofunnel.store.models import Assignment, Delivery, Event, Lead, StageEntry
+from autofunnel.store.queries import Executor, OuterFirst, Unindexed, is_postgres
 
 Condition = Callable[[Any], ColumnElement[bool]]
 """Which rows of an entity (or of an alias of it) a statement counts."""
 
 
-KEY_COLUMNS: Final = ("funnel", "cohort_day", "channel", "figure", "stage", "step", "detail", "basis")
+KEY_COLUMNS: Final = ("funnel", "cohort_day", "channel", "figure", "stage", "step", "detail", "basis", "lead_split")
 TALLY_COLUMNS: Final = (*KEY_COLUMNS, "n", "amount")
 COHORT: Final = "cohort"
 CALENDAR: Final = "calendar"
 """The two days a fact counts on (`cohort_tallies.basis`): its lead's cohort day, and its own."""
 
-BY_KEY: Final = text("1, 2, 3, 4, 5, 6, 7, 8")
+BY_KEY: Final = text("1, 2, 3, 4, 5, 6, 7, 8, 9")
 """Every tally statement groups by its key columns by position: the same expression in the
 select list and in GROUP BY, bound parameters and all, on both backends."""
 
 
 def tally_row(
-    session: Session, basis: Any, funnel: Any, moment: Any, channel: Any, figure: Any, stage: Any, step: Any, detail: Any, n: Any, amount: Any = None
+    session: Session, basis: Any, funnel: Any, moment: Any, channel: Any, figure: Any, stage: Any, step: Any, detail: Any, n: Any, amount: Any = None,
+    *, lead: Any = None, splits: Any = None,
 ) -> list[Any]:
-    """The select list of one tally row, in `TALLY_COLUMNS` order; `moment` gives its day on `basis`."""
+    """The select list of one tally row, in `TALLY_COLUMNS` order; `moment` gives its day on `basis`,
+    `lead` (a lead id, looked up) or `splits` (already read) its lead splits."""
     return [
         funnel.label("funnel"), day_of(session, moment).label("cohort_day"), func.coalesce(channel, "").label("channel"),
         (literal(figure) if isinstance(figure, str) else figure).label("figure"), stage.label("stage"), step.label("step"), detail.label("detail"),
-        (literal(basis) if isinstance(basis, str) else basis).label("basis"), n.label("n"), (amount if amount is not None else literal_column("0.0")).label("amount"),
+        (literal(basis) if isinstance(basis, str) else basis).label("basis"), (splits if splits is not None else lead_splits(is_postgres(session), lead)).label("lead_split"),
+        n.label("n"), (amount if amount is not None else literal_column("0.0")).label("amount"),
     ]
 
 
@@ -68,9 +71,10 @@ def stage_entry_parts(session: Session, scope: Condition) -> list[Select[Any]]:
         and_(counted.c.figure == "timed", e.since_previous_s.is_not(None)), and_(counted.c.figure == "lasted", e.since_first_s.is_not(None)),
     )
     moment = case((bases.c.basis == COHORT, e.cohort_at), else_=e.entered_at)
+    lead = aliased(Lead, name="entry_lead")
     entries = (
-        select(*tally_row(session, bases.c.basis, e.funnel, moment, e.channel, counted.c.figure, e.stage, blank, blank, func.count()))
-        .select_from(OuterFirst(OuterFirst(e, counted, counts), bases, true())).where(scope(e)).group_by(BY_KEY)
+        select(*tally_row(session, bases.c.basis, e.funnel, moment, e.channel, counted.c.figure, e.stage, blank, blank, func.count(), splits=splits_of(is_postgres(session), lead)))
+        .select_from(OuterFirst(OuterFirst(OuterFirst(e, lead, lead.id == e.lead_id), counted, counts), bases, true())).where(scope(e)).group_by(BY_KEY)
     )
     a = Assignment
     # The lead's holdout group looked up entry by entry (by the unique key), not joined: for an
@@ -83,7 +87,7 @@ def stage_entry_parts(session: Session, scope: Condition) -> list[Select[Any]]:
         a.lead_id == e.lead_id, Unindexed(a.flow, postgres=True) == e.funnel, Unindexed(a.name, postgres=True) == "holdout",
     ).scalar_subquery()
     holdout = (
-        select(*tally_row(session, COHORT, e.funnel, e.cohort_at, e.channel, "holdout", e.stage, blank, group, func.count()))
+        select(*tally_row(session, COHORT, e.funnel, e.cohort_at, e.channel, "holdout", e.stage, blank, group, func.count(), lead=e.lead_id))
         .where(scope(e)).group_by(BY_KEY).having(group.is_not(None))
     )
     return [entries, holdout]
@@ -112,9 +116,11 @@ def email_parts(session: Session, scope: Condition) -> list[Select[Any]]:
         counted.c.figure == "sent", and_(counted.c.figure == "opened", d.opened_at.is_not(None)),
         and_(counted.c.figure == "clicked", d.clicked_at.is_not(None)),
     )
+    lead = aliased(Lead, name="email_lead")
+    splits = splits_of(is_postgres(session), lead)
     return [
-        select(*tally_row(session, bases.c.basis, d.flow, email_day(bases.c.basis, s0, d), s0.channel, counted.c.figure, d.stage, d.step_id, literal(""), func.count()))
-        .select_from(OuterFirst(OuterFirst(d.__table__.join(s0, on_s0), counted, counts), bases, true()))
+        select(*tally_row(session, bases.c.basis, d.flow, email_day(bases.c.basis, s0, d), s0.channel, counted.c.figure, d.stage, d.step_id, literal(""), func.count(), splits=splits))
+        .select_from(OuterFirst(OuterFirst(d.__table__.join(s0, on_s0).join(lead, lead.id == d.lead_id), counted, counts), bases, true()))
         .where(d.kind == "email", d.status == DeliveryStatus.SENT, scope(d)).group_by(BY_KEY)
     ]
 
@@ -124,7 +130,7 @@ def engagement_parts(session: Session, figure: str, scope: Condition) -> list[Se
     d = Delivery
     s0, on_s0 = email_first_stage(d)
     return [
-        select(*tally_row(session, basis, d.flow, email_day(basis, s0, d), s0.channel, figure, d.stage, d.step_id, literal(""), func.count()))
+        select(*tally_row(session, basis, d.flow, email_day(basis, s0, d), s0.channel, figure, d.stage, d.step_id, literal(""), func.count(), lead=d.lead_id))
         .select_from(d).join(s0, on_s0).where(d.kind == "email", d.status == DeliveryStatus.SENT, scope(d)).group_by(BY_KEY)
         for basis in BASES
     ]
@@ -153,14 +159,14 @@ def event_parts(session: Session, scope: Condition, one_funnel: bool, new_refund
     )
     blank = literal("")
     revenue = [
-        select(*tally_row(session, basis, s0.funnel, moment, s0.channel, "revenue", blank, blank, currency_of(p), func.count(), func.sum(amount_of(session, p))))
+        select(*tally_row(session, basis, s0.funnel, moment, s0.channel, "revenue", blank, blank, currency_of(p), func.count(), func.sum(amount_of(session, p)), lead=p.lead_id))
         .select_from(p).join(s0, on_s0(p)).where(*bought).group_by(BY_KEY)
         for basis, moment in ((COHORT, s0.cohort_at), (CALENDAR, p.at))
     ]
     # Customers and refunded orders are distinct leads and orders, which add up over cohort days
     # (a lead has one) but not over calendar days: see `calendar_distinct_parts`.
     customers = (
-        select(*tally_row(session, COHORT, s0.funnel, s0.cohort_at, s0.channel, "customers", blank, blank, currency_of(p), func.count(p.lead_id.distinct())))
+        select(*tally_row(session, COHORT, s0.funnel, s0.cohort_at, s0.channel, "customers", blank, blank, currency_of(p), func.count(p.lead_id.distinct()), lead=p.lead_id))
         .select_from(p).join(s0, on_s0(p)).where(*bought, ~counted_before).group_by(BY_KEY)
     )
     r = aliased(Event, name="r")
@@ -172,12 +178,12 @@ def event_parts(session: Session, scope: Condition, one_funnel: bool, new_refund
         currency_of(earlier_refund) == currency_of(r), earlier_refund.at >= s2.entered_at, ~scope(earlier_refund),
     )
     refunds = [
-        select(*tally_row(session, basis, s2.funnel, moment, s2.channel, "refunded", blank, blank, currency_of(r), func.count(), func.sum(amount_of(session, r))))
+        select(*tally_row(session, basis, s2.funnel, moment, s2.channel, "refunded", blank, blank, currency_of(r), func.count(), func.sum(amount_of(session, r)), lead=r.lead_id))
         .select_from(r).join(s2, on_s2(r)).where(*refunded).group_by(BY_KEY)
         for basis, moment in ((COHORT, s2.cohort_at), (CALENDAR, r.at))
     ]
     refunded_orders = (
-        select(*tally_row(session, COHORT, s2.funnel, s2.cohort_at, s2.channel, "refunded_orders", blank, blank, currency_of(r), func.count(order_key(r).distinct())))
+        select(*tally_row(session, COHORT, s2.funnel, s2.cohort_at, s2.channel, "refunded_orders", blank, blank, currency_of(r), func.count(order_key(r).distinct()), lead=r.lead_id))
         .select_from(r).join(s2, on_s2(r)).where(*refunded, ~order_counted_before).group_by(BY_KEY)
     )
     d = Delivery
@@ -190,7 +196,7 @@ def event_parts(session: Session, scope: Condition, one_funnel: bool, new_refund
     ):
         amount = func.sum(amount_of(session, p)) if figure == "purchases_7d" else None
         stmt = (
-            select(*tally_row(session, basis, d.flow, email_day(basis, s1, d), s1.channel, figure, d.stage, d.step_id, blank, func.count(), amount))
+            select(*tally_row(session, basis, d.flow, email_day(basis, s1, d), s1.channel, figure, d.stage, d.step_id, blank, func.count(), amount, lead=d.lead_id))
             .select_from(event).join(d, on).join(s1, on_s1)
             .where(scope(event), d.kind == "email", d.status == DeliveryStatus.SENT)
             .group_by(BY_KEY)
@@ -202,7 +208,7 @@ def event_parts(session: Session, scope: Condition, one_funnel: bool, new_refund
     # already stored, else with the purchase (the refunds stored before it, outside the scope).
     for basis, counted, outside in ((basis, counted, outside) for basis in BASES for counted, outside in ((r, None), (p, r))):
         stmt = (
-            select(*tally_row(session, basis, d.flow, email_day(basis, s1, d), s1.channel, "refunds_7d", d.stage, d.step_id, blank, func.count(), func.sum(amount_of(session, r))))
+            select(*tally_row(session, basis, d.flow, email_day(basis, s1, d), s1.channel, "refunds_7d", d.stage, d.step_id, blank, func.count(), func.sum(amount_of(session, r)), lead=d.lead_id))
             .select_from(r).join(p, refund_of(r, p, Unindexed)).join(d, purchase_after(session, p, d, Unindexed)).join(s1, on_s1)
             .where(scope(counted), d.kind == "email", d.status == DeliveryStatus.SENT, *([~scope(outside)] if outside is not None else []))
             .group_by(BY_KEY)
@@ -244,7 +250,7 @@ def unmatched_refund_parts(session: Session, scope: Condition, funnel: Any, *, t
         return -value if taken_back else value
 
     return [
-        select(*tally_row(session, basis, s2.funnel, moment, s2.channel, UNMATCHED, blank, blank, currency_of(r), signed(func.count()), signed(func.sum(amount_of(session, r)))))
+        select(*tally_row(session, basis, s2.funnel, moment, s2.channel, UNMATCHED, blank, blank, currency_of(r), signed(func.count()), signed(func.sum(amount_of(session, r))), lead=r.lead_id))
         .select_from(r).join(s2, on_s2(r)).where(Unindexed(r.type) == "refund", r.at >= s2.entered_at, *where).group_by(BY_KEY)
         for basis, moment in ((COHORT, s2.cohort_at), (CALENDAR, r.at))
     ]
@@ -306,12 +312,12 @@ def calendar_distinct_parts(session: Session, scope: Condition, funnel: Any, kin
     day = day_of(session, e.at)
     days = (
         select(
-            s.funnel.label("funnel"), s.channel.label("channel"), who.label("who"), currency_of(e).label("currency"), day.label("day"),
+            s.funnel.label("funnel"), s.channel.label("channel"), who.label("who"), currency_of(e).label("currency"), day.label("day"), e.lead_id,
             func.min(e.at).label("first_at"), func.max(case((scope(e), 0), else_=1)).label("old"),
         )
         .select_from(e).join(s, on_s(e))
         .where(Unindexed(e.type) == kind, e.at >= s.entered_at, e.lead_id.in_(select(touched.lead_id).where(Unindexed(touched.type) == kind, scope(touched))))
-        .group_by(text("1, 2, 3, 4, 5"))
+        .group_by(text("1, 2, 3, 4, 5, 6"))
         .subquery(f"{kind}_days")
     )
     one = {"partition_by": (days.c.who, days.c.funnel, days.c.currency), "order_by": days.c.first_at}
@@ -324,7 +330,7 @@ def calendar_distinct_parts(session: Session, scope: Condition, funnel: Any, kin
 
     def part(moment: Any, figure: str, step: Any, n: Any, *where: Any) -> Select[Any]:
         return (
-            select(*tally_row(session, CALENDAR, pairs.c.funnel, moment, pairs.c.channel, figure, blank, step, pairs.c.currency, n))
+            select(*tally_row(session, CALENDAR, pairs.c.funnel, moment, pairs.c.channel, figure, blank, step, pairs.c.currency, n, lead=pairs.c.lead_id))
             .where(*where).group_by(BY_KEY)
         )
 
@@ -390,7 +396,10 @@ def attribution_parts(
     p = aliased(Event, name="ap")
     s0, on_s0 = _purchasers_stage(funnel, excluded=excluded)
     bought = (
-        select(p.id.label("pid"), p.lead_id, p.at, s0.funnel, s0.cohort_at, s0.channel, amount(p).label("amount"), currency_of(p).label("currency"))
+        select(
+            p.id.label("pid"), p.lead_id, p.at, s0.funnel, s0.cohort_at, s0.channel, amount(p).label("amount"), currency_of(p).label("currency"),
+            lead_splits(is_postgres(session), p.lead_id).label("lead_split"),
+        )
         .select_from(p).join(s0, on_s0(p)).where(Unindexed(p.type) == "purchase", p.at >= s0.entered_at, which(p))
         .subquery("bought")
     )
@@ -403,7 +412,7 @@ def attribution_parts(
         place = cast(func.row_number().over(**one, order_by=(touch.c.at, touch.c.id)), String) + literal("/") + cast(func.count().over(**one), String)
         joined = (
             select(
-                bought.c.funnel, bought.c.cohort_at, bought.c.at, bought.c.channel, bought.c.amount, bought.c.currency, touch.c.label,
+                bought.c.funnel, bought.c.cohort_at, bought.c.at, bought.c.channel, bought.c.amount, bought.c.currency, touch.c.label, bought.c.lead_split,
                 place.label("place"), weight.label("w"), func.sum(weight).over(**one).label("total_w"),
             )
             .select_from(bought).join(touch, touched_by(session, bought, kind, touch, ATTRIBUTION_WINDOW))
@@ -419,7 +428,7 @@ def attribution_parts(
         parts.append(
             select(*tally_row(
                 session, bases.c.basis, joined.c.funnel, moment, joined.c.channel, figures.c.figure, case((is_ranked, joined.c.place), else_=blank),
-                joined.c.label, joined.c.currency, n, func.sum(value) * sign,
+                joined.c.label, joined.c.currency, n, func.sum(value) * sign, splits=joined.c.lead_split,
             ))
             .select_from(OuterFirst(OuterFirst(joined, figures, true()), bases, true()))
             .group_by(BY_KEY)
