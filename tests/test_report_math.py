@@ -10,10 +10,12 @@ from hypothesis import strategies as st
 
 from autofunnel.domain.report import (
     funnel_stages,
+    lead_split_values,
     newcombe_lift,
     percentile_from_ranks,
     percentile_ranks,
     rank_weight,
+    tallied_split,
     wilson_interval,
 )
 
@@ -57,3 +59,19 @@ def test_each_purchase_is_shared_out_whole(model: str, count: int) -> None:
 def test_position_gives_forty_percent_to_each_end() -> None:
     assert [rank_weight("position", r, 4) for r in range(1, 5)] == pytest.approx([0.4, 0.1, 0.1, 0.4])
     assert [rank_weight("position", r, 2) for r in (1, 2)] == [0.5, 0.5]
+
+
+@pytest.mark.parametrize(("by", "split"), [
+    ("owner", "owner"), ("segment", "segment"), ("field:segment", "segment"), ("region", "region"), ("field:region", "region"),
+    ("field:owner", None), ("field:plan", None), ("channel", None), ("product", None), (None, None),
+])
+def test_the_splits_kept_in_tallies_are_the_owner_segment_and_region(by: str | None, split: str | None) -> None:
+    """A field named `owner` is not the lead's owner, and other fields are counted from the facts."""
+    assert tallied_split(by) == split
+
+
+def test_a_lead_moves_when_its_owner_segment_or_region_changes_not_other_fields() -> None:
+    before = lead_split_values("ann@shop.example", {"segment": "pro", "plan": "gold"})
+    assert lead_split_values("ann@shop.example", {"segment": "pro", "plan": "silver"}) == before
+    assert lead_split_values("bob@shop.example", {"segment": "pro"}) != before
+    assert lead_split_values("ann@shop.example", {"segment": "pro", "region": "eu"}) != before

@@ -19,6 +19,17 @@ ATTRIBUTION_MODELS: Final = ("first", "last", "linear", "position", "time_decay"
 LEAD_SPLITS: Final = ("owner", "segment", "region")
 """The lead attributes the running tallies are also kept by (`by=owner`, `by=segment` or
 `field:segment`, `by=region`): their reports add tally rows up; another `field:` counts the facts."""
+POSITION_ENDS: Final = 0.4
+"""`position` (U-shaped) attribution: 40 % to the first touch, 40 % to the last, 20 % shared by the middle."""
+TIME_DECAY_HALF_LIFE_S: Final = 7 * 86400
+"""`time_decay` attribution: a touch 7 days before the purchase weighs half as much as one at the purchase."""
+PURCHASE_WINDOW: Final = timedelta(days=7)
+"""A step's `purchases_7d` counts purchases within this long after its email was sent."""
+ATTRIBUTION_WINDOW: Final = timedelta(days=7)
+"""The default `window`: a purchase is attributed to the emails clicked within this long before it.
+The running tallies keep attribution for this window; another is counted from the facts."""
+Z_95: Final = 1.959963984540054
+"""The two-sided 95 % point of the standard normal distribution."""
 
 
 def tallied_split(by: str | None) -> str | None:
@@ -32,17 +43,6 @@ def tallied_split(by: str | None) -> str | None:
 def lead_split_values(owner: str | None, fields: Mapping[str, Any] | None) -> tuple[Any, ...]:
     """A lead's values of `LEAD_SPLITS`: when one changes, the lead's tallies move with it."""
     return tuple(owner if split == "owner" else (fields or {}).get(split) for split in LEAD_SPLITS)
-POSITION_ENDS: Final = 0.4
-"""`position` (U-shaped) attribution: 40 % to the first touch, 40 % to the last, 20 % shared by the middle."""
-TIME_DECAY_HALF_LIFE_S: Final = 7 * 86400
-"""`time_decay` attribution: a touch 7 days before the purchase weighs half as much as one at the purchase."""
-PURCHASE_WINDOW: Final = timedelta(days=7)
-"""A step's `purchases_7d` counts purchases within this long after its email was sent."""
-ATTRIBUTION_WINDOW: Final = timedelta(days=7)
-"""The default `window`: a purchase is attributed to the emails clicked within this long before it.
-The running tallies keep attribution for this window; another is counted from the facts."""
-Z_95: Final = 1.959963984540054
-"""The two-sided 95 % point of the standard normal distribution."""
 
 
 def fraction(part: int, whole: int) -> float | None:
