@@ -79,7 +79,7 @@ from datetime import UTC, datetime
 from types import SimpleNamespace
 from typing import Any, Final
 
-from sqlalchemy import CTE, ColumnElement, Exists, Insert, Select, String, and_, bindparam, column, delete, exists, func, insert, literal, or_, select, text, true, tuple_, union_all, values
+from sqlalchemy import CTE, ColumnElement, Exists, Insert, Select, String, and_, bindparam, column, delete, exists, func, insert, literal, or_, select, text, true, union_all, values
 from sqlalchemy.orm import Session, aliased
 
 from autofunnel.store.facts import amount_of, refund_of, split_pairs, split_value_in
@@ -424,11 +424,15 @@ def fold_tallies(session: Session, *, limit: int = 100_000) -> int:
     fresh = len(taken)
     if not taken:
         return 0
-    days = sorted({(row.funnel, row.cohort_day) for row in taken})
-    for part in chunks(days, 200):
-        taken += session.execute(
-            delete(t).where(t.folded.is_(True), tuple_(t.funnel, t.cohort_day).in_(list(part))).returning(*columns)
-        ).all()
+    days: dict[str, set[Any]] = defaultdict(set)
+    for row in taken:
+        days[row.funnel].add(row.cohort_day)
+    for funnel, of_funnel in sorted(days.items()):
+        for part in chunks(sorted(of_funnel), 200):
+            # Every split named, so the (funnel, split, day) index finds them.
+            taken += session.execute(
+                delete(t).where(t.folded.is_(True), t.funnel == funnel, t.split.in_(("", *LEAD_SPLITS)), t.cohort_day.in_(list(part))).returning(*columns)
+            ).all()
     merged: dict[tuple[Any, ...], list[Any]] = defaultdict(lambda: [0, 0.0])
     for row in taken:
         keys = [tuple(row[: len(FOLDED_KEY)])]

@@ -335,7 +335,7 @@ class CohortTally(Base):
     """
 
     __tablename__ = "cohort_tallies"
-    __table_args__ = (Index("ix_cohort_tallies_funnel_day_split", "funnel", "cohort_day", "split"), Index(None, "folded", "id"))
+    __table_args__ = (Index("ix_cohort_tallies_funnel_split_day", "funnel", "split", "cohort_day"), Index(None, "folded", "id"))
 
     id: Mapped[Id]
     funnel: Mapped[FlowName]
