@@ -349,16 +349,16 @@ def regroup_leads(session: Session, new_values: Mapping[int, tuple[Any, ...]], w
             if lead_split_values(owner, fields) != new_values[lead_id]:
                 moved.append(lead_id)
     for part in chunks(moved, 1000):
-        _count_leads(session, of_leads(part), -1)
+        _count_all(session, of_leads(part), -1)
     write()
     if moved:
         session.flush()
     for part in chunks(moved, 1000):
-        _count_leads(session, of_leads(part), 1)
+        _count_all(session, of_leads(part), 1)
 
 
-def _count_leads(session: Session, scope: Scope, sign: int) -> None:
-    """Everything the tallies count about the leads in `scope` (`sign` -1: taken back)."""
+def _count_all(session: Session, scope: Scope, sign: int = 1) -> None:
+    """Every figure the tallies count about the facts in `scope` (`sign` -1: taken back)."""
     count_stage_entries(session, scope, sign=sign)
     count_emails(session, scope, sign=sign)
     count_events(session, scope, sign=sign)
@@ -374,9 +374,7 @@ def rebuild_tallies(session: Session) -> None:
     else by its own tally row, which the snapshot does not see to delete.
     """
     session.execute(delete(CohortTally))
-    count_stage_entries(session, everything)
-    count_emails(session, everything)
-    count_events(session, everything)
+    _count_all(session, everything)
     fold_tallies(session)
 
 
@@ -387,8 +385,9 @@ def tallies_current(session: Session) -> bool:
 
 
 def splits_current(session: Session) -> bool:
-    """Whether the tallies are kept by lead split too (migration 0023 leaves that to `recount_tallies`)."""
-    return not session.scalar(select(or_(TallyState.recount_needed, TallyState.splits_needed)).where(TallyState.id == 1))
+    """Whether current tallies (`tallies_current`) are kept by lead split too (migration 0023 leaves
+    that to `recount_tallies`)."""
+    return not session.scalar(select(TallyState.splits_needed).where(TallyState.id == 1))
 
 
 def recount_tallies(session: Session, progress: Callable[[str], None] = lambda _: None) -> None:

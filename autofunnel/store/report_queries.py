@@ -216,8 +216,9 @@ class ReportQueries:
             .group_by(t.cohort_day, t.channel, t.figure, t.stage, t.step, t.detail)
         )
         split = tallied_split(self.q.by) if splits else None
+        by_channel = self.q.by == "channel"
         whole = Figures()
-        grouped = Figures() if self.q.by == "channel" or split is not None else None
+        grouped = Figures() if by_channel or split is not None else None
         periods = Figures() if self.q.interval else None
         ranks: dict[Key, dict[tuple[str, str], int]] = defaultdict(lambda: defaultdict(int))
         self._unmatched_tallied = False
@@ -226,16 +227,16 @@ class ReportQueries:
                 self._unmatched_tallied = self._unmatched_tallied or int(n or 0) > 0
                 continue
             keyed = [(whole, ())]
-            if grouped is not None and split is None:
+            if by_channel:
                 keyed.append((grouped, (channel or None,)))
             if periods is not None:
                 keyed.append((periods, (period_of_day(day, self.q.interval or "day"),)))
             self._add_tally(keyed, periods, day, figure, stage, step, detail, n, amount)
             if figure in ("timed", "lasted"):
                 ranks[()][(figure, stage)] += int(n or 0)
-                if grouped is not None and split is None:
+                if by_channel:
                     ranks[(channel or None,)][(figure, stage)] += int(n or 0)
-        if split is not None and grouped is not None:
+        if split is not None:
             # Folded rows of the split, and the writers' rows not folded yet, filed by their leads' value.
             folded = select(t.cohort_day, t.split_value, literal("").label("lead_split"), t.figure, t.stage, t.step, t.detail, func.sum(t.n), func.sum(t.amount)).where(
                 *in_report, t.split == split,
@@ -249,10 +250,10 @@ class ReportQueries:
                     self._add_tally([(grouped, (value or None,))], None, day, figure, stage, step, detail, n, amount)
         if times:
             whole.times[()] = self._walked_times(ranks.get((), {}), None)
-            if grouped is not None and split is None:
+            if by_channel:
                 for key in grouped.slices():
                     grouped.times[key] = self._walked_times(ranks.get(key, {}), key)
-            elif grouped is not None:
+            elif split is not None:
                 # Each group's own percentiles are counted from its stage entries (the tallies hold no order).
                 grouped.times = self.times(grouped=True, periodic=False)
         if periods is not None and period_times:
