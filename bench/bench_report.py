@@ -40,6 +40,8 @@ CASES = (
     ("cohort", {}),
     ("cohort by=channel", {"by": "channel"}),
     ("cohort by=owner", {"by": "owner"}),
+    ("cohort by=segment", {"by": "segment"}),
+    ("calendar by=owner", {"mode": "calendar", "by": "owner"}),
     ("cohort interval=week", {"interval": "week"}),
     ("calendar", {"mode": "calendar"}),
     ("cohort attribution=linear", {"attribution": "linear"}),

@@ -9,7 +9,10 @@ same leads an hour after those emails (`count_events`), then another 100
 purchases and the first clicks of their emails, recorded after them (late
 touches: each purchase's attribution is counted again), then a refund of each of
 the first 100 purchases (`count_events` of a batch of refunds: their shares taken down,
-and each refund looked up for a purchase of its order). `--no-buyers` takes
+and each refund looked up for a purchase of its order), then 100 stage entries with a time
+(the stage a purchase moves a lead to: where the code has it, the leads' split values read
+(`entry_splits`), then the rows inserted with their indexes and `count_stage_entries`, as the engine
+writes them). `--no-buyers` takes
 leads who never bought: the usual click, with no purchase after it. Prints the
 median and the fastest of `--rounds` rounds, ms per 100. Run the code before
 and after alternately on the same database to compare.
@@ -35,8 +38,14 @@ from autofunnel.clock import FixedClock
 from autofunnel.config import load_settings
 from autofunnel.services.runtime import Runtime
 from autofunnel.services.starter import init_project
-from autofunnel.services.tallies import count_engagement, count_events, ids_in
-from autofunnel.store.models import Delivery, Event
+from autofunnel.services.tallies import count_engagement, count_events, count_stage_entries, ids_in
+from autofunnel.store.models import Delivery, Event, StageEntry
+from autofunnel.store.queries import insert_returning
+
+try:
+    from autofunnel.services.tallies import entry_splits
+except ImportError:  # the code before stage entries carried their lead's split values
+    entry_splits = None
 
 
 def main() -> None:
@@ -57,7 +66,7 @@ def main() -> None:
             buyers = set(session.scalars(select(Event.lead_id).where(Event.type == "purchase", Event.lead_id.in_({lead for _, lead, _ in sent}))))
             sent = [row for row in sent if row[1] not in buyers]
     rng = random.Random(7)  # the same batches for every run, before and after
-    times: dict[str, list[float]] = {"first clicks": [], "purchases": [], "late clicks": [], "refunds": []}
+    times: dict[str, list[float]] = {"first clicks": [], "purchases": [], "late clicks": [], "refunds": [], "stage moves": []}
     for number in range(args.rounds):
         batch = rng.sample(sent, 200)
         with rt.db.engine.connect() as connection, Session(bind=connection) as session:
@@ -67,6 +76,7 @@ def main() -> None:
             buy(session, batch[100:], f"b{number}")
             times["late clicks"].append(click(session, batch[100:]))
             times["refunds"].append(give_back(session, batch[:100], f"a{number}"))
+            times["stage moves"].append(move(session, batch[:100]))
             transaction.rollback()
     for name, spent in times.items():
         print(f"{name}: median {statistics.median(spent) * 1000:.1f} ms per 100 (fastest {min(spent) * 1000:.1f})")
@@ -104,6 +114,24 @@ def give_back(session: Session, emails: Sequence[Any], tag: str) -> float:
     ]
     started = time.perf_counter()
     count_events(session, ids_in(ids), batch=frozenset({"refund"}))
+    return time.perf_counter() - started
+
+
+def move(session: Session, emails: Sequence[Any]) -> float:
+    """Each lead enters a stage of its own (none has it) a day after the email, with its times."""
+    one_per_lead = {lead_id: (lead_id, sent_at) for _, lead_id, sent_at in emails}.values()
+    rows = [
+        {"lead_id": lead_id, "funnel": "yoga", "stage": "bench-stage", "position": 4, "entered_at": sent_at + timedelta(days=1), "skipped": False,
+         "cohort_at": sent_at, "channel": None, "since_previous_s": 86400.0, "since_first_s": 86400.0 + index}
+        for index, (lead_id, sent_at) in enumerate(one_per_lead)
+    ]
+    started = time.perf_counter()
+    if entry_splits is not None:
+        splits = entry_splits(session, [row["lead_id"] for row in rows])
+        for row in rows:
+            row.update(splits[row["lead_id"]])
+    entered = [row.id for row in insert_returning(session, StageEntry.__table__, rows, ("id",), conflict=("lead_id", "funnel", "stage"))]
+    count_stage_entries(session, ids_in(entered))
     return time.perf_counter() - started
 
 

@@ -44,7 +44,7 @@ PRICES = {"mini-course": 19.0, "full-course": 290.0, "coaching": 900.0}
 LEAD_STEPS = ("welcome", "tripwire-offer", "tripwire-reminder", "tripwire-expired")
 TABLES = {
     "leads": ("id", "email", "fields", "tags", "source", "owner", "status", "created_at", "updated_at"),
-    "stage_entries": ("lead_id", "funnel", "stage", "position", "entered_at", "skipped", "cohort_at", "channel", "since_previous_s", "since_first_s"),
+    "stage_entries": ("lead_id", "funnel", "stage", "position", "entered_at", "skipped", "cohort_at", "channel", "since_previous_s", "since_first_s", "owner", "segment", "region"),
     "assignments": ("lead_id", "flow", "name", "value", "assigned_at"),
     "deliveries": ("id", "lead_id", "flow", "stage", "step_id", "occurrence", "kind", "template", "to_address", "status", "attempts", "created_at", "sent_at", "opened_at", "clicked_at"),
     "events": ("lead_id", "key", "type", "properties", "at", "received_at"),
@@ -68,14 +68,16 @@ def lead_rows(rng: random.Random, rows: Rows, lead_id: int, delivery_base: int) 
     entered = EPOCH + timedelta(seconds=rng.randrange(DAYS * 86400))
     channel = rng.choices([c for c, _ in CHANNELS], weights=[w for _, w in CHANNELS])[0]
     email = f"lead{lead_id}@bench.example"
-    rows.add("leads", lead_id, email, {"segment": rng.choice(SEGMENTS), "region": rng.choice(REGIONS)}, [],
-             {"channel": channel, "utm_source": channel}, rng.choice(OWNERS), "active", entered, entered)
+    segment, region = rng.choice(SEGMENTS), rng.choice(REGIONS)
+    owner = rng.choice(OWNERS)
+    rows.add("leads", lead_id, email, {"segment": segment, "region": region}, [],
+             {"channel": channel, "utm_source": channel}, owner, "active", entered, entered)
     held_out = rng.random() < 0.1
     rows.add("assignments", lead_id, "yoga", "holdout", "held_out" if held_out else "treated", entered)
     events = [("subscribed", {"funnel": "yoga", "source": {"channel": channel}}, entered)]
     if rng.random() < 0.85:
         events.append(("confirmed", {}, entered + timedelta(minutes=rng.randrange(1, 600))))
-    rows.add("stage_entries", lead_id, "yoga", "lead", 0, entered, False, entered, channel, None, None)
+    rows.add("stage_entries", lead_id, "yoga", "lead", 0, entered, False, entered, channel, None, None, None, None, None)
 
     reached = 0
     moment = entered
@@ -92,7 +94,8 @@ def lead_rows(rng: random.Random, rows: Rows, lead_id: int, delivery_base: int) 
     for stage, position, at, skip in path:
         since_previous = None if skip or previous[1] else (at - previous[0]).total_seconds()
         since_first = None if skip else (at - entered).total_seconds()
-        rows.add("stage_entries", lead_id, "yoga", stage, position, at, skip, entered, channel, since_previous, since_first)
+        splits = (None, None, None) if skip else (owner, segment, region)  # the lead's values, on the entries with a time
+        rows.add("stage_entries", lead_id, "yoga", stage, position, at, skip, entered, channel, since_previous, since_first, *splits)
         previous = (at, skip)
         if not skip:
             product = STAGE_PRODUCTS[stage]

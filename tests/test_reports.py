@@ -675,7 +675,10 @@ def test_the_running_tallies_equal_a_recount_and_give_the_report_counted_from_th
 def test_the_upgrade_that_brings_tallies_counts_what_was_already_stored(shop: Shop) -> None:
     for number, channel in enumerate(["google", "instagram", None]):
         email = f"up{number}@example.com"
-        lead = shop.subscribe(email, at=START + timedelta(hours=number), **({"source": {"utm_source": channel}} if channel else {}))
+        lead = shop.subscribe(
+            email, at=START + timedelta(hours=number), **({"source": {"utm_source": channel}} if channel else {}),
+            **({"owner": "mia@shop.example", "fields": {"segment": "pro", "region": ""}} if number == 1 else {}),
+        )
         shop.post("/api/v1/events", {"type": "confirmed", "lead_id": lead}, 202)
     run_tick(shop.rt)
     shop.clock.advance(timedelta(minutes=3))
@@ -685,15 +688,16 @@ def test_the_upgrade_that_brings_tallies_counts_what_was_already_stored(shop: Sh
         refund("up2@example.com", "never-seen", START + timedelta(days=2), 7), refund("up1@example.com", "of-a-later-purchase", START + timedelta(days=3), 5),
     ])
     shop.events([purchase("up1@example.com", "coaching", START + timedelta(days=3), amount=50, order_id="of-a-later-purchase")])
-    columns = (StageEntry.lead_id, StageEntry.stage, StageEntry.channel, StageEntry.since_previous_s, StageEntry.since_first_s)
+    columns = (StageEntry.lead_id, StageEntry.stage, StageEntry.channel, StageEntry.since_previous_s, StageEntry.since_first_s, StageEntry.owner, StageEntry.segment, StageEntry.region)
     with shop.rt.db.read() as session:
         entries = set(session.execute(select(*columns)).all())
+    assert {entry[5:] for entry in entries if entry[4] is not None} == {("mia@shop.example", "pro", None), (None, None, None)}
     running, report = tallies(shop.rt), shop.report(**{"from": "2026-03-02", "to": "2026-03-02"}, by="channel")
     days = {"from": "2026-03-01", "to": "2026-03-05"}
     calendar = shop.report(**days, mode="calendar", by="channel")
     by_owner = shop.report(**days, mode="calendar", by="owner")
     attributed = shop.report(**days, attribution="linear")
-    assert running and any(channel for _, _, channel, _, _ in entries) and calendar["revenue"]["orders"] == 3
+    assert running and any(entry[2] for entry in entries) and calendar["revenue"]["orders"] == 3
     assert {row["step"]: row["revenue"] for row in attributed["attribution"]["emails"]} == {"welcome": 19.0, None: 290.0 + 50.0 - 5.0 - 7.0}
     assert [row["order_id"] for row in calendar["unmatched_refunds"]] == ["never-seen"]
     unmatched = {key: figures for key, figures in running.items() if key[4] == "unmatched_refunds"}
@@ -703,9 +707,10 @@ def test_the_upgrade_that_brings_tallies_counts_what_was_already_stored(shop: Sh
     shop.rt.db.engine.dispose()
     downgrade(url, "0021_attribution_tallies")
     assert not any(key[4] == "unmatched_refunds" for key in tallies(shop.rt))
-    upgrade(url)  # 0022 counts the refunds of unknown orders already stored
+    upgrade(url)  # 0022 counts the refunds of unknown orders already stored, 0024 copies the leads' split values
     with shop.rt.db.read() as session:
         assert tallies_current(session) and not splits_current(session)  # 0023 leaves the lead splits to a recount
+        assert set(session.execute(select(*columns)).all()) == entries
     assert tallies(shop.rt) == by_channel(running)
     assert shop.report(**days, mode="calendar", by="owner") == by_owner  # counted from the facts meanwhile
     with shop.rt.db.transaction() as session:

@@ -117,3 +117,8 @@ def test_demo_fills_a_project_with_history_and_sends_nothing(tmp_path: Path) -> 
     assert data["stages"][0]["reached"] == 60
     assert any(step["sent"] for step in data["steps"])
     assert {group["value"] for group in data["groups"]} >= {"instagram", "google"}
+    since = (datetime.now(UTC) - timedelta(days=91)).date().isoformat()
+    for by, expected in (("owner", {"maria@yoga.example", "tom@yoga.example", "lee@yoga.example", None}), ("field:segment", {"beginner", "returning"})):
+        split = json.loads(CliRunner().invoke(main, ["--project-dir", str(target), "report", "yoga", "--by", by, "--from", since, "--format", "json"], catch_exceptions=False).output)
+        assert {group["value"] for group in split["groups"]} >= expected, f"the demo's leads have owners and segments to split by ({by})"
+        assert sum(group["stages"][0]["reached"] for group in split["groups"]) == 60

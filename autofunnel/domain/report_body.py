@@ -9,6 +9,8 @@ from plain values, so the shape is tested and changed without a database.
 
 from __future__ import annotations
 
+import functools
+
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -106,6 +108,7 @@ def tally_into(figures: Figures, key: Key, figure: str, stage: str, step: str, d
             into[5] += n
 
 
+@functools.lru_cache(maxsize=4096)
 def period_of_day(day: date, unit: str) -> str:
     """The first day of the period (`interval`) a day falls in, as the SQL `period_start` gives it (weeks start on Monday)."""
     if unit == "week":

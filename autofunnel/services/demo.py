@@ -32,6 +32,10 @@ DAYS = 90
 FUNNEL = "yoga"
 FIRST_NAMES = ("Ann", "Ben", "Carla", "Dev", "Emma", "Felix", "Grace", "Hugo", "Ines", "Jonas", "Kira", "Luca", None, None)
 TIMEZONES = ("Europe/Berlin", "Europe/London", "Europe/Paris", "America/New_York", None)
+OWNERS = ("maria@yoga.example", "tom@yoga.example", "lee@yoga.example")
+"""The demo shop's three sales managers: a lead from coaching calls and workshops has one, the rest none."""
+SEGMENTS = ("beginner", "returning", "teacher")
+REGIONS = ("eu", "uk", "us")
 DAILY_SPEND = {"instagram": (30, 60), "google": (20, 45), "facebook": (10, 25)}
 """Euros a day per paid channel (uniform between the two); the other channels cost nothing."""
 DEMO_RATES = Rates(open=0.42, click=0.22, unsubscribe=0.006, confirm=0.82, stages={"tripwire": 0.22, "customer": 0.3, "vip": 0.12}, buy_within=4.0, source="demo")
@@ -114,7 +118,9 @@ def _track_opens(directory: Path) -> None:
 
 
 def _arrivals(behaviour: Behaviour, rng: random.Random, begin: datetime, end: datetime, leads: int) -> None:
-    """Subscriptions spread over the days, busier on weekdays and growing a little over time."""
+    """Subscriptions spread over the days, busier on weekdays and growing a little over time, each
+    with a segment and a region (lead fields) and most with an owner, so the admin's split by
+    owner, segment or region has groups to show."""
     span = (end - begin).total_seconds()
     channels = [name for name, _ in CHANNELS]
     weights = [weight for _, weight in CHANNELS]
@@ -125,7 +131,9 @@ def _arrivals(behaviour: Behaviour, rng: random.Random, begin: datetime, end: da
             continue
         moments.append(moment)
     for index, moment in enumerate(sorted(moments)):
-        behaviour.subscribe_at(moment, f"demo{index + 1}@example.com", rng.choices(channels, weights)[0], rng.choice(FIRST_NAMES))
+        owner = rng.choice(OWNERS) if rng.random() < 0.6 else None
+        fields = {"segment": rng.choices(SEGMENTS, (5, 3, 1))[0], "region": rng.choices(REGIONS, (5, 2, 3))[0]}
+        behaviour.subscribe_at(moment, f"demo{index + 1}@example.com", rng.choices(channels, weights)[0], rng.choice(FIRST_NAMES), owner, fields)
 
 
 def _summary(t: FunnelTest, emails: int, seconds: float, since: date) -> DemoSummary:

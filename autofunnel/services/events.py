@@ -48,7 +48,8 @@ from autofunnel.services.enrollments import (
 )
 from autofunnel.services.inputs import EventInput
 from autofunnel.services.runtime import Runtime
-from autofunnel.services.tallies import count_events, count_stage_entries, ids_in
+from autofunnel.domain.report import LEAD_SPLITS
+from autofunnel.services.tallies import count_events, count_stage_entries, entry_splits, ids_in
 from autofunnel.services.versions import current_version_ids
 from autofunnel.store.lead_facts import Wanted, load_facts
 from autofunnel.store.models import Enrollment, Event, Lead, StageEntry
@@ -283,6 +284,12 @@ class _Changes:
             {"id": lead_id, "status": status, "status_changed_at": self.now, "updated_at": self.now} for lead_id, status in self.statuses.items()
         ])
         if self.stage_entries:
+            timed = [row for row in self.stage_entries if row["since_previous_s"] is not None or row["since_first_s"] is not None]
+            splits = entry_splits(session, {row["lead_id"] for row in timed}) if timed else {}
+            for row in self.stage_entries:
+                row.update(dict.fromkeys(LEAD_SPLITS))
+            for row in timed:
+                row.update(splits.get(row["lead_id"], {}))
             entered = insert_returning(session, StageEntry.__table__, self.stage_entries, ("id",), conflict=("lead_id", "funnel", "stage"))
             count_stage_entries(session, ids_in([row.id for row in entered]))
         for part in chunks(sorted(self.wake), 500):

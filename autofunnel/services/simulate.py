@@ -23,7 +23,7 @@ import heapq
 import json
 import random
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -130,8 +130,11 @@ class Behaviour:
         self._seq += 1
         heapq.heappush(self._queue, (moment, self._seq, kind, payload))
 
-    def subscribe_at(self, moment: datetime, email: str, channel: str | None = None, first_name: str | None = None) -> None:
-        self.at(moment, "subscribe", (email, channel, first_name))
+    def subscribe_at(
+        self, moment: datetime, email: str, channel: str | None = None, first_name: str | None = None,
+        owner: str | None = None, fields: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.at(moment, "subscribe", (email, channel, first_name, owner, fields))
 
     def run_until(self, end: datetime, on_progress: Callable[[datetime], None] | None = None) -> None:
         """Apply what leads do in time order. The scheduler passes run on the test's grid
@@ -181,10 +184,10 @@ class Behaviour:
 
     # What leads do ----------------------------------------------------------------------------
 
-    def _subscribe(self, payload: tuple[str, str | None, str | None]) -> None:
-        email, channel, first_name = payload
+    def _subscribe(self, payload: tuple[str, str | None, str | None, str | None, Mapping[str, Any] | None]) -> None:
+        email, channel, first_name, owner, fields = payload
         source = {"channel": channel} if channel else None
-        lead = self.t.subscribe(email, self.funnel.slug, source=source, first_name=first_name)
+        lead = self.t.subscribe(email, self.funnel.slug, source=source, first_name=first_name, owner=owner, fields=fields)
         if lead.status == LeadStatus.PENDING and self.rng.random() < self.rates.confirm:
             self.at(self.t.now + timedelta(minutes=self.rng.uniform(1, 120)), "event", (lead.id, "confirmed", {}, None))
         self._entered(lead.id, 0)

@@ -73,19 +73,19 @@ from __future__ import annotations
 
 import functools
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import SimpleNamespace
 from typing import Any, Final
 
-from sqlalchemy import CTE, ColumnElement, Exists, Insert, Select, String, and_, bindparam, column, delete, exists, func, insert, literal, or_, select, text, true, union_all, values
+from sqlalchemy import CTE, ColumnElement, Exists, Insert, Select, String, and_, bindparam, column, delete, exists, func, insert, literal, or_, select, text, true, union_all, update, values
 from sqlalchemy.orm import Session, aliased
 
-from autofunnel.store.facts import amount_of, refund_of, split_pairs, split_value_in
+from autofunnel.store.facts import amount_of, lead_value, refund_of, split_pairs, split_value_in
 from autofunnel.domain.report import LEAD_SPLITS, lead_split_values
-from autofunnel.store.models import CohortTally, Event, Lead, TallyState
-from autofunnel.store.queries import Executor, among_param, chunks, is_postgres
+from autofunnel.store.models import CohortTally, Event, Lead, StageEntry, TallyState
+from autofunnel.store.queries import Executor, among, among_param, chunks, is_postgres
 from autofunnel.store.tally_statements import (
     CALENDAR, COHORT, KEY_COLUMNS, TALLY_COLUMNS, email_parts, engagement_parts, event_parts, purchase_after, purchases_after, refunded_before,
     stage_entry_parts, touch_moves, unmatched_refund_parts, unsubscribe_from,
@@ -355,6 +355,34 @@ def regroup_leads(session: Session, new_values: Mapping[int, tuple[Any, ...]], w
         session.flush()
     for part in chunks(moved, 1000):
         _count_all(session, of_leads(part), 1)
+        file_entry_splits(session, part)
+
+
+def entry_splits(session: Session, lead_ids: Iterable[int]) -> dict[int, dict[str, Any]]:
+    """The leads' values of the lead splits as their stage entries that have a time carry them (see
+    `StageEntry.owner`), for the engine to write with the entries: a report by owner walks one owner's
+    times in order on them, and counts as many as its tallies say."""
+    columns = [value.label(split) for split, value in _entry_values().items()]
+    found: dict[int, dict[str, Any]] = {}
+    for part in chunks(sorted(set(lead_ids)), 1000):
+        for row in session.execute(select(Lead.id, *columns).where(among(session, Lead.id, part))):
+            found[row.id] = {split: row._mapping[split] for split in LEAD_SPLITS}
+    return found
+
+
+def file_entry_splits(session: Session, lead_ids: Sequence[int]) -> None:
+    """`entry_splits` written again onto the leads' timed stage entries, after their values changed."""
+    timed = or_(StageEntry.since_previous_s.is_not(None), StageEntry.since_first_s.is_not(None))
+    for part in chunks(list(lead_ids), 1000):
+        session.execute(
+            update(StageEntry).where(Lead.id == StageEntry.lead_id, among(session, StageEntry.lead_id, part), timed).values(_entry_values())
+            .execution_options(synchronize_session=False)
+        )
+
+
+def _entry_values() -> dict[str, ColumnElement[Any]]:
+    """Each lead split's value of a lead (`Lead`), as the tallies group it: no value and empty text are none."""
+    return {split: func.nullif(lead_value(Lead, split), "") for split in LEAD_SPLITS}
 
 
 def _count_all(session: Session, scope: Scope, sign: int = 1) -> None:

@@ -36,6 +36,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from autofunnel.domain.report import LEAD_SPLITS
 from autofunnel.domain.statuses import DeliveryStatus, EndCause, EnrollmentStatus, LeadStatus
 from autofunnel.store.types import IdType, JsonType, UTCDateTime
 
@@ -299,6 +300,12 @@ class StageEntry(Base):
         Index("ix_stage_entries_channel_since_previous", "funnel", "channel", "stage", "since_previous_s", "cohort_at", "entered_at", sqlite_where=text("since_previous_s IS NOT NULL"), postgresql_where=text("since_previous_s IS NOT NULL")),
         Index("ix_stage_entries_since_first", "funnel", "stage", "since_first_s", "cohort_at", "entered_at", sqlite_where=text("since_first_s IS NOT NULL"), postgresql_where=text("since_first_s IS NOT NULL")),
         Index("ix_stage_entries_channel_since_first", "funnel", "channel", "stage", "since_first_s", "cohort_at", "entered_at", sqlite_where=text("since_first_s IS NOT NULL"), postgresql_where=text("since_first_s IS NOT NULL")),
+        # And one owner's, segment's or region's (`LEAD_SPLITS`), as each channel's.
+        *(
+            Index(f"ix_stage_entries_{split}_{since}", "funnel", split, "stage", f"{since}_s", "cohort_at", "entered_at",
+                  sqlite_where=text(f"{since}_s IS NOT NULL"), postgresql_where=text(f"{since}_s IS NOT NULL"))
+            for split in LEAD_SPLITS for since in ("since_previous", "since_first")
+        ),
     )
 
     id: Mapped[Id]
@@ -315,6 +322,13 @@ class StageEntry(Base):
     """Seconds from entering the stage before; none when this stage or that one was jumped over, or for the first."""
     since_first_s: Mapped[float | None] = mapped_column(Float)
     """Seconds from entering the first stage (the funnel's length when this is the last); none for the first or a skipped one."""
+    # The lead's values of the lead splits now, on the rows that have a time (the ones a report's
+    # percentiles read), so one owner's times are walked in order like one channel's. Set when the
+    # row is written (the engine reads them with `entry_splits`) and again when the lead's values change
+    # (`regroup_leads`); none on the rows without a time, and no value is none, as in the tallies.
+    owner: Mapped[str | None] = mapped_column(String)
+    segment: Mapped[str | None] = mapped_column(String)
+    region: Mapped[str | None] = mapped_column(String)
 
 
 class CohortTally(Base):
