@@ -29,7 +29,7 @@ from flask.testing import FlaskClient
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from rich.console import Console
-from sqlalchemy import func, inspect, literal, select
+from sqlalchemy import func, inspect, literal, select, update
 
 from autofunnel.cli import main
 from autofunnel.report_format import print_report, report_csv
@@ -776,6 +776,22 @@ def test_each_week_and_each_owner_has_the_median_and_p90_of_its_own_times(shop: 
     owners = {group["value"]: group["stages"][1]["time_to_reach"] for group in report["groups"]}
     assert owners == {owner: percentile_cont(taken) for owner, taken in by_owner.items()}
     assert report["stages"][1]["time_to_reach"] == percentile_cont([t for taken in by_owner.values() for t in taken])
+
+
+def test_a_group_whose_timed_entries_the_tallies_overcount_gets_its_times_from_the_entries(shop: Shop) -> None:
+    # As when a purchase is tallied under a lead's old owner by a transaction that ran beside the
+    # one changing the owner: the tallies count a time for m0 that no entry of m0 holds.
+    for index, hour in enumerate([1, 2, 3, 5]):
+        email = f"race{index}@example.com"
+        shop.subscribe(email, at=START + timedelta(minutes=index), owner=f"m{index % 2}@shop.example")
+        shop.events([purchase(email, "mini-course", START + timedelta(minutes=index, hours=hour))])
+    with shop.rt.db.transaction() as session:
+        session.execute(update(StageEntry).where(StageEntry.owner == "m0@shop.example", StageEntry.since_first_s == 3600.0).values(owner="m1@shop.example"))
+    params = {"from": "2026-03-01", "to": "2026-03-02", "by": "owner"}
+    report = shop.report(**params)
+    owners = {group["value"]: group["stages"][1]["time_to_reach"] for group in report["groups"]}
+    assert owners == {"m0@shop.example": percentile_cont([3600.0, 3 * 3600.0]), "m1@shop.example": percentile_cont([2 * 3600.0, 5 * 3600.0])}
+    assert report == funnel_report(shop.rt, parse_report_query("yoga", params, START.date()), count_facts=True)
 
 
 def test_cli_json_is_the_api_json_and_the_table_and_csv_draw_it(shop: Shop) -> None:

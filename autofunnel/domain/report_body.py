@@ -10,7 +10,6 @@ from plain values, so the shape is tested and changed without a database.
 from __future__ import annotations
 
 import functools
-
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
