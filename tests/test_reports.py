@@ -39,12 +39,13 @@ from autofunnel.domain.report import ATTRIBUTION_MODELS
 from autofunnel.domain.report_body import period_of_day
 from autofunnel.services.credentials import create_api_key
 from autofunnel.services.importing import import_leads
+from autofunnel.services.leads import erase_pending_leads
 from autofunnel.services.report import Shown, funnel_report, parse_report_query
 from autofunnel.services.runtime import Runtime
 from autofunnel.services.scheduler import run_tick
 from autofunnel.services.tallies import fold_tallies, rebuild_tallies, recount_tallies, splits_current, tallies_current
 from autofunnel.store.migrate import downgrade, upgrade
-from autofunnel.store.models import CohortTally, Delivery, StageEntry
+from autofunnel.store.models import CohortTally, Delivery, Lead, StageEntry
 from autofunnel.web import create_app
 
 pytestmark = pytest.mark.db
@@ -792,6 +793,26 @@ def test_a_group_whose_timed_entries_the_tallies_overcount_gets_its_times_from_t
     owners = {group["value"]: group["stages"][1]["time_to_reach"] for group in report["groups"]}
     assert owners == {"m0@shop.example": percentile_cont([3600.0, 3 * 3600.0]), "m1@shop.example": percentile_cont([2 * 3600.0, 5 * 3600.0])}
     assert report == funnel_report(shop.rt, parse_report_query("yoga", params, START.date()), count_facts=True)
+
+
+def test_stale_pending_leads_are_erased_together_and_their_tallies_move_with_their_fields(shop: Shop) -> None:
+    ids = []
+    for index, segment in enumerate(["pro", "pro", "beginner"]):
+        email = f"stale{index}@example.com"
+        ids.append(shop.subscribe(email, at=START + timedelta(minutes=index), fields={"segment": segment}))
+        shop.events([purchase(email, "mini-course", START + timedelta(minutes=index, hours=index + 1))])
+    shop.post("/api/v1/events", {"type": "confirmed", "lead_id": ids[1]}, 202)  # confirmed before the chore ran
+    assert erase_pending_leads(shop.rt, ids, "never confirmed") == 2
+    with shop.rt.db.read() as session:
+        assert dict(session.execute(select(Lead.id, Lead.status).where(Lead.id.in_(ids))).all()) == {ids[0]: "erased", ids[1]: "active", ids[2]: "erased"}
+    params = {"from": "2026-03-01", "to": "2026-03-02", "by": "segment"}
+    report = shop.report(**params)
+    assert {group["value"]: group["stages"][1]["reached"] for group in report["groups"]} == {"pro": 1, None: 2}
+    assert report == funnel_report(shop.rt, parse_report_query("yoga", params, START.date()), count_facts=True)
+    running = tallies(shop.rt)
+    with shop.rt.db.transaction() as session:
+        rebuild_tallies(session)
+    assert tallies(shop.rt) == running
 
 
 def test_cli_json_is_the_api_json_and_the_table_and_csv_draw_it(shop: Shop) -> None:

@@ -24,7 +24,7 @@ from autofunnel.domain.statuses import DeliveryStatus, EndCause, EnrollmentStatu
 from autofunnel.store.delivery_moves import move
 from autofunnel.store.lead_facts import Wanted, load_facts
 from autofunnel.store.models import Deadline, Delivery, Enrollment, Event, Lead, StageEntry, TimelineEntry
-from autofunnel.store.queries import insert_ignoring
+from autofunnel.store.queries import chunks, insert_ignoring
 
 PURCHASE_KEPT = ("product", "amount", "currency", "order_id")
 """What erasure keeps of a purchase or refund: the anonymous figures reports count."""
@@ -242,23 +242,48 @@ def erase_lead(rt: Runtime, key: str, *, reason: str = "personal data erased on 
     Everything the lead was in ends and its queued emails are cancelled in the
     same transaction, so nothing is sent to the erased address.
     """
-    now = rt.clock.now()
     with rt.db.transaction() as session:
         lead = find_lead(session, key)
-        lead_id = lead.id
-        # Its fields go first, its tallies moving with them (before its events lose their details).
-        regroup_leads(session, {lead_id: lead_split_values(lead.owner, {})}, lambda: setattr(lead, "fields", {}))
-        end_enrollments(session, active_enrollment_ids(session, [lead_id]), EnrollmentStatus.EXITED, EndCause.SUPPRESSED, suppression_reason("erased"), now)
-        session.execute(
-            move(DeliveryStatus.QUEUED, DeliveryStatus.SKIPPED).where(Delivery.lead_id == lead_id)
-            .values(reason="suppressed: lead erased", lease_until=None)
-        )
-        session.execute(update(Delivery).where(Delivery.lead_id == lead_id).values(to_address="erased"))
-        for event in session.scalars(select(Event).where(Event.lead_id == lead_id)):
-            event.properties = _anonymous(event)
-        session.execute(update(TimelineEntry).where(TimelineEntry.lead_id == lead_id).values(detail=None))
-        session.execute(delete(Deadline).where(Deadline.lead_id == lead_id))
-        lead.email = f"erased-{lead_id}@erased.invalid"
+        _erase(session, [lead], reason, rt.clock.now())
+        return lead.id
+
+
+def erase_pending_leads(rt: Runtime, lead_ids: Sequence[int], reason: str) -> int:
+    """`erase_lead` for the scheduler's stale pending leads, many in one transaction (each lead alone
+    cost a transaction and a move of its tallies); a lead that confirmed meanwhile is left alone.
+    Returns how many were erased."""
+    erased = 0
+    for part in chunks(sorted(lead_ids), 500):
+        with rt.db.transaction() as session:
+            leads = list(session.scalars(select(Lead).where(Lead.id.in_(part), Lead.status == LeadStatus.PENDING).order_by(Lead.id)))
+            _erase(session, leads, reason, rt.clock.now())
+            erased += len(leads)
+    return erased
+
+
+def _erase(session: Session, leads: Sequence[Lead], reason: str, now: datetime) -> None:
+    if not leads:
+        return
+    ids = [lead.id for lead in leads]
+
+    def forget_fields() -> None:
+        for lead in leads:
+            lead.fields = {}
+
+    # Their fields go first, their tallies moving with them (before their events lose their details).
+    regroup_leads(session, {lead.id: lead_split_values(lead.owner, {}) for lead in leads}, forget_fields)
+    end_enrollments(session, active_enrollment_ids(session, ids), EnrollmentStatus.EXITED, EndCause.SUPPRESSED, suppression_reason("erased"), now)
+    session.execute(
+        move(DeliveryStatus.QUEUED, DeliveryStatus.SKIPPED).where(Delivery.lead_id.in_(ids))
+        .values(reason="suppressed: lead erased", lease_until=None)
+    )
+    session.execute(update(Delivery).where(Delivery.lead_id.in_(ids)).values(to_address="erased"))
+    for event in session.scalars(select(Event).where(Event.lead_id.in_(ids))):
+        event.properties = _anonymous(event)
+    session.execute(update(TimelineEntry).where(TimelineEntry.lead_id.in_(ids)).values(detail=None))
+    session.execute(delete(Deadline).where(Deadline.lead_id.in_(ids)))
+    for lead in leads:
+        lead.email = f"erased-{lead.id}@erased.invalid"
         lead.first_name = None
         lead.tags = []
         lead.timezone = None
@@ -266,5 +291,4 @@ def erase_lead(rt: Runtime, key: str, *, reason: str = "personal data erased on 
         lead.status = LeadStatus.ERASED
         lead.status_changed_at = now
         lead.updated_at = now
-        write_timeline(session, [timeline_row(lead_id, now, "erased", reason)])
-    return lead_id
+    write_timeline(session, [timeline_row(lead.id, now, "erased", reason) for lead in leads])

@@ -30,7 +30,7 @@ from autofunnel.mail.render import RenderedEmail, Renderer
 from autofunnel.services.events import record_events
 from autofunnel.services.inputs import EventInput
 from autofunnel.services.leads import (
-    CONFIRM_STEP, REMINDER_STEP, RESENT_STEP, erase_lead, find_lead, queue_confirmation,
+    CONFIRM_STEP, REMINDER_STEP, RESENT_STEP, erase_pending_leads, find_lead, queue_confirmation,
 )
 from autofunnel.services.runtime import Runtime
 from autofunnel.services.tracking import mask_email
@@ -222,8 +222,5 @@ def opt_in_pass(rt: Runtime, now: datetime | None = None) -> OptInPass:
         if erasing:  # read after the reminders' commit, as a lead may have confirmed meanwhile
             with rt.db.read() as session:
                 stale = session.scalars(stale_pending, stale_cutoff).all()
-    erased = 0
-    for lead_id in stale:
-        erase_lead(rt, str(lead_id))
-        erased += 1
+    erased = erase_pending_leads(rt, stale, f"never confirmed in {settings.pending_erase_days} days: personal data erased") if stale else 0
     return OptInPass(reminded, erased)

@@ -257,7 +257,9 @@ class ReportQueries:
                 *in_report, t.folded.is_(False), t.lead_split != "",
             ).group_by(*by_day, t.lead_split, t.figure, t.stage, t.step, t.detail)
             for day, value, lead_split, figure, stage, step, detail, n, amount in self.session.execute(union_all(folded, fresh)):
-                if figure != UNMATCHED:
+                # A value all of whose leads moved to another one keeps rows that add up to nothing:
+                # no group, as the facts have none.
+                if figure != UNMATCHED and (n or amount):
                     value = dict(split_pairs(lead_split))[split] if lead_split else value
                     self._add_tally([(grouped, (value or None,))], None, day, figure, stage, step, detail, n, amount)
                     if figure in ("timed", "lasted"):
