@@ -50,6 +50,8 @@ BY_LEAD = "ix_deliveries_lead_id_flow_sent_at"
 LEAD_STAGES = "sqlite_autoindex_stage_entries_1"
 """A lead's stage entries in a funnel (the unique `lead_id, funnel, stage`; SQLite names the index of a
 table's first unique constraint itself): where an event finds its lead's first stage."""
+
+
 class TimesShortfall(RuntimeError):
     """The tallies count more times of a stage (in a group) than its stage entries hold."""
 
