@@ -57,6 +57,7 @@ def main() -> None:
         ("funnel by=channel", "/admin/funnels/yoga?by=channel"),
         ("funnel interval=week", "/admin/funnels/yoga?interval=week&days=90"),
         ("funnel by=owner", "/admin/funnels/yoga?by=owner"),
+        ("funnel by=product", "/admin/funnels/yoga?by=product"),
         ("funnel mode=calendar", "/admin/funnels/yoga?mode=calendar"),
         ("funnel attribution=linear", "/admin/funnels/yoga?attribution=linear"),
         ("flow map", "/admin/flows/yoga"),

@@ -42,6 +42,8 @@ CASES = (
     ("cohort by=owner", {"by": "owner"}),
     ("cohort by=segment", {"by": "segment"}),
     ("calendar by=owner", {"mode": "calendar", "by": "owner"}),
+    ("cohort by=product", {"by": "product"}),
+    ("calendar by=product", {"mode": "calendar", "by": "product"}),
     ("cohort interval=week", {"interval": "week"}),
     ("calendar", {"mode": "calendar"}),
     ("cohort attribution=linear", {"attribution": "linear"}),

@@ -5,14 +5,15 @@
 
 Each round, in one transaction that is then rolled back: 100 first clicks of
 emails of random funnel leads (`count_engagement`), then 100 purchases by the
-same leads an hour after those emails (`count_events`), then another 100
+same leads an hour after those emails, of a product new to each (where the code has it, each
+lead's tallies moved to its new set of products: `regroup_buyers`; then `count_events`), then another 100
 purchases and the first clicks of their emails, recorded after them (late
 touches: each purchase's attribution is counted again), then a refund of each of
 the first 100 purchases (`count_events` of a batch of refunds: their shares taken down,
 and each refund looked up for a purchase of its order), then 100 stage entries with a time
 (the stage a purchase moves a lead to: where the code has it, the leads' split values read
-(`entry_splits`), then the rows inserted with their indexes and `count_stage_entries`, as the engine
-writes them). `--no-buyers` takes
+(`entry_splits`), then the rows inserted with their indexes and `count_stage_entries`, and their
+copies per product (`file_entry_products`), as the engine writes them). `--no-buyers` takes
 leads who never bought: the usual click, with no purchase after it. Prints the
 median and the fastest of `--rounds` rounds, ms per 100. Run the code before
 and after alternately on the same database to compare.
@@ -46,6 +47,10 @@ try:
     from autofunnel.services.tallies import entry_splits
 except ImportError:  # the code before stage entries carried their lead's split values
     entry_splits = None
+try:
+    from autofunnel.services.tallies import file_entry_products, regroup_buyers
+except ImportError:  # the code before the tallies were kept by the products bought
+    file_entry_products = regroup_buyers = None
 
 
 def main() -> None:
@@ -91,16 +96,22 @@ def click(session: Session, emails: Sequence[Any]) -> float:
 
 
 def buy(session: Session, emails: Sequence[Any], tag: str) -> float:
+    """A purchase of a product none of the leads bought before: where the code has it, each lead's
+    tallies move to its new set of products first (`regroup_buyers`, as `record_events` does)."""
+    started = time.perf_counter()
+    if regroup_buyers is not None:
+        regroup_buyers(session, {lead_id: {f"bench-{tag}"} for _, lead_id, _ in emails})
+    moved = time.perf_counter() - started
     ids = [
         session.scalar(insert(Event).values(
             lead_id=lead_id, key=f"bench-{tag}-{index}", type="purchase", at=sent_at + timedelta(hours=1), received_at=sent_at,
-            properties={"amount": 29, "currency": "EUR", "product": "x", "order_id": f"bench-{tag}-{index}"},
+            properties={"amount": 29, "currency": "EUR", "product": f"bench-{tag}", "order_id": f"bench-{tag}-{index}"},
         ).returning(Event.id))
         for index, (_, lead_id, sent_at) in enumerate(emails)
     ]
     started = time.perf_counter()
     count_events(session, ids_in(ids), batch=frozenset({"purchase"}))
-    return time.perf_counter() - started
+    return moved + time.perf_counter() - started
 
 
 def give_back(session: Session, emails: Sequence[Any], tag: str) -> float:
@@ -132,6 +143,8 @@ def move(session: Session, emails: Sequence[Any]) -> float:
             row.update(splits[row["lead_id"]])
     entered = [row.id for row in insert_returning(session, StageEntry.__table__, rows, ("id",), conflict=("lead_id", "funnel", "stage"))]
     count_stage_entries(session, ids_in(entered))
+    if file_entry_products is not None:
+        file_entry_products(session, StageEntry.id, entered)
     return time.perf_counter() - started
 
 

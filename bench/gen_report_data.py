@@ -6,11 +6,12 @@
 The database's public schema is dropped first: give it a database of its own.
 Writes what the engine writes, directly (SQLite: one executemany per table
 chunk; PostgreSQL: COPY), into an emptied, migrated database: leads (channel,
-owner, segment, region), the yoga funnel's stage entries with a realistic
+owner, segment, region, products bought), the yoga funnel's stage entries with a realistic
 drop-off (lead → tripwire 52 % → customer 41 % → vip 60 %, a few jumping a
 stage), holdout assignments (10 %), deliveries of the lead stage's and later
 stages' emails with human opens and clicks, and the events behind it all:
-subscribed, confirmed, opened and clicked (some by bots), purchases, unsubscribes.
+subscribed, confirmed, opened and clicked (some by bots), purchases, unsubscribes;
+then each stage entry with a time once per product its lead bought, and the tallies.
 Leads enter over the 90 days from 2026-01-01, so `--from 2026-01-01 --to 2026-03-31`
 is the full cohort report.
 """
@@ -30,7 +31,8 @@ from common import fresh_project
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from autofunnel.services.tallies import rebuild_tallies
+from autofunnel.domain.report import with_products
+from autofunnel.services.tallies import file_entry_products, rebuild_tallies
 from autofunnel.store.db import Database, backend_name
 
 EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
@@ -43,7 +45,7 @@ STAGE_PRODUCTS = {"tripwire": "mini-course", "customer": "full-course", "vip": "
 PRICES = {"mini-course": 19.0, "full-course": 290.0, "coaching": 900.0}
 LEAD_STEPS = ("welcome", "tripwire-offer", "tripwire-reminder", "tripwire-expired")
 TABLES = {
-    "leads": ("id", "email", "fields", "tags", "source", "owner", "status", "created_at", "updated_at"),
+    "leads": ("id", "email", "fields", "tags", "source", "owner", "status", "created_at", "updated_at", "products"),
     "stage_entries": ("lead_id", "funnel", "stage", "position", "entered_at", "skipped", "cohort_at", "channel", "since_previous_s", "since_first_s", "owner", "segment", "region"),
     "assignments": ("lead_id", "flow", "name", "value", "assigned_at"),
     "deliveries": ("id", "lead_id", "flow", "stage", "step_id", "occurrence", "kind", "template", "to_address", "status", "attempts", "created_at", "sent_at", "opened_at", "clicked_at"),
@@ -70,8 +72,7 @@ def lead_rows(rng: random.Random, rows: Rows, lead_id: int, delivery_base: int) 
     email = f"lead{lead_id}@bench.example"
     segment, region = rng.choice(SEGMENTS), rng.choice(REGIONS)
     owner = rng.choice(OWNERS)
-    rows.add("leads", lead_id, email, {"segment": segment, "region": region}, [],
-             {"channel": channel, "utm_source": channel}, owner, "active", entered, entered)
+    lead = [lead_id, email, {"segment": segment, "region": region}, [], {"channel": channel, "utm_source": channel}, owner, "active", entered, entered, None]
     held_out = rng.random() < 0.1
     rows.add("assignments", lead_id, "yoga", "holdout", "held_out" if held_out else "treated", entered)
     events = [("subscribed", {"funnel": "yoga", "source": {"channel": channel}}, entered)]
@@ -123,6 +124,8 @@ def lead_rows(rng: random.Random, rows: Rows, lead_id: int, delivery_base: int) 
         rows.add("deliveries", delivery_id, lead_id, "yoga", stage, step, 1, "email", step, email, "sent", 1, sent, sent, opened, clicked)
         if rng.random() < 0.004:
             events.append(("unsubscribed", {"delivery": delivery_id, "via": "link"}, sent + timedelta(hours=3)))
+    lead[-1] = with_products(None, [properties["product"] for kind, properties, _ in events if kind == "purchase"])
+    rows.add("leads", *lead)
     for number, (kind, properties, at) in enumerate(events):
         rows.add("events", lead_id, f"b{lead_id}-{number}", kind, properties, at, at)
     rows.delivery_id = delivery_base + len(sends)
@@ -195,6 +198,7 @@ def main() -> None:
     written = time.perf_counter()
     # The running tallies the engine would have written along the way, counted in one go.
     with Session(db.engine) as session, session.begin():
+        file_entry_products(session)  # each timed stage entry once per product its lead bought
         rebuild_tallies(session)
     tallied = time.perf_counter()
     with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:

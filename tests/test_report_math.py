@@ -9,14 +9,17 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from autofunnel.domain.report import (
+    PRODUCT_LENGTH,
     funnel_stages,
     lead_split_values,
     newcombe_lift,
     percentile_from_ranks,
     percentile_ranks,
+    products_bought,
     rank_weight,
     tallied_split,
     wilson_interval,
+    with_products,
 )
 
 
@@ -63,9 +66,9 @@ def test_position_gives_forty_percent_to_each_end() -> None:
 
 @pytest.mark.parametrize(("by", "split"), [
     ("owner", "owner"), ("segment", "segment"), ("field:segment", "segment"), ("region", "region"), ("field:region", "region"),
-    ("field:owner", None), ("field:plan", None), ("channel", None), ("product", None), (None, None),
+    ("field:owner", None), ("field:plan", None), ("channel", None), ("product", "products"), ("field:product", None), (None, None),
 ])
-def test_the_splits_kept_in_tallies_are_the_owner_segment_and_region(by: str | None, split: str | None) -> None:
+def test_the_splits_kept_in_tallies_are_the_owner_segment_region_and_products(by: str | None, split: str | None) -> None:
     """A field named `owner` is not the lead's owner, and other fields are counted from the facts."""
     assert tallied_split(by) == split
 
@@ -75,3 +78,13 @@ def test_a_lead_moves_when_its_owner_segment_or_region_changes_not_other_fields(
     assert lead_split_values("ann@shop.example", {"segment": "pro", "plan": "silver"}) == before
     assert lead_split_values("bob@shop.example", {"segment": "pro"}) != before
     assert lead_split_values("ann@shop.example", {"segment": "pro", "region": "eu"}) != before
+
+
+def test_a_leads_products_bought_are_one_set_value_that_only_grows() -> None:
+    """The value the tallies file a lead under by product: sorted, a purchase without a product as
+    `null` first, cut like the report's groups; unchanged (None) when nothing new was bought."""
+    assert with_products(None, ["mini-course"]) == '["mini-course"]'
+    assert with_products('["mini-course"]', ["coaching", "mini-course", None, ""]) == '[null,"coaching","mini-course"]'
+    assert with_products('[null,"coaching","mini-course"]', ["coaching", None]) is None
+    assert with_products(None, [7, "é" * 300]) == '["7","' + "é" * PRODUCT_LENGTH + '"]'
+    assert products_bought(None) == [None] and products_bought('[null,"a"]') == [None, "a"] and products_bought('["a","b"]') == ["a", "b"]

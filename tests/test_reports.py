@@ -29,13 +29,13 @@ from flask.testing import FlaskClient
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from rich.console import Console
-from sqlalchemy import func, inspect, literal, select, update
+from sqlalchemy import delete, func, inspect, literal, select, update
 
 from autofunnel.cli import main
 from autofunnel.report_format import print_report, report_csv
 from autofunnel.clock import FixedClock
 from autofunnel.domain import report as math
-from autofunnel.domain.report import ATTRIBUTION_MODELS
+from autofunnel.domain.report import ATTRIBUTION_MODELS, with_products
 from autofunnel.domain.report_body import period_of_day
 from autofunnel.services.credentials import create_api_key
 from autofunnel.services.importing import import_leads
@@ -43,9 +43,10 @@ from autofunnel.services.leads import erase_pending_leads
 from autofunnel.services.report import Shown, funnel_report, parse_report_query
 from autofunnel.services.runtime import Runtime
 from autofunnel.services.scheduler import run_tick
-from autofunnel.services.tallies import fold_tallies, rebuild_tallies, recount_tallies, splits_current, tallies_current
+from autofunnel.services.tallies import file_entry_products, fold_tallies, rebuild_tallies, recount_tallies, splits_current, tallies_current
 from autofunnel.store.migrate import downgrade, upgrade
-from autofunnel.store.models import CohortTally, Delivery, Lead, StageEntry
+from autofunnel.store.tally_statements import kept_under
+from autofunnel.store.models import CohortTally, Delivery, Event, Lead, StageEntry, StageEntryProduct
 from autofunnel.web import create_app
 
 pytestmark = pytest.mark.db
@@ -461,7 +462,8 @@ def test_a_calendar_period_counts_each_paying_lead_once(shop: Shop, plans: list[
 
 def tallies(rt: Runtime) -> dict[tuple[Any, ...], tuple[int, float]]:
     """Every figure of `cohort_tallies`, summed over its rows: by channel, and by each lead split and
-    its value, a writer's row (not folded yet) counted under its channel and its leads' values."""
+    its value, a writer's row (not folded yet) counted under its channel and its leads' values (those
+    the fold files it under)."""
     t = CohortTally
     key = [t.funnel, t.basis, t.cohort_day, t.channel, t.figure, t.stage, t.step, t.detail, t.split, t.split_value, t.lead_split]
     with rt.db.read() as session:
@@ -474,6 +476,7 @@ def tallies(rt: Runtime) -> dict[tuple[Any, ...], tuple[int, float]]:
         if lead_split:
             keys = [(*figure, "", "")] + [
                 (*figure[:3], "", *figure[4:], name, "" if found_value is None else str(found_value)) for name, found_value in json.loads(lead_split).items()
+                if kept_under(name, figure[4])
             ]
         for each in keys:
             found[each][0] += int(n)
@@ -494,6 +497,22 @@ def assert_same_attribution(tallied: dict[str, Any], counted: dict[str, Any]) ->
         def shares(report: dict[str, Any]) -> dict[tuple[Any, ...], float]:
             return {(row.get(name), row.get("stage"), row["currency"]): row["revenue"] for row in report["attribution"][kind]}
         assert shares(tallied) == pytest.approx(shares(counted), abs=0.011), kind
+
+
+def assert_products_filed(rt: Runtime) -> None:
+    """Each lead's set of products bought is the one its purchases give, and each of its timed stage
+    entries is filed once per product in it: what a fresh filing writes."""
+    with rt.db.transaction() as session:
+        bought: dict[int, list[Any]] = defaultdict(list)
+        for lead_id, properties in session.execute(select(Event.lead_id, Event.properties).where(Event.type == "purchase")):
+            bought[lead_id].append(properties.get("product"))
+        for lead_id, products in session.execute(select(Lead.id, Lead.products)):
+            assert products == with_products(None, bought.get(lead_id, [])), lead_id
+        columns = [column for column in StageEntryProduct.__table__.c]
+        filed = set(session.execute(select(*columns)).all())
+        session.execute(delete(StageEntryProduct))
+        file_entry_products(session)
+        assert set(session.execute(select(*columns)).all()) == filed
 
 
 def unfolded(rt: Runtime) -> int:
@@ -617,13 +636,14 @@ def test_the_running_tallies_equal_a_recount_and_give_the_report_counted_from_th
     assert unfolded(shop.rt) == 0
 
     running = tallies(shop.rt)
+    assert_products_filed(shop.rt)
     period = {"from": f"{day:%Y-%m-%d}", "to": f"{day:%Y-%m-%d}"}
     calendar = {"from": f"{day:%Y-%m-%d}", "to": f"{day + timedelta(days=10):%Y-%m-%d}", "mode": "calendar"}
     for params in (
         period, {**period, "by": "channel"}, {**period, "interval": "week"}, {**period, "by": "owner"}, {**period, "by": "product"},
         {**period, "by": "segment"}, {**period, "by": "field:region", "interval": "day"},
         calendar, {**calendar, "by": "channel"}, {**calendar, "interval": "day"}, {**calendar, "by": "channel", "interval": "week"},
-        {**calendar, "by": "owner"}, {**calendar, "by": "field:segment", "interval": "week"},
+        {**calendar, "by": "owner"}, {**calendar, "by": "field:segment", "interval": "week"}, {**calendar, "by": "product"},
     ):
         query = parse_report_query("yoga", params, day.date())
         assert shop.report(**params) == funnel_report(shop.rt, query, count_facts=True), params
@@ -690,13 +710,22 @@ def test_the_upgrade_that_brings_tallies_counts_what_was_already_stored(shop: Sh
     ])
     shop.events([purchase("up1@example.com", "coaching", START + timedelta(days=3), amount=50, order_id="of-a-later-purchase")])
     columns = (StageEntry.lead_id, StageEntry.stage, StageEntry.channel, StageEntry.since_previous_s, StageEntry.since_first_s, StageEntry.owner, StageEntry.segment, StageEntry.region)
+    by_product = (StageEntryProduct.stage_entry_id, StageEntryProduct.product, StageEntryProduct.lead_id, StageEntryProduct.since_previous_s, StageEntryProduct.since_first_s)
     with shop.rt.db.read() as session:
         entries = set(session.execute(select(*columns)).all())
+        products = dict(session.execute(select(Lead.email, Lead.products)).all())
+        entry_products = set(session.execute(select(*by_product)).all())
     assert {entry[5:] for entry in entries if entry[4] is not None} == {("mia@shop.example", "pro", None), (None, None, None)}
+    assert products == {"up0@example.com": '["mini-course"]', "up1@example.com": '["coaching","full-course"]', "up2@example.com": None}
+    assert {(row[1], row[2]) for row in entry_products} == {("mini-course", 1), ("coaching", 2), ("full-course", 2)}
     running, report = tallies(shop.rt), shop.report(**{"from": "2026-03-02", "to": "2026-03-02"}, by="channel")
     days = {"from": "2026-03-01", "to": "2026-03-05"}
     calendar = shop.report(**days, mode="calendar", by="channel")
     by_owner = shop.report(**days, mode="calendar", by="owner")
+    by_product_report = shop.report(**days, mode="calendar", by="product")
+    assert {group["value"]: group["revenue"]["total"] for group in by_product_report["groups"]} == {
+        "coaching": 50.0, "full-course": 290.0, "mini-course": 19.0, None: -7.0 - 5.0,  # a refund without a product: in no product's group
+    }
     attributed = shop.report(**days, attribution="linear")
     assert running and any(entry[2] for entry in entries) and calendar["revenue"]["orders"] == 3
     assert {row["step"]: row["revenue"] for row in attributed["attribution"]["emails"]} == {"welcome": 19.0, None: 290.0 + 50.0 - 5.0 - 7.0}
@@ -708,12 +737,15 @@ def test_the_upgrade_that_brings_tallies_counts_what_was_already_stored(shop: Sh
     shop.rt.db.engine.dispose()
     downgrade(url, "0021_attribution_tallies")
     assert not any(key[4] == "unmatched_refunds" for key in tallies(shop.rt))
-    upgrade(url)  # 0022 counts the refunds of unknown orders already stored, 0024 copies the leads' split values
+    upgrade(url)  # 0022 counts the refunds of unknown orders already stored, 0024 copies the leads' split values, 0025 their products
     with shop.rt.db.read() as session:
-        assert tallies_current(session) and not splits_current(session)  # 0023 leaves the lead splits to a recount
+        assert tallies_current(session) and splits_current(session) == frozenset()  # 0023 and 0025 leave the splits to a recount
         assert set(session.execute(select(*columns)).all()) == entries
+        assert dict(session.execute(select(Lead.email, Lead.products)).all()) == products
+        assert set(session.execute(select(*by_product)).all()) == entry_products
     assert tallies(shop.rt) == by_channel(running)
     assert shop.report(**days, mode="calendar", by="owner") == by_owner  # counted from the facts meanwhile
+    assert shop.report(**days, mode="calendar", by="product") == by_product_report
     with shop.rt.db.transaction() as session:
         recount_tallies(session)
     assert tallies(shop.rt) == running
@@ -732,7 +764,7 @@ def test_the_upgrade_that_brings_tallies_counts_what_was_already_stored(shop: Sh
         assert not tallies_current(session)  # 0015 asks for a recount of refunds and revenue_7d, 0020 for the calendar days
     assert tallies(shop.rt) == {  # 0004 counted the cohorts
         key: figures for key, figures in by_channel(running).items()
-        if (key[1] == "cohort" or key[4] == "unmatched_refunds") and not key[4].startswith(("attributed_", "decayed_"))
+        if (key[1] == "cohort" or key[4] == "unmatched_refunds") and not key[4].startswith(("attributed_", "decayed_", "product_"))
     }  # and 0022 those refunds of unknown orders
     assert shop.report(**days, mode="calendar", by="channel") == calendar
     assert shop.report(**{"from": "2026-03-02", "to": "2026-03-02"}, by="channel") == report  # counted from the facts meanwhile
@@ -741,9 +773,10 @@ def test_the_upgrade_that_brings_tallies_counts_what_was_already_stored(shop: Sh
     assert recounted.exit_code == 0, recounted.output
     assert "recounted" in recounted.output
     with shop.rt.db.read() as session:
-        assert tallies_current(session) and splits_current(session)
+        assert tallies_current(session) and splits_current(session) == {"owner", "segment", "region", "products"}
     assert tallies(shop.rt) == running
     assert shop.report(**days, mode="calendar", by="owner") == by_owner
+    assert shop.report(**days, mode="calendar", by="product") == by_product_report
     assert shop.report(**{"from": "2026-03-02", "to": "2026-03-02"}, by="channel") == report
     assert shop.report(**days, mode="calendar", by="channel") == calendar
     assert shop.report(**days, attribution="linear") == attributed

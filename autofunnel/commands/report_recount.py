@@ -11,7 +11,7 @@ from autofunnel.cli import State, friendly_errors, pass_state
 @pass_state
 @friendly_errors
 def report_recount(state: State) -> None:
-    """Count the report's tallies again from the stored facts (once, after upgrading to refunds in reports)."""
+    """Count the report's tallies again from the stored facts (once after an upgrade that asks for it: see the README)."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from autofunnel.services.recount import RECOUNT_PARTS, recount

@@ -9,8 +9,9 @@ without a database.
 
 from __future__ import annotations
 
+import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Final
@@ -19,6 +20,13 @@ ATTRIBUTION_MODELS: Final = ("first", "last", "linear", "position", "time_decay"
 LEAD_SPLITS: Final = ("owner", "segment", "region")
 """The lead attributes the running tallies are also kept by (`by=owner`, `by=segment` or
 `field:segment`, `by=region`): their reports add tally rows up; another `field:` counts the facts."""
+PRODUCTS: Final = "products"
+"""The tallies' split of a report `by=product`: a lead's products bought, as one set value (see
+`products_bought`), so a lead is filed once; the report counts each set's rows for every product in it."""
+TALLY_SPLITS: Final = (*LEAD_SPLITS, PRODUCTS)
+"""Every split the running tallies are kept by."""
+PRODUCT_LENGTH: Final = 200
+"""A product is grouped by its first 200 characters (the tallies' `step` column), from the facts too."""
 POSITION_ENDS: Final = 0.4
 """`position` (U-shaped) attribution: 40 % to the first touch, 40 % to the last, 20 % shared by the middle."""
 TIME_DECAY_HALF_LIFE_S: Final = 7 * 86400
@@ -33,9 +41,11 @@ Z_95: Final = 1.959963984540054
 
 
 def tallied_split(by: str | None) -> str | None:
-    """The lead split a report's `by` reads from the tallies (`field:segment` is `segment`), if any."""
+    """The split a report's `by` reads from the tallies (`field:segment` is `segment`), if any."""
     if by in LEAD_SPLITS:
         return by
+    if by == "product":
+        return PRODUCTS
     field = by.removeprefix("field:") if by is not None and by.startswith("field:") else None
     return field if field in LEAD_SPLITS and field != "owner" else None  # `field:owner` is a field, not the owner
 
@@ -43,6 +53,23 @@ def tallied_split(by: str | None) -> str | None:
 def lead_split_values(owner: str | None, fields: Mapping[str, Any] | None) -> tuple[Any, ...]:
     """A lead's values of `LEAD_SPLITS`: when one changes, the lead's tallies move with it."""
     return tuple(owner if split == "owner" else (fields or {}).get(split) for split in LEAD_SPLITS)
+
+
+def products_bought(products: str | None) -> list[str | None]:
+    """The products of a lead's `products` set value (`None`: a purchase without a product, or none
+    at all): the groups a report by product counts the lead in."""
+    found = json.loads(products) if products else []
+    return [None if product is None else str(product) for product in found] or [None]
+
+
+def with_products(products: str | None, bought: Iterable[str | None]) -> str | None:
+    """A lead's `products` set value after it bought `bought` too, or `None` when the set is unchanged.
+    Sorted, a purchase without a product first as `null`, each product cut to `PRODUCT_LENGTH`."""
+    before = set(json.loads(products)) if products else set()
+    after = before | {str(product)[:PRODUCT_LENGTH] or None if product is not None else None for product in bought}
+    if after == before:
+        return None
+    return json.dumps(([None] if None in after else []) + sorted(p for p in after if p is not None), ensure_ascii=False, separators=(",", ":"))
 
 
 def fraction(part: int, whole: int) -> float | None:

@@ -49,7 +49,7 @@ from autofunnel.services.enrollments import (
 from autofunnel.services.inputs import EventInput
 from autofunnel.services.runtime import Runtime
 from autofunnel.domain.report import LEAD_SPLITS
-from autofunnel.services.tallies import count_events, count_stage_entries, entry_splits, ids_in
+from autofunnel.services.tallies import count_events, count_stage_entries, entry_splits, file_entry_products, ids_in, regroup_buyers
 from autofunnel.services.versions import current_version_ids
 from autofunnel.store.lead_facts import Wanted, load_facts
 from autofunnel.store.models import Enrollment, Event, Lead, StageEntry
@@ -105,6 +105,13 @@ def record_events(rt: Runtime, items: list[EventInput]) -> RecordResult:
         by_key: dict[str, dict[str, Any]] = {}
         for row in rows:
             by_key.setdefault(row["key"], row)
+        bought: dict[int, set[str | None]] = defaultdict(set)
+        for row in by_key.values():
+            if row["type"] == "purchase":
+                bought[row["lead_id"]].add(row["properties"].get("product"))
+        if bought:
+            # A purchase already stored adds no product its lead's set lacks, so the batch's are enough.
+            regroup_buyers(session, bought)
         inserted = insert_returning(session, Event.__table__, list(by_key.values()), ("id", "key"), conflict=("key",))
         fresh = sorted(((by_key[key], event_id) for event_id, key in inserted), key=lambda pair: (pair[0]["at"], pair[1]))
         if fresh:
@@ -292,6 +299,8 @@ class _Changes:
                 row.update(splits.get(row["lead_id"], {}))
             entered = insert_returning(session, StageEntry.__table__, self.stage_entries, ("id",), conflict=("lead_id", "funnel", "stage"))
             count_stage_entries(session, ids_in([row.id for row in entered]))
+            if timed:
+                file_entry_products(session, StageEntry.id, [row.id for row in entered])
         for part in chunks(sorted(self.wake), 500):
             session.execute(update(Enrollment).where(among(session, Enrollment.id, part), Enrollment.status == EnrollmentStatus.ACTIVE).values(due_at=self.now))
         write_timeline(session, self.timeline)

@@ -153,19 +153,19 @@ def funnel_report(rt: Runtime, query: ReportQuery, *, count_facts: bool = False,
             session.execute(text("SET LOCAL jit = off"))
         zone = rt.settings.timezone
         queries = ReportQueries(session, funnel, query, start=day_start(query.start, zone), stop=day_start(query.end + timedelta(days=1), zone), zone=zone)
-        # A report, whole, by channel, by owner, segment or region, or per period, in either mode, is
-        # added up from the running tallies, which are kept per UTC day; the groups of other splits
-        # (other lead fields, products), and every report in another zone than UTC, count the stored facts.
+        # A report, whole, by channel, by owner, segment, region or product, or per period, in either mode,
+        # is added up from the running tallies, which are kept per UTC day; the groups of other splits
+        # (other lead fields), and every report in another zone than UTC, count the stored facts.
         tallied = not count_facts and zone == "UTC" and tallies_current(session)
-        return _build(queries, funnel, query, tallied=tallied, splits=tallied and splits_current(session), shown=shown)
+        return _build(queries, funnel, query, tallied=tallied, splits=splits_current(session) if tallied else frozenset(), shown=shown)
 
 
-def _build(queries: ReportQueries, funnel: Funnel, q: ReportQuery, *, tallied: bool, splits: bool, shown: Shown) -> dict[str, Any]:
+def _build(queries: ReportQueries, funnel: Funnel, q: ReportQuery, *, tallied: bool, splits: frozenset[str], shown: Shown) -> dict[str, Any]:
     """The report's body: which figures to count and how, then each section shaped by the domain."""
     if tallied:
         whole, grouped, periods = queries.from_tallies(times=shown.times, period_times=shown.period_times, splits=splits)
         if q.by is not None and grouped is None:
-            # A split by another lead field or a product: its groups are counted from the facts.
+            # A split by another lead field (or one the tallies are not kept by yet): its groups are counted from the facts.
             grouped = queries.figures(grouped=True, periodic=False, times=shown.times)
     else:
         grouped = queries.figures(grouped=True, periodic=False, times=shown.times) if q.by else None

@@ -79,16 +79,17 @@ from datetime import UTC, datetime
 from types import SimpleNamespace
 from typing import Any, Final
 
-from sqlalchemy import CTE, ColumnElement, Exists, Insert, Select, String, and_, bindparam, column, delete, exists, func, insert, literal, or_, select, text, true, union_all, update, values
+from sqlalchemy import CTE, ColumnElement, Exists, Insert, Select, String, and_, bindparam, cast, column, delete, exists, func, insert, literal, or_, select, text, true, union_all, update, values
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session, aliased
 
 from autofunnel.store.facts import amount_of, lead_value, refund_of, split_pairs, split_value_in
-from autofunnel.domain.report import LEAD_SPLITS, lead_split_values
-from autofunnel.store.models import CohortTally, Event, Lead, StageEntry, TallyState
-from autofunnel.store.queries import Executor, among, among_param, chunks, is_postgres
+from autofunnel.domain.report import LEAD_SPLITS, PRODUCTS, TALLY_SPLITS, lead_split_values, with_products
+from autofunnel.store.models import CohortTally, Event, Lead, StageEntry, StageEntryProduct, TallyState
+from autofunnel.store.queries import Executor, among, among_param, bulk_update, chunks, is_postgres
 from autofunnel.store.tally_statements import (
-    CALENDAR, COHORT, KEY_COLUMNS, TALLY_COLUMNS, email_parts, engagement_parts, event_parts, purchase_after, purchases_after, refunded_before,
-    stage_entry_parts, touch_moves, unmatched_refund_parts, unsubscribe_from,
+    BY_LEAD_FIGURES, CALENDAR, COHORT, KEY_COLUMNS, TALLY_COLUMNS, UNSPLIT_FIGURES, email_parts, engagement_parts, event_parts, followed_parts, purchase_after, purchases_after, refunded_before,
+    kept_under, stage_entry_parts, touch_moves, unmatched_refund_parts, unsubscribe_from,
 )
 from autofunnel.store.types import UTCDateTime
 
@@ -134,19 +135,30 @@ _STATEMENTS: dict[tuple[Any, ...], Any] = {}
 # The figures ------------------------------------------------------------------------------
 
 
-def _write(session: Session, key: tuple[Any, ...], build: Callable[[], list[Select[Any]]], scope: Scope, params: dict[str, Any] | None = None, *, sign: int = 1) -> None:
+def _write(
+    session: Session, key: tuple[Any, ...], build: Callable[[], list[Select[Any]]], scope: Scope, params: dict[str, Any] | None = None,
+    *, sign: int = 1, filed: str | None = None,
+) -> None:
     """One statement for all the parts, built once per kind and backend: one round trip per tally.
     `params`: the scope's and more. `sign` -1 takes what the parts count back. Over `everything` (a recount) the rows are written
     folded, filed under each lead split in SQL: a writer's rows carry their leads' split values, and a
-    million leads' make millions of rows, too many to fold in Python."""
-    key = (*key, sign, session.get_bind().dialect.name)
+    million leads' make millions of rows, too many to fold in Python. `filed`: the rows are written
+    filed under that one split only (the channel's and the other splits' figures are left as they are)."""
+    key = (*key, sign, filed, session.get_bind().dialect.name)
     statement = _STATEMENTS.get(key)
     if statement is None:
         counted: Any = union_all(*build())
         if sign < 0:
             rows = counted.subquery("taken_back")
             counted = select(*(rows.c[name] for name in KEY_COLUMNS), (-rows.c.n).label("n"), (-rows.c.amount).label("amount"))
-        if scope is everything:
+        if filed is not None:
+            rows = counted.subquery("filed")
+            one_split = select(
+                *(rows.c[name] if name != "channel" else literal("") for name in KEY_COLUMNS if name != "lead_split"),
+                literal(filed), split_value_in(is_postgres(session), rows.c.lead_split, filed), rows.c.n, rows.c.amount,
+            )
+            statement = insert(CohortTally.__table__).from_select([*FOLDED_KEY, "n", "amount"], one_split, include_defaults=False)
+        elif scope is everything:
             statement = _folded_insert(session, counted.cte("counted"))
         else:
             statement = insert(CohortTally.__table__).from_select(list(TALLY_COLUMNS), counted, include_defaults=False)
@@ -159,11 +171,14 @@ def _folded_insert(session: Session, counted: CTE) -> Insert:
     pg = is_postgres(session)
     figure = [counted.c[name] for name in ("figure", "stage", "step", "detail", "basis")]
     blank = literal("")
-    filed = [(counted.c.channel, blank, blank)] + [(blank, literal(split), split_value_in(pg, counted.c.lead_split, split)) for split in LEAD_SPLITS]
+    filed = [(counted.c.channel, blank, blank, true())] + [
+        (blank, literal(split), split_value_in(pg, counted.c.lead_split, split), counted.c.figure.in_(BY_LEAD_FIGURES) if split == PRODUCTS else counted.c.figure.not_in(UNSPLIT_FIGURES))
+        for split in TALLY_SPLITS
+    ]
     rows = union_all(*(
         select(counted.c.funnel, counted.c.cohort_day, channel, *figure, split, value, func.sum(counted.c.n), func.sum(counted.c.amount), true())
-        .group_by(text("1, 2, 3, 4, 5, 6, 7, 8, 9, 10"))
-        for channel, split, value in filed
+        .where(kept).group_by(text("1, 2, 3, 4, 5, 6, 7, 8, 9, 10"))
+        for channel, split, value, kept in filed
     ))
     return insert(CohortTally.__table__).from_select([*FOLDED_KEY, "n", "amount", "folded"], rows, include_defaults=False)
 
@@ -358,6 +373,60 @@ def regroup_leads(session: Session, new_values: Mapping[int, tuple[Any, ...]], w
         file_entry_splits(session, part)
 
 
+def regroup_buyers(session: Session, bought: Mapping[int, set[str | None]]) -> None:
+    """Leads about to have purchases of `bought` (per lead, the products; `None`: a purchase without
+    one) recorded: a lead whose set of products bought grows has its tallies moved to the new set
+    (`leads.products`), as `regroup_leads` moves a lead whose owner changes, and its timed stage
+    entries filed under each product (`file_entry_products`). Run before the purchases are stored,
+    so the move counts what was counted before them, and they count under the new set."""
+    changed: dict[int, str] = {}
+    for part in chunks(sorted(bought), 1000):
+        for lead_id, products in session.execute(select(Lead.id, Lead.products).where(among(session, Lead.id, part))):
+            if (grown := with_products(products, bought[lead_id])) is not None:
+                changed[lead_id] = grown
+    moved = sorted(changed)
+    for part in chunks(moved, 1000):
+        _move_products(session, of_leads(part), -1)
+    bulk_update(session, Lead.__table__, [{"id": lead_id, "products": products} for lead_id, products in changed.items()])
+    for part in chunks(moved, 1000):
+        _move_products(session, of_leads(part), 1)
+        session.execute(delete(StageEntryProduct).where(among(session, StageEntryProduct.lead_id, part)).execution_options(synchronize_session=False))
+        file_entry_products(session, StageEntry.lead_id, part)
+
+
+def _move_products(session: Session, scope: Scope, sign: int) -> None:
+    """The figures a report by product counts by lead (its stage entries, its emails and what followed
+    them; not revenue, which is kept per product of the purchase, nor attribution) in `scope`, under the `products` split
+    only, taken back (`sign` -1) or counted: moving a lead's whole count, as `regroup_leads` does, would
+    add and take back every other split's and channel's figures as well, and its attribution."""
+    _write(
+        session, ("products moved", scope.name),
+        lambda: [*stage_entry_parts(session, scope), *email_parts(session, scope), *followed_parts(session, scope, None)], scope, sign=sign, filed=PRODUCTS,
+    )
+
+
+def file_entry_products(session: Session, by: Any = None, ids: Sequence[int] = ()) -> None:
+    """The stage entries with a time whose `by` (their id, or their lead's) is in `ids` (`by` none:
+    every one) written into `stage_entry_products`, once per product their lead bought."""
+    products = func.coalesce(Lead.products, "[null]")
+    if is_postgres(session):
+        bought = func.jsonb_array_elements_text(cast(products, JSONB)).table_valued("value").alias("bought")
+    else:
+        bought = func.json_each(products).table_valued("value").alias("bought")
+    e = StageEntry
+    timed = or_(e.since_previous_s.is_not(None), e.since_first_s.is_not(None))
+    rows = (
+        select(e.id, func.coalesce(cast(bought.c.value, String), ""), e.lead_id, e.funnel, e.stage, e.cohort_at, e.entered_at, e.since_previous_s, e.since_first_s)
+        .select_from(e).join(Lead, Lead.id == e.lead_id).join(bought, true()).where(timed)
+    )
+    columns = ["stage_entry_id", "product", "lead_id", "funnel", "stage", "cohort_at", "entered_at", "since_previous_s", "since_first_s"]
+    if by is None:
+        session.execute(insert(StageEntryProduct).from_select(columns, rows))
+        return
+    for part in chunks(sorted(set(ids)), 1000):
+        session.execute(insert(StageEntryProduct).from_select(columns, rows.where(among(session, by, part))))
+
+
 def entry_splits(session: Session, lead_ids: Iterable[int]) -> dict[int, dict[str, Any]]:
     """The leads' values of the lead splits as their stage entries that have a time carry them (see
     `StageEntry.owner`), for the engine to write with the entries: a report by owner walks one owner's
@@ -412,10 +481,12 @@ def tallies_current(session: Session) -> bool:
     return not session.scalar(select(TallyState.recount_needed).where(TallyState.id == 1))
 
 
-def splits_current(session: Session) -> bool:
-    """Whether current tallies (`tallies_current`) are kept by lead split too (migration 0023 leaves
-    that to `recount_tallies`)."""
-    return not session.scalar(select(TallyState.splits_needed).where(TallyState.id == 1))
+def splits_current(session: Session) -> frozenset[str]:
+    """The splits current tallies (`tallies_current`) are kept by: the lead splits unless migration 0023
+    left them to `recount_tallies`, the products bought unless 0025 did."""
+    state = session.execute(select(TallyState.splits_needed, TallyState.products_needed).where(TallyState.id == 1)).first()
+    splits_needed, products_needed = state if state is not None else (False, False)
+    return frozenset((*(() if splits_needed else LEAD_SPLITS), *(() if products_needed else (PRODUCTS,))))
 
 
 def recount_tallies(session: Session, progress: Callable[[str], None] = lambda _: None) -> None:
@@ -427,7 +498,7 @@ def recount_tallies(session: Session, progress: Callable[[str], None] = lambda _
     progress("folding")
     fold_tallies(session)
     session.execute(delete(TallyState))
-    session.execute(insert(TallyState), [{"id": 1, "recount_needed": False, "splits_needed": False}])
+    session.execute(insert(TallyState), [{"id": 1, "recount_needed": False, "splits_needed": False, "products_needed": False}])
 
 
 FOLDED_KEY: Final = (*(name for name in KEY_COLUMNS if name != "lead_split"), "split", "split_value")
@@ -441,7 +512,7 @@ def fold_tallies(session: Session, *, limit: int = 100_000) -> int:
     rows of the same funnel days, and written back as one row per figure. A
     concurrent fold or writer is safe: rows are only deleted and re-added in one
     transaction, and a figure is the sum of whatever rows it has. A writer's row
-    adds to its channel's figure and, channel left out, to each lead split's.
+    adds to its channel's figure and, channel left out, to each split's its reports read (`kept_under`).
     """
     t = CohortTally
     newest = session.scalar(select(t.id).where(t.folded.is_(False)).order_by(t.id).offset(limit - 1).limit(1))
@@ -458,14 +529,16 @@ def fold_tallies(session: Session, *, limit: int = 100_000) -> int:
         for part in chunks(sorted(of_funnel), 200):
             # Every split named, so the (funnel, split, day) index finds them.
             taken += session.execute(
-                delete(t).where(t.folded.is_(True), t.funnel == funnel, t.split.in_(("", *LEAD_SPLITS)), t.cohort_day.in_(list(part))).returning(*columns)
+                delete(t).where(t.folded.is_(True), t.funnel == funnel, t.split.in_(("", *TALLY_SPLITS)), t.cohort_day.in_(list(part))).returning(*columns)
             ).all()
     merged: dict[tuple[Any, ...], list[Any]] = defaultdict(lambda: [0, 0.0])
     for row in taken:
         keys = [tuple(row[: len(FOLDED_KEY)])]
         if row.lead_split:
             funnel, day, channel, *figure, _, _ = keys[0]
-            keys = [(funnel, day, channel, *figure, "", "")] + [(funnel, day, "", *figure, *pair) for pair in split_pairs(row.lead_split)]
+            keys = [(funnel, day, channel, *figure, "", "")] + [
+                (funnel, day, "", *figure, *pair) for pair in split_pairs(row.lead_split) if kept_under(pair[0], row.figure)
+            ]
         for key in keys:
             figures = merged[key]
             figures[0] += int(row.n)

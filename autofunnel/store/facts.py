@@ -17,7 +17,7 @@ from typing import Any, Final
 from sqlalchemy import JSON, ColumnElement, Float, String, and_, case, cast, func, literal, literal_column, select
 from sqlalchemy.orm import Session, aliased
 
-from autofunnel.domain.report import LEAD_SPLITS
+from autofunnel.domain.report import PRODUCT_LENGTH, PRODUCTS, TALLY_SPLITS
 from autofunnel.store.models import CohortTally, Lead
 from autofunnel.store.queries import Executor, is_postgres
 
@@ -36,15 +36,18 @@ def day_of(session: Session, moment: Any) -> Any:
 
 
 def lead_value(lead: Any, split: str) -> ColumnElement[Any]:
-    """What a lead is grouped by for `split` (a report's `by`): its owner, or the field of that name."""
+    """What a lead is grouped by for `split` (a report's `by`, or `products`): its owner, its products
+    bought (as one set value), or the field of that name."""
+    if split == PRODUCTS:
+        return lead.products
     # Text on both backends: SQLite's json_extract would give a number field as a number.
     return lead.owner if split == "owner" else cast(lead.fields[split.removeprefix("field:")].as_string(), String)
 
 
 def splits_of(pg: bool, lead: Any) -> Any:
-    """A lead's (an alias of `Lead` joined) values of `LEAD_SPLITS`, as the JSON object text a raw
+    """A lead's (an alias of `Lead` joined) values of `TALLY_SPLITS`, as the JSON object text a raw
     tally row carries (`cohort_tallies.lead_split`) until `fold_tallies` files it under each split."""
-    pairs = [part for split in LEAD_SPLITS for part in (literal_column(f"'{split}'"), lead_value(lead, split))]
+    pairs = [part for split in TALLY_SPLITS for part in (literal_column(f"'{split}'"), lead_value(lead, split))]
     return cast(func.json_build_object(*pairs) if pg else func.json_object(*pairs), String)
 
 
@@ -65,7 +68,7 @@ def split_value_in(pg: bool, lead_split: Any, split: str) -> Any:
 def split_pairs(lead_split: str) -> tuple[tuple[str, str], ...]:
     """A writer's tally row's `lead_split` as (split, value) pairs; no value is empty text, as no channel is."""
     values = json.loads(lead_split)
-    return tuple((split, "" if values.get(split) is None else str(values[split])) for split in LEAD_SPLITS)
+    return tuple((split, "" if values.get(split) is None else str(values[split])) for split in TALLY_SPLITS)
 
 
 def amount_of(session: Executor, event: Any) -> ColumnElement[float]:
@@ -77,6 +80,17 @@ def amount_of(session: Executor, event: Any) -> ColumnElement[float]:
 
 def currency_of(event: Any) -> ColumnElement[str]:
     return func.coalesce(event.properties["currency"].as_string(), "")
+
+
+def product_of(event: Any) -> ColumnElement[Any]:
+    """A purchase's (or refund's) `product` as a report by product groups it: its first
+    `PRODUCT_LENGTH` characters, none when it has none (or empty text)."""
+    return func.nullif(func.substr(cast(event.properties["product"].as_string(), String), 1, PRODUCT_LENGTH), "")
+
+
+def product_key(event: Any) -> ColumnElement[str]:
+    """`product_of` as a tally row keeps it (in `step`): no product is empty text."""
+    return func.coalesce(product_of(event), "")
 
 
 def order_of(event: Any) -> ColumnElement[Any]:

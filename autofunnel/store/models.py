@@ -108,6 +108,9 @@ class Lead(Base):
     timezone: Mapped[str | None] = mapped_column(String(64))
     source: Mapped[dict[str, Any] | None]
     owner: Mapped[str | None] = mapped_column(String(320))
+    products: Mapped[str | None] = mapped_column(String)
+    """Every product it ever bought, as a set (`domain.report.with_products`; none: it bought nothing):
+    what a report by product groups it by, kept as it buys (`services/tallies.py` `file_purchases`)."""
     status: Mapped[str] = mapped_column(String(16))
     consent: Mapped[dict[str, Any] | None]
     created_at: Mapped[Moment]
@@ -331,6 +334,32 @@ class StageEntry(Base):
     region: Mapped[str | None] = mapped_column(String)
 
 
+class StageEntryProduct(Base):
+    """A stage entry with a time, once per product its lead bought (`''`: none, or a purchase
+    without a product): a report by product walks one product's times in order off these, as a
+    report by owner walks the stage entries (a lead is in as many product groups as it bought)."""
+
+    __tablename__ = "stage_entry_products"
+    __table_args__ = (
+        Index(None, "lead_id"),
+        *(
+            Index(f"ix_stage_entry_products_{since}", "funnel", "product", "stage", f"{since}_s", "cohort_at", "entered_at",
+                  sqlite_where=text(f"{since}_s IS NOT NULL"), postgresql_where=text(f"{since}_s IS NOT NULL"))
+            for since in ("since_previous", "since_first")
+        ),
+    )
+
+    stage_entry_id: Mapped[int] = mapped_column(IdType, ForeignKey("stage_entries.id"), primary_key=True)
+    product: Mapped[str] = mapped_column(String, primary_key=True)
+    lead_id: Mapped[LeadRef]
+    funnel: Mapped[FlowName]
+    stage: Mapped[FlowName]
+    cohort_at: Mapped[Moment]
+    entered_at: Mapped[Moment]
+    since_previous_s: Mapped[float | None] = mapped_column(Float)
+    since_first_s: Mapped[float | None] = mapped_column(Float)
+
+
 class CohortTally(Base):
     """One count or sum of the report for a funnel, day and channel: what the report adds up.
 
@@ -381,6 +410,8 @@ class TallyState(Base):
     recount_needed: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     splits_needed: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     """Whether the tallies by lead split (migration 0023) are still to be counted: until then those reports count the facts."""
+    products_needed: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    """Whether the tallies by the leads' products (migration 0025) are still to be counted: until then reports by product count the facts."""
 
 
 class Assignment(Base):

@@ -38,11 +38,13 @@ from sqlalchemy.orm import Session, aliased
 from autofunnel.domain.statuses import DeliveryStatus
 from autofunnel.domain import report as math
 from autofunnel.domain.model import Funnel
-from autofunnel.domain.report import PURCHASE_WINDOW, tallied_split
+from autofunnel.domain.report import PRODUCTS, PURCHASE_WINDOW, products_bought, tallied_split
 from autofunnel.domain.report_body import LENGTH, PERCENTILES, Figures, Key, ReportQuery, SplitSteps, Times, period_of_day, tally_into
-from autofunnel.store.facts import CHANNEL_ROWS, amount_of, currency_of, lead_value, order_key, order_of, refund_of, split_pairs, within_before
-from autofunnel.store.tally_statements import ATTRIBUTED, ATTRIBUTION_FIGURES, CALENDAR_DISTINCT, UNMATCHED, decay_of, net_of, purchase_after, touched_by, touches, unsubscribe_from
-from autofunnel.store.models import Assignment, CohortTally, Delivery, Event, Lead, Spend, StageEntry
+from autofunnel.store.facts import CHANNEL_ROWS, amount_of, currency_of, lead_value, order_key, order_of, product_of, refund_of, split_value_in, within_before
+from autofunnel.store.tally_statements import (
+    ATTRIBUTED, ATTRIBUTION_FIGURES, CALENDAR_DISTINCT, PRODUCT_FIGURES, UNMATCHED, decay_of, net_of, purchase_after, touched_by, touches, unsubscribe_from,
+)
+from autofunnel.store.models import Assignment, CohortTally, Delivery, Event, Lead, Spend, StageEntry, StageEntryProduct
 from autofunnel.store.queries import OuterFirst, is_postgres
 
 BY_LEAD = "ix_deliveries_lead_id_flow_sent_at"
@@ -62,6 +64,9 @@ CALENDAR_DAYS: Final = {
     for figure, repeated in ((days, False), (repeats, True))
 }
 """The calendar tallies of distinct counts: each figure, what it counts for, and whether it is a pair of days to take back."""
+REVENUE_SIDE: Final = frozenset({"revenue", "customers", "refunded", "refunded_orders", UNMATCHED, *CALENDAR_DAYS, *PRODUCT_FIGURES})
+"""The figures of purchases and refunds: a report by product takes its groups' from `PRODUCT_FIGURES`
+(a purchase in the group of its own product), not from the leads' sets of products."""
 _ZONE_NAME = re.compile(r"^[A-Za-z0-9_+\-/]{1,64}$")
 
 
@@ -153,9 +158,7 @@ class ReportQueries:
     def _products(self) -> Any:
         """Every product ever bought, and `null`, as a small table to split the leads by."""
         if self._products_table is None:
-            found = self.session.scalars(
-                select(Event.properties["product"].as_string()).where(Event.type == "purchase", Event.properties["product"].as_string().is_not(None)).distinct()
-            )
+            found = self.session.scalars(select(product_of(Event)).where(Event.type == "purchase", product_of(Event).is_not(None)).distinct())
             parts = [select(literal(str(name), String).label("product")) for name in sorted(found)]
             parts.append(select(cast(literal(None), String).label("product")))
             self._products_table = union_all(*parts).subquery("products")
@@ -170,7 +173,7 @@ class ReportQueries:
         since the period's start and looked up the lead's purchases before its first stage
         ruled it out (8.8 s of one day's per-email figures at 1M leads)."""
         e = aliased(Event, name="bought")
-        product = e.properties["product"].as_string()
+        product = product_of(e)
         mine = and_(e.lead_id == rows.lead_id, e.type == "purchase")
         return or_(
             and_(products.c.product.is_not(None), exists().where(mine, product == products.c.product)),
@@ -201,27 +204,33 @@ class ReportQueries:
 
     # Figures from the running tallies ----------------------------------------------
 
-    def from_tallies(self, *, times: bool = True, period_times: bool = True, splits: bool = False) -> tuple[Figures, Figures | None, Figures | None]:
+    def from_tallies(self, *, times: bool = True, period_times: bool = True, splits: frozenset[str] = frozenset()) -> tuple[Figures, Figures | None, Figures | None]:
         """The whole report, its groups and its periods, added up from `cohort_tallies`
         (a few rows per funnel, day and channel, on the report's basis) with the times read off
         the stage entries (`times`: the whole report's and its groups'; `period_times`: each period's).
-        Groups by channel, and with `splits` (the tallies are kept by lead split) by a lead split;
-        `None` for other groups.
+        Groups by channel, and by a split in `splits` (those the tallies are kept by: a lead split,
+        the products bought); `None` for other groups.
+
+        By product, a lead's figures are kept under its set of products and counted for each
+        product in it, and a purchase's (a refund's) under its own product (`PRODUCT_FIGURES`).
 
         A calendar report's paying customers are its purchase days less the consecutive
         pairs of a lead's purchase days inside one slice, and its refunded orders the same
         of an order's refund days (see `calendar_distinct_parts`).
         """
         t = CohortTally
+        split = tallied_split(self.q.by) if tallied_split(self.q.by) in splits else None
+        by_product = split == PRODUCTS
         in_report = (
             t.funnel == self.funnel.slug, t.basis == self.q.mode, t.cohort_day >= self.q.start, t.cohort_day <= self.q.end,
-            t.figure.not_in(ATTRIBUTION_FIGURES),  # added up on their own, when asked
+            # Attribution is added up on its own, when asked; the revenue per product only by product.
+            t.figure.not_in(ATTRIBUTION_FIGURES if by_product else (*ATTRIBUTION_FIGURES, *PRODUCT_FIGURES)),
         )
         periods = Figures() if self.q.interval else None
         # The day only for the periods (a pair of days taken back needs no later day than the period's
         # end outside them: see `_holds`); otherwise each figure is summed over the report's days in SQL
         # (at 1M leads a report by owner read 90 times as many rows, and spent 0.3 s adding them up here).
-        day_key = t.cohort_day if periods is not None else null().label("day")
+        day_key = (t.cohort_day if periods is not None else null()).label("day")
         by_day = [t.cohort_day] if periods is not None else []
         by_channel = self.q.by == "channel"
         # Likewise the channel only for a report by channel (five times fewer rows for a trend otherwise).
@@ -231,7 +240,6 @@ class ReportQueries:
             .where(*in_report, CHANNEL_ROWS)
             .group_by(*by_day, *by_channels, t.figure, t.stage, t.step, t.detail)
         )
-        split = tallied_split(self.q.by) if splits else None
         whole = Figures()
         grouped = Figures() if by_channel or split is not None else None
         ranks: dict[Key, dict[tuple[str, str], int]] = defaultdict(lambda: defaultdict(int))
@@ -239,6 +247,10 @@ class ReportQueries:
         for day, channel, figure, stage, step, detail, n, amount in self.session.execute(stmt):
             if figure == UNMATCHED:
                 self._unmatched_tallied = self._unmatched_tallied or int(n or 0) > 0
+                continue
+            if figure in PRODUCT_FIGURES:
+                # A purchase's (refund's) figure in the group of its own product; a pair of days' earlier day is in `stage`.
+                self._add_tally([(grouped, (step or None,))], None, day, PRODUCT_FIGURES[figure], "", stage, detail, n, amount)
                 continue
             keyed = [(whole, ())]
             if by_channel:
@@ -251,32 +263,47 @@ class ReportQueries:
                 if by_channel:
                     ranks[(channel or None,)][(figure, stage)] += int(n or 0)
         if split is not None:
-            # Folded rows of the split, and the writers' rows not folded yet, filed by their leads' value.
-            folded = select(day_key, t.split_value, literal("").label("lead_split"), t.figure, t.stage, t.step, t.detail, func.sum(t.n), func.sum(t.amount)).where(
+            # Folded rows of the split, and the writers' rows not folded yet, filed by their leads' value,
+            # added up per value: a lead moved to another value leaves rows that cancel out (its products
+            # bought may differ between them), and a value whose rows add up to nothing is no group,
+            # as the facts have none.
+            value_of = split_value_in(self.pg, t.lead_split, split)
+            filed = select(day_key, t.split_value, t.figure, t.stage, t.step, t.detail, func.sum(t.n), func.sum(t.amount)).where(
                 *in_report, t.split == split,
             ).group_by(*by_day, t.split_value, t.figure, t.stage, t.step, t.detail)
-            fresh = select(day_key, literal(""), t.lead_split, t.figure, t.stage, t.step, t.detail, func.sum(t.n), func.sum(t.amount)).where(
-                *in_report, t.folded.is_(False), t.lead_split != "",
-            ).group_by(*by_day, t.lead_split, t.figure, t.stage, t.step, t.detail)
-            for day, value, lead_split, figure, stage, step, detail, n, amount in self.session.execute(union_all(folded, fresh)):
-                # A value all of whose leads moved to another one keeps rows that add up to nothing:
-                # no group, as the facts have none.
-                if figure != UNMATCHED and (n or amount):
-                    value = dict(split_pairs(lead_split))[split] if lead_split else value
-                    self._add_tally([(grouped, (value or None,))], None, day, figure, stage, step, detail, n, amount)
-                    if figure in ("timed", "lasted"):
-                        ranks[(value or None,)][(figure, stage)] += int(n or 0)
+            # The writers' rows are the few since the last fold, found by id from the `folded` index: with
+            # statistics saying every row is folded, SQLite read all the report's days' rows of every split
+            # instead (+80 ms at 1M leads).
+            unfolded = aliased(CohortTally, name="unfolded")
+            fresh = select(day_key, value_of, t.figure, t.stage, t.step, t.detail, func.sum(t.n), func.sum(t.amount)).where(
+                *in_report, t.id.in_(select(unfolded.id).where(unfolded.folded.is_(False))), t.lead_split != "",
+            ).group_by(*by_day, value_of, t.figure, t.stage, t.step, t.detail)
+            summed: dict[tuple[Any, ...], list[Any]] = defaultdict(lambda: [0, 0.0])
+            for *key, n, amount in self.session.execute(union_all(filed, fresh)):
+                summed[tuple(key)][0] += int(n or 0)
+                summed[tuple(key)][1] += float(amount or 0.0)
+            for (day, value, figure, stage, step, detail), (n, amount) in summed.items():
+                if figure == UNMATCHED or not (n or abs(amount) > 1e-9) or (by_product and figure in REVENUE_SIDE):
+                    continue
+                keys_of = [(product,) for product in products_bought(value)] if by_product else [(value or None,)]
+                self._add_tally([(grouped, key) for key in keys_of], None, day, figure, stage, step, detail, n, amount)
+                if figure in ("timed", "lasted"):
+                    for key in keys_of:
+                        ranks[key][(figure, stage)] += int(n or 0)
         if times:
             whole.times[()] = self._walked_times(ranks.get((), {}), None)
             if by_channel:
                 for key in grouped.slices():
-                    grouped.times[key] = self._walked_times(ranks.get(key, {}), key)
+                    grouped.times[key] = self._walked_times(ranks.get(key, {}), key, whole=(ranks.get((), {}), whole.times[()]))
             elif grouped is not None:
                 # Each group's timed entries carry the lead's value, as its tallies do. A fact written
                 # by one transaction while another changed its lead's value can leave the two apart
                 # (README: "Two edge cases"); then the groups' times are counted from their entries.
+                by, entries, none = (StageEntryProduct.product, StageEntryProduct, "") if by_product else (getattr(StageEntry, split), StageEntry, None)
                 try:
-                    grouped.times = {key: self._walked_times(ranks.get(key, {}), key, getattr(StageEntry, split)) for key in grouped.slices()}
+                    grouped.times = {
+                        key: self._walked_times(ranks.get(key, {}), key, by, entries, none, whole=(ranks.get((), {}), whole.times[()])) for key in grouped.slices()
+                    }
                 except TimesShortfall:
                     grouped.times = self.times(grouped=True, periodic=False)
         if periods is not None and period_times:
@@ -306,31 +333,41 @@ class ReportQueries:
         unit = self.q.interval or "day"
         return not per_period or (later is not None and period_of_day(earlier, unit) == period_of_day(later, unit))
 
-    def _walked_times(self, counts: Mapping[tuple[str, str], int], group: Key | None, by: Any = StageEntry.channel) -> Times:
+    def _walked_times(
+        self, counts: Mapping[tuple[str, str], int], group: Key | None, by: Any = StageEntry.channel, entries: Any = StageEntry, none: Any = None,
+        *, whole: tuple[Mapping[tuple[str, str], int], Times] | None = None,
+    ) -> Times:
         """Median and p90 of each stage's time (and of the funnel's length) for the report's leads (its
         cohort, or its calendar period's stage entries), or one group of them: those whose `by`
-        (a channel, or a lead split's column) is the group's value.
+        (a channel, or a lead split's column) is the group's value (`none` stands for no value), in
+        `entries` (the stage entries, or their copies per product bought).
 
         The tallies say how many times there are (n), so each percentile is the pair
         of rows at a known rank: an index walk in order (`OFFSET`), no sort and no
         other row read. Interpolated exactly as `percentile_cont`. A rank past the
         middle is walked to from the longest time down: the 90th percentile then
         passes a tenth of the rows instead of nine tenths.
+
+        `whole`: the whole report's counts and times. A group's times of a stage are some of the
+        whole report's, so a group with as many as the whole has all of them, and their percentiles
+        (by product, the buyers of the first product are often every lead past the first stage).
         """
         found: Times = {}
-        wanted = [(stage, "timed", StageEntry.since_previous_s, stage) for stage in self.stages[1:]]
+        wanted = [(stage, "timed", entries.since_previous_s, stage) for stage in self.stages[1:]]
         if len(self.stages) > 1:
-            wanted.append((self.stages[-1], "lasted", StageEntry.since_first_s, LENGTH))
+            wanted.append((self.stages[-1], "lasted", entries.since_first_s, LENGTH))
+        moment = entries.cohort_at if self.q.mode == "cohort" else entries.entered_at
         for stage, figure, column, bucket in wanted:
             count = counts.get((figure, stage), 0)
             if count == 0:
                 continue
-            query = (
-                select(column)
-                .where(StageEntry.funnel == self.funnel.slug, StageEntry.stage == stage, column.is_not(None), self._in_period(self._stage_moment()))
-            )
+            if whole is not None and whole[0].get((figure, stage)) == count and bucket in whole[1]:
+                found[bucket] = whole[1][bucket]
+                continue
+            query = select(column).where(entries.funnel == self.funnel.slug, entries.stage == stage, column.is_not(None), self._in_period(moment))
             if group is not None:
-                query = query.where(by.is_(None) if group[0] is None else by == group[0])
+                value = none if group[0] is None else group[0]
+                query = query.where(by.is_(None) if value is None else by == value)
             values: dict[int, float] = {}
             for p in PERCENTILES:
                 low = int(p * (count - 1))
@@ -441,7 +478,7 @@ class ReportQueries:
         # By calendar, the period's purchases (`type, at`) find their leads' first stages: from
         # the stage entries' side SQLite read every lead's purchases (5.0 s at 1M leads against 4.0).
         stmt, moment = self._joined_first(stmt, p, p.at, after=p if self.q.mode == "calendar" else None)
-        stmt, keys = self._keyed(stmt, p, moment, grouped=grouped, periodic=periodic, product=p.properties["product"].as_string())
+        stmt, keys = self._keyed(stmt, p, moment, grouped=grouped, periodic=periodic, product=product_of(p))
         for row in self.session.execute(stmt):
             key = tuple(row._mapping[k.name] for k in keys)
             into = figures.revenue[key].setdefault(row.currency, [0.0, 0, 0, 0.0, 0, 0])
@@ -455,7 +492,7 @@ class ReportQueries:
             func.count(order_key(r).distinct()).label("orders"),
         ).where(r.type == "refund").group_by(refund_currency)
         stmt, moment = self._joined_first(stmt, r, r.at, after=r)
-        stmt, keys = self._keyed(stmt, r, moment, grouped=grouped, periodic=periodic, product=r.properties["product"].as_string())
+        stmt, keys = self._keyed(stmt, r, moment, grouped=grouped, periodic=periodic, product=product_of(r))
         for row in self.session.execute(stmt):
             key = tuple(row._mapping[k.name] for k in keys)
             into = figures.revenue[key].setdefault(row.currency, [0.0, 0, 0, 0.0, 0, 0])

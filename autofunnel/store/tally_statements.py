@@ -15,8 +15,8 @@ from sqlalchemy import ColumnElement, Select, String, and_, bindparam, case, cas
 from sqlalchemy.orm import Session, aliased
 
 from autofunnel.domain.statuses import DeliveryStatus
-from autofunnel.domain.report import ATTRIBUTION_WINDOW, PURCHASE_WINDOW, TIME_DECAY_HALF_LIFE_S
-from autofunnel.store.facts import amount_of, before, currency_of, day_of, lead_splits, order_key, order_of, refund_of, seconds_between, splits_of
+from autofunnel.domain.report import ATTRIBUTION_WINDOW, PRODUCTS, PURCHASE_WINDOW, TIME_DECAY_HALF_LIFE_S
+from autofunnel.store.facts import amount_of, before, currency_of, day_of, lead_splits, order_key, order_of, product_key, refund_of, seconds_between, splits_of
 from autofunnel.store.models import Assignment, Delivery, Event, Lead, StageEntry
 from autofunnel.store.queries import Executor, OuterFirst, Unindexed, is_postgres
 
@@ -158,17 +158,22 @@ def event_parts(session: Session, scope: Condition, one_funnel: bool, new_refund
         earlier.at >= s0.entered_at, ~scope(earlier),
     )
     blank = literal("")
+    # Each revenue figure twice: for the whole report, and per purchase product (`PRODUCT_FIGURES`,
+    # the product in `step`) for a report by product, whose groups hold a purchase by its own product.
     revenue = [
-        select(*tally_row(session, basis, s0.funnel, moment, s0.channel, "revenue", blank, blank, currency_of(p), func.count(), func.sum(amount_of(session, p)), lead=p.lead_id))
+        select(*tally_row(session, basis, s0.funnel, moment, s0.channel, figure, blank, step, currency_of(p), func.count(), func.sum(amount_of(session, p)), lead=p.lead_id))
         .select_from(p).join(s0, on_s0(p)).where(*bought).group_by(BY_KEY)
-        for basis, moment in ((COHORT, s0.cohort_at), (CALENDAR, p.at))
+        for basis, moment in ((COHORT, s0.cohort_at), (CALENDAR, p.at)) for figure, step in (("revenue", blank), ("product_revenue", product_key(p)))
     ]
     # Customers and refunded orders are distinct leads and orders, which add up over cohort days
     # (a lead has one) but not over calendar days: see `calendar_distinct_parts`.
-    customers = (
-        select(*tally_row(session, COHORT, s0.funnel, s0.cohort_at, s0.channel, "customers", blank, blank, currency_of(p), func.count(p.lead_id.distinct()), lead=p.lead_id))
-        .select_from(p).join(s0, on_s0(p)).where(*bought, ~counted_before).group_by(BY_KEY)
-    )
+    customers = [
+        select(*tally_row(session, COHORT, s0.funnel, s0.cohort_at, s0.channel, figure, blank, step, currency_of(p), func.count(p.lead_id.distinct()), lead=p.lead_id))
+        .select_from(p).join(s0, on_s0(p)).where(*bought, ~earlier_counted).group_by(BY_KEY)
+        for figure, step, earlier_counted in (
+            ("customers", blank, counted_before), ("product_customers", product_key(p), counted_before.where(product_key(earlier) == product_key(p))),
+        )
+    ]
     r = aliased(Event, name="r")
     s2, on_s2 = _purchasers_stage(funnel)
     refunded = (Unindexed(r.type) == "refund", scope(r), r.at >= s2.entered_at)
@@ -178,14 +183,36 @@ def event_parts(session: Session, scope: Condition, one_funnel: bool, new_refund
         currency_of(earlier_refund) == currency_of(r), earlier_refund.at >= s2.entered_at, ~scope(earlier_refund),
     )
     refunds = [
-        select(*tally_row(session, basis, s2.funnel, moment, s2.channel, "refunded", blank, blank, currency_of(r), func.count(), func.sum(amount_of(session, r)), lead=r.lead_id))
+        select(*tally_row(session, basis, s2.funnel, moment, s2.channel, figure, blank, step, currency_of(r), func.count(), func.sum(amount_of(session, r)), lead=r.lead_id))
         .select_from(r).join(s2, on_s2(r)).where(*refunded).group_by(BY_KEY)
-        for basis, moment in ((COHORT, s2.cohort_at), (CALENDAR, r.at))
+        for basis, moment in ((COHORT, s2.cohort_at), (CALENDAR, r.at)) for figure, step in (("refunded", blank), ("product_refunded", product_key(r)))
     ]
-    refunded_orders = (
-        select(*tally_row(session, COHORT, s2.funnel, s2.cohort_at, s2.channel, "refunded_orders", blank, blank, currency_of(r), func.count(order_key(r).distinct()), lead=r.lead_id))
-        .select_from(r).join(s2, on_s2(r)).where(*refunded, ~order_counted_before).group_by(BY_KEY)
-    )
+    refunded_orders = [
+        select(*tally_row(session, COHORT, s2.funnel, s2.cohort_at, s2.channel, figure, blank, step, currency_of(r), func.count(order_key(r).distinct()), lead=r.lead_id))
+        .select_from(r).join(s2, on_s2(r)).where(*refunded, ~earlier_counted).group_by(BY_KEY)
+        for figure, step, earlier_counted in (
+            ("refunded_orders", blank, order_counted_before),
+            ("product_refunded_orders", product_key(r), order_counted_before.where(product_key(earlier_refund) == product_key(r))),
+        )
+    ]
+    followed = followed_parts(session, scope, funnel)
+    calendar_distinct = [part for kind in CALENDAR_DISTINCT for by_product in (False, True) for part in calendar_distinct_parts(session, scope, funnel, kind, by_product)]
+    attributed = attribution_parts(session, funnel, scope, net_of(session))
+    if new_refunds:
+        # A refund of a purchase counted before: its amount taken off the purchase's shares.
+        r2, p2 = aliased(Event, name="moved_r"), aliased(Event, name="moved_p")
+        refunded_now = select(p2.id).select_from(r2).join(p2, refund_of(r2, p2, Unindexed)).where(scope(r2), Unindexed(p2.type) == "purchase")
+        attributed += attribution_parts(
+            session, funnel, lambda p: and_(~scope(p), p.id.in_(refunded_now)), lambda p: -given_back(session, p, scope), counted=False,
+        )
+    return [*revenue, *customers, *refunds, *refunded_orders, *(unmatched_refund_parts(session, scope, funnel) if with_refunds else []), *calendar_distinct, *followed, *attributed]
+
+
+def followed_parts(session: Session, scope: Condition, funnel: Any) -> list[Select[Any]]:
+    """What followed the funnel's emails, among the scope's events: unsubscribes from them, purchases
+    within 7 days after them and the refunds of those, on both bases (`funnel`: a bound funnel, or none for every one)."""
+    p, r = aliased(Event, name="p"), aliased(Event, name="r")
+    blank = literal("")
     d = Delivery
     s1, on_s1 = email_first_stage(d)
     u = aliased(Event, name="u")
@@ -216,16 +243,7 @@ def event_parts(session: Session, scope: Condition, one_funnel: bool, new_refund
         if funnel is not None:
             stmt = stmt.where(d.flow == funnel)
         followed.append(stmt)
-    calendar_distinct = [part for kind in CALENDAR_DISTINCT for part in calendar_distinct_parts(session, scope, funnel, kind)]
-    attributed = attribution_parts(session, funnel, scope, net_of(session))
-    if new_refunds:
-        # A refund of a purchase counted before: its amount taken off the purchase's shares.
-        r2, p2 = aliased(Event, name="moved_r"), aliased(Event, name="moved_p")
-        refunded_now = select(p2.id).select_from(r2).join(p2, refund_of(r2, p2, Unindexed)).where(scope(r2), Unindexed(p2.type) == "purchase")
-        attributed += attribution_parts(
-            session, funnel, lambda p: and_(~scope(p), p.id.in_(refunded_now)), lambda p: -given_back(session, p, scope), counted=False,
-        )
-    return [*revenue, customers, *refunds, refunded_orders, *(unmatched_refund_parts(session, scope, funnel) if with_refunds else []), *calendar_distinct, *followed, *attributed]
+    return followed
 
 
 UNMATCHED: Final = "unmatched_refunds"
@@ -286,6 +304,17 @@ def touch_moves(session: Session, kind: str, scope: Condition, other_than: Any =
     ]
 
 
+BY_LEAD_FIGURES: Final = ("reached", "skipped", "timed", "lasted", "holdout", "sent", "opened", "clicked", "unsubscribed", "purchases_7d", "refunds_7d")
+"""The figures counted by lead (its stage entries, its emails and what followed them): the only ones
+kept under the `products` split, whose groups count a purchase under its own product instead."""
+PRODUCT_FIGURES: Final = {
+    f"product_{figure}": figure
+    for figure in ("revenue", "customers", "refunded", "refunded_orders", "customer_days", "customer_repeats", "refunded_order_days", "refunded_order_repeats")
+}
+"""The revenue figures again per product of the purchase (or refund), `step` the product (empty: none),
+for a report by product; each its whole-report figure. A pair of days' earlier day is in `stage`."""
+
+
 CALENDAR_DISTINCT: Final = {
     "purchase": ("customers", "customer_days", "customer_repeats"),
     "refund": ("refunded_orders", "refunded_order_days", "refunded_order_repeats"),
@@ -293,7 +322,7 @@ CALENDAR_DISTINCT: Final = {
 """The calendar tallies of distinct counts: per event type, the report's figure, the figure of its days and that of its pairs of days."""
 
 
-def calendar_distinct_parts(session: Session, scope: Condition, funnel: Any, kind: str) -> list[Select[Any]]:
+def calendar_distinct_parts(session: Session, scope: Condition, funnel: Any, kind: str, by_product: bool = False) -> list[Select[Any]]:
     """Paying customers (`kind` purchase) or refunded orders (refund) by calendar, kept so that
     any period's count is a sum of tally rows.
 
@@ -304,8 +333,13 @@ def calendar_distinct_parts(session: Session, scope: Condition, funnel: Any, kin
     the report finds both days in its slice (`customer_repeats`, on the later day, `step`
     the earlier one). A batch of events adds its new days, the pairs they make, and takes
     back each earlier pair a new day now splits.
+
+    `by_product`: the same per product of the events (a customer of each product, a refunded
+    order of each): `PRODUCT_FIGURES`, the product in `step` and a pair's earlier day in `stage`.
     """
     _, days_figure, repeats_figure = CALENDAR_DISTINCT[kind]
+    if by_product:
+        days_figure, repeats_figure = f"product_{days_figure}", f"product_{repeats_figure}"
     e, touched = aliased(Event, name=f"{kind}_e"), aliased(Event, name="touched")
     s, on_s = _purchasers_stage(funnel)
     who = e.lead_id if kind == "purchase" else order_key(e)
@@ -313,24 +347,26 @@ def calendar_distinct_parts(session: Session, scope: Condition, funnel: Any, kin
     days = (
         select(
             s.funnel.label("funnel"), s.channel.label("channel"), who.label("who"), currency_of(e).label("currency"), day.label("day"), e.lead_id,
+            (product_key(e) if by_product else literal("")).label("product"),
             func.min(e.at).label("first_at"), func.max(case((scope(e), 0), else_=1)).label("old"),
         )
         .select_from(e).join(s, on_s(e))
         .where(Unindexed(e.type) == kind, e.at >= s.entered_at, e.lead_id.in_(select(touched.lead_id).where(Unindexed(touched.type) == kind, scope(touched))))
-        .group_by(text("1, 2, 3, 4, 5, 6"))
-        .subquery(f"{kind}_days")
+        .group_by(text("1, 2, 3, 4, 5, 6, 7"))
+        .subquery(f"{kind}_{'product_' if by_product else ''}days")
     )
-    one = {"partition_by": (days.c.who, days.c.funnel, days.c.currency), "order_by": days.c.first_at}
+    one = {"partition_by": (days.c.who, days.c.funnel, days.c.currency, days.c.product), "order_by": days.c.first_at}
     pairs = select(
         days, func.lead(days.c.first_at).over(**one).label("next_at"), func.lead(days.c.old).over(**one).label("next_old"),
         func.min(case((days.c.old == 1, days.c.first_at))).over(**one, rows=(1, None)).label("next_old_at"),
-    ).subquery(f"{kind}_day_pairs")
+    ).subquery(f"{kind}_{'product_' if by_product else ''}day_pairs")
     blank = literal("")
     earlier = cast(day_of(session, pairs.c.first_at), String)
 
-    def part(moment: Any, figure: str, step: Any, n: Any, *where: Any) -> Select[Any]:
+    def part(moment: Any, figure: str, earlier_day: Any, n: Any, *where: Any) -> Select[Any]:
+        stage, step = (earlier_day, pairs.c.product) if by_product else (blank, earlier_day)
         return (
-            select(*tally_row(session, CALENDAR, pairs.c.funnel, moment, pairs.c.channel, figure, blank, step, pairs.c.currency, n, lead=pairs.c.lead_id))
+            select(*tally_row(session, CALENDAR, pairs.c.funnel, moment, pairs.c.channel, figure, stage, step, pairs.c.currency, n, lead=pairs.c.lead_id))
             .where(*where).group_by(BY_KEY)
         )
 
@@ -348,6 +384,14 @@ ATTRIBUTED: Final = {"channel": ("attributed_channel", "decayed_channel"), "emai
 `detail` the currency, `amount` the net revenue of the purchases it touched at that place) and the
 figure of its time-decay shares (`amount` each purchase's net revenue times the touch's weight)."""
 ATTRIBUTION_FIGURES: Final = tuple(figure for pair in ATTRIBUTED.values() for figure in pair)
+UNSPLIT_FIGURES: Final = (*ATTRIBUTION_FIGURES, *PRODUCT_FIGURES)
+"""Figures only ever read by channel (attribution; the revenue per product), so kept under no split."""
+
+
+def kept_under(split: str, figure: str) -> bool:
+    """Whether the fold files a writer's row of `figure` under `split` too, besides its channel: a lead
+    split keeps what its reports read, the products bought only what is counted by lead."""
+    return figure in BY_LEAD_FIGURES if split == PRODUCTS else figure not in UNSPLIT_FIGURES
 LABEL_LENGTH: Final = 200
 """A touch's label is kept to the length of the tallies' `step` column, in the report from the facts too."""
 
