@@ -380,11 +380,16 @@ def regroup_buyers(session: Session, bought: Mapping[int, set[str | None]]) -> N
     entries filed under each product (`file_entry_products`). Run before the purchases are stored,
     so the move counts what was counted before them, and they count under the new set."""
     changed: dict[int, str] = {}
+    moved: list[int] = []
+    # Only a funnel's lead has anything tallied (a shopper of a cart sequence alone has not): the others'
+    # new set is written and nothing moves (ingestion of carts and their purchases: -20 % events/s otherwise).
+    entered = exists().where(StageEntry.lead_id == Lead.id, StageEntry.position == 0)
     for part in chunks(sorted(bought), 1000):
-        for lead_id, products in session.execute(select(Lead.id, Lead.products).where(among(session, Lead.id, part))):
+        for lead_id, products, in_funnel in session.execute(select(Lead.id, Lead.products, entered).where(among(session, Lead.id, part))):
             if (grown := with_products(products, bought[lead_id])) is not None:
                 changed[lead_id] = grown
-    moved = sorted(changed)
+                if in_funnel:
+                    moved.append(lead_id)
     for part in chunks(moved, 1000):
         _move_products(session, of_leads(part), -1)
     bulk_update(session, Lead.__table__, [{"id": lead_id, "products": products} for lead_id, products in changed.items()])

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Final
 
-from sqlalchemy import ColumnElement, Select, String, and_, bindparam, case, cast, exists, func, literal, literal_column, or_, select, text, true, union_all
+from sqlalchemy import ColumnElement, Select, String, and_, bindparam, case, cast, exists, func, join, literal, literal_column, or_, select, text, true, union_all
 from sqlalchemy.orm import Session, aliased
 
 from autofunnel.domain.statuses import DeliveryStatus
@@ -158,21 +158,29 @@ def event_parts(session: Session, scope: Condition, one_funnel: bool, new_refund
         earlier.at >= s0.entered_at, ~scope(earlier),
     )
     blank = literal("")
-    # Each revenue figure twice: for the whole report, and per purchase product (`PRODUCT_FIGURES`,
-    # the product in `step`) for a report by product, whose groups hold a purchase by its own product.
+    # Each revenue figure twice, in one pass (a batch's statement has a fixed cost per part): for the
+    # whole report, and per purchase product (`PRODUCT_FIGURES`, the product in `step`) for a report by
+    # product, whose groups hold a purchase by its own product.
+    figures, bases = _tried(("revenue", "product_revenue"), "figure"), _tried(BASES, "basis")
+    per_product = figures.c.figure == "product_revenue"
     revenue = [
-        select(*tally_row(session, basis, s0.funnel, moment, s0.channel, figure, blank, step, currency_of(p), func.count(), func.sum(amount_of(session, p)), lead=p.lead_id))
-        .select_from(p).join(s0, on_s0(p)).where(*bought).group_by(BY_KEY)
-        for basis, moment in ((COHORT, s0.cohort_at), (CALENDAR, p.at)) for figure, step in (("revenue", blank), ("product_revenue", product_key(p)))
+        select(*tally_row(
+            session, bases.c.basis, s0.funnel, case((bases.c.basis == COHORT, s0.cohort_at), else_=p.at), s0.channel, figures.c.figure, blank,
+            case((per_product, product_key(p)), else_=blank), currency_of(p), func.count(), func.sum(amount_of(session, p)), lead=p.lead_id,
+        ))
+        .select_from(OuterFirst(OuterFirst(join(p, s0, on_s0(p)), figures, true()), bases, true())).where(*bought).group_by(BY_KEY)
     ]
     # Customers and refunded orders are distinct leads and orders, which add up over cohort days
     # (a lead has one) but not over calendar days: see `calendar_distinct_parts`.
+    figures = _tried(("customers", "product_customers"), "figure")
+    per_product = figures.c.figure == "product_customers"
     customers = [
-        select(*tally_row(session, COHORT, s0.funnel, s0.cohort_at, s0.channel, figure, blank, step, currency_of(p), func.count(p.lead_id.distinct()), lead=p.lead_id))
-        .select_from(p).join(s0, on_s0(p)).where(*bought, ~earlier_counted).group_by(BY_KEY)
-        for figure, step, earlier_counted in (
-            ("customers", blank, counted_before), ("product_customers", product_key(p), counted_before.where(product_key(earlier) == product_key(p))),
-        )
+        select(*tally_row(
+            session, COHORT, s0.funnel, s0.cohort_at, s0.channel, figures.c.figure, blank, case((per_product, product_key(p)), else_=blank), currency_of(p),
+            func.count(p.lead_id.distinct()), lead=p.lead_id,
+        ))
+        .select_from(OuterFirst(join(p, s0, on_s0(p)), figures, true()))
+        .where(*bought, ~counted_before.where(or_(~per_product, product_key(earlier) == product_key(p)))).group_by(BY_KEY)
     ]
     r = aliased(Event, name="r")
     s2, on_s2 = _purchasers_stage(funnel)
@@ -182,21 +190,27 @@ def event_parts(session: Session, scope: Condition, one_funnel: bool, new_refund
         earlier_refund.lead_id == r.lead_id, earlier_refund.type == "refund", order_of(earlier_refund) == order_of(r),
         currency_of(earlier_refund) == currency_of(r), earlier_refund.at >= s2.entered_at, ~scope(earlier_refund),
     )
+    figures, bases = _tried(("refunded", "product_refunded"), "figure"), _tried(BASES, "basis")
+    per_product = figures.c.figure == "product_refunded"
     refunds = [
-        select(*tally_row(session, basis, s2.funnel, moment, s2.channel, figure, blank, step, currency_of(r), func.count(), func.sum(amount_of(session, r)), lead=r.lead_id))
-        .select_from(r).join(s2, on_s2(r)).where(*refunded).group_by(BY_KEY)
-        for basis, moment in ((COHORT, s2.cohort_at), (CALENDAR, r.at)) for figure, step in (("refunded", blank), ("product_refunded", product_key(r)))
+        select(*tally_row(
+            session, bases.c.basis, s2.funnel, case((bases.c.basis == COHORT, s2.cohort_at), else_=r.at), s2.channel, figures.c.figure, blank,
+            case((per_product, product_key(r)), else_=blank), currency_of(r), func.count(), func.sum(amount_of(session, r)), lead=r.lead_id,
+        ))
+        .select_from(OuterFirst(OuterFirst(join(r, s2, on_s2(r)), figures, true()), bases, true())).where(*refunded).group_by(BY_KEY)
     ]
+    figures = _tried(("refunded_orders", "product_refunded_orders"), "figure")
+    per_product = figures.c.figure == "product_refunded_orders"
     refunded_orders = [
-        select(*tally_row(session, COHORT, s2.funnel, s2.cohort_at, s2.channel, figure, blank, step, currency_of(r), func.count(order_key(r).distinct()), lead=r.lead_id))
-        .select_from(r).join(s2, on_s2(r)).where(*refunded, ~earlier_counted).group_by(BY_KEY)
-        for figure, step, earlier_counted in (
-            ("refunded_orders", blank, order_counted_before),
-            ("product_refunded_orders", product_key(r), order_counted_before.where(product_key(earlier_refund) == product_key(r))),
-        )
+        select(*tally_row(
+            session, COHORT, s2.funnel, s2.cohort_at, s2.channel, figures.c.figure, blank, case((per_product, product_key(r)), else_=blank), currency_of(r),
+            func.count(order_key(r).distinct()), lead=r.lead_id,
+        ))
+        .select_from(OuterFirst(join(r, s2, on_s2(r)), figures, true()))
+        .where(*refunded, ~order_counted_before.where(or_(~per_product, product_key(earlier_refund) == product_key(r)))).group_by(BY_KEY)
     ]
     followed = followed_parts(session, scope, funnel)
-    calendar_distinct = [part for kind in CALENDAR_DISTINCT for by_product in (False, True) for part in calendar_distinct_parts(session, scope, funnel, kind, by_product)]
+    calendar_distinct = [part for kind in CALENDAR_DISTINCT for part in calendar_distinct_parts(session, scope, funnel, kind)]
     attributed = attribution_parts(session, funnel, scope, net_of(session))
     if new_refunds:
         # A refund of a purchase counted before: its amount taken off the purchase's shares.
@@ -322,7 +336,7 @@ CALENDAR_DISTINCT: Final = {
 """The calendar tallies of distinct counts: per event type, the report's figure, the figure of its days and that of its pairs of days."""
 
 
-def calendar_distinct_parts(session: Session, scope: Condition, funnel: Any, kind: str, by_product: bool = False) -> list[Select[Any]]:
+def calendar_distinct_parts(session: Session, scope: Condition, funnel: Any, kind: str) -> list[Select[Any]]:
     """Paying customers (`kind` purchase) or refunded orders (refund) by calendar, kept so that
     any period's count is a sum of tally rows.
 
@@ -334,39 +348,40 @@ def calendar_distinct_parts(session: Session, scope: Condition, funnel: Any, kin
     the earlier one). A batch of events adds its new days, the pairs they make, and takes
     back each earlier pair a new day now splits.
 
-    `by_product`: the same per product of the events (a customer of each product, a refunded
-    order of each): `PRODUCT_FIGURES`, the product in `step` and a pair's earlier day in `stage`.
+    The same per product of the events (a customer of each product, a refunded order of each), in
+    the same pass: `PRODUCT_FIGURES`, the product in `step` and a pair's earlier day in `stage`.
     """
     _, days_figure, repeats_figure = CALENDAR_DISTINCT[kind]
-    if by_product:
-        days_figure, repeats_figure = f"product_{days_figure}", f"product_{repeats_figure}"
     e, touched = aliased(Event, name=f"{kind}_e"), aliased(Event, name="touched")
     s, on_s = _purchasers_stage(funnel)
     who = e.lead_id if kind == "purchase" else order_key(e)
     day = day_of(session, e.at)
+    per = _tried(("all", "product"), "per")
     days = (
         select(
             s.funnel.label("funnel"), s.channel.label("channel"), who.label("who"), currency_of(e).label("currency"), day.label("day"), e.lead_id,
-            (product_key(e) if by_product else literal("")).label("product"),
+            per.c.per.label("per"), case((per.c.per == "product", product_key(e)), else_=literal("")).label("product"),
             func.min(e.at).label("first_at"), func.max(case((scope(e), 0), else_=1)).label("old"),
         )
-        .select_from(e).join(s, on_s(e))
+        .select_from(OuterFirst(join(e, s, on_s(e)), per, true()))
         .where(Unindexed(e.type) == kind, e.at >= s.entered_at, e.lead_id.in_(select(touched.lead_id).where(Unindexed(touched.type) == kind, scope(touched))))
-        .group_by(text("1, 2, 3, 4, 5, 6, 7"))
-        .subquery(f"{kind}_{'product_' if by_product else ''}days")
+        .group_by(text("1, 2, 3, 4, 5, 6, 7, 8"))
+        .subquery(f"{kind}_days")
     )
-    one = {"partition_by": (days.c.who, days.c.funnel, days.c.currency, days.c.product), "order_by": days.c.first_at}
+    one = {"partition_by": (days.c.who, days.c.funnel, days.c.currency, days.c.per, days.c.product), "order_by": days.c.first_at}
     pairs = select(
         days, func.lead(days.c.first_at).over(**one).label("next_at"), func.lead(days.c.old).over(**one).label("next_old"),
         func.min(case((days.c.old == 1, days.c.first_at))).over(**one, rows=(1, None)).label("next_old_at"),
-    ).subquery(f"{kind}_{'product_' if by_product else ''}day_pairs")
+    ).subquery(f"{kind}_day_pairs")
     blank = literal("")
     earlier = cast(day_of(session, pairs.c.first_at), String)
+    by_product = pairs.c.per == "product"
 
     def part(moment: Any, figure: str, earlier_day: Any, n: Any, *where: Any) -> Select[Any]:
-        stage, step = (earlier_day, pairs.c.product) if by_product else (blank, earlier_day)
+        named = case((by_product, literal(f"product_{figure}")), else_=literal(figure))
+        stage, step = case((by_product, earlier_day), else_=blank), case((by_product, pairs.c.product), else_=earlier_day)
         return (
-            select(*tally_row(session, CALENDAR, pairs.c.funnel, moment, pairs.c.channel, figure, stage, step, pairs.c.currency, n, lead=pairs.c.lead_id))
+            select(*tally_row(session, CALENDAR, pairs.c.funnel, moment, pairs.c.channel, named, stage, step, pairs.c.currency, n, lead=pairs.c.lead_id))
             .where(*where).group_by(BY_KEY)
         )
 
