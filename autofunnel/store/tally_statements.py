@@ -157,31 +157,10 @@ def event_parts(session: Session, scope: Condition, one_funnel: bool, new_refund
         earlier.lead_id == p.lead_id, earlier.type == "purchase", currency_of(earlier) == currency_of(p),
         earlier.at >= s0.entered_at, ~scope(earlier),
     )
-    blank = literal("")
-    # Each revenue figure twice, in one pass (a batch's statement has a fixed cost per part): for the
-    # whole report, and per purchase product (`PRODUCT_FIGURES`, the product in `step`) for a report by
-    # product, whose groups hold a purchase by its own product.
-    figures, bases = _tried(("revenue", "product_revenue"), "figure"), _tried(BASES, "basis")
-    per_product = figures.c.figure == "product_revenue"
-    revenue = [
-        select(*tally_row(
-            session, bases.c.basis, s0.funnel, case((bases.c.basis == COHORT, s0.cohort_at), else_=p.at), s0.channel, figures.c.figure, blank,
-            case((per_product, product_key(p)), else_=blank), currency_of(p), func.count(), func.sum(amount_of(session, p)), lead=p.lead_id,
-        ))
-        .select_from(OuterFirst(OuterFirst(join(p, s0, on_s0(p)), figures, true()), bases, true())).where(*bought).group_by(BY_KEY)
-    ]
     # Customers and refunded orders are distinct leads and orders, which add up over cohort days
     # (a lead has one) but not over calendar days: see `calendar_distinct_parts`.
-    figures = _tried(("customers", "product_customers"), "figure")
-    per_product = figures.c.figure == "product_customers"
-    customers = [
-        select(*tally_row(
-            session, COHORT, s0.funnel, s0.cohort_at, s0.channel, figures.c.figure, blank, case((per_product, product_key(p)), else_=blank), currency_of(p),
-            func.count(p.lead_id.distinct()), lead=p.lead_id,
-        ))
-        .select_from(OuterFirst(join(p, s0, on_s0(p)), figures, true()))
-        .where(*bought, ~counted_before.where(or_(~per_product, product_key(earlier) == product_key(p)))).group_by(BY_KEY)
-    ]
+    revenue = _with_products(session, "revenue", p, s0, on_s0, bought, func.count(), func.sum(amount_of(session, p)))
+    customers = _with_products(session, "customers", p, s0, on_s0, bought, func.count(p.lead_id.distinct()), first=(counted_before, earlier))
     r = aliased(Event, name="r")
     s2, on_s2 = _purchasers_stage(funnel)
     refunded = (Unindexed(r.type) == "refund", scope(r), r.at >= s2.entered_at)
@@ -190,25 +169,10 @@ def event_parts(session: Session, scope: Condition, one_funnel: bool, new_refund
         earlier_refund.lead_id == r.lead_id, earlier_refund.type == "refund", order_of(earlier_refund) == order_of(r),
         currency_of(earlier_refund) == currency_of(r), earlier_refund.at >= s2.entered_at, ~scope(earlier_refund),
     )
-    figures, bases = _tried(("refunded", "product_refunded"), "figure"), _tried(BASES, "basis")
-    per_product = figures.c.figure == "product_refunded"
-    refunds = [
-        select(*tally_row(
-            session, bases.c.basis, s2.funnel, case((bases.c.basis == COHORT, s2.cohort_at), else_=r.at), s2.channel, figures.c.figure, blank,
-            case((per_product, product_key(r)), else_=blank), currency_of(r), func.count(), func.sum(amount_of(session, r)), lead=r.lead_id,
-        ))
-        .select_from(OuterFirst(OuterFirst(join(r, s2, on_s2(r)), figures, true()), bases, true())).where(*refunded).group_by(BY_KEY)
-    ]
-    figures = _tried(("refunded_orders", "product_refunded_orders"), "figure")
-    per_product = figures.c.figure == "product_refunded_orders"
-    refunded_orders = [
-        select(*tally_row(
-            session, COHORT, s2.funnel, s2.cohort_at, s2.channel, figures.c.figure, blank, case((per_product, product_key(r)), else_=blank), currency_of(r),
-            func.count(order_key(r).distinct()), lead=r.lead_id,
-        ))
-        .select_from(OuterFirst(join(r, s2, on_s2(r)), figures, true()))
-        .where(*refunded, ~order_counted_before.where(or_(~per_product, product_key(earlier_refund) == product_key(r)))).group_by(BY_KEY)
-    ]
+    refunds = _with_products(session, "refunded", r, s2, on_s2, refunded, func.count(), func.sum(amount_of(session, r)))
+    refunded_orders = _with_products(
+        session, "refunded_orders", r, s2, on_s2, refunded, func.count(order_key(r).distinct()), first=(order_counted_before, earlier_refund),
+    )
     followed = followed_parts(session, scope, funnel)
     calendar_distinct = [part for kind in CALENDAR_DISTINCT for part in calendar_distinct_parts(session, scope, funnel, kind)]
     attributed = attribution_parts(session, funnel, scope, net_of(session))
@@ -219,7 +183,34 @@ def event_parts(session: Session, scope: Condition, one_funnel: bool, new_refund
         attributed += attribution_parts(
             session, funnel, lambda p: and_(~scope(p), p.id.in_(refunded_now)), lambda p: -given_back(session, p, scope), counted=False,
         )
-    return [*revenue, *customers, *refunds, *refunded_orders, *(unmatched_refund_parts(session, scope, funnel) if with_refunds else []), *calendar_distinct, *followed, *attributed]
+    return [revenue, customers, refunds, refunded_orders, *(unmatched_refund_parts(session, scope, funnel) if with_refunds else []), *calendar_distinct, *followed, *attributed]
+
+
+def _with_products(
+    session: Session, figure: str, e: Any, s: Any, on_s: Callable[[Any], ColumnElement[bool]], where: tuple[Any, ...], n: Any, amount: Any = None,
+    *, first: tuple[Any, Any] | None = None,
+) -> Select[Any]:
+    """A revenue figure of the events `e` (their funnels' first stages `s`), twice in one pass (a batch's
+    statement has a fixed cost per part): for the whole report, and per product of the event as
+    `product_<figure>` (the product in `step`) for a report by product, whose groups hold a purchase by
+    its own product. On both bases; with `first` (an `exists` of an earlier event counted already, and
+    that event), only on the cohort basis, each event that is the first counted (of its product)."""
+    figures = _tried((figure, f"product_{figure}"), "figure")
+    per_product = figures.c.figure == f"product_{figure}"
+    step = case((per_product, product_key(e)), else_=literal(""))
+    if first is None:
+        bases = _tried(BASES, "basis")
+        moment = case((bases.c.basis == COHORT, s.cohort_at), else_=e.at)
+        return (
+            select(*tally_row(session, bases.c.basis, s.funnel, moment, s.channel, figures.c.figure, literal(""), step, currency_of(e), n, amount, lead=e.lead_id))
+            .select_from(OuterFirst(OuterFirst(join(e, s, on_s(e)), figures, true()), bases, true())).where(*where).group_by(BY_KEY)
+        )
+    counted_before, earlier = first
+    return (
+        select(*tally_row(session, COHORT, s.funnel, s.cohort_at, s.channel, figures.c.figure, literal(""), step, currency_of(e), n, lead=e.lead_id))
+        .select_from(OuterFirst(join(e, s, on_s(e)), figures, true()))
+        .where(*where, ~counted_before.where(or_(~per_product, product_key(earlier) == product_key(e)))).group_by(BY_KEY)
+    )
 
 
 def followed_parts(session: Session, scope: Condition, funnel: Any) -> list[Select[Any]]:
