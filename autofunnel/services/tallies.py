@@ -63,10 +63,12 @@ Writers only ever insert rows, never update one, so concurrent transactions
 never queue on a hot row; `fold_tallies` merges them in the background.
 
 Each writer's row also carries its leads' owner, segment and region (`lead_split`,
-`domain.report.LEAD_SPLITS`): as many rows as before, the batch's leads grouped by
-those values too. The fold files each under its channel and, channel left out, under
-each split and value, so a report by owner adds rows up as one by channel does.
-A lead whose values change has its whole count moved (`regroup_leads`).
+`domain.report.LEAD_SPLITS`) and set of products bought (`products`): as many rows as before,
+the batch's leads grouped by those values too. The fold files each under its channel and,
+channel left out, under each split and value its reports read (`kept_under`), so a report by
+owner adds rows up as one by channel does. A lead whose values change has its whole count moved
+(`regroup_leads`); one whose products bought grow, its figures counted by lead (`regroup_buyers`).
+The revenue figures are kept a second time per product of the purchase (`PRODUCT_FIGURES`).
 """
 
 from __future__ import annotations
@@ -88,7 +90,7 @@ from autofunnel.domain.report import LEAD_SPLITS, PRODUCTS, TALLY_SPLITS, lead_s
 from autofunnel.store.models import CohortTally, Event, Lead, StageEntry, StageEntryProduct, TallyState
 from autofunnel.store.queries import Executor, among, among_param, bulk_update, chunks, is_postgres
 from autofunnel.store.tally_statements import (
-    BY_LEAD_FIGURES, CALENDAR, COHORT, KEY_COLUMNS, TALLY_COLUMNS, UNSPLIT_FIGURES, email_parts, engagement_parts, event_parts, followed_parts, purchase_after, purchases_after, refunded_before,
+    CALENDAR, COHORT, KEY_COLUMNS, TALLY_COLUMNS, email_parts, engagement_parts, event_parts, followed_parts, purchase_after, purchases_after, refunded_before,
     kept_under, stage_entry_parts, touch_moves, unmatched_refund_parts, unsubscribe_from,
 )
 from autofunnel.store.types import UTCDateTime
@@ -172,7 +174,7 @@ def _folded_insert(session: Session, counted: CTE) -> Insert:
     figure = [counted.c[name] for name in ("figure", "stage", "step", "detail", "basis")]
     blank = literal("")
     filed = [(counted.c.channel, blank, blank, true())] + [
-        (blank, literal(split), split_value_in(pg, counted.c.lead_split, split), counted.c.figure.in_(BY_LEAD_FIGURES) if split == PRODUCTS else counted.c.figure.not_in(UNSPLIT_FIGURES))
+        (blank, literal(split), split_value_in(pg, counted.c.lead_split, split), kept_under(split, counted.c.figure))
         for split in TALLY_SPLITS
     ]
     rows = union_all(*(

@@ -394,10 +394,13 @@ UNSPLIT_FIGURES: Final = (*ATTRIBUTION_FIGURES, *PRODUCT_FIGURES)
 """Figures only ever read by channel (attribution; the revenue per product), so kept under no split."""
 
 
-def kept_under(split: str, figure: str) -> bool:
+def kept_under(split: str, figure: Any) -> Any:
     """Whether the fold files a writer's row of `figure` under `split` too, besides its channel: a lead
-    split keeps what its reports read, the products bought only what is counted by lead."""
-    return figure in BY_LEAD_FIGURES if split == PRODUCTS else figure not in UNSPLIT_FIGURES
+    split keeps what its reports read, the products bought only what is counted by lead. `figure` a
+    name (the fold), or a column (the recount's SQL)."""
+    if isinstance(figure, str):
+        return figure in BY_LEAD_FIGURES if split == PRODUCTS else figure not in UNSPLIT_FIGURES
+    return figure.in_(BY_LEAD_FIGURES) if split == PRODUCTS else figure.not_in(UNSPLIT_FIGURES)
 LABEL_LENGTH: Final = 200
 """A touch's label is kept to the length of the tallies' `step` column, in the report from the facts too."""
 
