@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import statistics
 
 import pytest
@@ -10,6 +11,8 @@ from hypothesis import strategies as st
 
 from autofunnel.domain.report import (
     PRODUCT_LENGTH,
+    TIME_BUCKETS,
+    bucket_walks,
     funnel_stages,
     lead_split_values,
     newcombe_lift,
@@ -31,6 +34,23 @@ def test_percentiles_from_two_ranks_equal_the_inclusive_quantile(values: list[in
     picked = {rank: float(ordered[rank - 1]) for rank in wanted}
     expected = ordered[0] if len(ordered) == 1 else statistics.quantiles(ordered, n=10 if p == 0.9 else 2, method="inclusive")[-1 if p == 0.9 else 0]
     assert percentile_from_ranks(picked, len(ordered), p) == pytest.approx(expected)
+
+
+@given(st.lists(st.floats(-100, 4e7), min_size=1, max_size=80), st.sampled_from([0.5, 0.9]), st.booleans())
+def test_each_wanted_rank_is_walked_to_inside_the_bucket_that_holds_its_time(values: list[float], p: float, unbucketed: bool) -> None:
+    ordered = sorted(values)
+    counts: dict[str, int] = {}
+    for value in ordered:
+        bound = "" if unbucketed else str(TIME_BUCKETS[max(0, bisect.bisect_right(TIME_BUCKETS, value) - 1)])
+        counts[bound] = counts.get(bound, 0) + 1
+    wanted = percentile_ranks(len(ordered), [p])
+    walks = bucket_walks(counts, wanted)
+    assert sorted(rank for walk in walks for rank in walk.ranks) == sorted(wanted)
+    for walk in walks:
+        inside = [index + 1 for index, value in enumerate(ordered) if (walk.low is None or value >= walk.low) and (walk.high is None or value < walk.high)]
+        assert inside == list(range(walk.first, walk.first + walk.count))
+        assert set(walk.ranks) <= set(inside)
+    assert len(walks) == 1 or not unbucketed
 
 
 def test_the_worked_example_conversions() -> None:

@@ -489,6 +489,17 @@ def by_channel(found: dict[tuple[Any, ...], tuple[int, float]]) -> dict[tuple[An
     return {key: figures for key, figures in found.items() if key[8] == ""}
 
 
+def unbucketed(found: dict[tuple[Any, ...], tuple[int, float]]) -> dict[tuple[Any, ...], tuple[int, float]]:
+    """`tallies` as a version before the time buckets kept them: each stage's times (`timed`,
+    `lasted`) in one row, no bucket in `detail`."""
+    merged: dict[tuple[Any, ...], list[Any]] = defaultdict(lambda: [0, 0.0])
+    for key, (n, amount) in found.items():
+        key = (*key[:7], "", *key[8:]) if key[4] in ("timed", "lasted") else key
+        merged[key][0] += n
+        merged[key][1] += amount
+    return {key: (n, amount) for key, (n, amount) in merged.items()}
+
+
 def assert_same_attribution(tallied: dict[str, Any], counted: dict[str, Any]) -> None:
     """Two reports alike, their attribution alike to the cent: the tallies add the same shares up in
     another order, so a share at half a cent may round the other way."""
@@ -762,10 +773,10 @@ def test_the_upgrade_that_brings_tallies_counts_what_was_already_stored(shop: Sh
     with shop.rt.db.read() as session:
         assert set(session.execute(select(*columns)).all()) == entries
         assert not tallies_current(session)  # 0015 asks for a recount of refunds and revenue_7d, 0020 for the calendar days
-    assert tallies(shop.rt) == {  # 0004 counted the cohorts
+    assert tallies(shop.rt) == unbucketed({  # 0004 counted the cohorts, each stage's times in no bucket
         key: figures for key, figures in by_channel(running).items()
         if (key[1] == "cohort" or key[4] == "unmatched_refunds") and not key[4].startswith(("attributed_", "decayed_", "product_"))
-    }  # and 0022 those refunds of unknown orders
+    })  # and 0022 those refunds of unknown orders
     assert shop.report(**days, mode="calendar", by="channel") == calendar
     assert shop.report(**{"from": "2026-03-02", "to": "2026-03-02"}, by="channel") == report  # counted from the facts meanwhile
 
@@ -810,6 +821,35 @@ def test_each_week_and_each_owner_has_the_median_and_p90_of_its_own_times(shop: 
     owners = {group["value"]: group["stages"][1]["time_to_reach"] for group in report["groups"]}
     assert owners == {owner: percentile_cont(taken) for owner, taken in by_owner.items()}
     assert report["stages"][1]["time_to_reach"] == percentile_cont([t for taken in by_owner.values() for t in taken])
+
+
+def test_times_in_many_buckets_or_in_none_give_the_same_percentiles(shop: Shop) -> None:
+    # Times from seconds to weeks, so each percentile's pair of ranks may lie in two buckets; then the
+    # tallies of a version before the buckets (every time in one row, `detail` ''), on some days or all.
+    taken = [30, 2 * 3600, 5 * 3600, 29 * 3600, 3 * 86400, 10 * 86400 + 7, 40 * 86400, 59, 6 * 3600]
+    for index, seconds in enumerate(taken):
+        email = f"b{index}@example.com"
+        joined = START + timedelta(days=index % 3, minutes=index)
+        shop.subscribe(email, at=joined, owner=f"m{index % 2}@shop.example")
+        shop.events([purchase(email, "mini-course", joined + timedelta(seconds=seconds))])
+    params = {"from": "2026-03-01", "to": "2026-03-05"}
+    with shop.rt.db.read() as session:
+        buckets = set(session.scalars(select(CohortTally.detail).where(CohortTally.figure == "timed", CohortTally.basis == "cohort")))
+    assert buckets == {"0", "7200", "10800", "21600", "86400", "259200", "864000", "2592000"}
+    reports = {by: shop.report(**params, **({"by": by} if by else {})) for by in (None, "owner", "channel")}
+    def whole_seconds(values: list[float]) -> dict[str, int]:
+        return {name: round(value) for name, value in percentile_cont(values).items()}
+    assert reports[None]["stages"][1]["time_to_reach"] == whole_seconds([float(seconds) for seconds in taken])
+    owners = {group["value"]: group["stages"][1]["time_to_reach"] for group in reports["owner"]["groups"]}
+    assert owners == {f"m{m}@shop.example": whole_seconds([float(s) for index, s in enumerate(taken) if index % 2 == m]) for m in (0, 1)}
+    for day in (date(2026, 3, 2), None):
+        with shop.rt.db.transaction() as session:
+            session.execute(update(CohortTally).where(
+                CohortTally.figure.in_(("timed", "lasted")), *([CohortTally.cohort_day == day] if day else []),
+            ).values(detail=""))
+        for by, report in reports.items():
+            assert shop.report(**params, **({"by": by} if by else {})) == report
+    assert reports["owner"] == funnel_report(shop.rt, parse_report_query("yoga", {**params, "by": "owner"}, START.date()), count_facts=True)
 
 
 def test_a_group_whose_timed_entries_the_tallies_overcount_gets_its_times_from_the_entries(shop: Shop) -> None:

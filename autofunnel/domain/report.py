@@ -40,6 +40,51 @@ Z_95: Final = 1.959963984540054
 """The two-sided 95 % point of the standard normal distribution."""
 
 
+TIME_BUCKETS: Final = (
+    0, 60, 300, 900, 1800, 3600, 2 * 3600, 3 * 3600, 6 * 3600, 9 * 3600, 12 * 3600, 18 * 3600,
+    *(int(day * 86400) for day in (1, 1.5, 2, 2.5, 3, 4, 5, 6, 7, 8, 10, 12, 14, 17, 21, 30, 45, 60, 90, 180, 365)),
+)
+"""The lower bounds, in seconds, of the buckets the running tallies count a stage's times in
+(`timed` and `lasted` rows, the bucket's bound in `detail`; the first bucket holds everything under
+a minute). A percentile then walks only the stage entries of the bucket its rank falls in, not every
+time below it: the walks were most of a report's time, and they passed the whole history's
+entries, not the period's. Human steps (hours, days, weeks) because a funnel's waits are."""
+BUCKET_OF: Final = {str(int(bound)): index for index, bound in enumerate(TIME_BUCKETS)}
+"""A bucket's `detail` (its lower bound) and its place in `TIME_BUCKETS`."""
+
+
+@dataclass(frozen=True)
+class BucketWalk:
+    """The times to read of one bucket: those in `[low, high)` (`None`: unbounded), of which the
+    report has `count`, the first at 1-based rank `first` of all; `ranks` are the wanted ones in it."""
+
+    low: float | None
+    high: float | None
+    first: int
+    count: int
+    ranks: tuple[int, ...]
+
+
+def bucket_walks(counts: Mapping[str, int], ranks: Iterable[int]) -> list[BucketWalk]:
+    """Where each wanted rank of a stage's times is: the buckets that hold one, from the tallies'
+    count per bucket. Counts kept before the buckets (`detail` ''), or any that do not add up,
+    give one unbounded bucket of every time, walked as a whole."""
+    total = sum(counts.values())
+    wanted = sorted(ranks)
+    if any(detail not in BUCKET_OF or n < 0 for detail, n in counts.items() if n):
+        return [BucketWalk(None, None, 1, total, tuple(wanted))]
+    walks: list[BucketWalk] = []
+    first = 1
+    for detail, n in sorted(((detail, n) for detail, n in counts.items() if n), key=lambda item: BUCKET_OF[item[0]]):
+        index = BUCKET_OF[detail]
+        inside = tuple(rank for rank in wanted if first <= rank < first + n)
+        if inside:
+            high = TIME_BUCKETS[index + 1] if index + 1 < len(TIME_BUCKETS) else None
+            walks.append(BucketWalk(TIME_BUCKETS[index] if index else None, high, first, n, inside))
+        first += n
+    return walks
+
+
 def tallied_split(by: str | None) -> str | None:
     """The split a report's `by` reads from the tallies (`field:segment` is `segment`), if any."""
     if by in LEAD_SPLITS:

@@ -15,7 +15,7 @@ from sqlalchemy import ColumnElement, Select, String, and_, bindparam, case, cas
 from sqlalchemy.orm import Session, aliased
 
 from autofunnel.domain.statuses import DeliveryStatus
-from autofunnel.domain.report import ATTRIBUTION_WINDOW, PRODUCTS, PURCHASE_WINDOW, TIME_DECAY_HALF_LIFE_S
+from autofunnel.domain.report import ATTRIBUTION_WINDOW, PRODUCTS, PURCHASE_WINDOW, TIME_BUCKETS, TIME_DECAY_HALF_LIFE_S
 from autofunnel.store.facts import amount_of, before, currency_of, day_of, lead_splits, order_key, order_of, product_key, refund_of, seconds_between, splits_of
 from autofunnel.store.models import Assignment, Delivery, Event, Lead, StageEntry
 from autofunnel.store.queries import Executor, OuterFirst, Unindexed, is_postgres
@@ -59,10 +59,15 @@ def _tried(names: tuple[str, ...], name: str) -> Any:
 BASES: Final = (COHORT, CALENDAR)
 
 
+def time_bucket(seconds: Any) -> Any:
+    """The `TIME_BUCKETS` bucket a time falls in, as its lower bound ('0' for the first)."""
+    return case(*((seconds < bound, str(int(below))) for below, bound in zip(TIME_BUCKETS, TIME_BUCKETS[1:])), else_=str(TIME_BUCKETS[-1]))
+
+
 def stage_entry_parts(session: Session, scope: Condition) -> list[Select[Any]]:
     """Reached, skipped, timed and lasted on both bases in one pass over the scope's stage
     entries (eight passes made an import's tally cost twice what it did on one basis), and
-    reach by holdout group."""
+    reach by holdout group. A time is counted in its bucket (`time_bucket`, in `detail`)."""
     e = StageEntry
     blank = literal("")
     counted, bases = _tried(("reached", "skipped", "timed", "lasted"), "figure"), _tried(BASES, "basis")
@@ -71,9 +76,12 @@ def stage_entry_parts(session: Session, scope: Condition) -> list[Select[Any]]:
         and_(counted.c.figure == "timed", e.since_previous_s.is_not(None)), and_(counted.c.figure == "lasted", e.since_first_s.is_not(None)),
     )
     moment = case((bases.c.basis == COHORT, e.cohort_at), else_=e.entered_at)
+    bucket = case(
+        (counted.c.figure == "timed", time_bucket(e.since_previous_s)), (counted.c.figure == "lasted", time_bucket(e.since_first_s)), else_=blank,
+    )
     lead = aliased(Lead, name="entry_lead")
     entries = (
-        select(*tally_row(session, bases.c.basis, e.funnel, moment, e.channel, counted.c.figure, e.stage, blank, blank, func.count(), splits=splits_of(is_postgres(session), lead)))
+        select(*tally_row(session, bases.c.basis, e.funnel, moment, e.channel, counted.c.figure, e.stage, blank, bucket, func.count(), splits=splits_of(is_postgres(session), lead)))
         .select_from(OuterFirst(OuterFirst(OuterFirst(e, lead, lead.id == e.lead_id), counted, counts), bases, true())).where(scope(e)).group_by(BY_KEY)
     )
     a = Assignment
