@@ -49,8 +49,10 @@ TIME_BUCKETS: Final = (
 a minute). A percentile then walks only the stage entries of the bucket its rank falls in, not every
 time below it: the walks were most of a report's time, and they passed the whole history's
 entries, not the period's. Human steps (hours, days, weeks) because a funnel's waits are."""
-BUCKET_OF: Final = {str(int(bound)): index for index, bound in enumerate(TIME_BUCKETS)}
-"""A bucket's `detail` (its lower bound) and its place in `TIME_BUCKETS`."""
+BUCKET_DETAILS: Final = tuple(str(bound) for bound in TIME_BUCKETS)
+"""Each bucket as the tallies' `detail` names it: its lower bound in whole seconds."""
+BUCKET_OF: Final = {detail: index for index, detail in enumerate(BUCKET_DETAILS)}
+"""A bucket's `detail` and its place in `TIME_BUCKETS`."""
 
 
 @dataclass(frozen=True)

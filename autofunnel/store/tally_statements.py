@@ -15,7 +15,7 @@ from sqlalchemy import ColumnElement, Select, String, and_, bindparam, case, cas
 from sqlalchemy.orm import Session, aliased
 
 from autofunnel.domain.statuses import DeliveryStatus
-from autofunnel.domain.report import ATTRIBUTION_WINDOW, PRODUCTS, PURCHASE_WINDOW, TIME_BUCKETS, TIME_DECAY_HALF_LIFE_S
+from autofunnel.domain.report import ATTRIBUTION_WINDOW, BUCKET_DETAILS, PRODUCTS, PURCHASE_WINDOW, TIME_BUCKETS, TIME_DECAY_HALF_LIFE_S
 from autofunnel.store.facts import amount_of, before, currency_of, day_of, lead_splits, order_key, order_of, product_key, refund_of, seconds_between, splits_of
 from autofunnel.store.models import Assignment, Delivery, Event, Lead, StageEntry
 from autofunnel.store.queries import Executor, OuterFirst, Unindexed, is_postgres
@@ -61,7 +61,7 @@ BASES: Final = (COHORT, CALENDAR)
 
 def time_bucket(seconds: Any) -> Any:
     """The `TIME_BUCKETS` bucket a time falls in, as its lower bound ('0' for the first)."""
-    return case(*((seconds < bound, str(int(below))) for below, bound in zip(TIME_BUCKETS, TIME_BUCKETS[1:])), else_=str(TIME_BUCKETS[-1]))
+    return case(*((seconds < bound, detail) for detail, bound in zip(BUCKET_DETAILS, TIME_BUCKETS[1:])), else_=BUCKET_DETAILS[-1])
 
 
 def stage_entry_parts(session: Session, scope: Condition) -> list[Select[Any]]:
