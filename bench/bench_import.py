@@ -2,6 +2,7 @@
 
     python bench/bench_import.py --rows 100000
     python bench/bench_import.py --rows 100000 --database-url postgresql://autofunnel:autofunnel@127.0.0.1:5432/autofunnel_bench_import
+    python bench/bench_import.py --rows 100000 --database-url … --writers 1   # one chunk at a time, as before 2026-12-05
 
 Writes a CSV of N leads (email, first name, timezone, tags, a channel, one
 extra field; 1 row in 500 bad) to a temporary folder, migrates a fresh
@@ -60,6 +61,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--database-url", help="default: a SQLite file in a temporary folder")
+    parser.add_argument("--writers", type=int, help="chunks written at once on PostgreSQL (default: the import's own, POSTGRES_WRITERS)")
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="af-import-bench-"))
     project = folder / "shop"
@@ -75,7 +77,7 @@ def main() -> None:
     try:
         for run in ("import", "again (adds nothing)"):
             started, cpu = time.perf_counter(), time.process_time()
-            result = import_leads(rt, source, "yoga")
+            result = import_leads(rt, source, "yoga", writers=args.writers)
             elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
             print(
                 f"{run}: {result.rows:,} rows in {elapsed:.1f} s = {result.rows / elapsed:,.0f} rows/s "

@@ -232,3 +232,52 @@ def test_an_imported_lead_gets_the_same_rows_as_a_subscribed_one(rt: Any, tmp_pa
         confirmations = session.scalar(select(func.count()).select_from(Delivery).where(Delivery.kind == "confirm"))
     assert sorted(held) == ["i6@example.com", "s6@example.com"]
     assert confirmations == 10  # the five new leads of each group; lead 3, known and active already, is not asked again
+
+
+def test_chunks_written_at_once_judge_every_line_as_one_writer_would(rt: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two chunks at once on PostgreSQL (one writer on SQLite; the answer is the same): an address
+    in two chunks is a duplicate of its earlier line, a known lead takes its first line's details,
+    a suppressed one is refused, and every chunk after an `after_chunk` that raised is rolled back.
+    The chunk holding an address's first line is held up before it writes its leads, so that
+    the later chunk would get there first if it were let."""
+    import time
+
+    from autofunnel.services import importing
+
+    def slow_for_first_lines(session: Any, table: Any, rows: Any, *args: Any, **kwargs: Any) -> Any:
+        if table.name == "leads" and any(row["first_name"] in ("New1", "New14") for row in rows):
+            time.sleep(0.3)
+        return insert_returning(session, table, rows, *args, **kwargs)
+
+    insert_returning = importing.insert_returning
+    monkeypatch.setattr(importing, "insert_returning", slow_for_first_lines)
+    record_events(rt, [EventInput(type="unsubscribed", at=NOW, properties={}, email="gone@example.com")])
+    record_events(rt, [EventInput(type="purchase", at=NOW, properties={"product": "mat", "amount": 20, "currency": "EUR"}, email="known@example.com")])
+    lines = [f"n{i}@example.com,New{i}" for i in range(24)]
+    lines[4] = "known@example.com,Known-first"
+    lines[10] = "known@example.com,Known-again"
+    lines[7] = "n1@example.com,New1-again"
+    lines[15] = "n14@example.com,New14-again"
+    lines[20] = "gone@example.com,Gone"
+    source = write(tmp_path / "list.csv", "email,first_name\n" + "".join(line + "\n" for line in lines))
+    result = import_leads(rt, source, "yoga", chunk_rows=3, writers=2)
+    assert (result.rows, result.imported, result.already_in_funnel, result.rejected) == (24, 20, 1, 3)
+    assert [(r.line, r.reason) for r in result.rejects] == [
+        (9, "email: duplicate of line 3"), (17, "email: duplicate of line 16"), (22, "email: suppressed (lead unsubscribed)"),
+    ]
+    with rt.db.read() as session:
+        names = dict(session.execute(select(Lead.email, Lead.first_name)).all())
+    assert (names["known@example.com"], names["n1@example.com"], names["n14@example.com"]) == ("Known-first", "New1", "New14")
+    assert counts(rt) == {"leads": 21, "entries": 20, "enrollments": 20, "subscribed": 20}
+
+    class Crash(Exception):
+        pass
+
+    def crash_after_three(number: int) -> None:
+        if number == 3:
+            raise Crash
+
+    later = write(tmp_path / "later.csv", "email\n" + "".join(f"l{i}@example.com\n" for i in range(30)))
+    with pytest.raises(Crash):
+        import_leads(rt, later, "yoga", chunk_rows=3, writers=2, after_chunk=crash_after_three)
+    assert counts(rt)["entries"] == 20 + 9

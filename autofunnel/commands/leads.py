@@ -21,9 +21,13 @@ def leads() -> None:
 @click.option("--funnel", required=True, help="The funnel whose first stage the leads enter.")
 @click.option("--dry-run", is_flag=True, help="Check every row and count what would be imported; write nothing.")
 @click.option("--rejects", "rejects_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the bad rows here: their columns, line and reason.")
+@click.option(
+    "--writers", type=click.IntRange(1, 16), default=None,
+    help="PostgreSQL: chunks of 5,000 rows written at once, each on its own connection (default 2). SQLite writes one at a time.",
+)
 @pass_state
 @friendly_errors
-def import_command(state: State, file: Path, funnel: str, dry_run: bool, rejects_path: Path | None) -> None:
+def import_command(state: State, file: Path, funnel: str, dry_run: bool, rejects_path: Path | None, writers: int | None) -> None:
     """Import FILE.csv (email, first_name, timezone, owner, tags, source.<key>, other columns → fields).
 
     Safe to run again: leads already in the funnel are not entered twice, so
@@ -51,7 +55,7 @@ def import_command(state: State, file: Path, funnel: str, dry_run: bool, rejects
                 done = progress.tasks[0].completed
                 progress.update(task, speed=f"{done / elapsed:,.0f}" if elapsed else "-")
 
-            result = import_leads(runtime, file, funnel, dry_run=dry_run, rejects=rejects, progress=advance)
+            result = import_leads(runtime, file, funnel, dry_run=dry_run, rejects=rejects, progress=advance, writers=writers)
             progress.update(task, total=result.rows)
     finally:
         runtime.close()
