@@ -209,7 +209,8 @@ def import_leads(
             if writer is not None:
                 writer.writerow([*item.cells, item.line, item.reason])
 
-        def written(number: int, size: int, bad: list[Reject], outcome: _ChunkOutcome) -> None:
+        def written(turn: Turn, size: int, bad: list[Reject], outcome: _ChunkOutcome) -> None:
+            """A chunk committed: count it, then let the next one commit."""
             for item in [*bad, *outcome.rejects]:
                 reject(item)
             result.imported += outcome.imported
@@ -218,7 +219,8 @@ def import_leads(
             if progress is not None:
                 progress(size)
             if after_chunk is not None:
-                after_chunk(number)
+                after_chunk(turn.number)
+            turn.committed()
 
         def jobs() -> Iterator[_Job]:
             for number, (size, good, bad) in enumerate(parts, start=1):
@@ -232,10 +234,10 @@ def import_leads(
                 turn = turns.of(number)
                 yield (
                     functools.partial(_import_chunk, rt, flow, path.name, list(good.values()), dry_run, turn),
-                    functools.partial(_finished, turn, functools.partial(written, number, size, bad)),
+                    functools.partial(written, turn, size, bad),
                 )
 
-        count = 1 if dry_run or rt.db.engine.dialect.name != "postgresql" else max(1, writers or POSTGRES_WRITERS)
+        count = 1 if dry_run or rt.db.backend != "postgresql" else max(1, writers or POSTGRES_WRITERS)
         turns = ChunkTurns()
         parts = _read_ahead(_parsed(layout, rows, chunk_rows))
         with closing(parts):  # the reader thread is done before the file closes, even after a crash
@@ -306,12 +308,6 @@ class Turn:
 
     def committed(self) -> None:
         self.turns.passed("commit", self.number)
-
-
-def _finished(turn: Turn, written: Callable[[_ChunkOutcome], None], outcome: _ChunkOutcome) -> None:
-    """A chunk committed: count it, then let the next one commit."""
-    written(outcome)
-    turn.committed()
 
 
 _Job = tuple[Callable[[], "_ChunkOutcome"], Callable[["_ChunkOutcome"], None]]

@@ -311,8 +311,6 @@ def _generic_plans_for_key_checks(connection: Connection, checks: int) -> Iterat
 
 
 SQLITE_MAX_VARIABLES = 32766
-MANY_ROWS = 64
-"""From this many rows on, a SQLite insert without RETURNING goes as multi-row VALUES (see `_sqlite_insert`): 30 delivery rows take the same time either way."""
 ROWS_PER_STATEMENT = 256
 """At most this many rows in one multi-row SQLite insert: 250–1000 rows a statement insert 5000 deliveries fastest (10.3–10.6 µs a row)."""
 
@@ -372,16 +370,15 @@ def _sqlite_insert(
     by column (`map`): 15–20 % less than row by row (1000 event rows: 4.7 against
     5.4 ms). A batch's rows mostly share their moments (`now`), so each distinct
     moment is converted once: equal aware datetimes are the same instant, stored
-    as the same UTC text; likewise JSON values (see `_json_texts`). With RETURNING, or
-    from `MANY_ROWS` rows on, rows go as multi-row VALUES; returned columns must be
-    plain integers or text. The driver's executemany cannot return rows, and it runs
-    the statement once per row, which re-evaluates per row what SQLite does once per
+    as the same UTC text; likewise JSON values (see `_json_texts`). Rows go as
+    multi-row VALUES of `ROWS_PER_STATEMENT` rows; returned columns must be plain
+    integers or text. The driver's executemany cannot return rows, and it runs the
+    statement once per row, which re-evaluates per row what SQLite does once per
     run: each `CHECK (status IN (…))` builds its list anew (5000 delivery rows, two
-    such checks: 17.7 µs a row against 10.0 in one multi-row statement, 2026-12-05;
+    such checks: 17.7 µs a row against 10.0 in multi-row statements, 2026-12-05;
     enrollments, three checks, 15.3 against 10.0; a timeline row 4.0 against 2.9).
-    Below `MANY_ROWS` a multi-row statement's compiling costs more than it saves.
-    A statement holds at most `ROWS_PER_STATEMENT` rows, and without RETURNING the
-    rows left over go through executemany, so the same few statement texts recur
+    Without RETURNING, the rows short of a full statement (a small batch, a large
+    one's remainder) go through executemany, so the same few statement texts recur
     and the driver's cache of compiled statements stays small: statements of as
     many rows as SQLite takes parameters (2730 of twelve columns), each remainder a
     new text, were slower (13.8 against 10.3 µs a delivery row), and a million-row
@@ -402,9 +399,6 @@ def _sqlite_insert(
         else:
             columns[index] = list(map(process, columns[index]))
     values = list(zip(*columns))
-    if not returning and len(values) < MANY_ROWS:
-        connection.exec_driver_sql(head + placeholder + tail, values)
-        return []
     if returning:
         tail += f" RETURNING {', '.join(returning)}"
     written: list[Any] = []
