@@ -45,6 +45,11 @@ CASES = (
     ("cohort by=product", {"by": "product"}),
     ("calendar by=product", {"mode": "calendar", "by": "product"}),
     ("cohort interval=week", {"interval": "week"}),
+    ("cohort interval=day", {"interval": "day"}),
+    ("calendar interval=day", {"mode": "calendar", "interval": "day"}),
+    ("calendar interval=month", {"mode": "calendar", "interval": "month"}),
+    ("cohort by=owner interval=week", {"by": "owner", "interval": "week"}),
+    ("calendar by=channel interval=day", {"mode": "calendar", "by": "channel", "interval": "day"}),
     ("calendar", {"mode": "calendar"}),
     ("cohort attribution=linear", {"attribution": "linear"}),
 )

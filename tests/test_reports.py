@@ -45,6 +45,7 @@ from autofunnel.services.runtime import Runtime
 from autofunnel.services.scheduler import run_tick
 from autofunnel.services.tallies import file_entry_products, fold_tallies, rebuild_tallies, recount_tallies, splits_current, tallies_current
 from autofunnel.store.migrate import downgrade, upgrade
+from autofunnel.store.report_queries import ReportQueries
 from autofunnel.store.tally_statements import kept_under
 from autofunnel.store.models import CohortTally, Delivery, Event, Lead, StageEntry, StageEntryProduct
 from autofunnel.web import create_app
@@ -836,20 +837,75 @@ def test_times_in_many_buckets_or_in_none_give_the_same_percentiles(shop: Shop) 
     with shop.rt.db.read() as session:
         buckets = set(session.scalars(select(CohortTally.detail).where(CohortTally.figure == "timed", CohortTally.basis == "cohort")))
     assert buckets == {"0", "7200", "10800", "21600", "86400", "259200", "864000", "2592000"}
-    reports = {by: shop.report(**params, **({"by": by} if by else {})) for by in (None, "owner", "channel")}
+    slicings = {"whole": {}, "owner": {"by": "owner"}, "channel": {"by": "channel"}, "day": {"interval": "day"}, "week": {"interval": "week", "mode": "calendar"}}
+    reports = {name: shop.report(**params, **slicing) for name, slicing in slicings.items()}
     def whole_seconds(values: list[float]) -> dict[str, int]:
         return {name: round(value) for name, value in percentile_cont(values).items()}
-    assert reports[None]["stages"][1]["time_to_reach"] == whole_seconds([float(seconds) for seconds in taken])
+    assert reports["whole"]["stages"][1]["time_to_reach"] == whole_seconds([float(seconds) for seconds in taken])
     owners = {group["value"]: group["stages"][1]["time_to_reach"] for group in reports["owner"]["groups"]}
     assert owners == {f"m{m}@shop.example": whole_seconds([float(s) for index, s in enumerate(taken) if index % 2 == m]) for m in (0, 1)}
+    days = {period["period"]: period["stages"][1]["time_to_reach"] for period in reports["day"]["periods"] if period["stages"][1]["reached"]}
+    assert days == {f"2026-03-0{2 + d}": whole_seconds([float(s) for index, s in enumerate(taken) if index % 3 == d]) for d in (0, 1, 2)}
+    for name in ("day", "week"):
+        assert reports[name] == funnel_report(shop.rt, parse_report_query("yoga", {**params, **slicings[name]}, START.date()), count_facts=True)
     for day in (date(2026, 3, 2), None):
         with shop.rt.db.transaction() as session:
             session.execute(update(CohortTally).where(
                 CohortTally.figure.in_(("timed", "lasted")), *([CohortTally.cohort_day == day] if day else []),
             ).values(detail=""))
-        for by, report in reports.items():
-            assert shop.report(**params, **({"by": by} if by else {})) == report
+        for name, report in reports.items():
+            assert shop.report(**params, **slicings[name]) == report, (day, name)
     assert reports["owner"] == funnel_report(shop.rt, parse_report_query("yoga", {**params, "by": "owner"}, START.date()), count_facts=True)
+
+
+def test_each_periods_times_are_read_from_the_buckets_its_percentiles_fall_in(shop: Shop, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Two days, each with times in several buckets; a period's percentiles read only the stage entries
+    # of the buckets they fall in, never every time of the report. When the tallies of a bucket read
+    # count more times than its entries hold, the periods' times are counted from the stage entries
+    # instead, and still equal the report counted from the facts.
+    hours = {0: [1, 2, 30, 50, 100], 1: [0.01, 4, 8, 200]}
+    for day, taken in hours.items():
+        for index, hour in enumerate(taken):
+            email = f"p{day}-{index}@example.com"
+            joined = START + timedelta(days=day, minutes=index)
+            shop.subscribe(email, at=joined)
+            shop.events([purchase(email, "mini-course", joined + timedelta(hours=hour))])
+    params = {"from": "2026-03-02", "to": "2026-03-03", "interval": "day"}
+    query = parse_report_query("yoga", params, START.date())
+    expected = funnel_report(shop.rt, query, count_facts=True)
+    days = {period["period"]: period["stages"][1]["time_to_reach"] for period in expected["periods"]}
+    assert days == {f"2026-03-0{2 + d}": {k: round(v) for k, v in percentile_cont([h * 3600.0 for h in taken]).items()} for d, taken in hours.items()}
+    read: list[int] = []
+    walked = ReportQueries._period_times
+
+    def reading(self: ReportQueries, counts: Any) -> Any:
+        read.append(1)
+        return walked(self, counts)
+
+    def every_time(self: ReportQueries, **kwargs: Any) -> Any:
+        raise AssertionError(f"counted every time of the report from the stage entries: {kwargs}")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(ReportQueries, "_period_times", reading)
+        patched.setattr(ReportQueries, "times", every_time)
+        assert funnel_report(shop.rt, query) == expected
+    assert read == [1]
+    with shop.rt.db.transaction() as session:  # the second day's tallies count a time more in each bucket than its entries hold
+        session.execute(update(CohortTally).where(
+            CohortTally.figure == "timed", CohortTally.basis == "cohort", CohortTally.cohort_day == date(2026, 3, 3),
+        ).values(n=CohortTally.n + 1))
+    counted, count_every = [], ReportQueries.times
+
+    def counting(self: ReportQueries, **kwargs: Any) -> Any:
+        counted.append(kwargs)
+        return count_every(self, **kwargs)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(ReportQueries, "_period_times", reading)
+        patched.setattr(ReportQueries, "times", counting)
+        shortfall = funnel_report(shop.rt, query)
+    assert read == [1, 1] and {"grouped": False, "periodic": True} in counted
+    assert {period["period"]: period["stages"][1]["time_to_reach"] for period in shortfall["periods"]} == days
 
 
 def test_a_group_whose_timed_entries_the_tallies_overcount_gets_its_times_from_the_entries(shop: Shop) -> None:

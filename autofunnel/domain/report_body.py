@@ -107,6 +107,16 @@ def tally_into(figures: Figures, key: Key, figure: str, stage: str, step: str, d
             into[5] += n
 
 
+def period_end(period: str, unit: str) -> date:
+    """The day after the last day of a period `period_of_day` names."""
+    first = date.fromisoformat(period)
+    if unit == "week":
+        return first + timedelta(days=7)
+    if unit == "month":
+        return (first.replace(day=28) + timedelta(days=4)).replace(day=1)
+    return first + timedelta(days=1)
+
+
 @functools.lru_cache(maxsize=4096)
 def period_of_day(day: date, unit: str) -> str:
     """The first day of the period (`interval`) a day falls in, as the SQL `period_start` gives it (weeks start on Monday)."""

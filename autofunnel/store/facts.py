@@ -32,7 +32,9 @@ def day_of(session: Session, moment: Any) -> Any:
     if is_postgres(session):
         # A literal zone, not a bound one: PostgreSQL must see the same expression in GROUP BY.
         return cast(func.timezone(literal_column("'UTC'"), moment), CohortTally.cohort_day.type)
-    return func.date(moment, type_=String)
+    # SQLite stores a moment as UTC text, 'YYYY-MM-DD HH:MM:SS.ffffff' (`UTCDateTime`; every period
+    # filter compares that text): its first ten characters are its day, a third of the cost of `date()`.
+    return func.substr(moment, 1, 10, type_=String)
 
 
 def lead_value(lead: Any, split: str) -> ColumnElement[Any]:
