@@ -59,6 +59,11 @@ class TimesShortfall(RuntimeError):
     entries hold (per period, any other number): the times are then counted from the entries."""
 
 
+def _in_bucket(column: Any, low: float | None, high: float | None) -> list[ColumnElement[bool]]:
+    """A time column within a bucket of `TIME_BUCKETS`, `[low, high)` (`None`: unbounded on that side)."""
+    return [*([] if low is None else [column >= low]), *([] if high is None else [column < high])]
+
+
 CALENDAR_DAYS: Final = {
     figure: (distinct, repeated)
     for distinct, days, repeats in CALENDAR_DISTINCT.values()
@@ -257,14 +262,18 @@ class ReportQueries:
 
         # A report by channel with periods reads its days and its channels apart (a channel's group is not
         # cut into periods): by both, a calendar report by day over 90 days at 1M leads read 63,000 rows, 14,700 this way.
-        parts = [(summed(periods is not None, False), False), (summed(False, True), True)] if by_channel and periods is not None else [(summed(periods is not None, by_channel), by_channel)]
+        # Each part with what its rows feed: the whole report (and the periods, by its days), the channels' groups.
+        parts = (
+            [(summed(True, False), True, False), (summed(False, True), False, True)] if by_channel and periods is not None
+            else [(summed(periods is not None, by_channel), True, by_channel)]
+        )
         whole = Figures()
         grouped = Figures() if by_channel or split is not None else None
         # Each stage's count of times per bucket (`time_bucket`), per slice: where the walks for its percentiles go.
         ranks: dict[Key, dict[tuple[str, str], dict[str, int]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(int)))
         period_ranks: dict[Key, dict[tuple[str, str], dict[str, int]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(int)))
         self._unmatched_tallied = False
-        for part, with_channels in parts:
+        for part, to_whole, to_channels in parts:
             for day, channel, figure, stage, step, detail, n, amount in self.session.execute(part):
                 if figure == UNMATCHED:
                     self._unmatched_tallied = self._unmatched_tallied or int(n or 0) > 0
@@ -273,18 +282,17 @@ class ReportQueries:
                     # A purchase's (refund's) figure in the group of its own product; a pair of days' earlier day is in `stage`.
                     self._add_tally([(grouped, (step or None,))], None, day, PRODUCT_FIGURES[figure], "", stage, detail, n, amount)
                     continue
-                whole_too = not (with_channels and len(parts) > 1)
-                keyed = [(whole, ())] if whole_too else []
-                if with_channels:
+                keyed = [(whole, ())] if to_whole else []
+                if to_channels:
                     keyed.append((grouped, (channel or None,)))
                 period = (period_of_day(day, self.q.interval or "day"),) if day is not None else None
                 if period is not None:
                     keyed.append((periods, period))
                 self._add_tally(keyed, periods, day, figure, stage, step, detail, n, amount)
                 if figure in ("timed", "lasted"):
-                    if whole_too:
+                    if to_whole:
                         ranks[()][(figure, stage)][detail] += int(n or 0)
-                    if with_channels:
+                    if to_channels:
                         ranks[(channel or None,)][(figure, stage)][detail] += int(n or 0)
                     if period is not None:
                         period_ranks[period][(figure, stage)][detail] += int(n or 0)
@@ -410,7 +418,7 @@ class ReportQueries:
             values: dict[int, float] = {}
             # Each percentile's pair of ranks walked to on its own: both in one walk would pass every time between them.
             for walk in (walk for p in PERCENTILES for walk in math.bucket_walks(buckets, math.percentile_ranks(count, (p,)))):
-                inside = query.where(*([] if walk.low is None else [column >= walk.low]), *([] if walk.high is None else [column < walk.high]))
+                inside = query.where(*_in_bucket(column, walk.low, walk.high))
                 lowest, highest = walk.ranks[0] - walk.first, walk.ranks[-1] - walk.first  # 0-based, in the bucket
                 if lowest <= walk.count - 1 - highest:
                     rows = self.session.scalars(inside.order_by(column).offset(lowest).limit(highest - lowest + 1))
@@ -471,8 +479,7 @@ class ReportQueries:
                 # need is read whole, a range of moments per period costing more than it leaves out.
                 within = self._in_periods(moment, wanted, unit) if 2 * len(wanted) <= len(walks_of) else self._in_period(moment)
                 query = select(column, day).where(
-                    e.funnel == self.funnel.slug, e.stage == stage, column.is_not(None), within,
-                    *([] if low is None else [column >= low]), *([] if high is None else [column < high]),
+                    e.funnel == self.funnel.slug, e.stage == stage, column.is_not(None), within, *_in_bucket(column, low, high),
                 ).order_by(column)
                 # Through the connection: the session's ORM rows cost as much again as reading them (135,000 at 1M leads).
                 times_of = read[(low, high)] = defaultdict(list)
