@@ -1147,6 +1147,12 @@ def test_holdout_lift_compares_treated_with_held_out_leads(shop: Shop) -> None:
     assert tripwire["lift"] == pytest.approx(tripwire["treated_conversion"] - tripwire["held_out_conversion"])
     low, high = tripwire["ci95"]
     assert low < tripwire["lift"] < high
+    # A cohort report adds the holdout up from the tally rows it reads anyway, whatever its slicing;
+    # the count from the facts reads them on their own: the same lift.
+    day = {"from": "2026-03-02", "to": "2026-03-02"}
+    assert funnel_report(shop.rt, parse_report_query("yoga", day, shop.clock.now().date()), count_facts=True)["holdout"] == lift
+    for sliced in ({"interval": "day"}, {"by": "channel", "interval": "week"}, {"by": "owner"}, {"by": "product"}, {"mode": "calendar"}):
+        assert shop.report(**day, **sliced)["holdout"] == lift, sliced
 
 
 def _links(shop: Shop, to: str) -> dict[str, str]:
@@ -1302,6 +1308,33 @@ def test_a_lead_whose_owner_or_segment_changes_is_reported_under_its_value_of_no
     with rt.db.transaction() as session:
         rebuild_tallies(session)
     assert tallies(rt) == running
+
+
+def test_a_report_by_a_split_finds_the_writers_rows_by_id_on_a_sqlite_database_never_analyzed(project_dir: Path, runtime_factory: Any, tmp_path: Path) -> None:
+    """The writers' tally rows not folded yet are found by id from the `folded` index. Without
+    statistics (a seller's SQLite file is never analyzed) SQLite went in by the funnel instead and
+    read every tally row of the funnel: 104 against 19 ms of a 90-day report by segment at 100k
+    leads. Always SQLite: this is its planner's rule; PostgreSQL plans from the statistics its
+    autovacuum keeps."""
+    from sqlalchemy import event
+
+    url = f"sqlite:///{tmp_path / 'plans.db'}"
+    upgrade(url)
+    clock = FixedClock(START)
+    rt = runtime_factory(project_dir, f"file://{tmp_path / 'outbox'}", clock, database_url=url)
+    plans: list[str] = []
+
+    def explained(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> None:
+        if "unfolded" in statement and not statement.startswith("EXPLAIN"):
+            plans.append(" | ".join(str(row[-1]) for row in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {statement}", parameters)))
+
+    event.listen(rt.db.engine, "before_cursor_execute", explained)
+    for by in ("owner", "segment", "product"):
+        funnel_report(rt, parse_report_query("yoga", {"by": by}, clock.now().date()))
+    assert len(plans) == 3, plans
+    for plan in plans:
+        fresh = plan.split("UNION ALL", 1)[1]
+        assert "SEARCH cohort_tallies USING INTEGER PRIMARY KEY" in fresh and "ix_cohort_tallies_funnel_split_day" not in fresh, plan
 
 
 SPLIT = """\

@@ -95,7 +95,7 @@ def stage_entry_parts(session: Session, scope: Condition) -> list[Select[Any]]:
         a.lead_id == e.lead_id, Unindexed(a.flow, postgres=True) == e.funnel, Unindexed(a.name, postgres=True) == "holdout",
     ).scalar_subquery()
     holdout = (
-        select(*tally_row(session, COHORT, e.funnel, e.cohort_at, e.channel, "holdout", e.stage, blank, group, func.count(), lead=e.lead_id))
+        select(*tally_row(session, COHORT, e.funnel, e.cohort_at, e.channel, HOLDOUT, e.stage, blank, group, func.count(), lead=e.lead_id))
         .where(scope(e)).group_by(BY_KEY).having(group.is_not(None))
     )
     return [entries, holdout]
@@ -260,6 +260,8 @@ def followed_parts(session: Session, scope: Condition, funnel: Any) -> list[Sele
 
 
 UNMATCHED: Final = "unmatched_refunds"
+HOLDOUT: Final = "holdout"
+"""Leads of the funnel's holdout group (`detail`) that reached a stage, on their cohort day only."""
 
 
 def unmatched_refund_parts(session: Session, scope: Condition, funnel: Any, *, taken_back: bool = False) -> list[Select[Any]]:
@@ -317,7 +319,7 @@ def touch_moves(session: Session, kind: str, scope: Condition, other_than: Any =
     ]
 
 
-BY_LEAD_FIGURES: Final = ("reached", "skipped", "timed", "lasted", "holdout", "sent", "opened", "clicked", "unsubscribed", "purchases_7d", "refunds_7d")
+BY_LEAD_FIGURES: Final = ("reached", "skipped", "timed", "lasted", HOLDOUT, "sent", "opened", "clicked", "unsubscribed", "purchases_7d", "refunds_7d")
 """The figures counted by lead (its stage entries, its emails and what followed them): the only ones
 kept under the `products` split, whose groups count a purchase under its own product instead."""
 PRODUCT_FIGURES: Final = {
