@@ -241,11 +241,12 @@ class ReportQueries:
         t = CohortTally
         split = tallied_split(self.q.by) if tallied_split(self.q.by) in splits else None
         by_product = split == PRODUCTS
-        in_report = (
-            t.funnel == self.funnel.slug, t.basis == self.q.mode, t.cohort_day >= self.q.start, t.cohort_day <= self.q.end,
+        of_report = (
+            t.basis == self.q.mode, t.cohort_day >= self.q.start, t.cohort_day <= self.q.end,
             # Attribution is added up on its own, when asked; the revenue per product only by product.
             t.figure.not_in(ATTRIBUTION_FIGURES if by_product else (*ATTRIBUTION_FIGURES, *PRODUCT_FIGURES)),
         )
+        in_report = (t.funnel == self.funnel.slug, *of_report)
         periods = Figures() if self.q.interval else None
         by_channel = self.q.by == "channel"
 
@@ -324,7 +325,7 @@ class ReportQueries:
             # the funnel (+85 ms at 100k leads), unless its funnel is no way in (`Unindexed`).
             unfolded = aliased(CohortTally, name="unfolded")
             fresh = select(all_days, value_of, t.figure, t.stage, t.step, t.detail, func.sum(t.n), func.sum(t.amount)).where(
-                Unindexed(t.funnel) == self.funnel.slug, *in_report[1:], t.id.in_(select(unfolded.id).where(unfolded.folded.is_(False))), t.lead_split != "",
+                Unindexed(t.funnel) == self.funnel.slug, *of_report, t.id.in_(select(unfolded.id).where(unfolded.folded.is_(False))), t.lead_split != "",
             ).group_by(value_of, t.figure, t.stage, t.step, t.detail)
             summed: dict[tuple[Any, ...], list[Any]] = defaultdict(lambda: [0, 0.0])
             for *key, n, amount in self.session.execute(union_all(filed, fresh)):
