@@ -1044,10 +1044,15 @@ def test_the_table_folds_long_names_and_shows_net_revenue_at_80_columns(shop: Sh
     report = shop.report(**{"from": "2026-03-02", "to": "2026-03-02"})
     long_step = "welcome-email-with-a-really-long-identifier-that-no-column-holds"
     report["steps"][0]["step"] = long_step
+    # Figures as wide as a busy shop's: none may be cut (rich narrowed the widest figure column first: `31955.…`).
+    report["steps"][0].update(sent=1234567, opened=654321, clicked=123456, unsubscribed=12345, purchases_7d=23456, revenue_7d=3195512.5)
+    report["stages"][0]["reached"] = 1234567
     console = Console(width=80, record=True)
     print_report(report, console)
     printed = console.export_text()
     assert max(len(line) for line in printed.splitlines()) <= 80
+    for figure in ("1234567", "654321", "123456", "12345", "23456", "3195512.50"):
+        assert f" {figure} │" in printed, figure
     emails = printed[printed.index("All leads: emails"):]
     steps = "".join(line.split("│")[2].strip() for line in emails.splitlines() if line.startswith("│"))  # the step column, line after line
     assert long_step in steps
