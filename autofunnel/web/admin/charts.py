@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import date
+
+from autofunnel.domain.report_body import period_end, period_of_day
 
 
 @dataclass(frozen=True)
@@ -100,20 +102,9 @@ def line_chart(labels: Sequence[str], series: Sequence[tuple[str, Sequence[float
 def period_starts(start: date, end: date, interval: str) -> list[str]:
     """The first day of every period (`day`, `week` from Monday, `month`) from `start` to `end`,
     as the report labels them, so a trend shows the quiet periods the report leaves out."""
-    if interval == "week":
-        first = start - timedelta(days=start.weekday())
-    elif interval == "month":
-        first = start.replace(day=1)
-    else:
-        first = start
     days: list[str] = []
-    current = first
-    while current <= end:
-        days.append(current.isoformat())
-        if interval == "week":
-            current += timedelta(days=7)
-        elif interval == "month":
-            current = (current.replace(day=28) + timedelta(days=4)).replace(day=1)
-        else:
-            current += timedelta(days=1)
+    current = period_of_day(start, interval)
+    while date.fromisoformat(current) <= end:
+        days.append(current)
+        current = period_end(current, interval).isoformat()
     return days
